@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+ROOT = Path(__file__).resolve().parent.parent
+CONCRETE = ROOT.parent / "shared" / "data" / "concrete" / "Images"
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory) -> Path:
+    """A small demo dataset shared by the tests that only read it: 12 images per class, 64 px."""
+    from trainer.demo import make_demo_data
+
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    make_demo_data(out, per_class=12, seed=1, image_size=64)
+    return out
+
+
+@pytest.fixture()
+def cli(capsys):
+    """Run `python -m trainer ARGS` in this process; return (exit code, stdout, stderr)."""
+    from trainer.cli import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
+
+
+def run_module(*args: str, cwd: Path = ROOT, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run `python -m trainer ARGS` as a real subprocess from the project root."""
+    return subprocess.run(
+        [sys.executable, "-m", "trainer", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )

@@ -1,0 +1,117 @@
+"""The command layer: exit codes, one-line messages, help text for every command."""
+
+from __future__ import annotations
+
+import pytest
+
+from trainer.cli import get_args_parser
+
+
+def test_every_command_has_help_text():
+    parser = get_args_parser()
+    commands = parser._subparsers._group_actions[0]
+    helps = {action.dest: action.help for action in commands._choices_actions}
+    assert set(helps) == {"train", "evaluate", "predict", "demo-data"}
+    assert all(helps.values())
+    for name, subparser in commands.choices.items():
+        for action in subparser._actions:
+            if action.dest != "help" and action.option_strings and action.dest not in ("batch_size", "seed"):
+                assert action.help, f"{name} {action.option_strings} has no help"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--epochs", "0"], "--epochs must be at least 1 (got 0)"),
+        (["train", "--image-size", "7"], "--image-size must be between 32 and 1024 (got 7)"),
+        (["train", "--batch-size", "-4"], "--batch-size must be at least 1 (got -4)"),
+        (["train", "--backbone", "vgg99"], "--backbone must be one of resnet50_v2, resnet101_v2, inception_v3"),
+        (
+            ["train", "--backbone", "inception_v3", "--image-size", "64"],
+            "--image-size must be at least 75 for inception_v3",
+        ),
+        (
+            ["train", "--weights", "missing.h5"],
+            "--weights: 'missing.h5' is not auto, imagenet, none or an existing weights file",
+        ),
+        (["train", "--weights", "imagenet", "--backbone", "tiny"], "backbone tiny has no ImageNet weights"),
+        (["train", "--test-fraction", "0.7"], "--test-fraction must be between 0 and 0.5 (got 0.7)"),
+        (["train", "--epochs", "many"], "argument --epochs: invalid int value: 'many'"),
+        (["train", "--folder", "/nonexistent/images"], "--folder: /nonexistent/images does not exist"),
+        (["nonsense"], "invalid choice: 'nonsense'"),
+        (["predict", "--model", "/nonexistent/run", "x.jpg"], "--model: /nonexistent/run/model.keras not found"),
+        (["evaluate", "--model", "/nonexistent/run"], "--model: /nonexistent/run/model.keras not found"),
+        (["demo-data", "/tmp/unused-demo", "--per-class", "2"], "--per-class must be at least 3"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(cli, args, message):
+    code, out, err = cli(*args)
+    assert code == 2
+    assert message in err
+    assert err.startswith("trainer: error: ")
+    assert err.count("\n") == 1, err
+    assert "Traceback" not in err
+
+
+def test_bad_csv_through_the_command(cli, demo_dir):
+    (demo_dir / "bad.csv").write_text("Path,Class\nx.jpg,CD\n")
+    code, _, err = cli("train", "--folder", demo_dir, "--file", "bad.csv", "--backbone", "tiny", "--epochs", "1")
+    assert code == 2
+    assert "bad.csv: no ImagePath and Label column (found 'Path', 'Class')" in err
+    (demo_dir / "bad.csv").unlink()
+
+
+def test_strict_refuses_the_duplicate_rows(cli, demo_dir, tmp_path):
+    csv = demo_dir / "Images" / "training_data.csv"
+    doubled = tmp_path / "doubled.csv"
+    lines = csv.read_text().splitlines()
+    doubled.write_text("\n".join(lines + lines[1:4]) + "\n")
+    (demo_dir / "Images" / "doubled.csv").write_text(doubled.read_text())
+    try:
+        code, _, err = cli(
+            "train",
+            "--folder",
+            demo_dir / "Images",
+            "--file",
+            "doubled.csv",
+            "--strict",
+            "--backbone",
+            "tiny",
+            "--epochs",
+            "1",
+            "--output",
+            tmp_path / "run",
+        )
+    finally:
+        (demo_dir / "Images" / "doubled.csv").unlink()
+    assert code == 2
+    assert "--strict: 3 unusable row(s): duplicate rows: 3" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_output_folder_that_exists_is_not_overwritten(cli, demo_dir, tmp_path):
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "model.keras").write_text("a good model")
+    code, _, err = cli("train", "--folder", demo_dir / "Images", "--file", "training_data.csv", "--output", taken)
+    assert code == 2
+    assert f"--output: {taken} already exists and is not empty" in err
+    assert (taken / "model.keras").read_text() == "a good model"
+
+
+def test_demo_data_is_deterministic_and_idempotent(cli, tmp_path):
+    code, out, _ = cli("demo-data", tmp_path / "a", "--per-class", "4", "--seed", "3", "--image-size", "48")
+    assert code == 0 and out.strip().endswith("training_data.csv")
+    cli("demo-data", tmp_path / "b", "--per-class", "4", "--seed", "3", "--image-size", "48")
+    files_a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.jpg"))
+    assert len(files_a) == 8
+    for rel in files_a:
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()
+    mtime = (tmp_path / "a" / rel).stat().st_mtime_ns
+    assert cli("demo-data", tmp_path / "a", "--per-class", "4", "--seed", "3", "--image-size", "48")[0] == 0
+    assert (tmp_path / "a" / rel).stat().st_mtime_ns == mtime
+    code, _, err = cli("demo-data", tmp_path / "a", "--per-class", "5")
+    assert code == 2 and "holds demo data made with other settings" in err
+    csv_lines = (tmp_path / "a" / "Images" / "training_data.csv").read_text().splitlines()
+    assert csv_lines[0] == "ImagePath,Label"
+    assert csv_lines[1] == "../Images/CD/demo-cd-0001.jpg,CD"

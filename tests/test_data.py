@@ -1,0 +1,199 @@
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from trainer import data
+from trainer.errors import InputError
+
+
+def make_images(folder: Path, counts: dict[str, int], size: int = 16) -> dict[str, list[Path]]:
+    """Distinct small PNGs per label: folder/<label>/<label>-<i>.png."""
+    made = {}
+    for label_index, (label, count) in enumerate(counts.items()):
+        (folder / label).mkdir(parents=True, exist_ok=True)
+        made[label] = []
+        for i in range(count):
+            path = folder / label / f"{label}-{i}.png"
+            Image.new("RGB", (size, size), (label_index * 60, i * 7 % 256, 100)).save(path)
+            made[label].append(path)
+    return made
+
+
+def write_csv(path: Path, text: str, encoding: str = "utf-8") -> Path:
+    path.write_bytes(text.encode(encoding))
+    return path
+
+
+@pytest.fixture()
+def images(tmp_path) -> Path:
+    make_images(tmp_path / "Images", {"CD": 4, "UD": 4})
+    return tmp_path / "Images"
+
+
+def _rows_for(folder: Path, prefix: str = "../Images/") -> str:
+    lines = [f"{prefix}{p.parent.name}/{p.name},{p.parent.name}" for p in sorted(folder.rglob("*.png"))]
+    return "\n".join(lines)
+
+
+def test_csv_paths_relative_to_the_csv_folder_as_in_the_original(images):
+    csv = write_csv(images / "training_data.csv", "ImagePath,Label\n" + _rows_for(images))
+    rows, report = data.load_rows(images, "training_data.csv")
+    assert len(rows) == 8 and report.rows_read == 8
+    assert all(row.path.is_file() for row in rows)
+    assert rows[0].path.is_absolute()
+    assert csv.parent == images
+
+
+def test_csv_quirks_bom_crlf_extra_columns_header_case(images):
+    body = "\r\n".join(f"{line},extra" for line in _rows_for(images).splitlines())
+    write_csv(images / "quirky.csv", "\ufeffimagepath , LABEL ,Notes\r\n" + body + "\r\n")
+    rows, _ = data.load_rows(images, "quirky.csv")
+    assert Counter(row.label for row in rows) == {"CD": 4, "UD": 4}
+    assert all(row.path.is_file() for row in rows)
+
+
+def test_absolute_and_windows_paths(images, tmp_path):
+    cd = sorted((images / "CD").iterdir())
+    text = "ImagePath,Label\n"
+    text += f"{cd[0]},CD\n"  # absolute
+    text += f"..\\Images\\CD\\{cd[1].name},CD\n"  # Windows relative
+    text += f"C:\\Users\\me\\data\\Images\\CD\\{cd[2].name},CD\n"  # Windows absolute from elsewhere
+    write_csv(tmp_path / "list.csv", text)
+    rows, _ = data.load_rows(images, str(tmp_path / "list.csv"))
+    assert [row.path for row in rows] == cd[:3]
+
+
+def test_folder_per_class_without_csv(images):
+    rows, report = data.load_rows(images, None)
+    assert Counter(row.label for row in rows) == {"CD": 4, "UD": 4}
+
+
+def test_missing_column_names_the_columns_found(images):
+    write_csv(images / "bad.csv", "Path,Class\nCD/x.png,CD\n")
+    with pytest.raises(InputError, match=r"bad.csv: no ImagePath and Label column \(found 'Path', 'Class'\)"):
+        data.load_rows(images, "bad.csv")
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "empty file"),
+        ("ImagePath,Label\n", "header only, no rows"),
+    ],
+)
+def test_empty_and_header_only_csv(images, text, message):
+    write_csv(images / "x.csv", text)
+    with pytest.raises(InputError, match=message):
+        data.load_rows(images, "x.csv")
+
+
+def test_semicolon_delimited_csv_is_read(images):
+    write_csv(images / "semi.csv", "ImagePath;Label\n" + _rows_for(images).replace(",", ";"))
+    rows, _ = data.load_rows(images, "semi.csv")
+    assert len(rows) == 8
+
+
+def test_non_utf8_csv_is_an_error_that_says_what_to_do(images):
+    write_csv(images / "latin.csv", "ImagePath,Label\nCD/caf\u00e9.png,CD\n", encoding="utf-16")
+    with pytest.raises(InputError, match="not UTF-8 text .* save it as UTF-8"):
+        data.load_rows(images, "latin.csv")
+
+
+def test_csv_not_found(images):
+    with pytest.raises(InputError, match="--file: CSV 'nope.csv' not found"):
+        data.load_rows(images, "nope.csv")
+
+
+def test_validation_finds_every_problem_and_keeps_the_rest(images):
+    cd = sorted((images / "CD").iterdir())
+    ud = sorted((images / "UD").iterdir())
+    (images / "CD" / "copy.png").write_bytes(cd[0].read_bytes())  # identical content, new path
+    (images / "CD" / "broken.png").write_bytes(b"\x89PNG not really")
+    lines = ["ImagePath,Label"]
+    lines += [f"CD/{p.name},CD" for p in cd]
+    lines += [f"UD/{p.name},ud " for p in ud[:2]] + [f"UD/{p.name},UD" for p in ud[2:]]  # case, space
+    lines += [f"CD/{cd[0].name},CD"]  # duplicate row
+    lines += ["CD/copy.png,CD", "CD/broken.png,CD", "CD/gone.png,CD", ",CD"]
+    write_csv(images / "list.csv", "\n".join(lines) + "\n")
+    rows, report = data.load_rows(images, "list.csv")
+    kept = data.validate(rows, report)
+    problems = {kind: len(items) for kind, items in report.problems.items()}
+    assert problems == {
+        "rows with an empty ImagePath or Label": 1,
+        "labels differing only in case or whitespace": 1,
+        "duplicate rows": 1,
+        "missing files": 1,
+        "unreadable or corrupt images": 1,
+        "identical content under different paths": 1,
+    }
+    assert Counter(row.label for row in kept) == {"CD": 4, "UD": 4}
+    assert "12 rows hold 11 distinct images" in report.notes
+    assert any("gone.png" in example for example in report.problems["missing files"])
+
+
+def test_strict_turns_dropped_rows_into_an_error(images):
+    cd = sorted((images / "CD").iterdir())
+    write_csv(images / "l.csv", "ImagePath,Label\n" + _rows_for(images) + f"\n../Images/CD/{cd[0].name},CD\n")
+    rows, report = data.load_rows(images, "l.csv")
+    with pytest.raises(InputError, match=r"--strict: 1 unusable row\(s\): duplicate rows: 1"):
+        data.validate(rows, report, strict=True)
+
+
+def test_same_file_with_two_labels_is_dropped(images):
+    cd = sorted((images / "CD").iterdir())
+    write_csv(images / "l.csv", "ImagePath,Label\n" + _rows_for(images) + f"\n../Images/CD/{cd[0].name},UD\n")
+    rows, report = data.load_rows(images, "l.csv")
+    kept = data.validate(rows, report)
+    assert "files listed with different labels" in report.problems
+    assert cd[0] not in {row.path for row in kept}
+
+
+def test_single_class_is_an_error(tmp_path):
+    make_images(tmp_path / "one", {"CD": 5})
+    rows, report = data.load_rows(tmp_path / "one", None)
+    with pytest.raises(InputError, match=r"need at least two classes with 3\+ usable images each, found 'CD' \(5\)"):
+        data.validate(rows, report)
+
+
+def test_class_too_small_to_split_is_dropped_with_a_warning(tmp_path):
+    make_images(tmp_path / "d", {"CD": 5, "UD": 5, "XX": 2})
+    rows, report = data.load_rows(tmp_path / "d", None)
+    kept = data.validate(rows, report)
+    assert report.problems["classes too small to split"] == ["'XX' has 2 image(s), needs at least 3"]
+    assert {row.label for row in kept} == {"CD", "UD"}
+
+
+def test_imbalance_is_noted(tmp_path):
+    make_images(tmp_path / "d", {"CD": 12, "UD": 3})
+    rows, report = data.load_rows(tmp_path / "d", None)
+    data.validate(rows, report)
+    assert any("imbalanced (12 vs 3 images)" in note for note in report.notes)
+
+
+def test_split_is_stratified_seeded_and_covers_every_class(tmp_path):
+    make_images(tmp_path / "d", {"CD": 40, "UD": 10, "ZZ": 3})
+    rows, report = data.load_rows(tmp_path / "d", None)
+    rows = data.validate(rows, report)
+    parts = data.split(rows, 0.1, 0.1, seed=7)
+    assert sum(map(len, parts.values())) == 53
+    for name in data.SPLITS:
+        assert {row.label for row in parts[name]} == {"CD", "UD", "ZZ"}
+    assert Counter(row.label for row in parts["test"]) == {"CD": 4, "UD": 1, "ZZ": 1}
+    again = data.split(list(reversed(rows)), 0.1, 0.1, seed=7)
+    assert [r.path for r in again["test"]] == [r.path for r in parts["test"]]
+    other = data.split(rows, 0.1, 0.1, seed=8)
+    assert [r.path for r in other["test"]] != [r.path for r in parts["test"]]
+
+
+def test_split_round_trips_through_split_csv(tmp_path):
+    make_images(tmp_path / "d", {"CD": 5, "UD": 5})
+    rows, report = data.load_rows(tmp_path / "d", None)
+    parts = data.split(data.validate(rows, report), 0.2, 0.2, seed=0)
+    data.write_split(parts, tmp_path / "split.csv")
+    loaded = data.read_split(tmp_path / "split.csv")
+    for name in data.SPLITS:
+        assert [(r.path, r.label, r.sha256) for r in loaded[name]] == [(r.path, r.label, r.sha256) for r in parts[name]]

@@ -1,0 +1,240 @@
+"""Real training on real (generated) images, on the CPU: the run folder, evaluate and predict."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from tests.conftest import CONCRETE, run_module
+from trainer.errors import InputError
+
+RUN_FILES = {
+    "model.keras",
+    "ud-cd-classifier.keras",
+    "labels.txt",
+    "config.json",
+    "split.csv",
+    "history.csv",
+    "metrics.json",
+}
+FAST = ["--backbone", "tiny", "--weights", "none", "--image-size", "64", "--batch-size", "8"]
+
+
+@pytest.fixture(scope="module")
+def trained_run(demo_dir, tmp_path_factory):
+    from trainer.cli import main
+
+    run_dir = tmp_path_factory.mktemp("runs") / "run"
+    args = [
+        "train",
+        "--folder",
+        demo_dir / "Images",
+        "--file",
+        "training_data.csv",
+        *FAST,
+        "--epochs",
+        "3",
+        "--output",
+        run_dir,
+    ]
+    assert main([str(a) for a in args]) == 0
+    return run_dir
+
+
+def test_run_folder_holds_every_artifact(trained_run):
+    assert {p.name for p in trained_run.iterdir()} >= RUN_FILES
+    assert not list(trained_run.parent.glob(".*partial*")), "staging folder left behind"
+    assert (trained_run / "labels.txt").read_text() == "CD\nUD\n"
+    config = json.loads((trained_run / "config.json").read_text())
+    assert config["backbone"] == "tiny" and config["weights_used"] == "none" and config["image_size"] == 64
+    with (trained_run / "split.csv").open() as handle:
+        split = list(csv.DictReader(handle))
+    assert {row["Split"] for row in split} == {"train", "validation", "test"}
+    assert len(split) == 24 and all(len(row["Sha256"]) == 64 for row in split)
+    history = (trained_run / "history.csv").read_text().splitlines()
+    assert history[0].split(",")[:3] == ["epoch", "accuracy", "loss"]
+    assert 2 <= len(history) <= 4
+
+
+def test_metrics_are_complete_and_consistent(trained_run):
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert 0.0 <= metrics["accuracy"] <= 1.0
+    assert set(metrics["per_class"]) == {"CD", "UD"}
+    for values in metrics["per_class"].values():
+        assert set(values) == {"precision", "recall", "f1", "support"}
+    matrix = metrics["confusion_matrix"]
+    assert sum(map(sum, matrix)) == metrics["count"] == 2  # 10% of 12 images per class rounds to one each
+    assert metrics["accuracy"] == pytest.approx((matrix[0][0] + matrix[1][1]) / metrics["count"])
+    assert metrics["log_loss"] > 0
+    assert metrics["data"]["rows_read"] == 24
+
+
+def test_evaluate_on_the_runs_own_test_split_matches_training(cli, trained_run):
+    code, out, err = cli("evaluate", "--model", trained_run)
+    assert code == 0, err
+    metrics = json.loads(out)
+    saved = json.loads((trained_run / "metrics.json").read_text())
+    assert metrics["confusion_matrix"] == saved["confusion_matrix"]
+    assert metrics["log_loss"] == pytest.approx(saved["log_loss"], abs=1e-4)
+
+
+def test_evaluate_on_a_folder_and_unknown_labels(cli, trained_run, demo_dir, tmp_path):
+    code, out, err = cli(
+        "evaluate", "--model", trained_run, "--folder", demo_dir / "Images", "--output", tmp_path / "m.json"
+    )
+    assert code == 0, err
+    assert json.loads(out)["count"] == 24
+    assert json.loads((tmp_path / "m.json").read_text())["count"] == 24
+    (tmp_path / "XX").mkdir()
+    for source in sorted((demo_dir / "Images" / "CD").iterdir())[:2]:
+        (tmp_path / "XX" / source.name).write_bytes(source.read_bytes()[:-1] + b"\xd9")
+    code, _, err = cli("evaluate", "--model", trained_run, "--folder", tmp_path)
+    assert code == 2
+    assert "label(s) 'XX' were never seen in training; this model knows CD, UD" in err
+
+
+def test_predict_writes_imagepath_predictedlabel_score(cli, trained_run, demo_dir, tmp_path):
+    images = demo_dir / "Images"
+    one = sorted((images / "UD").iterdir())[0]
+    out_csv = tmp_path / "predictions.csv"
+    code, _, err = cli("predict", "--model", trained_run, images / "CD", one, "--output", out_csv)
+    assert code == 0, err
+    with out_csv.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["ImagePath", "PredictedLabel", "Score"]
+    assert len(rows) == 13
+    assert rows[-1]["ImagePath"] == str(one)
+    assert all(row["PredictedLabel"] in ("CD", "UD") and 0.5 <= float(row["Score"]) <= 1.0 for row in rows)
+    code, out, _ = cli("predict", "--model", trained_run / "ud-cd-classifier.keras", images / "training_data.csv")
+    assert code == 0
+    assert len(out.strip().splitlines()) == 1 + 24
+
+
+def test_predict_refuses_a_corrupt_image(cli, trained_run, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a jpeg")
+    code, _, err = cli("predict", "--model", trained_run, bad, "--output", tmp_path / "p.csv")
+    assert code == 2
+    assert f"{bad}: not an image Pillow can read" in err
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_local_weights_file_freezes_the_backbone(cli, demo_dir, tmp_path):
+    from trainer.model import build_backbone
+
+    weights = tmp_path / "tiny.weights.h5"
+    build_backbone("tiny", 64, None).save_weights(weights)
+    run_dir = tmp_path / "run"
+    code, _, err = cli(
+        "train",
+        "--folder",
+        demo_dir / "Images",
+        "--file",
+        "training_data.csv",
+        "--backbone",
+        "tiny",
+        "--weights",
+        weights,
+        "--image-size",
+        "64",
+        "--epochs",
+        "1",
+        "--output",
+        run_dir,
+    )
+    assert code == 0, err
+    assert f"tiny, weights {weights}: backbone frozen, training the head, 258 trainable parameters" in err
+    assert json.loads((run_dir / "config.json").read_text())["weights_used"] == str(weights)
+
+
+def test_weights_that_do_not_fit_leave_nothing_behind(cli, demo_dir, tmp_path):
+    weights = tmp_path / "garbage.weights.h5"
+    weights.write_bytes(b"not hdf5")
+    code, _, err = cli(
+        "train",
+        "--folder",
+        demo_dir / "Images",
+        "--file",
+        "training_data.csv",
+        "--backbone",
+        "tiny",
+        "--weights",
+        weights,
+        "--image-size",
+        "64",
+        "--epochs",
+        "1",
+        "--output",
+        tmp_path / "run",
+    )
+    assert code == 2
+    assert f"--weights: {weights} does not fit backbone tiny at 64px" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["garbage.weights.h5"]
+
+
+def test_auto_weights_offline_falls_back_loudly(cli, demo_dir, tmp_path, monkeypatch):
+    from trainer import model
+
+    def no_download(name, image_size, weights):
+        if weights == "imagenet":
+            raise Exception("URL fetch failure on https://example/x.h5: None -- [Errno -2] Name or service not known")
+        return original(name, image_size, weights)
+
+    original = model.build_backbone
+    monkeypatch.setattr(model, "build_backbone", no_download)
+    backbone, used = model.load_backbone("mobilenet_v2", 64, "auto")
+    assert used == "none"
+    with pytest.raises(InputError, match="could not get ImageNet weights for mobilenet_v2 .*Name or service not known"):
+        model.load_backbone("mobilenet_v2", 64, "imagenet")
+
+
+@pytest.mark.slow
+def test_original_invocation_in_a_subprocess(demo_dir, tmp_path):
+    """`--train --folder --file` as the ML.NET app took it, run as a real process."""
+    result = run_module(
+        "--train",
+        "--folder",
+        demo_dir / "Images",
+        "--file",
+        "training_data.csv",
+        *FAST,
+        "--epochs",
+        "2",
+        "--runs-dir",
+        tmp_path / "runs",
+    )
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert result.stdout.strip() == str(run_dir)
+    assert {p.name for p in run_dir.iterdir()} >= RUN_FILES
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CONCRETE.is_dir(), reason="../shared/data/concrete is not here")
+def test_concrete_dataset_as_the_issue_runs_it(tmp_path):
+    result = run_module(
+        "--train",
+        "--folder",
+        CONCRETE,
+        "--file",
+        "training_data.csv",
+        "--backbone",
+        "tiny",
+        "--weights",
+        "none",
+        "--image-size",
+        "64",
+        "--epochs",
+        "3",
+        "--output",
+        tmp_path / "run",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "read 600 rows from training_data.csv" in result.stderr
+    assert "600 rows hold 400 distinct images" in result.stderr
+    assert "400 usable images: CD 200, UD 200" in result.stderr
+    assert {p.name for p in (tmp_path / "run").iterdir()} >= RUN_FILES
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["count"] == 40 and metrics["data"]["problems"]["duplicate rows"]["count"] == 200

@@ -1,0 +1,180 @@
+"""`python -m trainer`: the command layer. It parses options, calls one library function, and
+turns expected mistakes into one line on stderr with exit code 2 (1 for anything else)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+
+from trainer.config import TrainConfig
+from trainer.errors import InputError
+
+log = logging.getLogger("trainer")
+DEFAULTS = TrainConfig()
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage errors as one line that says where to look, like every other input error."""
+
+    def error(self, message: str) -> None:
+        raise InputError(f"{message} (see '{self.prog} --help')")
+
+
+def add_train_options(parser: argparse.ArgumentParser) -> None:
+    """The train options; launchers (invoke's `train` task) build the same flags from config."""
+    d = DEFAULTS
+    parser.add_argument(
+        "--folder", default=d.folder, help=f"image folder; without --file, one subfolder per class (default {d.folder})"
+    )
+    parser.add_argument(
+        "--file", default=d.file, help="CSV with ImagePath,Label; found in --folder or the working directory"
+    )
+    parser.add_argument("--backbone", default=d.backbone, help=f"network to transfer from (default {d.backbone})")
+    parser.add_argument(
+        "--weights", default=d.weights, help="auto | imagenet | none | PATH to a weights file (default auto)"
+    )
+    parser.add_argument(
+        "--image-size", type=int, default=d.image_size, help=f"square input size in pixels (default {d.image_size})"
+    )
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=d.epochs,
+        help=f"maximum epochs; early stopping may end sooner (default {d.epochs})",
+    )
+    parser.add_argument("--batch-size", type=int, default=d.batch_size, help=f"(default {d.batch_size})")
+    parser.add_argument(
+        "--learning-rate", type=float, default=d.learning_rate, help=f"Adam's learning rate (default {d.learning_rate})"
+    )
+    parser.add_argument(
+        "--patience", type=int, default=d.patience, help=f"early-stopping patience in epochs (default {d.patience})"
+    )
+    parser.add_argument("--dropout", type=float, default=d.dropout, help=f"before the classifier (default {d.dropout})")
+    parser.add_argument(
+        "--validation-fraction", type=float, default=d.validation_fraction, help=f"(default {d.validation_fraction})"
+    )
+    parser.add_argument("--test-fraction", type=float, default=d.test_fraction, help=f"(default {d.test_fraction})")
+    parser.add_argument("--seed", type=int, default=d.seed, help=f"split and initialisation seed (default {d.seed})")
+    parser.add_argument("--strict", action="store_true", help="fail on any unusable row instead of dropping it")
+    parser.add_argument(
+        "--cache-megabytes",
+        type=int,
+        default=d.cache_megabytes,
+        help=f"memory for decoded images (default {d.cache_megabytes})",
+    )
+    parser.add_argument("--output", default=d.output, help="run folder to create (default runs/<time>-<backbone>)")
+    parser.add_argument("--runs-dir", default=d.runs_dir, help=f"where default run folders go (default {d.runs_dir})")
+    parser.add_argument(
+        "--model-name", default=d.model_name, help=f"the model is also saved as NAME.keras (default {d.model_name})"
+    )
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="python -m trainer", description="Train, evaluate and use an image classifier.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+
+    train = commands.add_parser("train", help="train a classifier on a folder or CSV of labelled images")
+    add_train_options(train)
+
+    evaluate = commands.add_parser("evaluate", help="metrics of a trained run on labelled images")
+    evaluate.add_argument("--model", required=True, help="run folder written by 'train'")
+    evaluate.add_argument("--folder", help="images to evaluate on (default: the run's own test split)")
+    evaluate.add_argument("--file", help="CSV with ImagePath,Label, found in --folder or the working directory")
+    evaluate.add_argument("--strict", action="store_true", help="fail on any unusable row")
+    evaluate.add_argument("--batch-size", type=int, default=32)
+    evaluate.add_argument("--output", help="also write the metrics to this JSON file")
+
+    predict = commands.add_parser("predict", help="label images: writes ImagePath,PredictedLabel,Score")
+    predict.add_argument("--model", required=True, help="run folder written by 'train', or a .keras file")
+    predict.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders of images, or a CSV")
+    predict.add_argument("--output", help="CSV to write (default: standard output)")
+    predict.add_argument("--batch-size", type=int, default=32)
+
+    demo = commands.add_parser("demo-data", help="write the synthetic CD/UD demo dataset")
+    demo.add_argument("out_dir", metavar="OUT_DIR")
+    demo.add_argument("--per-class", type=int, default=60, help="images per class (default 60)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--image-size", type=int, default=160, help="pixels (default 160)")
+    return parser
+
+
+def _legacy(argv: list[str]) -> list[str]:
+    """The original ML.NET app was run as `--train --folder Images --file training_data.csv`."""
+    if argv and argv[0] in ("--train", "-t"):
+        return ["train", *argv[1:]]
+    return argv
+
+
+def run(argv: list[str]) -> int:
+    args = get_args_parser().parse_args(_legacy(argv))
+    if args.command is None:
+        get_args_parser().print_help()
+        return 2
+    if args.command == "demo-data":
+        from trainer.demo import make_demo_data
+
+        csv_path = make_demo_data(args.out_dir, args.per_class, args.seed, args.image_size)
+        print(csv_path)
+        return 0
+    if args.command == "train":
+        from trainer import train
+
+        names = {field.name for field in dataclasses.fields(TrainConfig)}
+        config = TrainConfig(**{key: value for key, value in vars(args).items() if key in names})
+        print(train.main(config))
+        return 0
+    if getattr(args, "batch_size", 1) < 1:
+        raise InputError(f"--batch-size must be at least 1 (got {args.batch_size})")
+    if args.command == "evaluate":
+        import json
+        from pathlib import Path
+
+        from trainer.evaluate import evaluate_run, summary_line, write_metrics
+
+        metrics = evaluate_run(args.model, args.folder, args.file, args.strict, args.batch_size)
+        log.info("%s", summary_line(metrics))
+        if args.output:
+            write_metrics(metrics, Path(args.output))
+        print(json.dumps(metrics, indent=2))
+        return 0
+    if args.command == "predict":
+        from trainer.predict import load_run, predict_images
+
+        predict_images(load_run(args.model), args.paths, args.output, args.batch_size)
+        return 0
+    raise AssertionError(args.command)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is now, so that redirections (and tests) see the log."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    # TensorFlow's C++ logging is noise for users; on a machine without an NVIDIA device its
+    # "failed call to cuInit" error is expected, so hide errors there too.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2" if os.path.exists("/dev/nvidiactl") else "3")
+    if not any(isinstance(handler, _StderrHandler) for handler in log.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+    try:
+        return run(sys.argv[1:] if argv is None else argv)
+    except InputError as error:
+        print(f"trainer: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("trainer: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,336 @@
+"""The labelled image list: read it (CSV or class folders), validate it, split it.
+
+Data flows one way: `load_rows` -> `validate` -> `split`. Each stage returns plain records so
+that the tf.data pipeline, evaluation and the run folder all see the same list.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PureWindowsPath
+
+import numpy as np
+
+from trainer.errors import ImageError, InputError
+from trainer.images import ImageInfo, inspect_image, is_image_file
+from trainer.progress import progress
+
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One labelled image: where it was listed, the path as written, and the file it names."""
+
+    line: int  # line number in the CSV (1 = header), 0 for folder listings
+    written: str  # the path as the CSV or folder listing wrote it
+    path: Path  # resolved, absolute
+    label: str
+    sha256: str = ""
+
+
+@dataclass
+class Report:
+    """What validation found: each problem with a count and a few examples."""
+
+    rows_read: int = 0
+    problems: dict[str, list[str]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, kind: str, example: str) -> None:
+        self.problems.setdefault(kind, []).append(example)
+
+    def lines(self, examples: int = 3) -> list[str]:
+        out = []
+        for kind, items in self.problems.items():
+            shown = "; ".join(items[:examples]) + ("; ..." if len(items) > examples else "")
+            out.append(f"{kind}: {len(items)} ({shown})")
+        return out
+
+    def to_dict(self) -> dict:
+        return {
+            "rows_read": self.rows_read,
+            "problems": {kind: {"count": len(v), "examples": v[:5]} for kind, v in self.problems.items()},
+            "notes": self.notes,
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+def resolve_csv(folder: Path, file: str) -> Path:
+    """The original app read `--folder Images --file training_data.csv` as Images/training_data.csv;
+    an absolute path or one relative to the working directory works too."""
+    candidates = [Path(file)] if Path(file).is_absolute() else [folder / file, Path(file)]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate.resolve()
+    raise InputError(f"--file: CSV {file!r} not found in {folder} or the working directory")
+
+
+def _resolve_image_path(written: str, bases: list[Path]) -> Path:
+    """Relative paths resolve against the CSV's folder first, then the image folder. A Windows
+    path (..\\Images\\CD\\x.jpg, or C:\\data\\CD\\x.jpg written on another machine) is matched by
+    its trailing parts, longest first."""
+    text = written.strip()
+    if "\\" in text or PureWindowsPath(text).drive:
+        windows = PureWindowsPath(text)
+        parts = windows.parts[1:] if windows.anchor else windows.parts
+        tails = [parts[i:] for i in range(len(parts))] if windows.anchor else [parts]
+        relatives = [Path(*tail) for tail in tails if tail]
+    elif Path(text).is_absolute():
+        return Path(text)
+    else:
+        relatives = [Path(text)]
+    candidates = [Path(os.path.normpath(base / rel)) for rel in relatives for base in bases]
+    for path in candidates:
+        if path.is_file():
+            return path
+    return candidates[0]
+
+
+def read_csv_rows(csv_path: Path, image_folder: Path) -> tuple[list[Row], Report]:
+    """Read `ImagePath,Label` rows. Paths are relative to the CSV's folder, as the original data
+    writes them; the image folder is tried second. BOM, CRLF, extra columns and any header case
+    are accepted."""
+    report = Report()
+    try:
+        raw = csv_path.read_bytes()
+    except OSError as error:
+        raise InputError(f"{csv_path}: cannot read ({error.strerror or error})") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise InputError(f"{csv_path}: not UTF-8 text (byte {error.start}); save it as UTF-8 CSV and retry") from None
+    if not text.strip():
+        raise InputError(f"{csv_path}: empty file; expected a header 'ImagePath,Label' and rows")
+    sample = text[:4096]
+    delimiter = ","
+    first_line = sample.splitlines()[0]
+    if "," not in first_line:
+        for candidate in (";", "\t", "|"):
+            if candidate in first_line:
+                delimiter = candidate
+                break
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    header = next(reader)
+    columns = {name.strip().lower(): index for index, name in enumerate(header)}
+    missing = [name for name in ("imagepath", "label") if name not in columns]
+    if missing:
+        found = ", ".join(repr(h.strip()) for h in header) or "none"
+        wanted = " and ".join({"imagepath": "ImagePath", "label": "Label"}[m] for m in missing)
+        raise InputError(f"{csv_path}: no {wanted} column (found {found}); the header must be ImagePath,Label")
+    path_col, label_col = columns["imagepath"], columns["label"]
+    bases = [csv_path.parent, image_folder]
+    rows = []
+    for line, record in enumerate(reader, start=2):
+        if not any(cell.strip() for cell in record):
+            continue
+        report.rows_read += 1
+        written = record[path_col].strip() if path_col < len(record) else ""
+        label = record[label_col].strip() if label_col < len(record) else ""
+        if not written or not label:
+            report.add("rows with an empty ImagePath or Label", f"line {line}")
+            continue
+        rows.append(Row(line, written, _resolve_image_path(written, bases), label))
+    if report.rows_read == 0:
+        raise InputError(f"{csv_path}: header only, no rows; add lines like 'CD/0001.jpg,CD'")
+    return rows, report
+
+
+def read_folder_rows(folder: Path) -> tuple[list[Row], Report]:
+    """One subfolder per class: folder/CD/*.jpg, folder/UD/*.jpg."""
+    report = Report()
+    if not folder.is_dir():
+        raise InputError(f"--folder: {folder} is not a folder")
+    rows = []
+    for class_dir in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for path in sorted(class_dir.rglob("*")):
+            if path.is_file() and is_image_file(path):
+                rows.append(Row(0, str(path.relative_to(folder)), path.resolve(), class_dir.name))
+    report.rows_read = len(rows)
+    if not rows:
+        raise InputError(
+            f"--folder: no images in class subfolders of {folder}; "
+            "give --file CSV or lay images out as FOLDER/<label>/<image>"
+        )
+    return rows, report
+
+
+def load_rows(folder: str | Path, file: str | None) -> tuple[list[Row], Report]:
+    folder = Path(folder)
+    if not folder.exists():
+        raise InputError(f"--folder: {folder} does not exist")
+    if file:
+        return read_csv_rows(resolve_csv(folder, file), folder)
+    return read_folder_rows(folder)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+
+
+def _inspect(path: Path) -> ImageInfo | ImageError:
+    try:
+        return inspect_image(path)
+    except ImageError as error:
+        return error
+
+
+def _where(row: Row) -> str:
+    return f"line {row.line}: {row.written}" if row.line else row.written
+
+
+def validate(
+    rows: list[Row],
+    report: Report,
+    *,
+    strict: bool = False,
+    min_class_size: int = 3,
+    allow_one_class: bool = False,
+    workers: int | None = None,
+) -> list[Row]:
+    """Drop what cannot be trained on and report why; with strict, any such row is an error.
+
+    The order of the checks matters: duplicate rows first (they are harmless), then files, then
+    content, then labels, then class sizes, so that each row is blamed for its first problem.
+    """
+    # Labels that differ only in case or whitespace are one class, spelled as most rows spell it.
+    spellings: dict[str, Counter] = defaultdict(Counter)
+    for row in rows:
+        spellings[" ".join(row.label.split()).casefold()][row.label] += 1
+    canonical = {}
+    for variants in spellings.values():
+        chosen = min(variants, key=lambda spelling: (-variants[spelling], spelling))  # ties: "CD" before "cd"
+        for variant in variants:
+            canonical[variant] = chosen
+        if len(variants) > 1:
+            report.add("labels differing only in case or whitespace", " = ".join(repr(v) for v in variants))
+    rows = [replace(row, label=canonical[row.label]) for row in rows]
+
+    # The same file listed twice with the same label is a duplicate row; with different labels
+    # it is a contradiction, and every row of that file goes.
+    by_path: dict[Path, list[Row]] = defaultdict(list)
+    for row in rows:
+        by_path[row.path].append(row)
+    unique = []
+    for _path, listed in by_path.items():
+        labels = {row.label for row in listed}
+        if len(labels) > 1:
+            report.add("files listed with different labels", f"{listed[0].written} as {sorted(labels)}")
+            continue
+        if len(listed) > 1:
+            report.add("duplicate rows", f"{_where(listed[1])} repeats line {listed[0].line}")
+        unique.append(listed[0])
+    if len(unique) < len(rows):
+        report.notes.append(f"{len(rows)} rows hold {len(unique)} distinct images")
+
+    workers = workers or min(32, (os.cpu_count() or 1) * 4)
+    paths = [row.path for row in unique]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = list(progress(pool.map(_inspect, paths), total=len(paths), desc="validate images"))
+    readable = []
+    for row, result in zip(unique, results, strict=True):
+        if isinstance(result, ImageError):
+            kind = "missing files" if "file not found" in str(result) else "unreadable or corrupt images"
+            report.add(kind, f"{_where(row)} ({str(result).split(': ', 1)[-1]})")
+        else:
+            readable.append(replace(row, sha256=result.sha256))
+
+    # Identical bytes under different paths would leak between the splits; keep the first copy.
+    by_content: dict[str, list[Row]] = defaultdict(list)
+    for row in readable:
+        by_content[row.sha256].append(row)
+    distinct = []
+    for copies in by_content.values():
+        labels = {row.label for row in copies}
+        if len(labels) > 1:
+            report.add(
+                "identical images with different labels",
+                " vs ".join(f"{row.written} ({row.label})" for row in copies[:2]),
+            )
+            continue
+        for extra in copies[1:]:
+            report.add("identical content under different paths", f"{extra.written} = {copies[0].written}")
+        distinct.append(copies[0])
+
+    counts = Counter(row.label for row in distinct)
+    small = {label for label, count in counts.items() if count < min_class_size}
+    for label in sorted(small):
+        report.add(
+            "classes too small to split",
+            f"{label!r} has {counts[label]} image(s), needs at least {min_class_size}",
+        )
+    kept = [row for row in distinct if row.label not in small]
+
+    dropped = report.rows_read - len(kept)
+    if strict and report.problems:
+        raise InputError(f"--strict: {dropped} unusable row(s): " + " | ".join(report.lines(2)))
+    final = Counter(row.label for row in kept)
+    needed = 1 if allow_one_class else 2
+    if len(final) < needed:
+        found = ", ".join(f"{label!r} ({count})" for label, count in sorted(counts.items())) or "no usable images"
+        raise InputError(
+            f"need {'a class' if needed == 1 else 'at least two classes'} with {min_class_size}+ usable "
+            f"images each, found {found}; " + ("; ".join(report.lines(1)) or "add images of another class")
+        )
+    report.notes.append(
+        f"{len(kept)} usable images: " + ", ".join(f"{label} {count}" for label, count in sorted(final.items()))
+    )
+    largest, smallest = max(final.values()), min(final.values())
+    if largest >= 3 * smallest:
+        report.notes.append(
+            f"classes are imbalanced ({largest} vs {smallest} images); accuracy alone will flatter the model"
+        )
+    return sorted(kept, key=lambda row: (row.label, str(row.path)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Split
+
+
+def split(rows: list[Row], validation_fraction: float, test_fraction: float, seed: int) -> dict[str, list[Row]]:
+    """Stratified and seeded: every class gets at least one image in each split."""
+    rng = np.random.default_rng(seed)
+    by_label: dict[str, list[Row]] = defaultdict(list)
+    for row in sorted(rows, key=lambda row: (row.label, str(row.path))):
+        by_label[row.label].append(row)
+    parts: dict[str, list[Row]] = {name: [] for name in SPLITS}
+    for label in sorted(by_label):
+        members = by_label[label]
+        order = rng.permutation(len(members))
+        n = len(members)
+        n_test = max(1, round(n * test_fraction)) if test_fraction > 0 else 0
+        n_val = max(1, round(n * validation_fraction)) if validation_fraction > 0 else 0
+        n_test = min(n_test, n - 2) if n_val else min(n_test, n - 1)
+        n_val = min(n_val, n - n_test - 1)
+        shuffled = [members[i] for i in order]
+        parts["test"] += shuffled[:n_test]
+        parts["validation"] += shuffled[n_test : n_test + n_val]
+        parts["train"] += shuffled[n_test + n_val :]
+    return parts
+
+
+def write_split(parts: dict[str, list[Row]], path: Path) -> None:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["ImagePath", "Label", "Split", "Sha256"])
+        for name in SPLITS:
+            for row in parts[name]:
+                writer.writerow([str(row.path), row.label, name, row.sha256])
+
+
+def read_split(path: Path) -> dict[str, list[Row]]:
+    parts: dict[str, list[Row]] = {name: [] for name in SPLITS}
+    with path.open(newline="", encoding="utf-8") as handle:
+        for line, record in enumerate(csv.DictReader(handle), start=2):
+            parts[record["Split"]].append(
+                Row(line, record["ImagePath"], Path(record["ImagePath"]), record["Label"], record["Sha256"])
+            )
+    return parts

@@ -1,0 +1,9 @@
+"""Exceptions the command layer turns into one line and an exit code."""
+
+
+class InputError(Exception):
+    """Bad input or usage: a file, row, column or option the user can fix (exit code 2)."""
+
+
+class ImageError(InputError):
+    """An image that cannot be used: missing, unreadable, corrupt or too large."""

@@ -1,0 +1,120 @@
+"""Reading one image file into RGB pixels, whatever its mode, orientation or size.
+
+Pillow decodes everything here (TensorFlow's decoders ignore EXIF orientation and do not handle
+CMYK, 16-bit or palette images the same way), so validation and training see the same pixels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from trainer.errors import ImageError
+
+# Refuse decompression bombs ourselves instead of relying on Pillow's warning, which only turns
+# into an error at twice its limit. 64 megapixels covers any camera photo.
+MAX_PIXELS = 64_000_000
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What validation learns about one file: its content hash and its decoded size and mode."""
+
+    sha256: str
+    width: int
+    height: int
+    mode: str
+
+
+def _open(data: bytes, path: Path) -> Image.Image:
+    try:
+        image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image Pillow can read") from None
+    except Image.DecompressionBombError:
+        raise ImageError(f"{path}: refused as a decompression bomb") from None
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        raise ImageError(
+            f"{path}: {width}x{height} pixels is over the {MAX_PIXELS:,}-pixel limit "
+            "(a decompression bomb, or a photo to downscale first)"
+        )
+    if width == 0 or height == 0:
+        raise ImageError(f"{path}: image has no pixels")
+    return image
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ImageError(f"{path}: file not found") from None
+    except OSError as error:
+        raise ImageError(f"{path}: cannot read ({error.strerror or error})") from None
+    if not data:
+        raise ImageError(f"{path}: empty file (0 bytes)")
+    return data
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB; transparency is composited over white."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # Wide grayscale: scale the real range into 0-255 instead of clipping at 255.
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") else max(float(array.max()), 1.0)
+        array = np.clip(array / top * 255.0, 0, 255).astype(np.uint8)
+        image = Image.fromarray(array)
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return image
+
+
+def inspect_image(path: Path, draft_size: int = 256) -> ImageInfo:
+    """Hash and fully decode one file; raise ImageError if it cannot be used for training.
+
+    JPEGs are decoded in draft mode (DCT scaling), which still reads every byte of the stream, so
+    truncation is caught at a fraction of the cost of a full-size decode.
+    """
+    data = _read_bytes(path)
+    digest = hashlib.sha256(data).hexdigest()
+    image = _open(data, path)
+    width, height, mode = image.width, image.height, image.mode
+    try:
+        image.draft("RGB", (draft_size, draft_size))
+        image.load()
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageError(f"{path}: corrupt or truncated image ({error})") from None
+    return ImageInfo(digest, width, height, mode)
+
+
+def load_image(path: str | Path, image_size: int) -> np.ndarray:
+    """Decode, orient (EXIF), convert to RGB and resize to image_size x image_size (uint8)."""
+    path = Path(path)
+    image = _open(_read_bytes(path), path)
+    try:
+        # Let the JPEG decoder downscale by a power of two when the target is much smaller.
+        image.draft("RGB", (image_size, image_size))
+        image = ImageOps.exif_transpose(image)
+        image = to_rgb(image)
+        if image.size != (image_size, image_size):
+            image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
+        return np.asarray(image, dtype=np.uint8)
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageError(f"{path}: corrupt or truncated image ({error})") from None
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")

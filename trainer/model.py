@@ -1,0 +1,123 @@
+"""The backbone registry and the one model builder.
+
+Every model takes raw pixels (float32, 0-255, shape (size, size, 3)) and returns class
+probabilities; the backbone's own preprocessing is a layer inside the model, so the saved model
+needs nothing else to run.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from trainer.errors import InputError
+
+log = logging.getLogger("trainer")
+
+
+@dataclass(frozen=True)
+class Backbone:
+    application: str | None  # class in keras.applications; None for the built-in tiny CNN
+    scale: float  # pixel * scale + offset is what the backbone expects
+    offset: float
+    min_size: int
+    mlnet: str | None = None  # ML.NET's ImageClassificationTrainer.Architecture name
+
+
+# ML.NET's four architectures, EfficientNet-B0, and a tiny CNN for CPU smoke runs.
+BACKBONES = {
+    "resnet50_v2": Backbone("ResNet50V2", 1 / 127.5, -1.0, 32, "ResnetV250"),
+    "resnet101_v2": Backbone("ResNet101V2", 1 / 127.5, -1.0, 32, "ResnetV2101"),
+    "inception_v3": Backbone("InceptionV3", 1 / 127.5, -1.0, 75, "InceptionV3"),
+    "mobilenet_v2": Backbone("MobileNetV2", 1 / 127.5, -1.0, 32, "MobilenetV2"),
+    "efficientnet_b0": Backbone("EfficientNetB0", 1.0, 0.0, 32),  # rescales inside the network
+    "tiny": Backbone(None, 1 / 255.0, 0.0, 32),
+}
+
+
+def _tiny_backbone(input_shape: tuple[int, int, int]):
+    import keras
+    from keras import layers
+
+    inputs = keras.Input(shape=input_shape)
+    x = inputs
+    for filters in (16, 32, 64, 128):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+        # Group normalization, not batch normalization: small datasets give a handful of steps
+        # per epoch, too few for batch statistics to settle, and a BN model that scores 1.0 in
+        # training then predicts one class at inference. GN behaves the same in both modes.
+        x = layers.GroupNormalization(groups=8)(x)
+        x = layers.ReLU()(x)
+        x = layers.MaxPooling2D()(x)
+    outputs = layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, outputs, name="tiny")
+
+
+def build_backbone(name: str, image_size: int, weights: str | None):
+    """The feature extractor, pooled to one vector per image. weights: None, 'imagenet' or a path."""
+    import keras
+
+    spec = BACKBONES[name]
+    input_shape = (image_size, image_size, 3)
+    if spec.application is None:
+        base = _tiny_backbone(input_shape)
+        if weights and weights != "imagenet":
+            base.load_weights(weights)
+        return base
+    application = getattr(keras.applications, spec.application)
+    return application(include_top=False, weights=weights, input_shape=input_shape, pooling="avg")
+
+
+def load_backbone(name: str, image_size: int, weights: str) -> tuple[object, str]:
+    """Build the backbone with the requested weights; return it and the weights actually used.
+
+    `auto` means ImageNet weights when Keras has them cached or can download them, otherwise
+    none, with a warning that says what that costs.
+    """
+    spec = BACKBONES[name]
+    if image_size < spec.min_size:
+        raise InputError(f"--image-size must be at least {spec.min_size} for {name} (got {image_size})")
+    if weights == "none":
+        return build_backbone(name, image_size, None), "none"
+    if weights in ("auto", "imagenet") and spec.application is None:
+        if weights == "imagenet":
+            raise InputError(f"--weights imagenet: backbone {name} has no ImageNet weights; use none or a file")
+        log.info("backbone %s has no pretrained weights: training from scratch", name)
+        return build_backbone(name, image_size, None), "none"
+    if weights in ("auto", "imagenet"):
+        try:
+            return build_backbone(name, image_size, "imagenet"), "imagenet"
+        except Exception as error:  # Keras raises a bare Exception for a failed download
+            reason = str(error).split(" -- ")[-1][:200]
+            if weights == "imagenet":
+                raise InputError(
+                    f"--weights imagenet: could not get ImageNet weights for {name} ({reason}); "
+                    "connect to the internet, or pass --weights none or a local weights file"
+                ) from None
+            log.warning(
+                "WARNING: no ImageNet weights for %s (%s): training the whole network from scratch, "
+                "which needs far more data and time; pass --weights PATH to use a local file",
+                name,
+                reason,
+            )
+            return build_backbone(name, image_size, None), "none"
+    try:
+        return build_backbone(name, image_size, weights), weights
+    except (ValueError, OSError, KeyError) as error:
+        raise InputError(f"--weights: {weights} does not fit backbone {name} at {image_size}px ({error})") from None
+
+
+def make_model(backbone, backbone_name: str, num_classes: int, pretrained: bool, dropout: float):
+    """Pixels in, probabilities out. A pretrained backbone is frozen and runs in inference mode,
+    so only the head learns; without pretrained weights the whole network trains."""
+    import keras
+    from keras import layers
+
+    spec = BACKBONES[backbone_name]
+    inputs = keras.Input(shape=backbone.input_shape[1:], name="image")
+    x = layers.Rescaling(spec.scale, spec.offset, name="preprocess")(inputs)
+    backbone.trainable = not pretrained
+    x = backbone(x, training=False) if pretrained else backbone(x)
+    x = layers.Dropout(dropout, name="dropout")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", name="probabilities", dtype="float32")(x)
+    return keras.Model(inputs, outputs, name=f"{backbone_name}_classifier")
