@@ -1,0 +1,164 @@
+"""Safe extraction of zip and tar archives, and downloads written under a temporary name.
+
+Every member is checked before anything is written: absolute paths, `..`, links that point
+outside the target, hard links, device files and oversized contents are refused, so a refused
+archive writes nothing at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import shutil
+import stat
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path, PurePosixPath
+
+from scripts.steps import StepFailed
+
+# A zip bomb's tell: far more bytes out than in. Real image archives are near 1:1 (JPEGs do not
+# compress); 200:1 is generous, and 20 GiB is more than any dataset this bundle is for.
+MAX_RATIO = 200
+MAX_TOTAL = 20 * 1024**3
+
+
+class UnsafeArchive(StepFailed):
+    def __init__(self, archive: Path, reason: str):
+        super().__init__(f"{archive}: refused, {reason}", "nothing was extracted; use a trusted archive")
+
+
+def _safe_name(archive: Path, name: str) -> PurePosixPath:
+    path = PurePosixPath(name.replace("\\", "/"))
+    if path.is_absolute() or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        raise UnsafeArchive(archive, f"member {name!r} has an absolute path")
+    if ".." in path.parts:
+        raise UnsafeArchive(archive, f"member {name!r} climbs out with '..'")
+    return path
+
+
+def _inside(target: Path, member: PurePosixPath, link: str) -> bool:
+    """Does a symlink at target/member pointing to `link` stay inside target?"""
+    if link.startswith("/"):
+        return False
+    resolved = os.path.normpath(os.path.join("/", str(member.parent), link))
+    return resolved.startswith("/") and ".." not in PurePosixPath(resolved).parts
+
+
+def check_zip(archive: Path, handle: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
+    members, total = [], 0
+    for info in handle.infolist():
+        _safe_name(archive, info.filename)
+        mode = info.external_attr >> 16
+        if stat.S_ISLNK(mode):
+            raise UnsafeArchive(archive, f"member {info.filename!r} is a symbolic link")
+        if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            raise UnsafeArchive(archive, f"member {info.filename!r} is a special file")
+        total += info.file_size
+        if info.compress_size and info.file_size / info.compress_size > MAX_RATIO and info.file_size > 1024**2:
+            raise UnsafeArchive(
+                archive, f"member {info.filename!r} expands {info.file_size // info.compress_size}x (a zip bomb)"
+            )
+        members.append(info)
+    if total > MAX_TOTAL:
+        raise UnsafeArchive(archive, f"it would expand to {total / 1024**3:.1f} GiB")
+    return members
+
+
+def check_tar(archive: Path, handle: tarfile.TarFile, target: Path) -> list[tarfile.TarInfo]:
+    members, total = [], 0
+    for info in handle.getmembers():
+        name = _safe_name(archive, info.name)
+        if info.islnk():
+            raise UnsafeArchive(archive, f"member {info.name!r} is a hard link")
+        if info.issym() and not _inside(target, name, info.linkname):
+            raise UnsafeArchive(archive, f"member {info.name!r} links outside the target ({info.linkname})")
+        if info.ischr() or info.isblk() or info.isfifo() or info.isdev():
+            raise UnsafeArchive(archive, f"member {info.name!r} is a device or fifo")
+        total += info.size
+        members.append(info)
+    if total > MAX_TOTAL:
+        raise UnsafeArchive(archive, f"it would expand to {total / 1024**3:.1f} GiB")
+    return members
+
+
+def extract(archive: Path, target: Path) -> Path:
+    """Extract into a new folder beside `target`, then rename it to `target`. Returns target."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    staging.chmod(0o755)
+    try:
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as handle:
+                members = check_zip(archive, handle)
+                for info in members:
+                    handle.extract(info, staging)
+        elif tarfile.is_tarfile(archive):
+            with tarfile.open(archive) as handle:
+                members = check_tar(archive, handle, staging)
+                for info in members:
+                    info.mode &= 0o755  # never world-writable, never setuid
+                    handle.extract(info, staging, filter="tar" if hasattr(tarfile, "data_filter") else None)
+        else:
+            raise StepFailed(f"{archive}: neither a zip nor a tar archive", "check the source")
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download(url: str, destination: Path, echo=print, timeout: float = 60) -> Path:
+    """HTTP(S) GET into destination via a temporary name, with a progress bar; a short or failed
+    transfer leaves nothing at destination."""
+    from tqdm import tqdm
+
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    temporary = destination.with_name(f".{destination.name}.partial")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            expected = int(response.headers.get("Content-Length") or 0) or None
+            received = 0
+            with (
+                temporary.open("wb") as handle,
+                tqdm(
+                    total=expected, unit="B", unit_scale=True, desc=f"download {destination.name}", mininterval=1.0
+                ) as bar,
+            ):
+                for block in iter(lambda: response.read(1 << 20), b""):
+                    handle.write(block)
+                    received += len(block)
+                    bar.update(len(block))
+        if expected is not None and received != expected:
+            raise StepFailed(f"{url}: transfer cut short ({received} of {expected} bytes)", "retry; check the network")
+        temporary.replace(destination)
+    except urllib.error.HTTPError as error:
+        temporary.unlink(missing_ok=True)
+        raise StepFailed(
+            f"{url}: HTTP {error.code} {error.reason}", "check the URL and that it is shared publicly"
+        ) from None
+    except http.client.HTTPException as error:
+        temporary.unlink(missing_ok=True)
+        raise StepFailed(f"{url}: transfer cut short ({type(error).__name__})", "retry; check the network") from None
+    except (urllib.error.URLError, OSError) as error:
+        temporary.unlink(missing_ok=True)
+        reason = getattr(error, "reason", error)
+        raise StepFailed(f"{url}: download failed ({reason})", "check the network and the URL") from None
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return destination

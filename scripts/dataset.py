@@ -1,0 +1,227 @@
+"""data: the dataset unpacked under the data folder, counted per class, with a manifest that
+tells `invoke train` where the images and the CSV are.
+
+Sources: `demo` (the trainer's synthetic dataset, generated offline), a Google Drive file id or
+share link (gdown), an http(s) URL, or a local zip or folder (such as one under the mounted
+Drive). The manifest (`<data dir>/dataset.json`) records the source and its checksum, so a rerun
+with the same source is a no-op and a new source replaces the old dataset whole.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+from scripts.archives import download, extract, sha256_of
+from scripts.steps import Context, Result, StepFailed, changed, ok
+
+MANIFEST = "dataset.json"
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+DRIVE_LINK = re.compile(r"drive\.google\.com/(?:file/d/|open\?id=|uc\?(?:.*&)?id=)([A-Za-z0-9_-]{10,})")
+DRIVE_ID = re.compile(r"^(?:gdrive:)?([A-Za-z0-9_-]{25,})$")
+DRIVE_DOWNLOAD = "https://drive.google.com/uc?id={id}"
+
+
+def source_kind(source: str) -> tuple[str, str]:
+    """('demo' | 'gdrive' | 'url' | 'local', the id, URL or path)."""
+    if source == "demo":
+        return "demo", source
+    link = DRIVE_LINK.search(source)
+    if link:
+        return "gdrive", link.group(1)
+    if source.startswith(("https://", "http://")):
+        return "url", source
+    bare = DRIVE_ID.match(source)
+    if bare and not Path(source).exists():
+        return "gdrive", bare.group(1)
+    return "local", source
+
+
+def count_images(folder: Path) -> dict[str, int]:
+    """Images per class folder (the first folder level below `folder`)."""
+    counts: Counter = Counter()
+    for path in folder.rglob("*"):
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file() and not path.name.startswith("."):
+            relative = path.relative_to(folder).parts
+            counts[relative[0] if len(relative) > 1 else "."] += 1
+    return dict(sorted(counts.items()))
+
+
+def find_layout(root: Path, csv_name: str) -> tuple[Path, str | None]:
+    """The folder the trainer gets as --folder, and the CSV inside it (or None for class folders).
+
+    The original Images.zip unpacks to Images/CD, Images/UD with the CSV inside Images/; other
+    archives put the CSV beside the folder or hold the class folders at the top.
+    """
+    csvs = sorted(root.rglob(csv_name)) or sorted(p for p in root.rglob("*.csv") if not p.name.startswith("."))
+    if csvs:
+        return csvs[0].parent, csvs[0].name
+    folder = root
+    while True:
+        children = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "__MACOSX"))]
+        files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+        if len(children) == 1 and not files:
+            folder = children[0]
+            continue
+        return folder, None
+
+
+def expected_counts(text: str | None) -> dict[str, int]:
+    """'CD=200,UD=200' -> {'CD': 200, 'UD': 200}."""
+    if not text:
+        return {}
+    wanted = {}
+    for part in text.split(","):
+        label, _, number = part.partition("=")
+        if not label.strip() or not number.strip().isdigit():
+            raise StepFailed(f"--expect: {part!r} is not LABEL=COUNT", "write it like CD=200,UD=200")
+        wanted[label.strip()] = int(number)
+    return wanted
+
+
+def read_manifest(data_dir: Path) -> dict | None:
+    try:
+        return json.loads((data_dir / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _fetch_gdrive(file_id: str, destination: Path, ctx: Context, url_template: str) -> Path:
+    try:
+        import gdown
+        from gdown.exceptions import FileURLRetrievalError
+    except ImportError:
+        raise StepFailed("gdown is not installed", "run `invoke pins` first") from None
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    temporary = destination.with_name(f".{destination.name}.partial")
+    try:
+        # url= (not id= or fuzzy=) is the call that gdown 5.x and 6.x both accept.
+        result = gdown.download(url=url_template.format(id=file_id), output=str(temporary), quiet=False)
+    except FileURLRetrievalError:
+        temporary.unlink(missing_ok=True)
+        raise StepFailed(
+            f"Google Drive refused file {file_id} (not shared, or its download quota is used up)",
+            "share it as 'Anyone with the link', or copy the zip into your Drive and pass its /content/drive path",
+        ) from None
+    except Exception as error:  # gdown surfaces network errors from requests under many types
+        temporary.unlink(missing_ok=True)
+        raise StepFailed(f"Google Drive download of {file_id} failed ({error})", "check the network; retry") from None
+    if result is None or not temporary.is_file():
+        raise StepFailed(f"Google Drive download of {file_id} produced no file", "check the id and its sharing")
+    temporary.replace(destination)
+    return destination
+
+
+def _obtain(kind: str, value: str, downloads: Path, ctx: Context, sha256: str | None, url_template: str) -> Path:
+    """The source as a local file or folder; remote files are checked against sha256 and fetched
+    once more on a mismatch."""
+    if kind == "local":
+        path = Path(value).expanduser()
+        if not path.exists():
+            raise StepFailed(f"--source: {path} does not exist", "check the path; is Drive mounted?")
+        if sha256 and path.is_file() and sha256_of(path) != sha256:
+            raise StepFailed(f"--source: {path} does not match --sha256", "check the file or the checksum")
+        return path
+    name = Path(value).name if kind == "url" else f"{value}.zip"
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", name.split("?")[0]) or "download"
+    target = downloads / name
+    for attempt in (1, 2):
+        if not target.is_file():
+            if kind == "url":
+                download(value, target, echo=ctx.echo)
+            else:
+                _fetch_gdrive(value, target, ctx, url_template)
+        if not sha256 or sha256_of(target) == sha256:
+            return target
+        target.unlink()
+        ctx.echo(f"data: {target.name} does not match --sha256" + ("; fetching it once more" if attempt == 1 else ""))
+    raise StepFailed(
+        f"{value}: the download does not match --sha256 twice", "check the checksum, or the source changed"
+    )
+
+
+def dataset(
+    ctx: Context,
+    source: str = "demo",
+    data_dir: str = "data",
+    sha256: str | None = None,
+    expect: str | None = None,
+    csv: str = "training_data.csv",
+    demo_per_class: int = 60,
+    demo_seed: int = 0,
+    gdrive_url: str = DRIVE_DOWNLOAD,
+) -> Result:
+    data_path = (ctx.root / data_dir).resolve() if not Path(data_dir).is_absolute() else Path(data_dir)
+    kind, value = source_kind(source)
+    wanted_counts = expected_counts(expect)
+    settings = {"source": source, "sha256": sha256}
+    if kind == "demo":
+        settings.update(per_class=demo_per_class, seed=demo_seed)
+    manifest = read_manifest(data_path)
+    if manifest and {key: manifest.get(key) for key in settings} == settings and Path(manifest["folder"]).is_dir():
+        _check_counts(manifest["counts"], wanted_counts)
+        return ok(f"{_describe(manifest)} from {source}")
+    if ctx.dry_run:
+        return ctx.would(f"fetch {kind} source {source} into {data_path}")
+
+    data_path.mkdir(parents=True, exist_ok=True)
+    unpacked = data_path / "dataset"
+    if kind == "demo":
+        from trainer.demo import make_demo_data  # numpy and Pillow, only when there is work to do
+
+        staging = Path(tempfile.mkdtemp(prefix=".demo.", dir=data_path))
+        shutil.rmtree(staging)
+        make_demo_data(staging, per_class=demo_per_class, seed=demo_seed)
+        _replace(unpacked, staging)
+    else:
+        obtained = _obtain(kind, value, data_path / "downloads", ctx, sha256, gdrive_url)
+        if obtained.is_dir():
+            staging = Path(tempfile.mkdtemp(prefix=".copy.", dir=data_path))
+            shutil.rmtree(staging)
+            shutil.copytree(obtained, staging)
+            _replace(unpacked, staging)
+        else:
+            extract(obtained, unpacked)
+    folder, csv_name = find_layout(unpacked, csv)
+    counts = count_images(folder)
+    if not counts:
+        raise StepFailed(
+            f"no images found in {source}", "the source must hold image files, in class folders or with a CSV"
+        )
+    manifest = {**settings, "folder": str(folder), "file": csv_name, "counts": counts}
+    _check_counts(counts, wanted_counts)
+    temporary = data_path / f".{MANIFEST}.partial"
+    temporary.write_text(json.dumps(manifest, indent=2) + "\n")
+    temporary.replace(data_path / MANIFEST)
+    return changed(f"{_describe(manifest)} from {source}")
+
+
+def _replace(target: Path, staging: Path) -> None:
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        target.rename(old)
+        staging.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        staging.rename(target)
+
+
+def _describe(manifest: dict) -> str:
+    counts = ", ".join(f"{label} {count}" for label, count in manifest["counts"].items())
+    csv_part = f", CSV {manifest['file']}" if manifest.get("file") else ""
+    return f"{sum(manifest['counts'].values())} images ({counts}) in {manifest['folder']}{csv_part}"
+
+
+def _check_counts(counts: dict[str, int], wanted: dict[str, int]) -> None:
+    wrong = [
+        f"{label} {counts.get(label, 0)} (expected {number})"
+        for label, number in wanted.items()
+        if counts.get(label, 0) != number
+    ]
+    if wrong:
+        raise StepFailed("image counts differ: " + ", ".join(wrong), "check the source, or fix --expect")

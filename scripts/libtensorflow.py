@@ -1,0 +1,321 @@
+"""libtensorflow: the TensorFlow C library of the pinned version under a prefix.
+
+Wanted state: PREFIX/include/tensorflow/c/*.h, PREFIX/lib/libtensorflow.so.2 and
+PREFIX/lib/libtensorflow_framework.so.2 with the usual symlinks (.so -> .so.2 -> .so.X.Y.Z),
+PREFIX/lib known to the dynamic loader (ldconfig), an env file with LIBRARY_PATH,
+LD_LIBRARY_PATH and C_INCLUDE_PATH, and a small C program that prints TF_Version() equal to the pin.
+
+Sources: `wheel` (default: the installed TensorFlow wheel ships the C API; offline and
+version-matched), a local tarball, or an official tarball URL, which needs a pinned --sha256.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import struct
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+from scripts.archives import download, extract, sha256_of
+from scripts.steps import Context, Result, StepFailed, changed, ok, privileged, read
+
+STAMP = "share/libtensorflow/install.json"
+LDCONF = Path("/etc/ld.so.conf.d/libtensorflow.conf")
+LIBRARIES = ("libtensorflow", "libtensorflow_framework")
+HELLO_C = """#include <stdio.h>
+#include <tensorflow/c/c_api.h>
+
+int main(void) {
+  printf("%s\\n", TF_Version());
+  return 0;
+}
+"""
+# The C headers ship beside C++ ones in the wheel; these are the C API's public entry points,
+# and whatever they include is copied with them.
+HEADER_ROOTS = re.compile(r"^(c_api.*|tf_[a-z_]+|env|kernels|logging|ops|c_api_macros)\.h$")
+INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the current state
+
+
+def pinned_version(ctx: Context, requirements: str = "requirements.txt") -> str:
+    from scripts.pins import read_pins
+
+    pins = read_pins(ctx.root / requirements)
+    if "tensorflow" not in pins:
+        raise StepFailed(f"{requirements} pins no tensorflow", "add tensorflow==X.Y.Z or pass --version")
+    return pins["tensorflow"]
+
+
+def env_lines(prefix: Path) -> dict[str, str]:
+    lib, include = str(prefix / "lib"), str(prefix / "include")
+    return {"LIBRARY_PATH": lib, "LD_LIBRARY_PATH": lib, "C_INCLUDE_PATH": include}
+
+
+def env_file_text(prefix: Path) -> str:
+    lines = ["# Written by `invoke libtensorflow`: source it before building against the C library."]
+    for key, value in env_lines(prefix).items():
+        lines.append(f'export {key}="{value}${{{key}:+:${key}}}"')
+    return "\n".join(lines) + "\n"
+
+
+def installed_state(prefix: Path) -> dict | None:
+    try:
+        return json.loads((prefix / STAMP).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _files_present(prefix: Path) -> bool:
+    lib = prefix / "lib"
+    needed = [prefix / "include/tensorflow/c/c_api.h"]
+    for name in LIBRARIES:
+        needed += [lib / f"{name}.so", lib / f"{name}.so.2"]
+    return all(path.exists() for path in needed)
+
+
+def loader_knows(prefix: Path) -> bool:
+    cache = read(["ldconfig", "-p"]) or ""
+    return f"{prefix / 'lib' / 'libtensorflow.so.2'}" in cache
+
+
+# ---------------------------------------------------------------------------------------------
+# Building the files
+
+
+def set_soname(path: Path, new: str) -> str:
+    """Rewrite an ELF64 library's DT_SONAME in place (the new name must not be longer); returns
+    the old name. The wheel's C library is called libtensorflow_cc.so.2; programs linked with
+    -ltensorflow must record libtensorflow.so.2, as with the official tarball."""
+    with path.open("r+b") as handle:
+        header = handle.read(64)
+        if header[:4] != b"\x7fELF" or header[4] != 2 or header[5] != 1:
+            raise StepFailed(f"{path}: not a 64-bit little-endian ELF library", "use the tarball source")
+        (phoff,) = struct.unpack_from("<Q", header, 0x20)
+        phentsize, phnum = struct.unpack_from("<HH", header, 0x36)
+        handle.seek(phoff)
+        table = handle.read(phentsize * phnum)
+        segments = [struct.unpack_from("<IIQQQQQQ", table, i * phentsize) for i in range(phnum)]
+        dynamic = next((s for s in segments if s[0] == 2), None)
+        if dynamic is None:
+            raise StepFailed(f"{path}: no dynamic section", "use the tarball source")
+        handle.seek(dynamic[2])
+        entries = handle.read(dynamic[5])
+        tags = {}
+        for offset in range(0, len(entries), 16):
+            tag, value = struct.unpack_from("<qQ", entries, offset)
+            if tag == 0:
+                break
+            tags.setdefault(tag, value)
+        strtab, soname = tags.get(5), tags.get(14)
+        if strtab is None or soname is None:
+            raise StepFailed(f"{path}: no SONAME to rewrite", "use the tarball source")
+        load = next(s for s in segments if s[0] == 1 and s[3] <= strtab < s[3] + s[5])
+        position = strtab - load[3] + load[2] + soname
+        handle.seek(position)
+        old = handle.read(256).split(b"\0", 1)[0]
+        if len(new) > len(old):
+            raise StepFailed(f"{path}: new soname {new} is longer than {old.decode()}", "use the tarball source")
+        handle.seek(position)
+        handle.write(new.encode() + b"\0" * (len(old) - len(new) + 1))
+        return old.decode()
+
+
+def _wheel_dir(version: str) -> Path:
+    try:
+        distribution = metadata.distribution("tensorflow")
+    except metadata.PackageNotFoundError:
+        raise StepFailed(
+            "TensorFlow is not installed, so its wheel cannot supply the C library", "run `invoke pins` first"
+        ) from None
+    if distribution.version != version:
+        raise StepFailed(
+            f"the installed TensorFlow is {distribution.version}, the pin is {version}", "run `invoke pins` first"
+        )
+    package = Path(distribution.locate_file("tensorflow"))
+    if not (package / "libtensorflow_cc.so.2").is_file():
+        raise StepFailed(f"{package} has no libtensorflow_cc.so.2", "use --source with an official tarball")
+    return package
+
+
+def _header_closure(include: Path) -> list[Path]:
+    roots = [p for p in (include / "tensorflow/c").rglob("*.h") if HEADER_ROOTS.match(p.name)]
+    seen: set[Path] = set()
+    todo = list(roots)
+    while todo:
+        header = todo.pop()
+        if header in seen:
+            continue
+        seen.add(header)
+        for name in INCLUDE.findall(header.read_text(errors="replace")):
+            candidate = include / name
+            if candidate.is_file():
+                todo.append(candidate)
+    return sorted(seen)
+
+
+def _link_or_copy(source: Path, destination: Path) -> None:
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copy2(source, destination)
+
+
+def stage_from_wheel(version: str, staging: Path) -> None:
+    package = _wheel_dir(version)
+    include = package / "include"
+    for header in _header_closure(include):
+        target = staging / "include" / header.relative_to(include)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(header, target)
+    lib = staging / "lib"
+    lib.mkdir(parents=True)
+    # The C library is copied (its SONAME is rewritten); the framework is hard-linked when the
+    # prefix shares a filesystem with the wheel, which survives pip uninstalling the wheel.
+    shutil.copyfile(package / "libtensorflow_cc.so.2", lib / f"libtensorflow.so.{version}")
+    set_soname(lib / f"libtensorflow.so.{version}", "libtensorflow.so.2")
+    _link_or_copy(package / "libtensorflow_framework.so.2", lib / f"libtensorflow_framework.so.{version}")
+    for name in LIBRARIES:
+        (lib / f"{name}.so.{version}").chmod(0o755)
+        os.symlink(f"{name}.so.{version}", lib / f"{name}.so.2")
+        os.symlink(f"{name}.so.2", lib / f"{name}.so")
+
+
+def stage_from_tarball(tarball: Path, staging: Path) -> None:
+    extract(tarball, staging)
+    if not (staging / "include/tensorflow/c/c_api.h").is_file() or not (staging / "lib/libtensorflow.so.2").exists():
+        raise StepFailed(
+            f"{tarball}: no include/tensorflow/c/c_api.h or lib/libtensorflow.so.2 inside",
+            "use an official libtensorflow tarball",
+        )
+
+
+def install_tree(staging: Path, prefix: Path) -> list[str]:
+    """Move staged files into the prefix, each under a temporary name and renamed, so a reader
+    never sees half a file. Returns the installed paths, relative to the prefix."""
+    installed = []
+    for source in sorted(staging.rglob("*")):
+        if source.is_dir() and not source.is_symlink():
+            continue
+        relative = source.relative_to(staging)
+        target = prefix / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(f".{target.name}.partial")
+        if temporary.exists() or temporary.is_symlink():
+            temporary.unlink()
+        if source.is_symlink():
+            os.symlink(os.readlink(source), temporary)
+        else:
+            os.replace(source, temporary)
+        os.replace(temporary, target)
+        installed.append(str(relative))
+    return installed
+
+
+def verify(prefix: Path, version: str, ctx: Context) -> str:
+    """Compile and run a program that prints TF_Version(), with no -I or -L flags."""
+    with tempfile.TemporaryDirectory() as work:
+        source = Path(work) / "hello_tf.c"
+        source.write_text(HELLO_C)
+        env = {
+            key: f"{value}:{os.environ[key]}" if os.environ.get(key) else value
+            for key, value in env_lines(prefix).items()
+        }
+        ctx.run(["gcc", str(source), "-o", str(Path(work) / "hello_tf"), "-ltensorflow"], env=env, capture=True)
+        printed = ctx.run([str(Path(work) / "hello_tf")], env=env, capture=True).stdout.strip()
+    if printed != version:
+        raise StepFailed(f"the C library reports TF_Version() {printed!r}, the pin is {version}", "check --source")
+    return printed
+
+
+# ---------------------------------------------------------------------------------------------
+# The step
+
+
+def libtensorflow(
+    ctx: Context,
+    prefix: str = "/usr/local",
+    source: str = "wheel",
+    sha256: str | None = None,
+    version: str | None = None,
+    env_file: str = "libtensorflow.env",
+    ldconfig: bool = True,
+) -> Result:
+    prefix_path = Path(prefix).resolve()
+    version = version or pinned_version(ctx)
+    env_path = ctx.root / env_file if not Path(env_file).is_absolute() else Path(env_file)
+    state = installed_state(prefix_path)
+    wanted = {"version": version, "source": source}
+    is_current = (
+        state is not None
+        and {key: state.get(key) for key in wanted} == wanted
+        and _files_present(prefix_path)
+        and (not ldconfig or loader_knows(prefix_path))
+    )
+    env_ok = env_path.is_file() and env_path.read_text() == env_file_text(prefix_path)
+    notebook = "\n".join(f"%env {key}={value}" for key, value in env_lines(prefix_path).items())
+    if is_current and env_ok:
+        return ok(f"TensorFlow C library {version} in {prefix_path}")
+    if ctx.dry_run:
+        return ctx.would(f"install the TensorFlow C library {version} from {source} into {prefix_path}")
+    if not os.access(prefix_path if prefix_path.exists() else prefix_path.parent, os.W_OK):
+        raise StepFailed(f"{prefix_path} is not writable", "rerun as root, or pass --prefix to a folder of yours")
+
+    actions = []
+    if not is_current:
+        prefix_path.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".libtensorflow.partial-", dir=prefix_path))
+        try:
+            if source == "wheel":
+                stage_from_wheel(version, staging)
+            else:
+                tarball = Path(source)
+                if source.startswith(("https://", "http://")):
+                    if not sha256:
+                        raise StepFailed("a libtensorflow URL needs --sha256", "pin the tarball's checksum")
+                    tarball = download(source, prefix_path / "share/libtensorflow" / Path(source).name.split("?")[0])
+                if not tarball.is_file():
+                    raise StepFailed(f"--source: {tarball} not found", "pass wheel, a tarball path or a URL")
+                if sha256 and sha256_of(tarball) != sha256:
+                    raise StepFailed(
+                        f"{tarball} does not match --sha256", "delete it and fetch it again, or fix the checksum"
+                    )
+                shutil.rmtree(staging)
+                stage_from_tarball(tarball, staging)
+            files = install_tree(staging, prefix_path)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        actions.append(f"installed {len(files)} files")
+        if ldconfig:
+            if not _ldconfig_searches(prefix_path / "lib"):
+                ctx.run(privileged(["tee", str(LDCONF)]), input=f"{prefix_path / 'lib'}\n", capture=True)
+                actions.append(f"added {LDCONF}")
+            ctx.run(privileged(["ldconfig"]))
+            actions.append("ran ldconfig")
+        printed = verify(prefix_path, version, ctx)
+        actions.append(f"TF_Version() = {printed}")
+        stamp = prefix_path / STAMP
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(json.dumps({**wanted, "files": files}, indent=2) + "\n")
+    if not env_ok:
+        env_path.write_text(env_file_text(prefix_path))
+        actions.append(f"wrote {env_path}")
+    ctx.echo("in a notebook:\n" + notebook)
+    return changed(", ".join(actions))
+
+
+def _ldconfig_searches(lib: Path) -> bool:
+    """Is lib among the loader's configured directories (Debian lists /usr/local/lib)?"""
+    configured = []
+    for conf in [Path("/etc/ld.so.conf"), *sorted(Path("/etc/ld.so.conf.d").glob("*.conf"))]:
+        try:
+            configured += [line.strip() for line in conf.read_text().splitlines() if line.strip().startswith("/")]
+        except OSError:
+            continue
+    return str(lib) in configured

@@ -1,0 +1,148 @@
+"""The step contract: read the current state, compare it with the wanted state, act only on the
+difference, and report one of ok / changed / skipped / failed, with the time it took.
+
+A step is a function `step(ctx, **options) -> Result`. It returns `ok(...)` when nothing needed
+doing, `changed(...)` when it acted (or, under --dry-run, would have), `skipped(...)` with the
+reason, and raises `StepFailed(reason, todo)` when the wanted state cannot be reached.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+STATUSES = ("ok", "changed", "skipped", "failed")
+
+
+@dataclass
+class Result:
+    name: str
+    status: str
+    detail: str
+    seconds: float = 0.0
+
+
+class StepFailed(Exception):
+    """The wanted state cannot be reached: says why and what to do."""
+
+    def __init__(self, reason: str, todo: str = ""):
+        super().__init__(f"{reason}; {todo}" if todo else reason)
+        self.reason = reason
+        self.todo = todo
+
+
+def ok(detail: str) -> Result:
+    return Result("", "ok", detail)
+
+
+def changed(detail: str) -> Result:
+    return Result("", "changed", detail)
+
+
+def skipped(reason: str) -> Result:
+    return Result("", "skipped", reason)
+
+
+@dataclass
+class Context:
+    """What every step gets: the dry-run switch, the project root, and a command runner."""
+
+    dry_run: bool = False
+    root: Path = Path(__file__).resolve().parent.parent
+    echo: Callable[[str], None] = lambda message: print(message, file=sys.stderr, flush=True)
+
+    def would(self, action: str) -> Result:
+        return changed(f"would {action} (dry run)")
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        env: dict | None = None,
+        capture: bool = False,
+        check: bool = True,
+        timeout: float | None = None,
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess:
+        """Run a command from an argument list (never a shell string); a failure is StepFailed."""
+        if self.dry_run:
+            raise RuntimeError(f"bug: a step tried to run {argv[0]} under --dry-run")
+        self.echo("$ " + shlex.join(map(str, argv)))
+        try:
+            result = subprocess.run(
+                [str(a) for a in argv],
+                env={**os.environ, **(env or {})},
+                capture_output=capture,
+                text=True,
+                timeout=timeout,
+                input=input,
+            )
+        except FileNotFoundError:
+            raise StepFailed(f"{argv[0]} is not installed", "install it, or run `invoke apt` first") from None
+        if check and result.returncode != 0:
+            tail = (result.stderr or result.stdout or "").strip().splitlines()[-3:] if capture else []
+            raise StepFailed(
+                f"`{shlex.join(map(str, argv))}` exited with {result.returncode}"
+                + (": " + " / ".join(tail) if tail else ""),
+                "read the output above",
+            )
+        return result
+
+
+def read(argv: Sequence[str], timeout: float = 20) -> str | None:
+    """Read-only probe: a command's stdout, or None when it is missing or fails. Never acts."""
+    try:
+        result = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout)
+    except (FileNotFoundError, PermissionError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout if result.returncode == 0 else None
+
+
+def run_step(name: str, function: Callable[..., Result], ctx: Context, **options) -> Result:
+    started = time.perf_counter()
+    try:
+        result = function(ctx, **options)
+    except StepFailed as error:
+        result = Result(name, "failed", str(error))
+    result.name = name
+    result.seconds = round(time.perf_counter() - started, 3)
+    ctx.echo(f"{name}: {result.status}" + (f" ({result.detail})" if result.detail else ""))
+    return result
+
+
+def table(results: Sequence[Result]) -> str:
+    width = max([len(r.name) for r in results] + [4])
+    lines = [f"{'step':<{width}}  {'status':<8} {'seconds':>8}  detail"]
+    for r in results:
+        lines.append(f"{r.name:<{width}}  {r.status:<8} {r.seconds:>8.2f}  {r.detail}")
+    counts = {status: sum(r.status == status for r in results) for status in STATUSES}
+    lines.append(", ".join(f"{count} {status}" for status, count in counts.items()))
+    return "\n".join(lines)
+
+
+def write_report(results: Sequence[Result], path: Path) -> None:
+    """{"steps": [{"name", "status", "seconds", "detail"}]}, written whole or not at all."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.partial")
+    temporary.write_text(json.dumps({"steps": [asdict(r) for r in results]}, indent=2) + "\n", encoding="utf-8")
+    temporary.replace(path)
+
+
+def is_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def privileged(argv: Sequence[str]) -> list[str]:
+    """Prefix sudo when not root and sudo can run without a password; StepFailed otherwise."""
+    if is_root():
+        return list(argv)
+    if read(["sudo", "-n", "true"]) is not None:
+        return ["sudo", "-n", *argv]
+    raise StepFailed(f"{argv[0]} needs root", "rerun as root, or give this user passwordless sudo")
