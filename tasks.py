@@ -37,12 +37,13 @@ def _step_options(c, name: str, **flags) -> tuple:
     if name == "check":
         return check.check, {"require_gpu": bool(_pick(flags.get("require_gpu"), conf.get("require_gpu", False)))}
     if name == "apt":
-        return apt.apt, {"packages": list(conf.get("packages", []))}
+        packages = conf.get("packages") or ""
+        return apt.apt, {"packages": packages.split() if isinstance(packages, str) else list(packages)}
     if name == "pins":
         return pins.pins, {"requirements": conf.get("requirements", "requirements.txt")}
     if name == "libtensorflow":
         return libtensorflow.libtensorflow, {
-            "prefix": _pick(flags.get("prefix"), conf.get("prefix", "/usr/local")),
+            "prefix": _pick(flags.get("prefix"), conf.get("prefix", "auto")),
             "source": conf.get("source", "wheel"),
             "sha256": conf.get("sha256") or None,
             "env_file": conf.get("env_file", "libtensorflow.env"),
@@ -87,7 +88,12 @@ def pins(c, dry_run=False):
     _run_one(c, "pins", dry_run)
 
 
-@task(help={"prefix": "install under this folder (default /usr/local)", "dry_run": "change nothing"})
+@task(
+    help={
+        "prefix": "install under this folder (default: /usr/local as root, else ~/.local)",
+        "dry_run": "change nothing",
+    }
+)
 def libtensorflow(c, prefix=None, dry_run=False):
     """Install the pinned TensorFlow C library under a prefix, register it, and verify it."""
     _run_one(c, "libtensorflow", dry_run, prefix=prefix)
@@ -117,13 +123,15 @@ def stage(c, dry_run=False):
         "dry_run": "report what each step would do, change nothing",
         "report": "write the summary as JSON here (default runs/setup-report.json)",
         "require_gpu": "make 'no GPU' an error",
-        "source": "dataset source for the data step",
+        "source": "dataset source for the data step (demo, Drive id or link, URL, local zip or folder)",
+        "sha256": "expected SHA-256 of the dataset file",
+        "expect": "expected images per class, e.g. CD=200,UD=200",
         "prefix": "prefix for the TensorFlow C library",
     }
 )
-def setup(c, dry_run=False, report=None, require_gpu=None, source=None, prefix=None):
+def setup(c, dry_run=False, report=None, require_gpu=None, source=None, sha256=None, expect=None, prefix=None):
     """Run check, apt, pins, libtensorflow, data and stage; print a summary table and write it as JSON."""
-    flags = {"require_gpu": require_gpu, "source": source, "prefix": prefix}
+    flags = {"require_gpu": require_gpu, "source": source, "sha256": sha256, "expect": expect, "prefix": prefix}
     ctx = Context(dry_run=dry_run)
     results = []
     for name in SETUP_STEPS:
@@ -207,7 +215,6 @@ def train(
     if result.returncode != 0:
         raise Exit(f"train: the trainer exited with {result.returncode}; see its message above", code=result.returncode)
     run_dir = result.stdout.strip().splitlines()[-1]
-    print(f"run folder: {run_dir}")
     if publish:
         _publish(c, run_dir, None, dry_run=False)
 

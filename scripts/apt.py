@@ -7,7 +7,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from scripts.steps import Context, Result, StepFailed, changed, ok, privileged, read, skipped
+from scripts.steps import Context, Result, StepFailed, changed, is_root, ok, privileged, read, skipped
 
 APT_LISTS = Path("/var/lib/apt/lists")
 
@@ -46,6 +46,10 @@ def apt(ctx: Context, packages: Sequence[str] = ()) -> Result:
         return ok(f"{len(packages)} packages installed: {' '.join(packages)}")
     if ctx.dry_run:
         return ctx.would("install " + " ".join(missing))
+    if not is_root() and read(["sudo", "-n", "true"]) is None:
+        return skipped(
+            f"not root, so {' '.join(missing)} not installed; run `sudo apt-get install {' '.join(missing)}`"
+        )
     env = {"DEBIAN_FRONTEND": "noninteractive"}
     if _lists_are_stale():
         ctx.run(privileged(["apt-get", "update", "-qq"]), env=env, capture=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import os
 import shutil
 import stat
 import tarfile
@@ -41,22 +40,30 @@ def _safe_name(archive: Path, name: str) -> PurePosixPath:
     return path
 
 
-def _inside(target: Path, member: PurePosixPath, link: str) -> bool:
-    """Does a symlink at target/member pointing to `link` stay inside target?"""
+def _inside(member: PurePosixPath, link: str) -> bool:
+    """Does a symlink at `member` pointing to `link` stay inside the extraction folder?"""
     if link.startswith("/"):
         return False
-    resolved = os.path.normpath(os.path.join("/", str(member.parent), link))
-    return resolved.startswith("/") and ".." not in PurePosixPath(resolved).parts
+    depth = 0
+    for part in [*member.parent.parts, *PurePosixPath(link).parts]:
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                return False
+        elif part not in (".", ""):
+            depth += 1
+    return True
 
 
 def check_zip(archive: Path, handle: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
     members, total = [], 0
     for info in handle.infolist():
         _safe_name(archive, info.filename)
-        mode = info.external_attr >> 16
-        if stat.S_ISLNK(mode):
+        # Unix file types live in the high bits of external_attr, when a Unix tool made the zip.
+        kind = stat.S_IFMT(info.external_attr >> 16) if info.create_system == 3 else 0
+        if kind == stat.S_IFLNK:
             raise UnsafeArchive(archive, f"member {info.filename!r} is a symbolic link")
-        if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
             raise UnsafeArchive(archive, f"member {info.filename!r} is a special file")
         total += info.file_size
         if info.compress_size and info.file_size / info.compress_size > MAX_RATIO and info.file_size > 1024**2:
@@ -69,13 +76,13 @@ def check_zip(archive: Path, handle: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
     return members
 
 
-def check_tar(archive: Path, handle: tarfile.TarFile, target: Path) -> list[tarfile.TarInfo]:
+def check_tar(archive: Path, handle: tarfile.TarFile) -> list[tarfile.TarInfo]:
     members, total = [], 0
     for info in handle.getmembers():
         name = _safe_name(archive, info.name)
         if info.islnk():
             raise UnsafeArchive(archive, f"member {info.name!r} is a hard link")
-        if info.issym() and not _inside(target, name, info.linkname):
+        if info.issym() and not _inside(name, info.linkname):
             raise UnsafeArchive(archive, f"member {info.name!r} links outside the target ({info.linkname})")
         if info.ischr() or info.isblk() or info.isfifo() or info.isdev():
             raise UnsafeArchive(archive, f"member {info.name!r} is a device or fifo")
@@ -99,7 +106,7 @@ def extract(archive: Path, target: Path) -> Path:
                     handle.extract(info, staging)
         elif tarfile.is_tarfile(archive):
             with tarfile.open(archive) as handle:
-                members = check_tar(archive, handle, staging)
+                members = check_tar(archive, handle)
                 for info in members:
                     info.mode &= 0o755  # never world-writable, never setuid
                     handle.extract(info, staging, filter="tar" if hasattr(tarfile, "data_filter") else None)

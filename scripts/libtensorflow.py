@@ -21,7 +21,7 @@ from importlib import metadata
 from pathlib import Path
 
 from scripts.archives import download, extract, sha256_of
-from scripts.steps import Context, Result, StepFailed, changed, ok, privileged, read
+from scripts.steps import Context, Result, StepFailed, changed, is_root, ok, privileged, read
 
 STAMP = "share/libtensorflow/install.json"
 LDCONF = Path("/etc/ld.so.conf.d/libtensorflow.conf")
@@ -240,13 +240,17 @@ def verify(prefix: Path, version: str, ctx: Context) -> str:
 
 def libtensorflow(
     ctx: Context,
-    prefix: str = "/usr/local",
+    prefix: str = "auto",
     source: str = "wheel",
     sha256: str | None = None,
     version: str | None = None,
     env_file: str = "libtensorflow.env",
     ldconfig: bool = True,
 ) -> Result:
+    if prefix == "auto":
+        # /usr/local where we may write there (root, as on Colab), else the user's own ~/.local.
+        prefix = "/usr/local" if os.access("/usr/local", os.W_OK) else str(Path.home() / ".local")
+        ldconfig = ldconfig and is_root()
     prefix_path = Path(prefix).resolve()
     version = version or pinned_version(ctx)
     env_path = ctx.root / env_file if not Path(env_file).is_absolute() else Path(env_file)

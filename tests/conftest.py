@@ -46,3 +46,13 @@ def run_module(*args: str, cwd: Path = ROOT, timeout: int = 600) -> subprocess.C
         timeout=timeout,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
+
+
+@pytest.fixture()
+def http_server():
+    from tests.http_server import start
+
+    server, httpd = start()
+    yield server
+    httpd.shutdown()
+    httpd.server_close()

@@ -1,0 +1,166 @@
+"""The data step: every source kind, checksums, counts, and the manifest `invoke train` reads."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from scripts import dataset
+from scripts.steps import Context, StepFailed
+
+
+def quiet(root: Path, dry_run: bool = False) -> Context:
+    return Context(root=root, dry_run=dry_run, echo=lambda message: None)
+
+
+def images_zip(path: Path, per_class: int = 3, with_csv: bool = True) -> Path:
+    """An archive in the original Images.zip layout: Images/CD, Images/UD, the CSV inside Images/."""
+    lines = ["ImagePath,Label"]
+    with zipfile.ZipFile(path, "w") as handle:
+        for label_index, label in enumerate(("CD", "UD")):
+            for i in range(per_class):
+                image = path.parent / "tmp.png"
+                Image.new("RGB", (8, 8), (label_index * 90, i * 20, 0)).save(image)
+                handle.write(image, f"Images/{label}/{i}.png")
+                lines.append(f"../Images/{label}/{i}.png,{label}")
+        if with_csv:
+            handle.writestr("Images/training_data.csv", "\n".join(lines) + "\n")
+    (path.parent / "tmp.png").unlink()
+    return path
+
+
+@pytest.mark.parametrize(
+    "source, kind, value",
+    [
+        ("demo", "demo", "demo"),
+        (
+            "https://drive.google.com/file/d/1AbCdEfGhIjKlMnOpQrStUvWxYz012345/view?usp=sharing",
+            "gdrive",
+            "1AbCdEfGhIjKlMnOpQrStUvWxYz012345",
+        ),
+        ("https://drive.google.com/open?id=1AbCdEfGhIjKlMnOpQrStUvWxYz0", "gdrive", "1AbCdEfGhIjKlMnOpQrStUvWxYz0"),
+        ("https://drive.google.com/uc?export=download&id=1AbCdEfGhIjKl", "gdrive", "1AbCdEfGhIjKl"),
+        ("1AbCdEfGhIjKlMnOpQrStUvWxYz012345", "gdrive", "1AbCdEfGhIjKlMnOpQrStUvWxYz012345"),
+        ("gdrive:1AbCdEfGhIjKlMnOpQrStUvWxYz012345", "gdrive", "1AbCdEfGhIjKlMnOpQrStUvWxYz012345"),
+        ("https://example.org/Images.zip", "url", "https://example.org/Images.zip"),
+        ("/content/drive/MyDrive/Images.zip", "local", "/content/drive/MyDrive/Images.zip"),
+        ("Images.zip", "local", "Images.zip"),
+    ],
+)
+def test_source_kinds(source, kind, value):
+    assert dataset.source_kind(source) == (kind, value)
+
+
+def test_demo_source_then_a_rerun_does_nothing(tmp_path):
+    result = dataset.dataset(quiet(tmp_path), source="demo", demo_per_class=4)
+    assert result.status == "changed"
+    manifest = json.loads((tmp_path / "data" / "dataset.json").read_text())
+    assert manifest["counts"] == {"CD": 4, "UD": 4}
+    assert manifest["file"] == "training_data.csv"
+    assert Path(manifest["folder"], manifest["file"]).is_file()
+    again = dataset.dataset(quiet(tmp_path), source="demo", demo_per_class=4)
+    assert (again.status, again.detail) == ("ok", result.detail)
+
+
+def test_dry_run_writes_nothing(tmp_path):
+    result = dataset.dataset(quiet(tmp_path, dry_run=True), source="demo")
+    assert result.detail.startswith("would fetch demo source")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_local_zip_in_the_original_layout(tmp_path):
+    archive = images_zip(tmp_path / "Images.zip")
+    result = dataset.dataset(quiet(tmp_path), source=str(archive), expect="CD=3,UD=3")
+    assert result.status == "changed"
+    manifest = dataset.read_manifest(tmp_path / "data")
+    assert Path(manifest["folder"]).name == "Images" and manifest["file"] == "training_data.csv"
+    with pytest.raises(StepFailed, match=r"image counts differ: CD 3 \(expected 200\), UD 3 \(expected 200\)"):
+        dataset.dataset(quiet(tmp_path), source=str(archive), expect="CD=200,UD=200")
+
+
+def test_local_folder_without_csv_is_copied(tmp_path):
+    source = tmp_path / "drive" / "photos"
+    for label in ("CD", "UD"):
+        (source / label).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (8, 8)).save(source / label / f"{i}.jpg")
+    result = dataset.dataset(quiet(tmp_path), source=str(source))
+    manifest = dataset.read_manifest(tmp_path / "data")
+    assert result.status == "changed" and manifest["file"] is None and manifest["counts"] == {"CD": 3, "UD": 3}
+    assert not Path(manifest["folder"]).is_relative_to(source)
+
+
+def test_missing_local_source(tmp_path):
+    with pytest.raises(StepFailed, match="--source: .*nope.zip does not exist; check the path; is Drive mounted"):
+        dataset.dataset(quiet(tmp_path), source=str(tmp_path / "nope.zip"))
+
+
+def test_url_source_with_checksum(http_server, tmp_path):
+    body = images_zip(tmp_path / "src.zip").read_bytes()
+    route = http_server.serve("/Images.zip", body)
+    digest = hashlib.sha256(body).hexdigest()
+    result = dataset.dataset(quiet(tmp_path), source=http_server.url("/Images.zip"), sha256=digest)
+    assert result.status == "changed" and route.hits == 1
+    assert dataset.dataset(quiet(tmp_path), source=http_server.url("/Images.zip"), sha256=digest).status == "ok"
+    assert route.hits == 1
+
+
+def test_url_source_with_wrong_checksum_is_fetched_once_more_then_fails(http_server, tmp_path):
+    route = http_server.serve("/Images.zip", images_zip(tmp_path / "src.zip").read_bytes())
+    with pytest.raises(StepFailed, match="does not match --sha256 twice"):
+        dataset.dataset(quiet(tmp_path), source=http_server.url("/Images.zip"), sha256="0" * 64)
+    assert route.hits == 2
+    assert list((tmp_path / "data" / "downloads").iterdir()) == []
+    assert dataset.read_manifest(tmp_path / "data") is None
+
+
+def test_corrupted_download_is_detected_and_fetched_again(http_server, tmp_path):
+    body = images_zip(tmp_path / "src.zip").read_bytes()
+    route = http_server.serve("/Images.zip", body)
+    digest = hashlib.sha256(body).hexdigest()
+    downloads = tmp_path / "data" / "downloads"
+    downloads.mkdir(parents=True)
+    (downloads / "Images.zip").write_bytes(body[:-10] + b"corrupted!")
+    assert dataset.dataset(quiet(tmp_path), source=http_server.url("/Images.zip"), sha256=digest).status == "changed"
+    assert route.hits == 1
+    assert (downloads / "Images.zip").read_bytes() == body
+
+
+def test_google_drive_source_through_gdown(http_server, tmp_path):
+    # gdown fetches the file from a stand-in for Drive's download endpoint on 127.0.0.1.
+    route = http_server.serve("/uc", images_zip(tmp_path / "src.zip").read_bytes())
+    result = dataset.dataset(
+        quiet(tmp_path), source="1AbCdEfGhIjKlMnOpQrStUvWxYz012345", gdrive_url=http_server.url("/uc?id={id}")
+    )
+    assert result.status == "changed" and route.hits == 1
+    assert (tmp_path / "data" / "downloads" / "1AbCdEfGhIjKlMnOpQrStUvWxYz012345.zip").is_file()
+
+
+def test_google_drive_permission_failure_is_one_line(tmp_path, monkeypatch):
+    import gdown
+    from gdown.exceptions import FileURLRetrievalError
+
+    def refuse(**kwargs):
+        raise FileURLRetrievalError(
+            "Cannot retrieve the public link of the file. You may need to change the permission"
+        )
+
+    monkeypatch.setattr(gdown, "download", refuse)
+    with pytest.raises(StepFailed) as error:
+        dataset.dataset(
+            quiet(tmp_path), source="https://drive.google.com/file/d/1AbCdEfGhIjKlMnOpQrStUvWxYz012345/view"
+        )
+    message = str(error.value)
+    assert "\n" not in message
+    assert "Google Drive refused file 1AbCdEfGhIjKlMnOpQrStUvWxYz012345" in message
+    assert "share it as 'Anyone with the link'" in message
+
+
+def test_bad_expect_option(tmp_path):
+    with pytest.raises(StepFailed, match="--expect: 'CD:200' is not LABEL=COUNT"):
+        dataset.dataset(quiet(tmp_path), source="demo", expect="CD:200")

@@ -1,0 +1,19 @@
+"""The shipped Colab notebook: mounts Drive, runs the job in a form that fails the cell."""
+
+from __future__ import annotations
+
+import json
+
+from tests.conftest import ROOT
+
+
+def test_notebook_mounts_drive_then_runs_the_job_and_fails_the_cell_on_error():
+    notebook = json.loads((ROOT / "colab.ipynb").read_text())
+    code = ["".join(cell["source"]) for cell in notebook["cells"] if cell["cell_type"] == "code"]
+    assert 'drive.mount("/content/drive")' in code[0]
+    job = code[-1]
+    assert "!pip install -q invoke==3.0.3 && invoke setup train" in job
+    assert "if _exit_code != 0:" in job and "raise RuntimeError" in job
+    pinned = [line for line in (ROOT / "requirements.txt").read_text().splitlines() if line.startswith("invoke==")]
+    assert pinned == ["invoke==3.0.3"], "the notebook installs the pinned invoke"
+    assert notebook["metadata"]["accelerator"] == "GPU"

@@ -1,0 +1,221 @@
+"""Setup steps as tables of (given state, options) -> planned action, plus the real thing where
+it runs here: dpkg-query, a compiled shared library, a local Drive folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from scripts import apt, check, pins, publish, stage
+from scripts.libtensorflow import set_soname
+from scripts.steps import Context, Result, StepFailed, run_step, table, write_report
+
+
+def test_run_step_times_reports_and_turns_failures_into_a_result():
+    def good(ctx):
+        return Result("", "ok", "fine")
+
+    def bad(ctx):
+        raise StepFailed("the disk is full", "free some space")
+
+    ctx = Context(echo=lambda message: None)
+    results = [run_step("good", good, ctx), run_step("bad", bad, ctx)]
+    assert [(r.name, r.status) for r in results] == [("good", "ok"), ("bad", "failed")]
+    assert results[1].detail == "the disk is full; free some space"
+    assert all(r.seconds >= 0 for r in results)
+    assert table(results).splitlines()[-1] == "1 ok, 0 changed, 0 skipped, 1 failed"
+
+
+def test_report_json_shape(tmp_path):
+    write_report([Result("check", "ok", "x", 0.5)], tmp_path / "r" / "report.json")
+    assert json.loads((tmp_path / "r" / "report.json").read_text()) == {
+        "steps": [{"name": "check", "status": "ok", "detail": "x", "seconds": 0.5}]
+    }
+
+
+def test_dry_run_context_refuses_to_run_commands():
+    with pytest.raises(RuntimeError, match="under --dry-run"):
+        Context(dry_run=True).run(["true"])
+
+
+# check ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "environ, expected",
+    [({"COLAB_RELEASE_TAG": "release-colab_20261101"}, True), ({"COLAB_GPU": "1"}, True), ({"HOME": "/root"}, False)],
+)
+def test_colab_is_detected_from_its_environment(environ, expected, monkeypatch):
+    monkeypatch.setattr(check.Path, "is_dir", lambda self: False)
+    assert check.in_colab(environ) is expected
+
+
+def test_check_reports_the_machine_and_require_gpu_says_how_to_get_one(monkeypatch):
+    result = check.check(Context())
+    assert result.status == "ok"
+    assert "Python" in result.detail and "CPUs" in result.detail
+    monkeypatch.setattr(check, "gpus", lambda: [])
+    with pytest.raises(StepFailed, match=r"no GPU on this machine.*Runtime > Change runtime type"):
+        check.check(Context(), require_gpu=True)
+
+
+def test_check_reads_tensorflow_version_without_importing_it():
+    code = "import sys; from scripts.check import machine_report; r = machine_report(); print(r['tensorflow'], 'tensorflow' in sys.modules)"
+    out = subprocess.run(
+        [os.sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parent.parent
+    )
+    version, imported = out.stdout.split()
+    assert imported == "False"
+    assert version == pins.read_pins(Path(__file__).parent.parent / "requirements.txt")["tensorflow"]
+
+
+# apt ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "wanted, installed, missing",
+    [
+        (["gcc", "libc6-dev"], {"gcc", "libc6-dev"}, []),
+        (["gcc", "libgdiplus"], {"gcc"}, ["libgdiplus"]),
+        (["a", "b"], set(), ["a", "b"]),
+    ],
+)
+def test_apt_plan(wanted, installed, missing):
+    assert apt.plan(wanted, installed) == missing
+
+
+@pytest.mark.skipif(shutil.which("dpkg-query") is None, reason="not a Debian system")
+def test_apt_with_real_dpkg_query():
+    ctx = Context(dry_run=True, echo=lambda message: None)
+    assert apt.apt(ctx, ["dpkg"]).status == "ok"
+    result = apt.apt(ctx, ["dpkg", "no-such-package-xyz"])
+    assert (result.status, result.detail) == ("changed", "would install no-such-package-xyz (dry run)")
+    assert apt.apt(ctx, []).status == "skipped"
+
+
+# pins -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "installed, uninstall, install",
+    [
+        ({"tensorflow": "2.20.0", "gdown": "5.2.2"}, [], []),
+        ({"tensorflow": "2.19.0", "gdown": "5.2.2"}, ["tensorflow"], ["tensorflow==2.20.0"]),
+        ({"tensorflow": None, "gdown": "6.5.1"}, [], ["tensorflow==2.20.0", "gdown==5.2.2"]),
+    ],
+)
+def test_pins_plan(installed, uninstall, install):
+    assert pins.plan({"tensorflow": "2.20.0", "gdown": "5.2.2"}, installed) == (uninstall, install)
+
+
+def test_pins_file_must_be_exact(tmp_path):
+    (tmp_path / "r.txt").write_text("# comment\nkeras==3.13.2  # why\n\nnumpy>=2\n")
+    with pytest.raises(StepFailed, match=r"r.txt:4: 'numpy>=2' is not an exact pin"):
+        pins.read_pins(tmp_path / "r.txt")
+
+
+def test_pins_match_here():
+    # CI installs requirements.txt before the tests, so the step must find nothing to do.
+    assert pins.pins(Context(dry_run=True)).status == "ok"
+
+
+# stage ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "mode, wanted", [(0o644, 0o755), (0o600, 0o700), (0o666, 0o755), (0o777, 0o755), (0o755, 0o755)]
+)
+def test_stage_mode(mode, wanted):
+    assert stage.wanted_mode(mode) == wanted
+
+
+def test_stage_restores_exec_bits_on_scripts_only(tmp_path):
+    (tmp_path / "scripts").mkdir()
+    script = tmp_path / "scripts" / "run.sh"
+    script.write_text("#!/bin/sh\necho hi\n")
+    script.chmod(0o644)
+    module = tmp_path / "scripts" / "lib.py"
+    module.write_text("x = 1\n")
+    module.chmod(0o644)
+    ctx = Context(root=tmp_path, echo=lambda message: None)
+    assert stage.stage(Context(root=tmp_path, dry_run=True)).detail == "would chmod scripts/run.sh 644->755 (dry run)"
+    assert stat.S_IMODE(script.stat().st_mode) == 0o644
+    assert stage.stage(ctx).status == "changed"
+    assert stat.S_IMODE(script.stat().st_mode) == 0o755
+    assert stat.S_IMODE(module.stat().st_mode) == 0o644
+    assert stage.stage(ctx).status == "ok"
+
+
+# publish --------------------------------------------------------------------------------------
+
+
+def _fake_run(folder: Path, content: str) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "model.keras").write_text(content)
+    (folder / "labels.txt").write_text("CD\nUD\n")
+    return folder
+
+
+def test_publish_copies_verifies_and_keeps_the_previous_version(tmp_path):
+    ctx = Context(root=tmp_path, echo=lambda message: None)
+    first = _fake_run(tmp_path / "runs" / "a", "model A")
+    drive = tmp_path / "drive"
+    result = publish.publish(ctx, run=str(first), to=str(drive))
+    assert result.status == "changed"
+    assert (drive / "ud-cd-classifier" / "model.keras").read_text() == "model A"
+    record = json.loads((drive / "ud-cd-classifier" / "published.json").read_text())
+    assert set(record["files"]) == {"model.keras", "labels.txt"}
+    assert publish.publish(ctx, run=str(first), to=str(drive)).status == "ok"
+    second = _fake_run(tmp_path / "runs" / "b", "model B")
+    assert publish.publish(ctx, to=str(drive)).status == "changed"  # the latest run by default
+    assert (drive / "ud-cd-classifier" / "model.keras").read_text() == "model B"
+    assert (drive / "ud-cd-classifier.previous" / "model.keras").read_text() == "model A"
+    assert sorted(p.name for p in drive.iterdir()) == ["ud-cd-classifier", "ud-cd-classifier.previous"]
+    assert second.is_dir()
+
+
+def test_publish_to_an_unwritable_destination_fails_and_keeps_the_run(tmp_path):
+    ctx = Context(root=tmp_path, echo=lambda message: None)
+    run = _fake_run(tmp_path / "runs" / "a", "model A")
+    blocker = tmp_path / "drive"
+    blocker.write_text("a file where the folder should be")
+    with pytest.raises(StepFailed, match=r"cannot write to .*drive.*the run stays in .*rerun `invoke publish`"):
+        publish.publish(ctx, run=str(run), to=str(blocker / "models"))
+    assert (run / "model.keras").read_text() == "model A"
+
+
+def test_publish_without_runs_says_what_to_run(tmp_path):
+    with pytest.raises(StepFailed, match="no trained run .*run `invoke train` first"):
+        publish.publish(Context(root=tmp_path), to=str(tmp_path / "d"))
+
+
+def test_publish_on_colab_without_drive_says_how_to_mount(tmp_path, monkeypatch):
+    monkeypatch.setattr(publish, "drive_folder", lambda: None)
+    monkeypatch.setattr(publish, "in_colab", lambda: True)
+    _fake_run(tmp_path / "runs" / "a", "m")
+    with pytest.raises(StepFailed, match=r"Google Drive is not mounted.*drive.mount"):
+        publish.publish(Context(root=tmp_path))
+
+
+# libtensorflow --------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="no C compiler")
+def test_set_soname_rewrites_a_real_shared_library(tmp_path):
+    (tmp_path / "f.c").write_text("int answer(void) { return 42; }\n")
+    library = tmp_path / "libanswer_cc.so.2"
+    subprocess.run(
+        ["gcc", "-shared", "-fPIC", "-Wl,-soname,libanswer_cc.so.2", str(tmp_path / "f.c"), "-o", str(library)],
+        check=True,
+    )
+    assert set_soname(library, "libanswer.so.2") == "libanswer_cc.so.2"
+    dynamic = subprocess.run(["readelf", "-d", str(library)], capture_output=True, text=True).stdout
+    assert "Library soname: [libanswer.so.2]" in dynamic
+    with pytest.raises(StepFailed, match="is longer than"):
+        set_soname(library, "libanswer_much_longer.so.2")
