@@ -171,7 +171,12 @@ def dataset(
     data_path.mkdir(parents=True, exist_ok=True)
     unpacked = data_path / "dataset"
     if kind == "demo":
-        from trainer.demo import make_demo_data  # numpy and Pillow, only when there is work to do
+        try:
+            from trainer.demo import make_demo_data  # numpy and Pillow, only when there is work to do
+        except ImportError as error:
+            raise StepFailed(
+                f"the demo data needs {error.name}, which is not installed", "run `invoke pins` first"
+            ) from None
 
         staging = Path(tempfile.mkdtemp(prefix=".demo.", dir=data_path))
         shutil.rmtree(staging)

@@ -36,7 +36,10 @@ int main(void) {
 """
 # The C headers ship beside C++ ones in the wheel; these are the C API's public entry points,
 # and whatever they include is copied with them.
-HEADER_ROOTS = re.compile(r"^(c_api.*|tf_[a-z_]+|env|kernels|logging|ops|c_api_macros)\.h$")
+HEADER_ROOTS = re.compile(
+    r"^(c_api|c_api_experimental|c_api_macros|tf_(attrtype|buffer|datatype|file_statistics|status|tensor|tstring)"
+    r"|env|kernels|logging|ops)\.h$"
+)
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
 
 
@@ -145,7 +148,12 @@ def _wheel_dir(version: str) -> Path:
 
 
 def _header_closure(include: Path) -> list[Path]:
-    roots = [p for p in (include / "tensorflow/c").rglob("*.h") if HEADER_ROOTS.match(p.name)]
+    roots = [
+        p
+        for folder in ("tensorflow/c", "tensorflow/c/eager")
+        for p in (include / folder).glob("*.h")
+        if HEADER_ROOTS.match(p.name)
+    ]
     seen: set[Path] = set()
     todo = list(roots)
     while todo:
