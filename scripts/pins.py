@@ -66,7 +66,7 @@ def pins(ctx: Context, requirements: str = "requirements.txt") -> Result:
     pip = [sys.executable, "-m", "pip"]
     if uninstall:
         ctx.run([*pip, "uninstall", "-y", *uninstall])
-    ctx.run([*pip, "install", "--quiet", "--disable-pip-version-check", *install])
+    ctx.run([*pip, "install", "--disable-pip-version-check", "--progress-bar", "off", *install])
     _, still = plan(wanted, installed_versions(wanted))
     if still:
         raise StepFailed(f"after pip install, still not as pinned: {' '.join(still)}", "read pip's output above")

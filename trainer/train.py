@@ -165,7 +165,13 @@ def main(config: TrainConfig) -> Path:
         model.save(staging / "model.keras")
         _link_or_copy(staging / "model.keras", staging / f"{config.model_name}.keras")
         (staging / "labels.txt").write_text("\n".join(loaded.labels) + "\n", encoding="utf-8")
-        save_config(config, staging / "config.json", weights_used=weights_used, labels=loaded.labels)
+        save_config(
+            config,
+            staging / "config.json",
+            weights_used=weights_used,
+            labels=loaded.labels,
+            folder_resolved=str(Path(config.folder).resolve()),
+        )
         data.write_split(loaded.parts, staging / "split.csv")
         _write_history(history, staging / "history.csv")
         write_metrics(
