@@ -13,6 +13,12 @@ ROOT = Path(__file__).resolve().parent.parent
 CONCRETE = ROOT.parent / "shared" / "data" / "concrete" / "Images"
 
 
+@pytest.fixture(autouse=True)
+def _work_in_tmp(tmp_path_factory, monkeypatch):
+    """Each test runs in a folder of its own, so default paths (runs/, workspace/) land there."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+
+
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory) -> Path:
     """A small demo dataset shared by the tests that only read it: 12 images per class, 64 px."""
@@ -36,11 +42,11 @@ def cli(capsys):
     return run
 
 
-def run_module(*args: str, cwd: Path = ROOT, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run `python -m trainer ARGS` as a real subprocess from the project root."""
+def run_module(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run `python -m trainer ARGS` as a real subprocess, in the test's working directory."""
     return subprocess.run(
         [sys.executable, "-m", "trainer", *map(str, args)],
-        cwd=cwd,
+        cwd=cwd or Path.cwd(),
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -54,7 +54,8 @@ def test_run_folder_holds_every_artifact(trained_run):
     assert {row["Split"] for row in split} == {"train", "validation", "test"}
     assert len(split) == 24 and all(len(row["Sha256"]) == 64 for row in split)
     history = (trained_run / "history.csv").read_text().splitlines()
-    assert history[0].split(",")[:3] == ["epoch", "accuracy", "loss"]
+    assert history[0].split(",") == ["phase", "epoch", "accuracy", "loss", "val_accuracy", "val_loss"]
+    assert history[1].startswith("train,1,")
     assert 2 <= len(history) <= 4
 
 
@@ -145,7 +146,7 @@ def test_local_weights_file_freezes_the_backbone(cli, demo_dir, tmp_path):
         run_dir,
     )
     assert code == 0, err
-    assert f"tiny, weights {weights}: backbone frozen, training the head, 258 trainable parameters" in err
+    assert f"tiny, weights {weights}: bottleneck mode, training the head on 128-dimensional features" in err
     assert json.loads((run_dir / "config.json").read_text())["weights_used"] == str(weights)
 
 

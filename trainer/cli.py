@@ -60,6 +60,86 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=d.seed, help=f"split and initialisation seed (default {d.seed})")
     parser.add_argument("--strict", action="store_true", help="fail on any unusable row instead of dropping it")
     parser.add_argument(
+        "--feature-layer",
+        default=d.feature_layer,
+        help="pool features from this backbone layer, e.g. block4_pool (default: the last)",
+    )
+    parser.add_argument(
+        "--validation-file",
+        default=d.validation_file,
+        help="CSV of validation images, instead of --validation-fraction",
+    )
+    parser.add_argument("--optimizer", default=d.optimizer, help=f"adam or sgd (default {d.optimizer})")
+    parser.add_argument(
+        "--lr-schedule",
+        default=d.lr_schedule,
+        help=f"none, exponential, polynomial or cosine (default {d.lr_schedule})",
+    )
+    parser.add_argument(
+        "--decay-rate", type=float, default=d.decay_rate, help=f"exponential decay factor (default {d.decay_rate})"
+    )
+    parser.add_argument(
+        "--decay-epochs", type=float, default=d.decay_epochs, help=f"epochs per decay step (default {d.decay_epochs})"
+    )
+    parser.add_argument(
+        "--end-learning-rate",
+        type=float,
+        default=d.end_learning_rate,
+        help=f"polynomial and cosine: final rate (default {d.end_learning_rate})",
+    )
+    parser.add_argument(
+        "--early-stopping-metric",
+        default=d.early_stopping_metric,
+        help=f"validation loss or accuracy (default {d.early_stopping_metric})",
+    )
+    parser.add_argument(
+        "--min-delta", type=float, default=d.min_delta, help=f"smallest improvement that counts (default {d.min_delta})"
+    )
+    parser.add_argument(
+        "--class-weights", default=d.class_weights, help=f"auto, balanced or none (default {d.class_weights})"
+    )
+    parser.add_argument("--metrics-on-train", action="store_true", help="also report metrics on the training split")
+    parser.add_argument(
+        "--fine-tune-layers",
+        type=int,
+        default=d.fine_tune_layers,
+        help="unfreeze this many top backbone layers after the head (default 0: off)",
+    )
+    parser.add_argument(
+        "--fine-tune-epochs", type=int, default=d.fine_tune_epochs, help=f"(default {d.fine_tune_epochs})"
+    )
+    parser.add_argument(
+        "--fine-tune-learning-rate",
+        type=float,
+        default=d.fine_tune_learning_rate,
+        help=f"(default {d.fine_tune_learning_rate})",
+    )
+    parser.add_argument(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        default=d.augment,
+        help="flips, rotation, zoom and contrast when training on images (default on)",
+    )
+    parser.add_argument(
+        "--mixed-precision",
+        default=d.mixed_precision,
+        help="auto, on or off (default auto: on for GPUs with tensor cores)",
+    )
+    parser.add_argument("--xla", default=d.xla, help="auto, on or off (default auto: on for GPUs)")
+    parser.add_argument(
+        "--deterministic", action="store_true", help="reproducible op order: the same seed gives the same metrics"
+    )
+    parser.add_argument(
+        "--workspace",
+        default=d.workspace,
+        help="feature cache and checkpoints (default: on Drive when mounted, else ./workspace)",
+    )
+    parser.add_argument(
+        "--weights-cache",
+        default=d.weights_cache,
+        help="where downloaded ImageNet weights are kept (default: on Drive when mounted)",
+    )
+    parser.add_argument(
         "--cache-megabytes",
         type=int,
         default=d.cache_megabytes,

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from trainer.errors import InputError
 
+SCHEDULES = ("none", "exponential", "polynomial", "cosine")
+
 
 @dataclass
 class TrainConfig:
@@ -29,14 +31,36 @@ class TrainConfig:
     backbone: str = "resnet50_v2"  # see trainer.model.BACKBONES
     weights: str = "auto"  # auto | imagenet | none | path to a weights file
     image_size: int = 224  # pixels, square
+    feature_layer: str | None = None  # pool features from this backbone layer instead of the last
     dropout: float = 0.2  # before the classification layer
-    # Training
-    epochs: int = 50  # upper bound; early stopping usually ends sooner
-    batch_size: int = 32
-    learning_rate: float = 1e-3  # Adam
-    patience: int = 5  # epochs without a better validation loss before stopping
+    validation_file: str | None = None  # a CSV of validation images instead of a fraction
+    # Training (ML.NET's names in brackets)
+    epochs: int = 50  # upper bound; early stopping usually ends sooner [Epoch]
+    batch_size: int = 32  # per device [BatchSize]
+    optimizer: str = "adam"  # adam | sgd (ML.NET trains its head with plain gradient descent)
+    learning_rate: float = 1e-3  # initial rate [LearningRate]
+    lr_schedule: str = "exponential"  # none | exponential | polynomial | cosine [LearningRateScheduler]
+    decay_rate: float = 0.94  # exponential: multiply by this every decay_epochs (ML.NET's default)
+    decay_epochs: float = 2.0  # exponential and polynomial: epochs per decay step
+    end_learning_rate: float = 1e-5  # polynomial: the rate it decays to
+    early_stopping_metric: str = "loss"  # loss | accuracy, on the validation split
+    min_delta: float = 0.0  # smallest improvement that counts [EarlyStoppingCriteria.MinDelta]
+    patience: int = 5  # epochs without improvement before stopping [EarlyStoppingCriteria.Patience]
+    class_weights: str = "auto"  # auto (when classes differ by 1.5x or more) | balanced | none
+    metrics_on_train: bool = False  # also report metrics on the training split [TestOnTrainSet]
+    # Fine-tuning, after the head, with pretrained weights only
+    fine_tune_layers: int = 0  # unfreeze this many top backbone layers (0: no fine-tuning)
+    fine_tune_epochs: int = 10
+    fine_tune_learning_rate: float = 1e-5
+    augment: bool = True  # flips, rotation, zoom, contrast when images are trained on
+    # Hardware
+    mixed_precision: str = "auto"  # auto | on | off
+    xla: str = "auto"  # auto | on | off
+    deterministic: bool = False  # reproducible op order (slower); same seed, same metrics
     cache_megabytes: int = 2048  # decoded images are kept in memory up to this size
-    # Output
+    # Where things go
+    workspace: str | None = None  # bottleneck cache and backups; default on Drive when mounted, else ./workspace
+    weights_cache: str | None = None  # where Keras keeps downloaded ImageNet weights; default on Drive when mounted
     output: str | None = None  # run folder; default runs/<time>-<backbone>
     runs_dir: str = "runs"
     model_name: str = "ud-cd-classifier"  # the model is also saved as <model_name>.keras
@@ -49,6 +73,9 @@ class TrainConfig:
             if not ok:
                 raise InputError(f"--{option.replace('_', '-')} must be {what} (got {value!r})")
 
+        from trainer.model import canonical_backbone
+
+        self.backbone = canonical_backbone(self.backbone)
         need(self.backbone in BACKBONES, "backbone", "one of " + ", ".join(BACKBONES), self.backbone)
         need(32 <= self.image_size <= 1024, "image_size", "between 32 and 1024", self.image_size)
         spec = BACKBONES[self.backbone]
@@ -72,6 +99,40 @@ class TrainConfig:
             value = getattr(self, option)
             need(0 < value < 0.5, option, "between 0 and 0.5", value)
         need(bool(self.model_name.strip()) and "/" not in self.model_name, "model_name", "a file name", self.model_name)
+        need(self.optimizer in ("adam", "sgd"), "optimizer", "adam or sgd", self.optimizer)
+        need(self.lr_schedule in SCHEDULES, "lr_schedule", " | ".join(SCHEDULES), self.lr_schedule)
+        need(0 < self.decay_rate <= 1, "decay_rate", "in (0, 1]", self.decay_rate)
+        need(self.decay_epochs > 0, "decay_epochs", "positive", self.decay_epochs)
+        need(
+            0 <= self.end_learning_rate <= self.learning_rate,
+            "end_learning_rate",
+            "between 0 and --learning-rate",
+            self.end_learning_rate,
+        )
+        need(
+            self.early_stopping_metric in ("loss", "accuracy"),
+            "early_stopping_metric",
+            "loss or accuracy",
+            self.early_stopping_metric,
+        )
+        need(self.min_delta >= 0, "min_delta", "0 or more", self.min_delta)
+        need(
+            self.class_weights in ("auto", "balanced", "none"),
+            "class_weights",
+            "auto, balanced or none",
+            self.class_weights,
+        )
+        need(self.fine_tune_layers >= 0, "fine_tune_layers", "0 or more", self.fine_tune_layers)
+        need(self.fine_tune_epochs >= 1, "fine_tune_epochs", "at least 1", self.fine_tune_epochs)
+        need(self.fine_tune_learning_rate > 0, "fine_tune_learning_rate", "positive", self.fine_tune_learning_rate)
+        for option in ("mixed_precision", "xla"):
+            need(getattr(self, option) in ("auto", "on", "off"), option, "auto, on or off", getattr(self, option))
+        if self.fine_tune_layers and self.weights == "none":
+            raise InputError(
+                "--fine-tune-layers needs pretrained weights; with --weights none the whole network trains anyway"
+            )
+        if self.validation_file is not None and not self.validation_file.strip():
+            raise InputError("--validation-file must name a CSV")
         if self.weights not in ("auto", "imagenet", "none") and not Path(self.weights).is_file():
             raise InputError(f"--weights: {self.weights!r} is not auto, imagenet, none or an existing weights file")
         return self

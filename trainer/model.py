@@ -22,17 +22,46 @@ class Backbone:
     offset: float
     min_size: int
     mlnet: str | None = None  # ML.NET's ImageClassificationTrainer.Architecture name
+    caffe: bool = False  # BGR minus the ImageNet mean instead of scale and offset
 
 
-# ML.NET's four architectures, EfficientNet-B0, and a tiny CNN for CPU smoke runs.
+# ML.NET's four architectures, EfficientNet-B0, VGG16, and a tiny CNN for CPU smoke runs.
 BACKBONES = {
     "resnet50_v2": Backbone("ResNet50V2", 1 / 127.5, -1.0, 32, "ResnetV250"),
     "resnet101_v2": Backbone("ResNet101V2", 1 / 127.5, -1.0, 32, "ResnetV2101"),
     "inception_v3": Backbone("InceptionV3", 1 / 127.5, -1.0, 75, "InceptionV3"),
     "mobilenet_v2": Backbone("MobileNetV2", 1 / 127.5, -1.0, 32, "MobilenetV2"),
     "efficientnet_b0": Backbone("EfficientNetB0", 1.0, 0.0, 32),  # rescales inside the network
+    "vgg16": Backbone("VGG16", 1.0, 0.0, 32, caffe=True),
     "tiny": Backbone(None, 1 / 255.0, 0.0, 32),
 }
+# ML.NET's names are accepted too, in any case: --backbone ResnetV250.
+ALIASES = {spec.mlnet.lower(): name for name, spec in BACKBONES.items() if spec.mlnet}
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+
+def canonical_backbone(name: str) -> str:
+    return name if name in BACKBONES else ALIASES.get(name.lower(), name)
+
+
+def preprocessing(name: str):
+    """The backbone's input preprocessing as a built-in, serializable layer."""
+    import numpy as np
+    from keras import layers
+
+    spec = BACKBONES[name]
+    if not spec.caffe:
+        return layers.Rescaling(spec.scale, spec.offset, name="preprocess")
+    # RGB -> BGR and the mean subtracted, as a frozen 1x1 convolution: no custom layer to
+    # register, so the saved model loads anywhere Keras does.
+    kernel = np.zeros((1, 1, 3, 3), dtype=np.float32)
+    for rgb, bgr in ((0, 2), (1, 1), (2, 0)):
+        kernel[0, 0, rgb, bgr] = 1.0
+    bias = -np.array(CAFFE_MEAN_BGR, dtype=np.float32)
+    layer = layers.Conv2D(3, 1, name="preprocess", trainable=False)
+    layer.build((None, None, None, 3))
+    layer.set_weights([kernel, bias])
+    return layer
 
 
 def _tiny_backbone(input_shape: tuple[int, int, int]):
@@ -66,6 +95,23 @@ def build_backbone(name: str, image_size: int, weights: str | None):
         return base
     application = getattr(keras.applications, spec.application)
     return application(include_top=False, weights=weights, input_shape=input_shape, pooling="avg")
+
+
+def cut_backbone(backbone, layer_name: str):
+    """The backbone up to one of its layers, average-pooled: features from an earlier depth.
+    Earlier layers carry more texture and less object-category information, which can suit
+    surfaces such as concrete better (fastai calls this cutting the body)."""
+    import keras
+    from keras import layers
+
+    names = [layer.name for layer in backbone.layers]
+    if layer_name not in names:
+        likely = [n for n in names if n.endswith(("pool", "_out", "add", "concat"))][-6:] or names[-6:]
+        raise InputError(f"--feature-layer: {backbone.name} has no layer {layer_name!r}; e.g. {', '.join(likely)}")
+    output = backbone.get_layer(layer_name).output
+    if len(output.shape) == 4:
+        output = layers.GlobalAveragePooling2D(name="feature_pool")(output)
+    return keras.Model(backbone.input, output, name=f"{backbone.name}_to_{layer_name}")
 
 
 def load_backbone(name: str, image_size: int, weights: str) -> tuple[object, str]:
@@ -109,15 +155,59 @@ def load_backbone(name: str, image_size: int, weights: str) -> tuple[object, str
 
 def make_model(backbone, backbone_name: str, num_classes: int, pretrained: bool, dropout: float):
     """Pixels in, probabilities out. A pretrained backbone is frozen and runs in inference mode,
-    so only the head learns; without pretrained weights the whole network trains."""
+    so only the head (feature standardization, dropout, softmax) learns; without pretrained
+    weights the whole network trains."""
     import keras
     from keras import layers
 
-    spec = BACKBONES[backbone_name]
     inputs = keras.Input(shape=backbone.input_shape[1:], name="image")
-    x = layers.Rescaling(spec.scale, spec.offset, name="preprocess")(inputs)
+    x = preprocessing(backbone_name)(inputs)
     backbone.trainable = not pretrained
     x = backbone(x, training=False) if pretrained else backbone(x)
+    if pretrained:
+        # The head's standardization of the features (mean and variance of the training set).
+        x = layers.Normalization(name="feature_norm")(x)
     x = layers.Dropout(dropout, name="dropout")(x)
     outputs = layers.Dense(num_classes, activation="softmax", name="probabilities", dtype="float32")(x)
     return keras.Model(inputs, outputs, name=f"{backbone_name}_classifier")
+
+
+def make_head(train_features, num_classes: int, dropout: float):
+    """The classifier alone, trained on cached features: the same layers make_model ends with.
+    Pooled features range over orders of magnitude (ReLU activations); standardizing them with
+    the training set's statistics lets one learning rate suit every backbone."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input(shape=(train_features.shape[1],), name="features")
+    norm = layers.Normalization(name="feature_norm")
+    norm.adapt(train_features)
+    x = layers.Dropout(dropout, name="dropout")(norm(inputs))
+    outputs = layers.Dense(num_classes, activation="softmax", name="probabilities", dtype="float32")(x)
+    return keras.Model(inputs, outputs, name="head")
+
+
+def feature_extractor(backbone, backbone_name: str):
+    """Pixels in, pooled backbone features out, in inference mode."""
+    import keras
+
+    inputs = keras.Input(shape=backbone.input_shape[1:], name="image")
+    outputs = backbone(preprocessing(backbone_name)(inputs), training=False)
+    return keras.Model(inputs, outputs, name=f"{backbone_name}_features")
+
+
+def unfreeze_top(backbone, layers_to_train: int) -> int:
+    """Make the top N layers with weights trainable, batch normalization excepted (its statistics
+    stay as learned; the backbone is called with training=False, so they stay in inference
+    mode). Returns how many layers were unfrozen."""
+    from keras import layers
+
+    backbone.trainable = True
+    with_weights = [layer for layer in backbone.layers if layer.weights]
+    chosen = set(id(layer) for layer in with_weights[-layers_to_train:]) if layers_to_train else set()
+    count = 0
+    for layer in backbone.layers:
+        train = id(layer) in chosen and not isinstance(layer, layers.BatchNormalization)
+        layer.trainable = train
+        count += train
+    return count

@@ -18,6 +18,7 @@ def make_dataset(
     shuffle: bool = False,
     seed: int = 0,
     cache: bool = False,
+    augment=None,
 ):
     """Batches of (pixels float32 0-255, label) or, without labels, pixels alone.
 
@@ -49,7 +50,28 @@ def make_dataset(
         dataset = dataset.map(lambda images: tf.cast(images, tf.float32))
     else:
         dataset = dataset.map(lambda images, label: (tf.cast(images, tf.float32), label))
+    if augment is not None:
+        dataset = dataset.map(
+            lambda images, label: (augment(images, training=True), label), num_parallel_calls=tf.data.AUTOTUNE
+        )
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def augmentation(seed: int):
+    """Random flips (a crack has no up or left), small rotations and zooms, and contrast, on
+    batches of 0-255 pixels. Applied in the input pipeline, so the saved model has none of it."""
+    import keras
+    from keras import layers
+
+    return keras.Sequential(
+        [
+            layers.RandomFlip("horizontal_and_vertical", seed=seed),
+            layers.RandomRotation(0.08, fill_mode="reflect", seed=seed + 1),
+            layers.RandomZoom(0.1, fill_mode="reflect", seed=seed + 2),
+            layers.RandomContrast(0.15, value_range=(0, 255), seed=seed + 3),
+        ],
+        name="augmentation",
+    )
 
 
 def fits_in_memory(count: int, image_size: int, megabytes: int) -> bool:

@@ -1,22 +1,30 @@
 """Training, from a validated image list to a complete run folder.
 
-load_data  -> rows validated and split
-fit        -> a model trained with early stopping on the validation split
-main       -> evaluation on the test split and the run folder, written whole or not at all
+    load_data     rows validated and split (or an explicit validation CSV)
+    train_head    pretrained weights: features cached once, the head trained on them
+    fine_tune     optionally, the top of the backbone trained on images at a low rate
+    train_images  no pretrained weights: the whole network trained on images
+    main          evaluation, and the run folder written whole or not at all
+
+Every phase checkpoints each epoch (trainer.resume), so rerunning the same command after a
+disconnect resumes where it stopped.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
+import json
 import logging
+import math
 import os
 import shutil
 import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +36,7 @@ from trainer.evaluate import classification_metrics, summary_line, write_metrics
 from trainer.predict import log_report
 
 log = logging.getLogger("trainer")
+DRIVE = Path("/content/drive/MyDrive")
 
 
 @dataclass
@@ -36,18 +45,67 @@ class Data:
     parts: dict[str, list[data.Row]]
     report: data.Report
 
+    def y(self, name: str) -> np.ndarray:
+        index = {label: i for i, label in enumerate(self.labels)}
+        return np.array([index[row.label] for row in self.parts[name]], dtype=np.int32)
+
+    def paths(self, name: str) -> list[str]:
+        return [str(row.path) for row in self.parts[name]]
+
+    def fingerprint(self) -> str:
+        """One hash of every image's content, label and split: what the run was trained on."""
+        digest = hashlib.sha256()
+        for name in data.SPLITS:
+            for row in sorted(self.parts[name], key=lambda row: row.sha256):
+                digest.update(f"{name},{row.label},{row.sha256}\n".encode())
+        return digest.hexdigest()
+
+
+@dataclass
+class Phase:
+    """What one call to fit returns: the model's history and the weights actually used."""
+
+    history: dict[str, list[float]] = field(default_factory=dict)
+    resumed_from: int = 0
+
 
 def load_data(config: TrainConfig) -> Data:
     rows, report = data.load_rows(config.folder, config.file)
     log.info("read %d rows from %s", report.rows_read, config.file or config.folder)
-    rows = data.validate(rows, report, strict=config.strict)
+    if config.validation_file:
+        validation_rows, validation_report = data.load_rows(config.folder, config.validation_file)
+        validation_rows = data.validate(
+            validation_rows, validation_report, strict=config.strict, min_class_size=1, allow_one_class=True
+        )
+        log_report(validation_report)
+        held_out = {row.sha256 for row in validation_rows}
+        rows = data.validate(rows, report, strict=config.strict, min_class_size=2)
+        before = len(rows)
+        rows = [row for row in rows if row.sha256 not in held_out]
+        if len(rows) < before:
+            log.warning(
+                "WARNING: %d training image(s) also in --validation-file: kept for validation only", before - len(rows)
+            )
+        parts = data.split(rows, 0.0, config.test_fraction, config.seed)
+        parts["validation"] = validation_rows
+    else:
+        rows = data.validate(rows, report, strict=config.strict)
+        parts = data.split(rows, config.validation_fraction, config.test_fraction, config.seed)
     log_report(report)
-    labels = sorted({row.label for row in rows})
-    parts = data.split(rows, config.validation_fraction, config.test_fraction, config.seed)
+    labels = sorted({row.label for name in data.SPLITS for row in parts[name]})
+    unknown = sorted({row.label for row in parts["validation"]} - {row.label for row in parts["train"]})
+    if unknown:
+        raise InputError(f"--validation-file: label(s) {', '.join(map(repr, unknown))} have no training images")
     for name in data.SPLITS:
         counts = Counter(row.label for row in parts[name])
         log.info("%-10s %4d images: %s", name, len(parts[name]), ", ".join(f"{k} {counts[k]}" for k in labels))
     return Data(labels, parts, report)
+
+
+def default_workspace(config: TrainConfig) -> Path:
+    if config.workspace:
+        return Path(config.workspace)
+    return DRIVE / config.model_name / "workspace" if DRIVE.is_dir() else Path("workspace")
 
 
 def _run_dir(config: TrainConfig) -> Path:
@@ -65,69 +123,337 @@ def _run_dir(config: TrainConfig) -> Path:
     return run_dir
 
 
-def _datasets(config: TrainConfig, loaded: Data):
-    from trainer.pipeline import fits_in_memory, make_dataset
-
-    index = {label: i for i, label in enumerate(loaded.labels)}
-    cache = fits_in_memory(sum(map(len, loaded.parts.values())), config.image_size, config.cache_megabytes)
-    datasets = {}
-    for name, rows in loaded.parts.items():
-        datasets[name] = make_dataset(
-            [str(row.path) for row in rows],
-            [index[row.label] for row in rows],
-            config.image_size,
-            config.batch_size,
-            shuffle=name == "train",
-            seed=config.seed,
-            cache=cache and name != "test",
-        )
-    return datasets
+def class_weights(config: TrainConfig, y_train: np.ndarray, num_classes: int) -> dict[int, float] | None:
+    """Balanced weights n / (k * n_c); with auto, only when the largest class has 1.5x the smallest."""
+    counts = np.bincount(y_train, minlength=num_classes).astype(float)
+    if config.class_weights == "none" or counts.min() == 0:
+        return None
+    if config.class_weights == "auto" and counts.max() < 1.5 * counts.min():
+        return None
+    weights = counts.sum() / (num_classes * counts)
+    log.info("class weights: %s", ", ".join(f"{i}: {w:.2f}" for i, w in enumerate(weights)))
+    return {i: float(w) for i, w in enumerate(weights)}
 
 
-def fit(config: TrainConfig, loaded: Data, datasets: dict):
-    """Build the model, train it with early stopping, and return it with its history."""
+def make_optimizer(config: TrainConfig, steps_per_epoch: int, epochs: int, learning_rate: float | None = None):
     import keras
 
-    from trainer.model import load_backbone, make_model
+    rate = learning_rate or config.learning_rate
+    schedules = keras.optimizers.schedules
+    decay_steps = max(1, int(config.decay_epochs * steps_per_epoch))
+    if config.lr_schedule == "exponential" and learning_rate is None:
+        rate = schedules.ExponentialDecay(rate, decay_steps, config.decay_rate, staircase=True)
+    elif config.lr_schedule == "polynomial" and learning_rate is None:
+        rate = schedules.PolynomialDecay(rate, decay_steps, config.end_learning_rate, power=1.0)
+    elif config.lr_schedule == "cosine" and learning_rate is None:
+        total = max(1, epochs * steps_per_epoch)
+        rate = schedules.CosineDecay(rate, total, alpha=config.end_learning_rate / config.learning_rate)
+    if config.optimizer == "sgd":
+        return keras.optimizers.SGD(rate)
+    return keras.optimizers.Adam(rate)
 
-    keras.utils.set_random_seed(config.seed)
-    backbone, weights_used = load_backbone(config.backbone, config.image_size, config.weights)
-    pretrained = weights_used != "none"
-    model = make_model(backbone, config.backbone, len(loaded.labels), pretrained, config.dropout)
-    log.info(
-        "%s, weights %s: %s, %s trainable parameters",
-        config.backbone,
-        weights_used,
-        "backbone frozen, training the head" if pretrained else "training the whole network",
-        f"{sum(int(np.prod(w.shape)) for w in model.trainable_weights):,}",
-    )
-    model.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
+
+def _fit(
+    model, config: TrainConfig, train, validation, *, epochs: int, steps: int, checkpoint: Path, weights: dict | None
+) -> Phase:
+    """fit with early stopping and per-epoch checkpoints; resumes from a checkpoint if present."""
+    import keras
+
+    from trainer.resume import Checkpoints
+
+    monitor = "val_" + config.early_stopping_metric
     stopper = keras.callbacks.EarlyStopping(
-        monitor="val_loss", patience=config.patience, restore_best_weights=True, verbose=1
+        monitor=monitor,
+        mode="min" if config.early_stopping_metric == "loss" else "max",
+        min_delta=config.min_delta,
+        patience=config.patience,
+        restore_best_weights=True,
+        verbose=1,
     )
+    checkpoints = Checkpoints(checkpoint, stopper)
+    initial_epoch = checkpoints.restore(model, steps)
+    if initial_epoch >= epochs or checkpoints.stopped:
+        log.info("phase already finished at epoch %d (checkpoint in %s)", initial_epoch, checkpoint)
+        checkpoints.restore_best(model)
+        return Phase(checkpoints.history, initial_epoch)
     # Keras prints its epoch lines on stdout; stdout is kept for the run folder's path.
     with contextlib.redirect_stdout(sys.stderr):
-        history = model.fit(
-            datasets["train"],
-            validation_data=datasets["validation"],
-            epochs=config.epochs,
-            callbacks=[stopper],
+        model.fit(
+            train,
+            validation_data=validation,
+            epochs=epochs,
+            initial_epoch=initial_epoch,
+            class_weight=weights,
+            callbacks=[stopper, checkpoints],
             verbose=1 if sys.stderr.isatty() else 2,
         )
-    return model, history.history, weights_used
+    return Phase(checkpoints.history, initial_epoch)
 
 
-def _write_history(history: dict, path: Path) -> None:
-    keys = list(history)
+def _feature_datasets(features: dict[str, np.ndarray], loaded: Data, batch_size: int, seed: int):
+    import tensorflow as tf
+
+    out = {}
+    for name in data.SPLITS:
+        dataset = tf.data.Dataset.from_tensor_slices((features[name], loaded.y(name)))
+        if name == "train":
+            dataset = dataset.shuffle(len(features[name]), seed=seed, reshuffle_each_iteration=True)
+        out[name] = _distributable(dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE))
+    return out
+
+
+def _image_datasets(config: TrainConfig, loaded: Data, batch_size: int, augment: bool):
+    from trainer.pipeline import augmentation, fits_in_memory, make_dataset
+
+    total = sum(map(len, loaded.parts.values()))
+    cache = fits_in_memory(total, config.image_size, config.cache_megabytes)
+    out = {}
+    for name in data.SPLITS:
+        out[name] = _distributable(
+            make_dataset(
+                loaded.paths(name),
+                loaded.y(name),
+                config.image_size,
+                batch_size,
+                shuffle=name == "train",
+                seed=config.seed,
+                cache=cache and name != "test",
+                augment=augmentation(config.seed) if augment and name == "train" else None,
+            )
+        )
+    return out
+
+
+def _distributable(dataset):
+    """Shard by element, not by file: the pipelines start from in-memory lists."""
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
+
+
+def _predict(model, dataset) -> np.ndarray:
+    return model.predict(dataset, verbose=0)
+
+
+def main(config: TrainConfig) -> Path:
+    """Train and evaluate; return the run folder. Everything is written to a hidden staging
+    folder beside the run folder and renamed at the end, so a run folder is always complete."""
+    config.check()
+    run_dir = _run_dir(config)
+    workspace = default_workspace(config)
+    if config.weights_cache or DRIVE.is_dir():
+        # Keras reads KERAS_HOME when it downloads: ImageNet weights on Drive survive a reset.
+        os.environ.setdefault("KERAS_HOME", str(config.weights_cache or DRIVE / config.model_name / "keras"))
+    loaded = load_data(config)
+
+    import keras
+    import tensorflow as tf
+
+    from trainer import device
+    from trainer.model import cut_backbone, feature_extractor, load_backbone, make_head, make_model, unfreeze_top
+
+    keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    workers = device.workers_from_tf_config()
+    policy = device.decide(device.visible_devices(), config.mixed_precision, config.xla, workers)
+    log.info("%s", policy.describe())
+    if policy.mixed_precision:
+        keras.mixed_precision.set_global_policy(policy.mixed_precision)
+    tf.config.optimizer.set_jit(policy.xla)
+    strategy = device.make_strategy(policy)
+    batch_size = device.global_batch_size(config.batch_size, policy)
+    fingerprint = loaded.fingerprint()
+    checkpoint_root = workspace / "checkpoints" / _resume_key(config, fingerprint)
+    if not device.is_chief():
+        kind, index = device.task()
+        checkpoint_root = checkpoint_root.with_name(f"{checkpoint_root.name}-{kind}{index}")
+    weights = class_weights(config, loaded.y("train"), len(loaded.labels))
+    started = time.time()
+    phases: dict[str, Phase] = {}
+    cache_key = None
+
+    with strategy.scope():
+        backbone, weights_used = load_backbone(config.backbone, config.image_size, config.weights)
+        if config.feature_layer:
+            backbone = cut_backbone(backbone, config.feature_layer)
+    pretrained = weights_used != "none"
+    if pretrained:
+        from trainer.features import cache_key as make_cache_key
+        from trainer.features import cached_features
+
+        cache_key = make_cache_key(config.backbone, config.image_size, weights_used, config.feature_layer)
+        extractor = feature_extractor(backbone, config.backbone)
+        every_row = [row for name in data.SPLITS for row in loaded.parts[name]]
+        vectors = cached_features(
+            extractor, every_row, config.image_size, batch_size, workspace / "features" / cache_key
+        )
+        features, start = {}, 0
+        for name in data.SPLITS:
+            features[name] = vectors[start : start + len(loaded.parts[name])]
+            start += len(loaded.parts[name])
+        log.info(
+            "%s, weights %s: bottleneck mode, training the head on %d-dimensional features",
+            config.backbone,
+            weights_used,
+            features["train"].shape[1],
+        )
+        datasets = _feature_datasets(features, loaded, batch_size, config.seed)
+        steps = math.ceil(len(features["train"]) / batch_size)
+        with strategy.scope():
+            head = make_head(features["train"], len(loaded.labels), config.dropout)
+            head.compile(
+                make_optimizer(config, steps, config.epochs), "sparse_categorical_crossentropy", metrics=["accuracy"]
+            )
+        phases["head"] = _fit(
+            head,
+            config,
+            datasets["train"],
+            datasets["validation"],
+            epochs=config.epochs,
+            steps=steps,
+            checkpoint=checkpoint_root / "head",
+            weights=weights,
+        )
+        with strategy.scope():
+            model = make_model(backbone, config.backbone, len(loaded.labels), True, config.dropout)
+        for name in ("feature_norm", "probabilities"):
+            model.get_layer(name).set_weights(head.get_layer(name).get_weights())
+        evaluate_on = {name: (head, datasets[name]) for name in data.SPLITS}
+        if config.fine_tune_layers:
+            images = _image_datasets(config, loaded, batch_size, config.augment)
+            with strategy.scope():
+                unfrozen = unfreeze_top(backbone, config.fine_tune_layers)
+                model.compile(
+                    make_optimizer(config, steps, config.fine_tune_epochs, config.fine_tune_learning_rate),
+                    "sparse_categorical_crossentropy",
+                    metrics=["accuracy"],
+                )
+            log.info(
+                "fine-tuning the top %d backbone layers at learning rate %g", unfrozen, config.fine_tune_learning_rate
+            )
+            phases["fine_tune"] = _fit(
+                model,
+                config,
+                images["train"],
+                images["validation"],
+                epochs=config.fine_tune_epochs,
+                steps=steps,
+                checkpoint=checkpoint_root / "fine_tune",
+                weights=weights,
+            )
+            evaluate_on = {name: (model, images[name]) for name in data.SPLITS}
+    else:
+        images = _image_datasets(config, loaded, batch_size, config.augment)
+        steps = math.ceil(len(loaded.parts["train"]) / batch_size)
+        with strategy.scope():
+            model = make_model(backbone, config.backbone, len(loaded.labels), False, config.dropout)
+            model.compile(
+                make_optimizer(config, steps, config.epochs), "sparse_categorical_crossentropy", metrics=["accuracy"]
+            )
+        log.info(
+            "%s, weights none: training the whole network, %s trainable parameters",
+            config.backbone,
+            f"{sum(int(np.prod(w.shape)) for w in model.trainable_weights):,}",
+        )
+        phases["train"] = _fit(
+            model,
+            config,
+            images["train"],
+            images["validation"],
+            epochs=config.epochs,
+            steps=steps,
+            checkpoint=checkpoint_root / "train",
+            weights=weights,
+        )
+        evaluate_on = {name: (model, images[name]) for name in data.SPLITS}
+    seconds = time.time() - started
+
+    metrics = {}
+    for name in ("test", "validation", "train") if config.metrics_on_train else ("test", "validation"):
+        predictor, dataset = evaluate_on[name]
+        metrics[name] = classification_metrics(loaded.y(name), _predict(predictor, dataset), loaded.labels)
+    log.info("test: %s", summary_line(metrics["test"]))
+    if config.metrics_on_train:
+        log.info("train: %s", summary_line(metrics["train"]))
+
+    if not device.is_chief():
+        shutil.rmtree(checkpoint_root, ignore_errors=True)
+        log.info("worker done; the chief writes the run folder")
+        return run_dir
+    history = _join_history(phases)
+    manifest = _manifest(config, loaded, policy, weights_used, cache_key, fingerprint, seconds, phases)
+    _write_run(run_dir, config, model, loaded, metrics, history, manifest, weights_used)
+    shutil.rmtree(checkpoint_root, ignore_errors=True)
+    log.info("run folder: %s", run_dir)
+    return run_dir
+
+
+def _resume_key(config: TrainConfig, fingerprint: str) -> str:
+    """The same command on the same data gives the same key, whatever its output folder."""
+    options = {
+        k: v for k, v in config.to_dict().items() if k not in ("output", "runs_dir", "workspace", "weights_cache")
+    }
+    return hashlib.sha256(json.dumps([options, fingerprint], sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _join_history(phases: dict[str, Phase]) -> list[dict]:
+    rows = []
+    for phase, result in phases.items():
+        keys = list(result.history)
+        for index in range(len(result.history[keys[0]]) if keys else 0):
+            rows.append({"phase": phase, "epoch": index + 1, **{key: result.history[key][index] for key in keys}})
+    return rows
+
+
+def _manifest(config, loaded, policy, weights_used, cache_key, fingerprint, seconds, phases) -> dict:
+    import platform
+    from importlib import metadata
+
+    versions = {}
+    for name in ("tensorflow", "keras", "numpy", "pillow"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    versions["python"] = platform.python_version()
+    from trainer.device import visible_devices
+
+    return {
+        "versions": versions,
+        "hardware": {
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "devices": [f"{d.kind}:{d.name}" if d.name else d.kind for d in visible_devices()],
+        },
+        "policy": {
+            "strategy": policy.strategy,
+            "replicas": policy.replicas,
+            "mixed_precision": policy.mixed_precision,
+            "xla": policy.xla,
+            "reasons": policy.reasons,
+        },
+        "data": {
+            "fingerprint": fingerprint,
+            "images": {name: len(loaded.parts[name]) for name in data.SPLITS},
+            "hashes": "split.csv lists every image's SHA-256",
+        },
+        "weights_used": weights_used,
+        "feature_cache_key": cache_key,
+        "training_seconds": round(seconds, 2),
+        "resumed_from_epoch": {name: phase.resumed_from for name, phase in phases.items() if phase.resumed_from},
+    }
+
+
+def _write_history(history: list[dict], path: Path) -> None:
+    keys = sorted({key for row in history for key in row if key not in ("phase", "epoch")})
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(["epoch", *keys])
-        for epoch in range(len(history[keys[0]]) if keys else 0):
-            writer.writerow([epoch + 1, *(f"{history[key][epoch]:.6f}" for key in keys)])
+        writer.writerow(["phase", "epoch", *keys])
+        for row in history:
+            writer.writerow([row["phase"], row["epoch"], *(f"{row[key]:.6f}" if key in row else "" for key in keys)])
 
 
 def _link_or_copy(source: Path, destination: Path) -> None:
@@ -137,27 +463,9 @@ def _link_or_copy(source: Path, destination: Path) -> None:
         shutil.copy2(source, destination)
 
 
-def main(config: TrainConfig) -> Path:
-    """Train and evaluate; return the run folder. Everything is written to a hidden staging
-    folder beside the run folder and renamed at the end, so a run folder is always complete."""
-    config.check()
-    run_dir = _run_dir(config)
-    loaded = load_data(config)
-    datasets = _datasets(config, loaded)
-    started = time.time()
-    model, history, weights_used = fit(config, loaded, datasets)
-    seconds = time.time() - started
-
-    index = {label: i for i, label in enumerate(loaded.labels)}
-    metrics = {}
-    for name in ("test", "validation"):
-        rows = loaded.parts[name]
-        probabilities = model.predict(datasets[name], verbose=0)
-        metrics[name] = classification_metrics(
-            np.array([index[row.label] for row in rows]), probabilities, loaded.labels
-        )
-    log.info("test: %s", summary_line(metrics["test"]))
-
+def _write_run(
+    run_dir: Path, config, model, loaded: Data, metrics: dict, history: list[dict], manifest: dict, weights_used: str
+) -> None:
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.partial-", dir=run_dir.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; a run folder is for sharing
@@ -174,12 +482,13 @@ def main(config: TrainConfig) -> Path:
         )
         data.write_split(loaded.parts, staging / "split.csv")
         _write_history(history, staging / "history.csv")
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         write_metrics(
             {
                 **metrics["test"],
-                "validation": metrics["validation"],
-                "epochs_run": len(history.get("loss", [])),
-                "training_seconds": round(seconds, 2),
+                **{name: metrics[name] for name in ("validation", "train") if name in metrics},
+                "epochs_run": {row["phase"]: row["epoch"] for row in history},
+                "training_seconds": manifest["training_seconds"],
                 "data": loaded.report.to_dict(),
             },
             staging / "metrics.json",
@@ -190,5 +499,3 @@ def main(config: TrainConfig) -> Path:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    log.info("run folder: %s", run_dir)
-    return run_dir

@@ -1,0 +1,149 @@
+"""Hardware decisions, kept apart from TensorFlow so that they are plain functions to test:
+mixed precision, XLA, and the tf.distribute strategy with the batch size it implies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+from trainer.errors import InputError
+
+
+@dataclass(frozen=True)
+class Device:
+    kind: str  # "CPU", "GPU" or "TPU"
+    name: str = ""
+    compute_capability: tuple[int, int] | None = None  # GPUs only
+
+
+@dataclass(frozen=True)
+class Policy:
+    mixed_precision: str | None  # None, "mixed_float16" or "mixed_bfloat16"
+    xla: bool
+    strategy: str  # "default", "mirrored", "tpu" or "multi_worker"
+    replicas: int
+    reasons: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        return (
+            f"strategy {self.strategy} ({self.replicas} replica{'s' if self.replicas != 1 else ''}), "
+            f"mixed precision {self.mixed_precision or 'off'}, XLA {'on' if self.xla else 'off'}: "
+            + "; ".join(self.reasons)
+        )
+
+
+def workers_from_tf_config(environ: dict | None = None) -> int:
+    """How many workers TF_CONFIG names (0 when it is unset). A malformed TF_CONFIG is an error."""
+    text = (os.environ if environ is None else environ).get("TF_CONFIG")
+    if not text:
+        return 0
+    try:
+        cluster = json.loads(text)["cluster"]
+    except (ValueError, KeyError, TypeError):
+        raise InputError(
+            "TF_CONFIG is not JSON with a 'cluster' entry; see tf.distribute's multi-worker guide"
+        ) from None
+    return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
+
+
+def decide(devices: list[Device], mixed_precision: str = "auto", xla: str = "auto", workers: int = 0) -> Policy:
+    """Choose from the hardware, then apply the user's overrides ("on" / "off")."""
+    for option, value in (("mixed-precision", mixed_precision), ("xla", xla)):
+        if value not in ("auto", "on", "off"):
+            raise InputError(f"--{option} must be auto, on or off (got {value!r})")
+    reasons = []
+    tpus = [d for d in devices if d.kind == "TPU"]
+    gpus = [d for d in devices if d.kind == "GPU"]
+    if workers > 1:
+        strategy, replicas = "multi_worker", workers
+        reasons.append(f"TF_CONFIG names {workers} workers")
+    elif tpus:
+        strategy, replicas = "tpu", len(tpus)
+        reasons.append(f"{len(tpus)} TPU cores")
+    elif len(gpus) > 1:
+        strategy, replicas = "mirrored", len(gpus)
+        reasons.append(f"{len(gpus)} GPUs")
+    else:
+        strategy, replicas = "default", 1
+        reasons.append(f"one device ({gpus[0].name or 'GPU'})" if gpus else "CPU only")
+
+    # Float16 pays where tensor cores exist (compute capability 7.0 and up: V100, T4, A100, L4);
+    # on older GPUs and on CPUs it only adds casts. TPUs compute in bfloat16 natively.
+    if tpus:
+        auto_mixed = "mixed_bfloat16"
+    elif gpus and all((d.compute_capability or (0, 0)) >= (7, 0) for d in gpus):
+        auto_mixed = "mixed_float16"
+    else:
+        auto_mixed = None
+    if mixed_precision == "auto":
+        chosen_mixed = auto_mixed
+        reasons.append("mixed precision " + ("for tensor cores" if auto_mixed else "off: no tensor cores"))
+    elif mixed_precision == "on":
+        chosen_mixed = "mixed_bfloat16" if tpus or not gpus else "mixed_float16"
+        reasons.append("mixed precision forced on")
+    else:
+        chosen_mixed = None
+        reasons.append("mixed precision forced off")
+
+    # XLA fuses kernels on GPUs; on CPUs its compile time is rarely repaid for small models, and
+    # TPUs compile with XLA whatever the setting.
+    if xla == "auto":
+        chosen_xla = bool(gpus) and not tpus
+        reasons.append("XLA " + ("on for the GPU" if chosen_xla else "off: no GPU"))
+    else:
+        chosen_xla = xla == "on"
+        reasons.append(f"XLA forced {xla}")
+    return Policy(chosen_mixed, chosen_xla, strategy, replicas, reasons)
+
+
+def global_batch_size(per_replica: int, policy: Policy) -> int:
+    """--batch-size is per device, as on one GPU; a strategy with N replicas feeds N at once."""
+    return per_replica * policy.replicas
+
+
+def visible_devices() -> list[Device]:
+    """The devices TensorFlow sees (imports TensorFlow)."""
+    import tensorflow as tf
+
+    devices = [Device("CPU")]
+    for gpu in tf.config.list_physical_devices("GPU"):
+        details = tf.config.experimental.get_device_details(gpu)
+        devices.append(Device("GPU", details.get("device_name", gpu.name), details.get("compute_capability")))
+    devices += [Device("TPU", tpu.name) for tpu in tf.config.list_logical_devices("TPU")]
+    return devices
+
+
+def make_strategy(policy: Policy):
+    import tensorflow as tf
+
+    if policy.strategy == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if policy.strategy == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if policy.strategy == "tpu":
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    return tf.distribute.get_strategy()
+
+
+def task(environ: dict | None = None) -> tuple[str, int]:
+    """This process's (type, index) in TF_CONFIG; ("worker", 0) without one."""
+    text = (os.environ if environ is None else environ).get("TF_CONFIG")
+    if not text:
+        return "worker", 0
+    entry = json.loads(text).get("task", {})
+    return entry.get("type", "worker"), int(entry.get("index", 0))
+
+
+def is_chief(environ: dict | None = None) -> bool:
+    """In a multi-worker run only the chief (the 'chief' task, or worker 0 when there is none)
+    writes the run folder."""
+    text = (os.environ if environ is None else environ).get("TF_CONFIG")
+    kind, index = task(environ)
+    if kind == "chief":
+        return True
+    has_chief = bool(text) and "chief" in json.loads(text).get("cluster", {})
+    return kind == "worker" and index == 0 and not has_chief

@@ -1,0 +1,110 @@
+"""The bottleneck cache: every image goes through the frozen backbone once; its pooled features
+are stored on disk and reused by every later run with the same key.
+
+    WORKSPACE/features/<key>/shard-<digest>.npz     arrays: sha256 (N,), features (N, D)
+
+The key covers what changes the features: backbone, image size, weights (a file's hash, or
+"imagenet"), and the preprocessing version. Within a key, features are found by each image
+file's content hash, so renamed or moved images still hit, and a new or edited image alone is
+featurized. Shards are zip files with CRCs: a damaged shard fails to load, is deleted, and its
+images are featurized again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from trainer.progress import progress
+
+log = logging.getLogger("trainer")
+
+# Bump when the decoding or resizing of images changes: old features would no longer match.
+PREPROCESSING = "pil-exif-rgb-bilinear-v1"
+
+
+def weights_identity(weights: str) -> str:
+    if weights in ("imagenet", "none"):
+        return weights
+    digest = hashlib.sha256()
+    with open(weights, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return "file-" + digest.hexdigest()[:16]
+
+
+def cache_key(backbone: str, image_size: int, weights: str, feature_layer: str | None = None) -> str:
+    text = json.dumps([backbone, image_size, weights_identity(weights), feature_layer, PREPROCESSING])
+    return f"{backbone}-{image_size}-" + hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+class FeatureCache:
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def load(self) -> dict[str, np.ndarray]:
+        """sha256 -> feature vector for every readable shard; damaged shards are removed."""
+        found: dict[str, np.ndarray] = {}
+        if not self.folder.is_dir():
+            return found
+        for shard in sorted(self.folder.glob("shard-*.npz")):
+            try:
+                with np.load(shard, allow_pickle=False) as data:
+                    hashes, features = data["sha256"], data["features"]
+                    if len(hashes) != len(features) or features.ndim != 2:
+                        raise ValueError("arrays of different lengths")
+                    found.update(zip(hashes.tolist(), features, strict=True))
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as error:
+                log.warning(
+                    "WARNING: damaged feature cache shard %s (%s): removed, its images are featurized again",
+                    shard.name,
+                    error,
+                )
+                shard.unlink(missing_ok=True)
+        return found
+
+    def add(self, hashes: list[str], features: np.ndarray) -> Path:
+        """Write one shard, atomically: a temporary name, then a rename."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256("".join(sorted(hashes)).encode()).hexdigest()[:16]
+        target = self.folder / f"shard-{digest}.npz"
+        temporary = self.folder / f".shard-{digest}.{os.getpid()}.partial.npz"
+        np.savez(temporary, sha256=np.array(hashes), features=features.astype(np.float32))
+        os.replace(temporary, target)
+        return target
+
+
+def featurize(feature_model, paths: list[str], image_size: int, batch_size: int) -> np.ndarray:
+    """Run images through the frozen feature extractor in batches, with a progress bar."""
+    import tensorflow as tf
+
+    from trainer.pipeline import make_dataset
+
+    dataset = make_dataset(paths, None, image_size, batch_size)
+    run = tf.function(lambda images: feature_model(images, training=False), reduce_retracing=True)
+    outputs = []
+    batches = (len(paths) + batch_size - 1) // batch_size
+    for images in progress(dataset, total=batches, desc="featurize"):
+        outputs.append(run(images).numpy())
+    return np.concatenate(outputs).astype(np.float32)
+
+
+def cached_features(feature_model, rows, image_size: int, batch_size: int, folder: Path) -> np.ndarray:
+    """Features for rows (in order): from the cache where present, featurized and stored where not."""
+    cache = FeatureCache(folder)
+    known = cache.load()
+    missing = sorted({row.sha256: str(row.path) for row in rows if row.sha256 not in known}.items())
+    reused = len({row.sha256 for row in rows}) - len(missing)
+    log.info("feature cache %s: %d images reused, %d to featurize", folder, reused, len(missing))
+    if missing:
+        hashes = [sha for sha, _ in missing]
+        features = featurize(feature_model, [path for _, path in missing], image_size, batch_size)
+        cache.add(hashes, features)
+        known.update(zip(hashes, features, strict=True))
+    return np.stack([known[row.sha256] for row in rows])

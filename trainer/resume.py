@@ -1,0 +1,117 @@
+"""Per-epoch checkpoints that make a rerun of the same command resume after a disconnect.
+
+    <folder>/state.json         epoch, history so far, early-stopping state   (written last)
+    <folder>/last.weights.h5    the model after that epoch
+    <folder>/best.weights.h5    the best weights early stopping has seen
+
+Each file is written under a temporary name and renamed; state.json goes last, so it never
+names an epoch whose weights are not on disk. Keras's BackupAndRestore keeps neither the
+history nor the early-stopping state, so a resumed run would forget its best epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import keras
+
+log = logging.getLogger("trainer")
+
+
+class Checkpoints(keras.callbacks.Callback):
+    def __init__(self, folder: Path, stopper: keras.callbacks.EarlyStopping):
+        super().__init__()
+        self.folder = folder
+        self.stopper = stopper
+        self.history: dict[str, list[float]] = {}
+        self.stopped = False
+        self._saved_stopper: dict | None = None
+
+    # Before fit -------------------------------------------------------------------------------
+
+    def restore(self, model, steps_per_epoch: int) -> int:
+        """Load the last checkpoint into model; return the epoch to start from (0 if none)."""
+        state_path = self.folder / "state.json"
+        if not state_path.is_file():
+            return 0
+        try:
+            state = json.loads(state_path.read_text())
+            model.load_weights(self.folder / "last.weights.h5")
+        except (OSError, ValueError) as error:
+            log.warning("WARNING: checkpoint in %s is unreadable (%s): starting this phase over", self.folder, error)
+            return 0
+        epoch = int(state["epoch"])
+        self.history = state["history"]
+        self.stopped = bool(state.get("stopped"))
+        self._saved_stopper = state.get("stopper")
+        if model.optimizer is not None:
+            # The learning-rate schedule counts optimizer steps: continue the count.
+            model.optimizer.build(model.trainable_variables)
+            model.optimizer.iterations.assign(epoch * steps_per_epoch)
+        log.info("resuming from epoch %d (checkpoint in %s)", epoch, self.folder)
+        return epoch
+
+    def restore_best(self, model) -> None:
+        best = self.folder / "best.weights.h5"
+        if best.is_file():
+            model.load_weights(best)
+
+    # During fit -------------------------------------------------------------------------------
+
+    def on_train_begin(self, logs=None):
+        # Runs after EarlyStopping's own on_train_begin (it comes first in the callback list),
+        # which resets its state: put back what the interrupted run had.
+        if self._saved_stopper:
+            self.stopper.wait = self._saved_stopper["wait"]
+            self.stopper.best = self._saved_stopper["best"]
+            self.stopper.best_epoch = self._saved_stopper["best_epoch"]
+            best = self.folder / "best.weights.h5"
+            if best.is_file():
+                current = self.model.get_weights()
+                self.model.load_weights(best)
+                self.stopper.best_weights = self.model.get_weights()
+                self.model.set_weights(current)
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key, value in (logs or {}).items():
+            self.history.setdefault(key, []).append(float(value))
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._save_weights(self.model, "last.weights.h5")
+        if self.stopper.best_epoch == epoch and self.stopper.best_weights is not None:
+            self._save_weights(self.model, "best.weights.h5")
+        state = {
+            "epoch": epoch + 1,
+            "history": self.history,
+            "stopper": {
+                "wait": self.stopper.wait,
+                "best": _plain(self.stopper.best),
+                "best_epoch": self.stopper.best_epoch,
+            },
+        }
+        self._write_state(state)
+
+    def on_train_end(self, logs=None):
+        if self.stopper.stopped_epoch:
+            state = json.loads((self.folder / "state.json").read_text())
+            state["stopped"] = True
+            self._write_state(state)
+
+    def _save_weights(self, model, name: str) -> None:
+        temporary = self.folder / f".{name}.partial.weights.h5"
+        model.save_weights(temporary)
+        os.replace(temporary, self.folder / name)
+
+    def _write_state(self, state: dict) -> None:
+        temporary = self.folder / ".state.json.partial"
+        temporary.write_text(json.dumps(state))
+        os.replace(temporary, self.folder / "state.json")
+
+
+def _plain(value):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
