@@ -158,8 +158,13 @@ def _fit(
 ) -> Phase:
     """fit with early stopping and per-epoch checkpoints; resumes from a checkpoint if present."""
     import keras
+    import tensorflow as tf
 
     from trainer.resume import Checkpoints
+
+    strategy = model.distribute_strategy
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return _fit_multi_worker(model, strategy, config, train, validation, epochs=epochs, weights=weights)
 
     monitor = "val_" + config.early_stopping_metric
     stopper = keras.callbacks.EarlyStopping(
@@ -188,6 +193,74 @@ def _fit(
             verbose=1 if sys.stderr.isatty() else 2,
         )
     return Phase(checkpoints.history, initial_epoch)
+
+
+def _fit_multi_worker(model, strategy, config: TrainConfig, train, validation, *, epochs: int, weights) -> Phase:
+    """Keras 3's fit does not run under MultiWorkerMirroredStrategy (keras-team/keras#20585), so
+    several workers train with this loop: strategy.run per batch, gradients all-reduced, early
+    stopping on the validation loss or accuracy. It keeps no per-epoch checkpoints."""
+    import keras
+    import tensorflow as tf
+
+    class_weight = tf.constant([weights[i] for i in sorted(weights)] if weights else [1.0] * model.output_shape[-1])
+
+    def replica_step(images, labels, training: bool):
+        with tf.GradientTape() as tape:
+            probabilities = model(images, training=training)
+            per_example = keras.losses.sparse_categorical_crossentropy(labels, probabilities)
+            weighted = per_example * tf.gather(class_weight, labels) if training else per_example
+            loss = tf.nn.compute_average_loss(weighted, global_batch_size=global_batch)
+        if training:
+            gradients = tape.gradient(loss, model.trainable_variables)
+            model.optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
+        correct = tf.reduce_sum(
+            tf.cast(tf.equal(tf.argmax(probabilities, 1, output_type=tf.int32), labels), tf.float32)
+        )
+        return tf.reduce_sum(per_example), correct, tf.cast(tf.size(labels), tf.float32)
+
+    @tf.function
+    def step(batch, training: bool):
+        totals = strategy.run(replica_step, args=(*batch, training))
+        return [strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None) for value in totals]
+
+    def run_epoch(dataset, training: bool) -> tuple[float, float]:
+        loss = correct = count = 0.0
+        for batch in dataset:
+            batch_loss, batch_correct, batch_count = step(batch, training)
+            loss, correct, count = loss + float(batch_loss), correct + float(batch_correct), count + float(batch_count)
+        return loss / max(count, 1.0), correct / max(count, 1.0)
+
+    global_batch = config.batch_size * strategy.num_replicas_in_sync
+    train_dist = strategy.experimental_distribute_dataset(train)
+    validation_dist = strategy.experimental_distribute_dataset(validation)
+    history: dict[str, list[float]] = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
+    sign = 1.0 if config.early_stopping_metric == "loss" else -1.0
+    best, best_weights, wait = float("inf"), None, 0
+    for epoch in range(epochs):
+        loss, accuracy = run_epoch(train_dist, True)
+        val_loss, val_accuracy = run_epoch(validation_dist, False)
+        for key, value in zip(history, (loss, accuracy, val_loss, val_accuracy), strict=True):
+            history[key].append(value)
+        log.info(
+            "epoch %d/%d - loss %.4f - accuracy %.4f - val_loss %.4f - val_accuracy %.4f",
+            epoch + 1,
+            epochs,
+            loss,
+            accuracy,
+            val_loss,
+            val_accuracy,
+        )
+        score = sign * (val_loss if config.early_stopping_metric == "loss" else val_accuracy)
+        if score < best - config.min_delta:
+            best, best_weights, wait = score, model.get_weights(), 0
+        else:
+            wait += 1
+            if wait > config.patience:
+                log.info("epoch %d: early stopping", epoch + 1)
+                break
+    if best_weights is not None:
+        model.set_weights(best_weights)
+    return Phase(history, 0)
 
 
 def _feature_datasets(features: dict[str, np.ndarray], loaded: Data, batch_size: int, seed: int):
@@ -254,16 +327,18 @@ def main(config: TrainConfig) -> Path:
     from trainer import device
     from trainer.model import cut_backbone, feature_extractor, load_backbone, make_head, make_model, unfreeze_top
 
+    workers = device.workers_from_tf_config()
+    # Collective ops must be configured before TensorFlow runs anything else.
+    multi_worker = tf.distribute.MultiWorkerMirroredStrategy() if workers > 1 else None
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
-    workers = device.workers_from_tf_config()
     policy = device.decide(device.visible_devices(), config.mixed_precision, config.xla, workers)
     log.info("%s", policy.describe())
     if policy.mixed_precision:
         keras.mixed_precision.set_global_policy(policy.mixed_precision)
     tf.config.optimizer.set_jit(policy.xla)
-    strategy = device.make_strategy(policy)
+    strategy = multi_worker or device.make_strategy(policy)
     batch_size = device.global_batch_size(config.batch_size, policy)
     fingerprint = loaded.fingerprint()
     checkpoint_root = workspace / "checkpoints" / _resume_key(config, fingerprint)

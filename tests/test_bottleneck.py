@@ -1,0 +1,164 @@
+"""Bottleneck mode and the feature cache, with a local weights file standing in for ImageNet's."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CONCRETE, run_module
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory) -> Path:
+    from trainer.model import build_backbone
+
+    path = tmp_path_factory.mktemp("weights") / "tiny.weights.h5"
+    build_backbone("tiny", 48, None).save_weights(path)
+    return path
+
+
+def _train(cli, folder: Path, weights: Path, workspace: Path, output: Path, *extra: str) -> tuple[int, str]:
+    code, _, err = cli(
+        "train",
+        "--folder",
+        folder,
+        "--file",
+        "training_data.csv",
+        "--backbone",
+        "tiny",
+        "--weights",
+        weights,
+        "--image-size",
+        "48",
+        "--epochs",
+        "2",
+        "--workspace",
+        workspace,
+        "--output",
+        output,
+        *extra,
+    )
+    return code, err
+
+
+def test_second_run_reuses_the_whole_cache_and_new_images_alone_are_featurized(cli, demo_dir, tiny_weights, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(demo_dir, data)
+    workspace = tmp_path / "workspace"
+    code, err = _train(cli, data / "Images", tiny_weights, workspace, tmp_path / "run1")
+    assert code == 0, err
+    assert "0 images reused, 24 to featurize" in err
+    assert "bottleneck mode" in err
+    code, err = _train(cli, data / "Images", tiny_weights, workspace, tmp_path / "run2")
+    assert code == 0, err
+    assert "24 images reused, 0 to featurize" in err
+    assert "featurize:" not in err  # no progress bar: nothing went through the backbone
+
+    # Five new images (copies of existing ones, made different by a byte after the JPEG's end).
+    csv_path = data / "Images" / "training_data.csv"
+    lines = csv_path.read_text().splitlines()
+    for i, source in enumerate(sorted((data / "Images" / "CD").iterdir())[:5]):
+        (data / "Images" / "CD" / f"new-{i}.jpg").write_bytes(source.read_bytes() + bytes([i]))
+        lines.append(f"../Images/CD/new-{i}.jpg,CD")
+    csv_path.write_text("\n".join(lines) + "\n")
+    code, err = _train(cli, data / "Images", tiny_weights, workspace, tmp_path / "run3")
+    assert code == 0, err
+    assert "24 images reused, 5 to featurize" in err
+    manifest = json.loads((tmp_path / "run3" / "manifest.json").read_text())
+    assert manifest["feature_cache_key"].startswith("tiny-48-")
+
+
+def test_damaged_cache_shard_is_detected_and_rebuilt(cli, demo_dir, tiny_weights, tmp_path):
+    workspace = tmp_path / "workspace"
+    assert _train(cli, demo_dir / "Images", tiny_weights, workspace, tmp_path / "run1")[0] == 0
+    (shard,) = (workspace / "features").glob("*/shard-*.npz")
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    code, err = _train(cli, demo_dir / "Images", tiny_weights, workspace, tmp_path / "run2")
+    assert code == 0, err
+    assert f"damaged feature cache shard {shard.name}" in err
+    assert "0 images reused, 24 to featurize" in err
+
+
+def test_the_cache_key_follows_size_weights_and_layer(tiny_weights, tmp_path):
+    from trainer.features import cache_key
+
+    other = tmp_path / "other.weights.h5"
+    other.write_bytes(tiny_weights.read_bytes() + b"x")
+    keys = {
+        cache_key("tiny", 48, str(tiny_weights)),
+        cache_key("tiny", 64, str(tiny_weights)),
+        cache_key("tiny", 48, str(other)),
+        cache_key("tiny", 48, str(tiny_weights), "max_pooling2d_1"),
+        cache_key("vgg16", 48, str(tiny_weights)),
+    }
+    assert len(keys) == 5
+    assert cache_key("tiny", 48, str(tiny_weights)) == cache_key("tiny", 48, str(tiny_weights))
+
+
+def test_saved_model_predicts_like_the_head_on_features(cli, demo_dir, tiny_weights, tmp_path):
+    """The model assembled from backbone and head gives the metrics the head reported."""
+    assert _train(cli, demo_dir / "Images", tiny_weights, tmp_path / "ws", tmp_path / "run")[0] == 0
+    code, out, err = cli("evaluate", "--model", tmp_path / "run")
+    assert code == 0, err
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert json.loads(out)["confusion_matrix"] == saved["confusion_matrix"]
+    assert json.loads(out)["log_loss"] == pytest.approx(saved["log_loss"], abs=1e-4)
+
+
+def test_fine_tuning_runs_after_the_head(cli, demo_dir, tiny_weights, tmp_path):
+    code, err = _train(
+        cli,
+        demo_dir / "Images",
+        tiny_weights,
+        tmp_path / "ws",
+        tmp_path / "run",
+        "--fine-tune-layers",
+        "2",
+        "--fine-tune-epochs",
+        "2",
+        "--metrics-on-train",
+    )
+    assert code == 0, err
+    assert "fine-tuning the top 2 backbone layers at learning rate 1e-05" in err
+    history = (tmp_path / "run" / "history.csv").read_text().splitlines()
+    assert {line.split(",")[0] for line in history[1:]} == {"head", "fine_tune"}
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["train"]["count"] == 20
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CONCRETE.is_dir(), reason="../shared/data/concrete is not here")
+@pytest.mark.parametrize("backbone", ["resnet50_v2", "resnet101_v2", "inception_v3", "mobilenet_v2"])
+def test_mlnet_backbones_in_bottleneck_mode_on_the_concrete_data(backbone, tmp_path):
+    """Each of ML.NET's four architectures, with a local weights file (random, since ImageNet's
+    cannot be downloaded here): featurize the 400 images and train the head."""
+    from trainer.model import build_backbone
+
+    weights = tmp_path / f"{backbone}.weights.h5"
+    build_backbone(backbone, 80, None).save_weights(weights)
+    result = run_module(
+        "--train",
+        "--folder",
+        CONCRETE,
+        "--file",
+        "training_data.csv",
+        "--backbone",
+        backbone,
+        "--weights",
+        weights,
+        "--image-size",
+        "80",
+        "--epochs",
+        "2",
+        "--workspace",
+        tmp_path / "ws",
+        "--output",
+        tmp_path / "run",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "0 images reused, 400 to featurize" in result.stderr
+    assert "bottleneck mode" in result.stderr
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["count"] == 40

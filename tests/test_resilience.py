@@ -1,0 +1,145 @@
+"""Resume after a killed process, two workers on 127.0.0.1, and deterministic reruns: real
+processes, real training on the CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, run_module
+
+TINY = ["--backbone", "tiny", "--weights", "none", "--image-size", "48", "--batch-size", "4"]
+
+
+def _start(args: list, env: dict | None = None, cwd: Path | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "trainer", *map(str, args)],
+        cwd=cwd or Path.cwd(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+    )
+
+
+def _epoch_in(workspace: Path) -> int:
+    for state in workspace.glob("checkpoints/*/*/state.json"):
+        try:
+            return json.loads(state.read_text())["epoch"]
+        except (OSError, ValueError):
+            return 0
+    return 0
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_from_its_last_epoch(demo_dir, tmp_path):
+    workspace = tmp_path / "ws"
+    args = [
+        "train",
+        "--folder",
+        demo_dir / "Images",
+        "--file",
+        "training_data.csv",
+        *TINY,
+        "--epochs",
+        "12",
+        "--patience",
+        "50",
+        "--workspace",
+        workspace,
+        "--output",
+        tmp_path / "run",
+    ]
+    process = _start(args)
+    deadline = time.time() + 240
+    while _epoch_in(workspace) < 3 and process.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert process.poll() is None, "training ended before it could be killed: " + process.stderr.read()
+    killed_at = _epoch_in(workspace)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (tmp_path / "run").exists(), "a killed run must not leave a run folder"
+
+    rerun = run_module(*args)
+    assert rerun.returncode == 0, rerun.stderr
+    resumed = [line for line in rerun.stderr.splitlines() if line.startswith("resuming from epoch")]
+    assert resumed and int(resumed[0].split()[3]) >= killed_at
+    history = (tmp_path / "run" / "history.csv").read_text().splitlines()[1:]
+    assert [int(line.split(",")[1]) for line in history] == list(range(1, 13))
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["resumed_from_epoch"]["train"] >= killed_at
+    assert not list(workspace.glob("checkpoints/*")), "checkpoints are removed once the run folder is written"
+
+
+def _free_port() -> int:
+    with socket.socket() as handle:
+        handle.bind(("127.0.0.1", 0))
+        return handle.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_workers_on_localhost_train_and_the_model_evaluates(demo_dir, tmp_path):
+    workers = [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]
+    args = [
+        "train",
+        "--folder",
+        demo_dir / "Images",
+        "--file",
+        "training_data.csv",
+        *TINY,
+        "--epochs",
+        "2",
+        "--workspace",
+        tmp_path / "ws",
+        "--output",
+        tmp_path / "run",
+    ]
+    processes = []
+    for index in range(2):
+        tf_config = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
+        processes.append(_start(args, env={"TF_CONFIG": tf_config}, cwd=tmp_path))
+    outputs = [process.communicate(timeout=600) for process in processes]
+    for process, (_, err) in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, err
+    assert "strategy multi_worker (2 replicas)" in outputs[0][1]
+    assert "worker done; the chief writes the run folder" in outputs[1][1]
+    evaluated = run_module("evaluate", "--model", tmp_path / "run")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout)["count"] == 2
+
+
+@pytest.mark.slow
+def test_deterministic_runs_give_identical_metrics(demo_dir, tmp_path):
+    metrics = []
+    for name in ("a", "b"):
+        result = run_module(
+            "train",
+            "--folder",
+            demo_dir / "Images",
+            "--file",
+            "training_data.csv",
+            *TINY,
+            "--epochs",
+            "3",
+            "--deterministic",
+            "--seed",
+            "7",
+            "--workspace",
+            tmp_path / f"ws-{name}",
+            "--output",
+            tmp_path / name,
+        )
+        assert result.returncode == 0, result.stderr
+        saved = json.loads((tmp_path / name / "metrics.json").read_text())
+        metrics.append({key: saved[key] for key in ("accuracy", "log_loss", "confusion_matrix", "validation")})
+    assert metrics[0] == metrics[1]
+    history = [(tmp_path / name / "history.csv").read_text() for name in ("a", "b")]
+    assert history[0] == history[1]
