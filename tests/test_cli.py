@@ -42,6 +42,27 @@ def test_every_command_has_help_text():
         (["predict", "--model", "/nonexistent/run", "x.jpg"], "--model: /nonexistent/run/model.keras not found"),
         (["evaluate", "--model", "/nonexistent/run"], "--model: /nonexistent/run/model.keras not found"),
         (["demo-data", "/tmp/unused-demo", "--per-class", "2"], "--per-class must be at least 3"),
+        (["train", "--optimizer", "rmsprop"], "--optimizer must be adam or sgd (got 'rmsprop')"),
+        (
+            ["train", "--lr-schedule", "step"],
+            "--lr-schedule must be none | exponential | polynomial | cosine (got 'step')",
+        ),
+        (["train", "--decay-rate", "1.5"], "--decay-rate must be in (0, 1] (got 1.5)"),
+        (["train", "--decay-epochs", "0"], "--decay-epochs must be positive (got 0.0)"),
+        (
+            ["train", "--end-learning-rate", "0.5"],
+            "--end-learning-rate must be between 0 and --learning-rate (got 0.5)",
+        ),
+        (["train", "--early-stopping-metric", "auc"], "--early-stopping-metric must be loss or accuracy (got 'auc')"),
+        (["train", "--min-delta", "-1"], "--min-delta must be 0 or more (got -1.0)"),
+        (["train", "--class-weights", "heavy"], "--class-weights must be auto, balanced or none (got 'heavy')"),
+        (["train", "--fine-tune-layers", "-2"], "--fine-tune-layers must be 0 or more (got -2)"),
+        (["train", "--fine-tune-epochs", "0"], "--fine-tune-epochs must be at least 1 (got 0)"),
+        (["train", "--fine-tune-learning-rate", "0"], "--fine-tune-learning-rate must be positive (got 0.0)"),
+        (["train", "--fine-tune-layers", "3", "--weights", "none"], "--fine-tune-layers needs pretrained weights"),
+        (["train", "--mixed-precision", "fp8"], "--mixed-precision must be auto, on or off (got 'fp8')"),
+        (["train", "--xla", "yes"], "--xla must be auto, on or off (got 'yes')"),
+        (["train", "--patience", "-1"], "--patience must be 0 or more (got -1)"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(cli, args, message):
@@ -115,3 +136,60 @@ def test_demo_data_is_deterministic_and_idempotent(cli, tmp_path):
     csv_lines = (tmp_path / "a" / "Images" / "training_data.csv").read_text().splitlines()
     assert csv_lines[0] == "ImagePath,Label"
     assert csv_lines[1] == "../Images/CD/demo-cd-0001.jpg,CD"
+
+
+def test_unknown_feature_layer_names_some_real_ones(cli, demo_dir, tmp_path):
+    code, _, err = cli(
+        "train",
+        "--folder",
+        demo_dir / "Images",
+        "--file",
+        "training_data.csv",
+        "--backbone",
+        "tiny",
+        "--weights",
+        "none",
+        "--image-size",
+        "48",
+        "--feature-layer",
+        "block9_pool",
+        "--output",
+        tmp_path / "r",
+    )
+    assert code == 2
+    assert "--feature-layer: tiny has no layer 'block9_pool'; e.g. " in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_validation_file_with_an_unseen_label(cli, demo_dir, tmp_path):
+    images = demo_dir / "Images"
+    (images / "val.csv").write_text("ImagePath,Label\n../Images/CD/demo-cd-0001.jpg,XX\n")
+    try:
+        code, _, err = cli(
+            "train",
+            "--folder",
+            images,
+            "--file",
+            "training_data.csv",
+            "--validation-file",
+            "val.csv",
+            "--backbone",
+            "tiny",
+            "--weights",
+            "none",
+            "--image-size",
+            "48",
+            "--output",
+            tmp_path / "r",
+        )
+    finally:
+        (images / "val.csv").unlink()
+    assert code == 2
+    assert "--validation-file: label(s) 'XX' have no training images" in err
+
+
+def test_mlnet_architecture_names_are_accepted():
+    from trainer.config import TrainConfig
+
+    assert TrainConfig(backbone="ResnetV250", weights="none").check().backbone == "resnet50_v2"
+    assert TrainConfig(backbone="mobilenetv2", weights="none").check().backbone == "mobilenet_v2"
