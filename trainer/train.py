@@ -272,6 +272,7 @@ def _feature_datasets(features: dict[str, np.ndarray], loaded: Data, batch_size:
         if name == "train":
             dataset = dataset.shuffle(len(features[name]), seed=seed, reshuffle_each_iteration=True)
         out[name] = _distributable(dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE))
+    out["train_eval"] = tf.data.Dataset.from_tensor_slices((features["train"], loaded.y("train"))).batch(batch_size)
     return out
 
 
@@ -294,6 +295,8 @@ def _image_datasets(config: TrainConfig, loaded: Data, batch_size: int, augment:
                 augment=augmentation(config.seed) if augment and name == "train" else None,
             )
         )
+    # The training images in order, unaugmented: for --metrics-on-train.
+    out["train_eval"] = make_dataset(loaded.paths("train"), loaded.y("train"), config.image_size, batch_size)
     return out
 
 
@@ -396,7 +399,10 @@ def main(config: TrainConfig) -> Path:
             model = make_model(backbone, config.backbone, len(loaded.labels), True, config.dropout)
         for name in ("feature_norm", "probabilities"):
             model.get_layer(name).set_weights(head.get_layer(name).get_weights())
-        evaluate_on = {name: (head, datasets[name]) for name in data.SPLITS}
+        # Normalization computes the mean and variance it applies from its variables only in
+        # finalize_state (adapt and loading call it; set_weights does not).
+        model.get_layer("feature_norm").finalize_state()
+        evaluate_on = {name: (head, datasets[name]) for name in ("test", "validation", "train_eval")}
         if config.fine_tune_layers:
             images = _image_datasets(config, loaded, batch_size, config.augment)
             with strategy.scope():
@@ -419,7 +425,7 @@ def main(config: TrainConfig) -> Path:
                 checkpoint=checkpoint_root / "fine_tune",
                 weights=weights,
             )
-            evaluate_on = {name: (model, images[name]) for name in data.SPLITS}
+            evaluate_on = {name: (model, images[name]) for name in ("test", "validation", "train_eval")}
     else:
         images = _image_datasets(config, loaded, batch_size, config.augment)
         steps = math.ceil(len(loaded.parts["train"]) / batch_size)
@@ -443,12 +449,12 @@ def main(config: TrainConfig) -> Path:
             checkpoint=checkpoint_root / "train",
             weights=weights,
         )
-        evaluate_on = {name: (model, images[name]) for name in data.SPLITS}
+        evaluate_on = {name: (model, images[name]) for name in ("test", "validation", "train_eval")}
     seconds = time.time() - started
 
     metrics = {}
     for name in ("test", "validation", "train") if config.metrics_on_train else ("test", "validation"):
-        predictor, dataset = evaluate_on[name]
+        predictor, dataset = evaluate_on["train_eval" if name == "train" else name]
         metrics[name] = classification_metrics(loaded.y(name), _predict(predictor, dataset), loaded.labels)
     log.info("test: %s", summary_line(metrics["test"]))
     if config.metrics_on_train:
