@@ -195,6 +195,38 @@ def _fit(
     return Phase(checkpoints.history, initial_epoch)
 
 
+def _compile_and_fit(
+    model,
+    strategy,
+    config: TrainConfig,
+    datasets: dict,
+    *,
+    phase: str,
+    epochs: int,
+    steps: int,
+    checkpoint_root: Path,
+    weights: dict | None,
+    learning_rate: float | None = None,
+) -> Phase:
+    """One training phase: compile under the strategy, then _fit on the train and validation sets."""
+    with strategy.scope():
+        model.compile(
+            make_optimizer(config, steps, epochs, learning_rate),
+            "sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+        )
+    return _fit(
+        model,
+        config,
+        datasets["train"],
+        datasets["validation"],
+        epochs=epochs,
+        steps=steps,
+        checkpoint=checkpoint_root / phase,
+        weights=weights,
+    )
+
+
 def _fit_multi_worker(model, strategy, config: TrainConfig, train, validation, *, epochs: int, weights) -> Phase:
     """Keras 3's fit does not run under MultiWorkerMirroredStrategy (keras-team/keras#20585), so
     several workers train with this loop: strategy.run per batch, gradients all-reduced, early
@@ -382,17 +414,15 @@ def main(config: TrainConfig) -> Path:
         steps = math.ceil(len(features["train"]) / batch_size)
         with strategy.scope():
             head = make_head(features["train"], len(loaded.labels), config.dropout)
-            head.compile(
-                make_optimizer(config, steps, config.epochs), "sparse_categorical_crossentropy", metrics=["accuracy"]
-            )
-        phases["head"] = _fit(
+        phases["head"] = _compile_and_fit(
             head,
+            strategy,
             config,
-            datasets["train"],
-            datasets["validation"],
+            datasets,
+            phase="head",
             epochs=config.epochs,
             steps=steps,
-            checkpoint=checkpoint_root / "head",
+            checkpoint_root=checkpoint_root,
             weights=weights,
         )
         with strategy.scope():
@@ -407,23 +437,20 @@ def main(config: TrainConfig) -> Path:
             images = _image_datasets(config, loaded, batch_size, config.augment)
             with strategy.scope():
                 unfrozen = unfreeze_top(backbone, config.fine_tune_layers)
-                model.compile(
-                    make_optimizer(config, steps, config.fine_tune_epochs, config.fine_tune_learning_rate),
-                    "sparse_categorical_crossentropy",
-                    metrics=["accuracy"],
-                )
             log.info(
                 "fine-tuning the top %d backbone layers at learning rate %g", unfrozen, config.fine_tune_learning_rate
             )
-            phases["fine_tune"] = _fit(
+            phases["fine_tune"] = _compile_and_fit(
                 model,
+                strategy,
                 config,
-                images["train"],
-                images["validation"],
+                images,
+                phase="fine_tune",
                 epochs=config.fine_tune_epochs,
                 steps=steps,
-                checkpoint=checkpoint_root / "fine_tune",
+                checkpoint_root=checkpoint_root,
                 weights=weights,
+                learning_rate=config.fine_tune_learning_rate,
             )
             evaluate_on = {name: (model, images[name]) for name in ("test", "validation", "train_eval")}
     else:
@@ -431,22 +458,20 @@ def main(config: TrainConfig) -> Path:
         steps = math.ceil(len(loaded.parts["train"]) / batch_size)
         with strategy.scope():
             model = make_model(backbone, config.backbone, len(loaded.labels), False, config.dropout)
-            model.compile(
-                make_optimizer(config, steps, config.epochs), "sparse_categorical_crossentropy", metrics=["accuracy"]
-            )
         log.info(
             "%s, weights none: training the whole network, %s trainable parameters",
             config.backbone,
             f"{sum(int(np.prod(w.shape)) for w in model.trainable_weights):,}",
         )
-        phases["train"] = _fit(
+        phases["train"] = _compile_and_fit(
             model,
+            strategy,
             config,
-            images["train"],
-            images["validation"],
+            images,
+            phase="train",
             epochs=config.epochs,
             steps=steps,
-            checkpoint=checkpoint_root / "train",
+            checkpoint_root=checkpoint_root,
             weights=weights,
         )
         evaluate_on = {name: (model, images[name]) for name in ("test", "validation", "train_eval")}
