@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import keras
@@ -39,7 +40,10 @@ class Checkpoints(keras.callbacks.Callback):
             return 0
         try:
             state = json.loads(state_path.read_text())
-            model.load_weights(self.folder / "last.weights.h5")
+            with warnings.catch_warnings():
+                # The optimizer's moments are not in the checkpoint; Keras says so for each one.
+                warnings.simplefilter("ignore", UserWarning)
+                model.load_weights(self.folder / "last.weights.h5")
         except (OSError, ValueError) as error:
             log.warning("WARNING: checkpoint in %s is unreadable (%s): starting this phase over", self.folder, error)
             return 0
