@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 
@@ -239,3 +240,17 @@ def test_concrete_dataset_as_the_issue_runs_it(tmp_path):
     assert {p.name for p in (tmp_path / "run").iterdir()} >= RUN_FILES
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["count"] == 40 and metrics["data"]["problems"]["duplicate rows"]["count"] == 200
+
+
+def test_imagenet_weights_are_cached_on_drive_when_it_is_mounted(tmp_path, monkeypatch):
+    from trainer import train
+    from trainer.config import TrainConfig
+
+    monkeypatch.setattr(train, "DRIVE", tmp_path / "no-drive")
+    assert train.weights_cache_dir(TrainConfig()) is None
+    assert train.default_workspace(TrainConfig()) == Path("workspace")
+    (tmp_path / "MyDrive").mkdir()
+    monkeypatch.setattr(train, "DRIVE", tmp_path / "MyDrive")
+    assert train.weights_cache_dir(TrainConfig()) == tmp_path / "MyDrive" / "ud-cd-classifier" / "keras"
+    assert train.default_workspace(TrainConfig()) == tmp_path / "MyDrive" / "ud-cd-classifier" / "workspace"
+    assert train.weights_cache_dir(TrainConfig(weights_cache=str(tmp_path / "mine"))) == tmp_path / "mine"

@@ -108,6 +108,14 @@ def default_workspace(config: TrainConfig) -> Path:
     return DRIVE / config.model_name / "workspace" if DRIVE.is_dir() else Path("workspace")
 
 
+def weights_cache_dir(config: TrainConfig) -> Path | None:
+    """Where Keras should keep downloaded ImageNet weights: --weights-cache, else on Drive when
+    it is mounted, else None (Keras's own ~/.keras)."""
+    if config.weights_cache:
+        return Path(config.weights_cache)
+    return DRIVE / config.model_name / "keras" if DRIVE.is_dir() else None
+
+
 def _run_dir(config: TrainConfig) -> Path:
     if config.output:
         run_dir = Path(config.output)
@@ -351,9 +359,10 @@ def main(config: TrainConfig) -> Path:
     config.check()
     run_dir = _run_dir(config)
     workspace = default_workspace(config)
-    if config.weights_cache or DRIVE.is_dir():
+    cache_dir = weights_cache_dir(config)
+    if cache_dir is not None:
         # Keras reads KERAS_HOME when it downloads: ImageNet weights on Drive survive a reset.
-        os.environ.setdefault("KERAS_HOME", str(config.weights_cache or DRIVE / config.model_name / "keras"))
+        os.environ["KERAS_HOME"] = str(cache_dir)
     loaded = load_data(config)
 
     import keras
