@@ -11,14 +11,13 @@ pixels; the folder is written under a temporary name and renamed, so it is whole
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from trainer.errors import InputError
+from trainer.staging import staged_folder
 
 LABELS = ("CD", "UD")
 DEFAULT_SIZE = 160
@@ -109,10 +108,7 @@ def make_demo_data(out_dir: str | Path, per_class: int = 60, seed: int = 0, imag
     if out_dir.exists() and any(out_dir.iterdir()):
         raise InputError(f"{out_dir}: exists and is not empty; choose an empty or new folder")
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; the dataset is for sharing
-    try:
+    with staged_folder(out_dir) as staging:
         rng = np.random.default_rng(seed)
         lines = ["ImagePath,Label"]
         for label in LABELS:
@@ -123,10 +119,4 @@ def make_demo_data(out_dir: str | Path, per_class: int = 60, seed: int = 0, imag
                 lines.append(f"../Images/{label}/{name},{label}")
         (staging / "Images" / "training_data.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
         (staging / "demo.json").write_text(json.dumps(settings) + "\n")
-        if out_dir.exists():
-            out_dir.rmdir()
-        staging.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return csv_path

@@ -21,7 +21,6 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from trainer.config import TrainConfig, save_config
 from trainer.errors import InputError
 from trainer.evaluate import classification_metrics, summary_line, write_metrics
 from trainer.predict import log_report
+from trainer.staging import staged_folder
 
 log = logging.getLogger("trainer")
 DRIVE = Path("/content/drive/MyDrive")
@@ -581,10 +581,7 @@ def _link_or_copy(source: Path, destination: Path) -> None:
 def _write_run(
     run_dir: Path, config, model, loaded: Data, metrics: dict, history: list[dict], manifest: dict, weights_used: str
 ) -> None:
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.partial-", dir=run_dir.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; a run folder is for sharing
-    try:
+    with staged_folder(run_dir) as staging:
         model.save(staging / "model.keras")
         _link_or_copy(staging / "model.keras", staging / f"{config.model_name}.keras")
         (staging / "labels.txt").write_text("\n".join(loaded.labels) + "\n", encoding="utf-8")
@@ -608,9 +605,3 @@ def _write_run(
             },
             staging / "metrics.json",
         )
-        if run_dir.exists():
-            run_dir.rmdir()  # an empty folder the user named with --output
-        staging.rename(run_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
