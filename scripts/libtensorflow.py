@@ -22,6 +22,7 @@ from pathlib import Path
 
 from scripts.archives import download, extract, sha256_of
 from scripts.steps import Context, Result, StepFailed, changed, is_root, ok, privileged, read
+from trainer.staging import link_or_copy
 
 STAMP = "share/libtensorflow/install.json"
 LDCONF = Path("/etc/ld.so.conf.d/libtensorflow.conf")
@@ -168,13 +169,6 @@ def _header_closure(include: Path) -> list[Path]:
     return sorted(seen)
 
 
-def _link_or_copy(source: Path, destination: Path) -> None:
-    try:
-        os.link(source, destination)
-    except OSError:
-        shutil.copy2(source, destination)
-
-
 def stage_from_wheel(version: str, staging: Path) -> None:
     package = _wheel_dir(version)
     include = package / "include"
@@ -188,7 +182,7 @@ def stage_from_wheel(version: str, staging: Path) -> None:
     # prefix shares a filesystem with the wheel, which survives pip uninstalling the wheel.
     shutil.copyfile(package / "libtensorflow_cc.so.2", lib / f"libtensorflow.so.{version}")
     set_soname(lib / f"libtensorflow.so.{version}", "libtensorflow.so.2")
-    _link_or_copy(package / "libtensorflow_framework.so.2", lib / f"libtensorflow_framework.so.{version}")
+    link_or_copy(package / "libtensorflow_framework.so.2", lib / f"libtensorflow_framework.so.{version}")
     for name in LIBRARIES:
         (lib / f"{name}.so.{version}").chmod(0o755)
         os.symlink(f"{name}.so.{version}", lib / f"{name}.so.2")

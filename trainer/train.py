@@ -33,7 +33,7 @@ from trainer.config import TrainConfig, save_config
 from trainer.errors import InputError
 from trainer.evaluate import classification_metrics, summary_line, write_metrics
 from trainer.predict import log_report
-from trainer.staging import staged_folder
+from trainer.staging import link_or_copy, staged_folder
 
 log = logging.getLogger("trainer")
 DRIVE = Path("/content/drive/MyDrive")
@@ -571,19 +571,12 @@ def _write_history(history: list[dict], path: Path) -> None:
             writer.writerow([row["phase"], row["epoch"], *(f"{row[key]:.6f}" if key in row else "" for key in keys)])
 
 
-def _link_or_copy(source: Path, destination: Path) -> None:
-    try:
-        os.link(source, destination)
-    except OSError:
-        shutil.copy2(source, destination)
-
-
 def _write_run(
     run_dir: Path, config, model, loaded: Data, metrics: dict, history: list[dict], manifest: dict, weights_used: str
 ) -> None:
     with staged_folder(run_dir) as staging:
         model.save(staging / "model.keras")
-        _link_or_copy(staging / "model.keras", staging / f"{config.model_name}.keras")
+        link_or_copy(staging / "model.keras", staging / f"{config.model_name}.keras")
         (staging / "labels.txt").write_text("\n".join(loaded.labels) + "\n", encoding="utf-8")
         save_config(
             config,
