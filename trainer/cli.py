@@ -10,7 +10,7 @@ import os
 import sys
 
 from trainer.config import TrainConfig
-from trainer.errors import InputError
+from trainer.errors import CheckFailed, InputError
 
 log = logging.getLogger("trainer")
 DEFAULTS = TrainConfig()
@@ -148,6 +148,12 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default=d.output, help="run folder to create (default runs/<time>-<backbone>)")
     parser.add_argument("--runs-dir", default=d.runs_dir, help=f"where default run folders go (default {d.runs_dir})")
     parser.add_argument(
+        "--export",
+        default=d.export,
+        help="all, none, or a comma list of saved_model, tflite, onnx; each export is checked against Keras "
+        f"(default {d.export})",
+    )
+    parser.add_argument(
         "--model-name", default=d.model_name, help=f"the model is also saved as NAME.keras (default {d.model_name})"
     )
 
@@ -168,10 +174,25 @@ def get_args_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--output", help="also write the metrics to this JSON file")
 
     predict = commands.add_parser("predict", help="label images: writes ImagePath,PredictedLabel,Score")
-    predict.add_argument("--model", required=True, help="run folder written by 'train', or a .keras file")
+    predict.add_argument(
+        "--model", required=True, help="run folder written by 'train', a .keras file, a SavedModel or a .tflite file"
+    )
     predict.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders of images, or a CSV")
     predict.add_argument("--output", help="CSV to write (default: standard output)")
     predict.add_argument("--batch-size", type=int, default=32)
+
+    export = commands.add_parser("export", help="(re)write a run's exports and check them against Keras")
+    export.add_argument("run_dir", metavar="RUN_DIR")
+    export.add_argument(
+        "--formats", default="all", help="all, or a comma list of saved_model, tflite, onnx (default all)"
+    )
+    export.add_argument("--no-check", dest="check", action="store_false", help="write without the parity check")
+    export.add_argument(
+        "--check-only", action="store_true", help="check the exports already in RUN_DIR without rewriting them"
+    )
+
+    report = commands.add_parser("report", help="redraw a run's pictures and rewrite its report.html")
+    report.add_argument("run_dir", metavar="RUN_DIR")
 
     demo = commands.add_parser("demo-data", help="write the synthetic CD/UD demo dataset")
     demo.add_argument("out_dir", metavar="OUT_DIR")
@@ -205,6 +226,28 @@ def run(argv: list[str]) -> int:
         names = {field.name for field in dataclasses.fields(TrainConfig)}
         config = TrainConfig(**{key: value for key, value in vars(args).items() if key in names})
         print(train.main(config))
+        return 0
+    if args.command == "report":
+        from trainer.report import build
+
+        print(build(args.run_dir))
+        return 0
+    if args.command == "export":
+        from pathlib import Path
+
+        from trainer.export import export_run, parse_formats
+
+        formats = parse_formats(args.formats)
+        if not formats:
+            raise InputError("--formats none: nothing to export")
+        if args.check_only and not args.check:
+            raise InputError("--check-only and --no-check together do nothing")
+        export_run(args.run_dir, formats, args.check, write=not args.check_only)
+        if (Path(args.run_dir) / "report.html").is_file():
+            from trainer.report import build
+
+            build(args.run_dir)
+        print(Path(args.run_dir) / "exports.json")
         return 0
     if getattr(args, "batch_size", 1) < 1:
         raise InputError(f"--batch-size must be at least 1 (got {args.batch_size})")
@@ -255,6 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as error:
         print(f"trainer: error: {error}", file=sys.stderr)
         return 2
+    except CheckFailed as error:
+        print(f"trainer: error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("trainer: interrupted", file=sys.stderr)
         return 130

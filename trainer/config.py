@@ -64,6 +64,7 @@ class TrainConfig:
     output: str | None = None  # run folder; default runs/<time>-<backbone>
     runs_dir: str = "runs"
     model_name: str = "ud-cd-classifier"  # the model is also saved as <model_name>.keras
+    export: str = "all"  # all | none | a comma list of saved_model, tflite, onnx; each checked against Keras
 
     def check(self) -> TrainConfig:
         """Raise InputError naming the first option that is out of range."""
@@ -127,6 +128,9 @@ class TrainConfig:
         need(self.fine_tune_learning_rate > 0, "fine_tune_learning_rate", "positive", self.fine_tune_learning_rate)
         for option in ("mixed_precision", "xla"):
             need(getattr(self, option) in ("auto", "on", "off"), option, "auto, on or off", getattr(self, option))
+        from trainer.export import parse_formats
+
+        parse_formats(self.export)
         if self.fine_tune_layers and self.weights == "none":
             raise InputError(
                 "--fine-tune-layers needs pretrained weights; with --weights none the whole network trains anyway"

@@ -7,3 +7,7 @@ class InputError(Exception):
 
 class ImageError(InputError):
     """An image that cannot be used: missing, unreadable, corrupt or too large."""
+
+
+class CheckFailed(Exception):
+    """A result that does not hold up, such as an export that disagrees with Keras (exit code 1)."""

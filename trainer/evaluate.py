@@ -10,9 +10,37 @@ import numpy as np
 from trainer.errors import InputError
 
 
+def roc_auc(positive: np.ndarray, scores: np.ndarray) -> float | None:
+    """Area under the ROC curve: the chance that a random positive scores above a random negative,
+    ties counting half (the Mann-Whitney statistic, from average ranks). None without both kinds."""
+    positive = np.asarray(positive, dtype=bool)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if not n_pos or not n_neg:
+        return None
+    order = np.argsort(scores, kind="mergesort")
+    sorted_scores = np.asarray(scores)[order]
+    ranks = np.empty(len(scores))
+    start = 0
+    while start < len(sorted_scores):
+        end = start
+        while end + 1 < len(sorted_scores) and sorted_scores[end + 1] == sorted_scores[start]:
+            end += 1
+        ranks[order[start : end + 1]] = (start + end) / 2 + 1
+        start = end + 1
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def top_k_accuracy(y_true: np.ndarray, probabilities: np.ndarray, k: int) -> float:
+    """How often the true label is among the k most probable."""
+    top = np.argsort(-probabilities, axis=1, kind="mergesort")[:, :k]
+    return float((top == np.asarray(y_true)[:, None]).any(axis=1).mean()) if len(y_true) else 0.0
+
+
 def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray, labels: list[str]) -> dict:
-    """accuracy, per-class precision / recall / f1 / support, macro averages, the confusion
-    matrix (rows: true label, columns: predicted, both in `labels` order) and log-loss."""
+    """accuracy, per-class precision / recall / f1 / support, macro and support-weighted
+    averages, the confusion matrix (rows: true label, columns: predicted, both in `labels`
+    order), log-loss, ROC AUC (two classes: of the second label's score; more: the mean of each
+    class against the rest) and, with more than three classes, top-3 and top-5 accuracy."""
     y_true = np.asarray(y_true, dtype=int)
     probabilities = np.asarray(probabilities, dtype=np.float64)
     y_pred = probabilities.argmax(axis=1)
@@ -35,6 +63,13 @@ def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray, labels
         }
     eps = 1e-7
     chosen = np.clip(probabilities[np.arange(len(y_true)), y_true], eps, 1.0)
+    support = np.array([values["support"] for values in per_class.values()], dtype=float)
+    if n == 2:
+        auc = roc_auc(y_true == 1, probabilities[:, 1]) if len(y_true) else None
+    else:
+        per_class_auc = [roc_auc(y_true == i, probabilities[:, i]) for i in range(n)]
+        known = [value for value in per_class_auc if value is not None]
+        auc = float(np.mean(known)) if known else None
     return {
         "count": int(len(y_true)),
         "accuracy": float((y_pred == y_true).mean()) if len(y_true) else 0.0,
@@ -42,6 +77,12 @@ def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray, labels
         "macro_avg": {
             key: float(np.mean([values[key] for values in per_class.values()])) for key in ("precision", "recall", "f1")
         },
+        "weighted_avg": {
+            key: float(np.average([v[key] for v in per_class.values()], weights=support)) if support.sum() else 0.0
+            for key in ("precision", "recall", "f1")
+        },
+        "roc_auc": auc,
+        **{f"top_{k}_accuracy": top_k_accuracy(y_true, probabilities, k) for k in (3, 5) if n > k},
         "confusion_matrix": confusion.tolist(),
         "labels": list(labels),
         "log_loss": float(-np.log(chosen).mean()) if len(y_true) else 0.0,
@@ -50,8 +91,10 @@ def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray, labels
 
 def summary_line(metrics: dict) -> str:
     f1 = ", ".join(f"{label} {values['f1']:.3f}" for label, values in metrics["per_class"].items())
+    auc = f", ROC AUC {metrics['roc_auc']:.3f}" if metrics.get("roc_auc") is not None else ""
     return (
-        f"accuracy {metrics['accuracy']:.3f}, log-loss {metrics['log_loss']:.3f}, F1 {f1} ({metrics['count']} images)"
+        f"accuracy {metrics['accuracy']:.3f}, log-loss {metrics['log_loss']:.3f}{auc}, F1 {f1} "
+        f"({metrics['count']} images)"
     )
 
 

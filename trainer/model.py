@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import numpy as np
+
 from trainer.errors import InputError
 
 log = logging.getLogger("trainer")
@@ -153,10 +155,11 @@ def load_backbone(name: str, image_size: int, weights: str) -> tuple[object, str
         raise InputError(f"--weights: {weights} does not fit backbone {name} at {image_size}px ({error})") from None
 
 
-def make_model(backbone, backbone_name: str, num_classes: int, pretrained: bool, dropout: float):
+def make_model(backbone, backbone_name: str, num_classes: int, pretrained: bool, dropout: float, head=None):
     """Pixels in, probabilities out. A pretrained backbone is frozen and runs in inference mode,
     so only the head (feature standardization, dropout, softmax) learns; without pretrained
-    weights the whole network trains."""
+    weights the whole network trains. head: the trained make_head model, whose standardization
+    and classifier the pretrained model takes over."""
     import keras
     from keras import layers
 
@@ -165,11 +168,28 @@ def make_model(backbone, backbone_name: str, num_classes: int, pretrained: bool,
     backbone.trainable = not pretrained
     x = backbone(x, training=False) if pretrained else backbone(x)
     if pretrained:
-        # The head's standardization of the features (mean and variance of the training set).
-        x = layers.Normalization(name="feature_norm")(x)
+        x = frozen_standardization(head.get_layer("feature_norm"))(x)
     x = layers.Dropout(dropout, name="dropout")(x)
-    outputs = layers.Dense(num_classes, activation="softmax", name="probabilities", dtype="float32")(x)
-    return keras.Model(inputs, outputs, name=f"{backbone_name}_classifier")
+    classifier = layers.Dense(num_classes, activation="softmax", name="probabilities", dtype="float32")
+    outputs = classifier(x)
+    model = keras.Model(inputs, outputs, name=f"{backbone_name}_classifier")
+    if pretrained:
+        classifier.set_weights(head.get_layer("probabilities").get_weights())
+    return model
+
+
+def frozen_standardization(norm):
+    """The adapted Normalization layer's arithmetic, (x - mean) / max(sqrt(variance), epsilon),
+    as a Rescaling layer with constant per-feature scale and offset. Normalization keeps its
+    statistics as captured tensors, which the ONNX converter turns into extra model inputs;
+    constants export to every format."""
+    import keras
+    from keras import layers
+
+    mean = keras.ops.convert_to_numpy(norm.mean).reshape(-1).astype("float64")
+    variance = keras.ops.convert_to_numpy(norm.variance).reshape(-1).astype("float64")
+    scale = 1.0 / np.maximum(np.sqrt(variance), keras.config.epsilon())
+    return layers.Rescaling(scale=scale.tolist(), offset=(-mean * scale).tolist(), name="feature_norm")
 
 
 def make_head(train_features, num_classes: int, dropout: float):

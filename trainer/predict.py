@@ -20,10 +20,14 @@ log = logging.getLogger("trainer")
 
 @dataclass
 class Run:
+    """A model to predict with, whatever format it was loaded from. forward: float32 pixels
+    [n, size, size, 3] (0-255) -> probabilities [n, classes]."""
+
     path: Path
-    model: object
+    forward: object
     labels: list[str]
     image_size: int
+    model: object = None  # the Keras model, when loaded from a run folder or a .keras file
 
     def predict(self, paths: list[str], batch_size: int = 32) -> np.ndarray:
         from trainer.pipeline import make_dataset
@@ -31,26 +35,82 @@ class Run:
         if not paths:
             return np.zeros((0, len(self.labels)))
         dataset = make_dataset(paths, None, self.image_size, batch_size)
-        return self.model.predict(dataset, verbose=0)
+        return np.concatenate([np.asarray(self.forward(batch.numpy())) for batch in dataset])
+
+
+def _labels(candidates: list[Path], model_path: Path) -> list[str]:
+    for path in candidates:
+        if path.is_file():
+            labels = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            if labels:
+                return labels
+            raise InputError(f"{path}: no labels in this file")
+    raise InputError(f"--model: no labels.txt beside {model_path}; copy the run's labels.txt there")
 
 
 def load_run(location: str | Path) -> Run:
-    """A run folder (model.keras + labels.txt) or a .keras file with labels.txt beside it."""
+    """A run folder (model.keras + labels.txt), a .keras file, a SavedModel folder or a .tflite
+    file, with labels.txt beside the file, or in or beside the SavedModel folder."""
     location = Path(location)
+    if location.is_dir() and (location / "saved_model.pb").is_file():
+        return _load_saved_model(location)
+    if location.suffix == ".tflite":
+        return _load_tflite(location)
     run_dir = location.parent if location.suffix == ".keras" else location
     model_path = location if location.suffix == ".keras" else location / "model.keras"
-    labels_path = run_dir / "labels.txt"
     if not model_path.is_file():
-        raise InputError(f"--model: {model_path} not found; pass a run folder written by 'trainer train'")
-    if not labels_path.is_file():
-        raise InputError(f"--model: {labels_path} not found; the run folder is incomplete")
+        raise InputError(
+            f"--model: {model_path} not found; pass a run folder, a .keras file, a SavedModel folder or a .tflite file"
+        )
+    if not (run_dir / "labels.txt").is_file():
+        raise InputError(f"--model: {run_dir / 'labels.txt'} not found; the run folder is incomplete")
     import keras
 
     model = keras.models.load_model(model_path, compile=False)
-    labels = [line.strip() for line in labels_path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if model.output_shape[-1] != len(labels):
-        raise InputError(f"{labels_path}: {len(labels)} labels for a model with {model.output_shape[-1]} outputs")
-    return Run(run_dir, model, labels, int(model.input_shape[1]))
+    labels = _labels([run_dir / "labels.txt"], model_path)
+    _check_outputs(labels, model.output_shape[-1], run_dir / "labels.txt")
+    return Run(run_dir, lambda images: model.predict(images, verbose=0), labels, int(model.input_shape[1]), model)
+
+
+def _check_outputs(labels: list[str], outputs: int, labels_path: Path) -> None:
+    if outputs != len(labels):
+        raise InputError(f"{labels_path}: {len(labels)} labels for a model with {outputs} outputs")
+
+
+def _load_saved_model(folder: Path) -> Run:
+    import tensorflow as tf
+
+    labels = _labels([folder / "labels.txt", folder.parent / "labels.txt"], folder)
+    signatures = tf.saved_model.load(str(folder)).signatures
+    if "serving_default" not in signatures:
+        raise InputError(f"--model: {folder} has no serving_default signature")
+    serve = signatures["serving_default"]
+    spec = serve.structured_input_signature[1]
+    if list(spec) != ["image"]:
+        raise InputError(f"--model: {folder}'s serving signature takes {', '.join(spec)}, not image")
+    _check_outputs(labels, int(serve.structured_outputs["probabilities"].shape[-1]), folder)
+    return Run(
+        folder.parent,
+        lambda images: serve(image=tf.constant(images))["probabilities"].numpy(),
+        labels,
+        int(spec["image"].shape[1]),
+    )
+
+
+def _load_tflite(path: Path) -> Run:
+    from trainer.export import tflite_forward
+
+    if not path.is_file():
+        raise InputError(f"--model: {path} not found")
+    labels = _labels([path.with_name("labels.txt")], path)
+    try:
+        forward = tflite_forward(path)
+    except ValueError as error:
+        raise InputError(f"--model: {path} is not a TensorFlow Lite model ({str(error).splitlines()[0]})") from None
+    interpreter = forward.interpreter
+    size = int(interpreter.get_input_details()[0]["shape_signature"][1])
+    _check_outputs(labels, int(interpreter.get_output_details()[0]["shape"][-1]), path)
+    return Run(path.parent, forward, labels, size)
 
 
 def collect_images(inputs: list[str]) -> list[Path]:

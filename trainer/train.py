@@ -30,7 +30,7 @@ import numpy as np
 
 from trainer import data
 from trainer.config import TrainConfig, save_config
-from trainer.errors import InputError
+from trainer.errors import CheckFailed, InputError
 from trainer.evaluate import classification_metrics, summary_line, write_metrics
 from trainer.predict import log_report
 from trainer.staging import link_or_copy, staged_folder
@@ -435,12 +435,7 @@ def main(config: TrainConfig) -> Path:
             weights=weights,
         )
         with strategy.scope():
-            model = make_model(backbone, config.backbone, len(loaded.labels), True, config.dropout)
-        for name in ("feature_norm", "probabilities"):
-            model.get_layer(name).set_weights(head.get_layer(name).get_weights())
-        # Normalization computes the mean and variance it applies from its variables only in
-        # finalize_state (adapt and loading call it; set_weights does not).
-        model.get_layer("feature_norm").finalize_state()
+            model = make_model(backbone, config.backbone, len(loaded.labels), True, config.dropout, head)
         evaluate_on = {name: (head, datasets[name]) for name in ("test", "validation", "train_eval")}
         if config.fine_tune_layers:
             images = _image_datasets(config, loaded, batch_size, config.augment)
@@ -486,10 +481,11 @@ def main(config: TrainConfig) -> Path:
         evaluate_on = {name: (model, images[name]) for name in ("test", "validation", "train_eval")}
     seconds = time.time() - started
 
-    metrics = {}
+    metrics, probabilities = {}, {}
     for name in ("test", "validation", "train") if config.metrics_on_train else ("test", "validation"):
         predictor, dataset = evaluate_on["train_eval" if name == "train" else name]
-        metrics[name] = classification_metrics(loaded.y(name), _predict(predictor, dataset), loaded.labels)
+        probabilities[name] = _predict(predictor, dataset)
+        metrics[name] = classification_metrics(loaded.y(name), probabilities[name], loaded.labels)
     log.info("test: %s", summary_line(metrics["test"]))
     if config.metrics_on_train:
         log.info("train: %s", summary_line(metrics["train"]))
@@ -500,16 +496,20 @@ def main(config: TrainConfig) -> Path:
         return run_dir
     history = _join_history(phases)
     manifest = _manifest(config, loaded, policy, weights_used, cache_key, fingerprint, seconds, phases)
-    _write_run(run_dir, config, model, loaded, metrics, history, manifest, weights_used)
+    export_error = _write_run(run_dir, config, model, loaded, metrics, probabilities, history, manifest, weights_used)
     shutil.rmtree(checkpoint_root, ignore_errors=True)
     log.info("run folder: %s", run_dir)
+    if export_error:
+        raise CheckFailed(f"{export_error}; the run folder is complete otherwise")
     return run_dir
 
 
 def _resume_key(config: TrainConfig, fingerprint: str) -> str:
     """The same command on the same data gives the same key, whatever its output folder."""
     options = {
-        k: v for k, v in config.to_dict().items() if k not in ("output", "runs_dir", "workspace", "weights_cache")
+        k: v
+        for k, v in config.to_dict().items()
+        if k not in ("output", "runs_dir", "workspace", "weights_cache", "export")
     }
     return hashlib.sha256(json.dumps([options, fingerprint], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -571,9 +571,39 @@ def _write_history(history: list[dict], path: Path) -> None:
             writer.writerow([row["phase"], row["epoch"], *(f"{row[key]:.6f}" if key in row else "" for key in keys)])
 
 
+def _write_tensorboard(history: list[dict], folder: Path) -> None:
+    """TensorBoard scalars from the history, laid out as Keras's callback lays them out
+    (logs/train, logs/validation, epoch_loss and epoch_accuracy): `tensorboard --logdir RUN/logs`."""
+    import tensorflow as tf
+
+    writers = {"train": "", "validation": "val_"}
+    for split, prefix in writers.items():
+        writer = tf.summary.create_file_writer(str(folder / split))
+        with writer.as_default():
+            for step, row in enumerate(history, start=1):
+                for metric in ("loss", "accuracy"):
+                    if prefix + metric in row:
+                        tf.summary.scalar(f"epoch_{metric}", row[prefix + metric], step=step)
+        writer.close()
+
+
 def _write_run(
-    run_dir: Path, config, model, loaded: Data, metrics: dict, history: list[dict], manifest: dict, weights_used: str
-) -> None:
+    run_dir: Path,
+    config,
+    model,
+    loaded: Data,
+    metrics: dict,
+    probabilities: dict,
+    history: list[dict],
+    manifest: dict,
+    weights_used: str,
+) -> str | None:
+    """Everything the run leaves, written whole or not at all. Returns the export check's
+    message when an export disagrees: the run folder is still written, since the model is good."""
+    from trainer import report
+    from trainer.export import export_run, parse_formats
+
+    export_error = None
     with staged_folder(run_dir) as staging:
         model.save(staging / "model.keras")
         link_or_copy(staging / "model.keras", staging / f"{config.model_name}.keras")
@@ -598,3 +628,20 @@ def _write_run(
             },
             staging / "metrics.json",
         )
+        report.write_predictions(
+            staging / "predictions.csv",
+            loaded.labels,
+            {
+                name: (loaded.paths(name), [row.label for row in loaded.parts[name]], p)
+                for name, p in probabilities.items()
+            },
+        )
+        _write_tensorboard(history, staging / "logs")
+        formats = parse_formats(config.export)
+        if formats:
+            try:
+                export_run(staging, formats)
+            except CheckFailed as error:
+                export_error = str(error).replace(str(staging), str(run_dir))
+        report.build(staging, run_dir.name)
+    return export_error

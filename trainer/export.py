@@ -1,0 +1,412 @@
+"""Exports other runtimes load, each checked against Keras on the same test images.
+
+    saved_model/        TF Serving, TensorFlow.NET, ML.NET (through the C library)
+    model.tflite        TensorFlow Lite, float32
+    model_int8.tflite   TensorFlow Lite, dynamic-range quantized (int8 weights, float input/output)
+    model.onnx          ONNX Runtime, ML.NET's ApplyOnnxModel (converted by Keras's exporter,
+                        which drives tf2onnx)
+
+Every file has one input and one output (the serving signature, also in the README):
+
+    input  "image"          float32 [batch, size, size, 3], RGB pixel values 0-255, resized
+                            to the model's size; normalization is inside the model
+    output "probabilities"  float32 [batch, classes], softmax, in labels.txt order
+
+The parity check runs up to five test images through Keras and then through every export (the
+SavedModel twice: in Python, and through the TensorFlow C library via ctypes in a separate
+process) and compares the probabilities. exports.json records each leg.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from trainer.errors import CheckFailed, InputError
+
+log = logging.getLogger("trainer")
+
+FORMATS = ("saved_model", "tflite", "onnx")
+FLOAT_TOLERANCE = 1e-4  # float32 runtimes: the same arithmetic, different kernels
+QUANTIZED_TOLERANCE = 0.1  # int8 weights move probabilities; a conversion bug moves them much more
+CHECK_IMAGES = 5
+
+
+@dataclass
+class Leg:
+    name: str
+    file: str
+    tolerance: float
+    max_difference: float | None = None
+    top_class_agrees: bool | None = None
+    ok: bool = False
+    detail: str = ""
+
+
+def parse_formats(text: str) -> tuple[str, ...]:
+    if text == "all":
+        return FORMATS
+    if text == "none":
+        return ()
+    chosen = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [part for part in chosen if part not in FORMATS]
+    if unknown or not chosen:
+        raise InputError(f"--export: {text!r}; use all, none, or a comma list of {', '.join(FORMATS)}")
+    return chosen
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def _replace(temporary: Path, destination: Path) -> None:
+    """Move a finished file or folder into place; an older one is removed only after."""
+    if destination.is_dir() and not destination.is_symlink():
+        old = destination.with_name(f".{destination.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        destination.rename(old)
+        temporary.rename(destination)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(temporary, destination)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The converters print pages of progress, some of it from C++ straight to file descriptor
+    2; send both Python's and the descriptors' output to a scratch file while they run."""
+    with tempfile.TemporaryFile() as scratch, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.getLogger("tf2onnx").setLevel(logging.ERROR)
+        logging.getLogger("absl").setLevel(logging.ERROR)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        saved = os.dup(1), os.dup(2)
+        os.dup2(scratch.fileno(), 1)
+        os.dup2(scratch.fileno(), 2)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                yield
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def write_saved_model(model, destination: Path) -> None:
+    """A SavedModel whose serving_default signature is image -> probabilities."""
+    import keras
+    import tensorflow as tf
+
+    temporary = Path(tempfile.mkdtemp(prefix=".saved_model.partial-", dir=destination.parent))
+    shutil.rmtree(temporary)
+    size = model.input_shape[1:3]
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        name="serving_default",
+        fn=lambda image: {"probabilities": model(image, training=False)},
+        input_signature=[tf.TensorSpec([None, *size, 3], tf.float32, name="image")],
+    )
+    try:
+        with _quiet():
+            archive.write_out(str(temporary), verbose=False)
+        _replace(temporary, destination)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+
+
+def serving_tensors(saved_model: Path) -> tuple[str, str]:
+    """The graph tensor names behind serving_default's image input and probabilities output,
+    which is what a C-API caller feeds and fetches."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    message = saved_model_pb2.SavedModel()
+    message.ParseFromString((saved_model / "saved_model.pb").read_bytes())
+    signature = message.meta_graphs[0].signature_def["serving_default"]
+    return signature.inputs["image"].name, signature.outputs["probabilities"].name
+
+
+def write_tflite(saved_model: Path, destination: Path, quantize: bool) -> None:
+    import tensorflow as tf
+
+    with _quiet():
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+        if quantize:
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]  # dynamic range: int8 weights
+        flat = converter.convert()
+    temporary = destination.with_name(f".{destination.name}.partial")
+    temporary.write_bytes(flat)
+    os.replace(temporary, destination)
+
+
+def write_onnx(model, destination: Path) -> None:
+    """Keras's own ONNX exporter; the output is then named "probabilities" like the others."""
+    import onnx
+
+    temporary = destination.with_name(f".{destination.name}.partial.onnx")
+    try:
+        with _quiet():
+            model.export(str(temporary), format="onnx", verbose=False)
+        graph = onnx.load(str(temporary))
+        old = graph.graph.output[0].name
+        for node in graph.graph.node:
+            node.output[:] = ["probabilities" if name == old else name for name in node.output]
+        graph.graph.output[0].name = "probabilities"
+        onnx.checker.check_model(graph)
+        onnx.save(graph, str(temporary))
+        os.replace(temporary, destination)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Running each export
+
+
+def run_saved_model(saved_model: Path, images: np.ndarray) -> np.ndarray:
+    import tensorflow as tf
+
+    serve = tf.saved_model.load(str(saved_model)).signatures["serving_default"]
+    return serve(image=tf.constant(images))["probabilities"].numpy()
+
+
+def tflite_forward(path: Path):
+    """A function from float32 pixels [n, size, size, 3] to probabilities, on one interpreter."""
+    import tensorflow as tf
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tf.lite.Interpreter's notice about LiteRT
+        interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=os.cpu_count())
+    source = interpreter.get_input_details()[0]["index"]
+    result = interpreter.get_output_details()[0]["index"]
+    shape: list[tuple] = [()]
+
+    def forward(images: np.ndarray) -> np.ndarray:
+        if shape[0] != images.shape:
+            interpreter.resize_tensor_input(source, images.shape)
+            interpreter.allocate_tensors()
+            shape[0] = images.shape
+        interpreter.set_tensor(source, np.ascontiguousarray(images, dtype=np.float32))
+        interpreter.invoke()
+        return interpreter.get_tensor(result).copy()
+
+    forward.interpreter = interpreter
+    return forward
+
+
+def run_tflite(path: Path, images: np.ndarray) -> np.ndarray:
+    return tflite_forward(path)(images)
+
+
+def run_onnx(path: Path, images: np.ndarray) -> np.ndarray:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(["probabilities"], {"image": images})[0]
+
+
+def run_c_api(saved_model: Path, images: np.ndarray) -> tuple[np.ndarray, str]:
+    """In a child process that loads libtensorflow.so.2 and never imports TensorFlow's Python."""
+    input_name, output_name = serving_tensors(saved_model)
+    with tempfile.TemporaryDirectory(prefix="capi-") as folder:
+        source, result = Path(folder) / "images.npy", Path(folder) / "probabilities.npy"
+        np.save(source, images)
+        environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        completed = subprocess.run(
+            [sys.executable, "-m", "trainer.capi", str(saved_model.resolve()), str(source), str(result)]
+            + ["--input-op", input_name.split(":")[0], "--output-op", output_name.split(":")[0]],
+            capture_output=True,
+            text=True,
+            env=environment,
+            cwd=Path(__file__).resolve().parent.parent,
+            check=False,
+        )
+        if completed.returncode != 0:
+            lines = [line for line in completed.stderr.splitlines() if "error" in line.lower()] or ["no output"]
+            raise RuntimeError(lines[-1])
+        return np.load(result), completed.stdout.strip()
+
+
+# ---------------------------------------------------------------------------------------------
+# The check
+
+
+def check_images(run_dir: Path, count: int = CHECK_IMAGES) -> list[str]:
+    """Up to `count` test images of the run (then validation, then training ones), still on disk."""
+    from trainer import data
+
+    split = run_dir / "split.csv"
+    if not split.is_file():
+        raise InputError(f"{run_dir}: no split.csv, so no test images to check the exports with")
+    parts = data.read_split(split)
+    rows = [row for name in ("test", "validation", "train") for row in parts[name] if row.path.is_file()]
+    if not rows:
+        raise InputError(f"{split}: none of the listed images is on disk; the exports cannot be checked")
+    # Round-robin over the labels, so that every class is checked when there are few.
+    by_label: dict[str, list] = {}
+    for row in rows:
+        by_label.setdefault(row.label, []).append(row)
+    chosen = []
+    while len(chosen) < min(count, len(rows)):
+        for queue in by_label.values():
+            if queue and len(chosen) < count:
+                chosen.append(str(queue.pop(0).path))
+    return chosen
+
+
+def compare(name: str, file: str, reference: np.ndarray, values: np.ndarray, tolerance: float) -> Leg:
+    difference = float(np.abs(values.astype(np.float64) - reference).max())
+    same_top = values.argmax(axis=1) == reference.argmax(axis=1)
+    # Where Keras's two best classes are closer than the tolerance, either top class is within it.
+    ordered = np.sort(reference, axis=1)
+    close_call = ordered[:, -1] - ordered[:, -2] <= 2 * tolerance if reference.shape[1] > 1 else same_top
+    agrees = bool(np.all(same_top | close_call))
+    ok = difference <= tolerance and agrees
+    return Leg(name, file, tolerance, difference, agrees, ok)
+
+
+def export_run(run_dir: str | Path, formats: tuple[str, ...] = FORMATS, check: bool = True, write: bool = True) -> dict:
+    """(Re)write the run's exports and check them; writes and returns exports.json's content.
+    write=False checks the exports already in the folder (after copying them, say).
+    Raises CheckFailed when any leg disagrees or fails, after writing exports.json."""
+    from trainer.predict import load_run
+
+    run_dir = Path(run_dir)
+    run = load_run(run_dir)
+    if run.model is None:
+        raise InputError(f"{run_dir}: pass a run folder (with model.keras) to export from")
+    model = run.model
+    legs: list[Leg] = []
+    written: dict[str, Path] = {}
+
+    def attempt(name: str, file: str, tolerance: float, action) -> None:
+        try:
+            action()
+        except Exception as error:  # noqa: BLE001 - every failure becomes a failed leg, reported
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            legs.append(Leg(name, file, tolerance, detail=f"export failed: {type(error).__name__}: {first}"))
+            log.error("export %s failed: %s", file, first)
+        else:
+            written[name] = run_dir / file
+
+    saved_model = run_dir / "saved_model"
+    scratch = None
+    if not write:
+        files = {"SavedModel": "saved_model", "TFLite": "model.tflite", "TFLite int8": "model_int8.tflite"}
+        files["ONNX Runtime"] = "model.onnx"
+        chosen = {"saved_model": ["SavedModel"], "tflite": ["TFLite", "TFLite int8"], "onnx": ["ONNX Runtime"]}
+        for name in (name for fmt in formats for name in chosen[fmt]):
+            if not (run_dir / files[name]).exists():
+                raise InputError(f"{run_dir / files[name]}: not found; run 'python -m trainer export {run_dir}'")
+            written[name] = run_dir / files[name]
+        formats = ()
+    if "saved_model" in formats:
+        attempt("SavedModel", "saved_model", FLOAT_TOLERANCE, lambda: write_saved_model(model, saved_model))
+    if "tflite" in formats:
+        source = saved_model
+        if "SavedModel" not in written:
+            scratch = Path(tempfile.mkdtemp(prefix=".export-"))
+            source = scratch / "saved_model"
+            attempt("TFLite", "model.tflite", FLOAT_TOLERANCE, lambda: write_saved_model(model, source))
+            written.pop("TFLite", None)
+        attempt(
+            "TFLite", "model.tflite", FLOAT_TOLERANCE, lambda: write_tflite(source, run_dir / "model.tflite", False)
+        )
+        attempt(
+            "TFLite int8",
+            "model_int8.tflite",
+            QUANTIZED_TOLERANCE,
+            lambda: write_tflite(source, run_dir / "model_int8.tflite", True),
+        )
+    if "onnx" in formats:
+        attempt("ONNX Runtime", "model.onnx", FLOAT_TOLERANCE, lambda: write_onnx(model, run_dir / "model.onnx"))
+    if scratch is not None:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    result = {
+        "serving": {
+            "input": {"name": "image", "dtype": "float32", "shape": [None, run.image_size, run.image_size, 3]},
+            "input_range": "RGB pixel values 0-255",
+            "output": {"name": "probabilities", "dtype": "float32", "shape": [None, len(run.labels)]},
+            "labels": run.labels,
+        },
+        "checked": check,
+    }
+    if check:
+        paths = check_images(run_dir)
+        images = np.concatenate([batch.numpy() for batch in _pixels(paths, run.image_size)])
+        reference = model.predict(images, verbose=0).astype(np.float64)
+        runners = {
+            "SavedModel": lambda: run_saved_model(saved_model, images),
+            "TFLite": lambda: run_tflite(run_dir / "model.tflite", images),
+            "TFLite int8": lambda: run_tflite(run_dir / "model_int8.tflite", images),
+            "ONNX Runtime": lambda: run_onnx(run_dir / "model.onnx", images),
+        }
+        for name, path in written.items():
+            tolerance = QUANTIZED_TOLERANCE if name == "TFLite int8" else FLOAT_TOLERANCE
+            try:
+                with _quiet():
+                    values = runners[name]()
+                legs.append(compare(name, path.name, reference, values, tolerance))
+            except Exception as error:  # noqa: BLE001
+                legs.append(Leg(name, path.name, tolerance, detail=f"could not run: {error}"))
+        if "SavedModel" in written:
+            try:
+                values, library = run_c_api(saved_model, images)
+                leg = compare("TensorFlow C library", "saved_model", reference, values, FLOAT_TOLERANCE)
+                leg.detail = library
+            except Exception as error:  # noqa: BLE001
+                leg = Leg("TensorFlow C library", "saved_model", FLOAT_TOLERANCE, detail=f"could not run: {error}")
+            legs.append(leg)
+        result["images"] = paths
+        result["keras"] = reference.round(6).tolist()
+    result["legs"] = [asdict(leg) for leg in legs]
+    failed = [leg for leg in legs if not leg.ok] if check else [leg for leg in legs if leg.detail.startswith("export")]
+    result["ok"] = not failed
+    temporary = run_dir / ".exports.json.partial"
+    temporary.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    os.replace(temporary, run_dir / "exports.json")
+    for leg in legs:
+        if leg.max_difference is not None:
+            log.info(
+                "export check %-21s max |difference| %.2e (tolerance %g), top class %s%s",
+                leg.name,
+                leg.max_difference,
+                leg.tolerance,
+                "agrees" if leg.top_class_agrees else "DIFFERS",
+                f" [{leg.detail}]" if leg.detail else "",
+            )
+    if failed:
+        raise CheckFailed(
+            "export check failed: "
+            + "; ".join(
+                f"{leg.name} " + (_difference(leg) if leg.max_difference is not None else leg.detail) for leg in failed
+            )
+            + f" (details in {run_dir / 'exports.json'})"
+        )
+    return result
+
+
+def _difference(leg: Leg) -> str:
+    top = "" if leg.top_class_agrees else ", another top class"
+    return f"differs by {leg.max_difference:.2e} (tolerance {leg.tolerance:g}){top}"
+
+
+def _pixels(paths: list[str], image_size: int):
+    from trainer.pipeline import make_dataset
+
+    return make_dataset(paths, None, image_size, len(paths))

@@ -1,0 +1,265 @@
+"""report.html: one self-contained page per run, from the files the run folder keeps.
+
+    predictions.csv   every evaluated image: label, prediction, score, each class's probability
+    history.csv       one row per epoch and phase
+    metrics.json      test metrics, validation (and train) metrics, the data report
+    config.json, manifest.json, exports.json (when exports were written)
+
+`python -m trainer report RUN_DIR` redraws the pictures and rewrites the page; it needs no
+TensorFlow. The pictures are PNG files beside the page and embedded in it as data: URLs, so the
+page can be mailed or downloaded alone.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import os
+import time
+from pathlib import Path
+
+from trainer import pictures
+from trainer.errors import InputError
+
+PICTURES = {
+    "learning_curves.png": "Learning curves",
+    "confusion_matrix.png": "Confusion matrix",
+    "worst_test_images.png": "Worst-classified test images",
+}
+
+
+def write_predictions(path: Path, labels: list[str], parts: dict[str, tuple[list, list, object]]) -> None:
+    """parts: split name -> (image paths, true labels, probabilities [n, classes])."""
+    temporary = path.with_name(f".{path.name}.partial")
+    with temporary.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(
+            ["ImagePath", "Label", "Split", "PredictedLabel", "Score", *(f"P({label})" for label in labels)]
+        )
+        for split, (paths, true_labels, probabilities) in parts.items():
+            for image, label, p in zip(paths, true_labels, probabilities, strict=True):
+                best = int(p.argmax())
+                writer.writerow([image, label, split, labels[best], f"{p[best]:.6f}", *(f"{v:.6f}" for v in p)])
+    os.replace(temporary, path)
+
+
+def read_predictions(path: Path, split: str = "test") -> list[dict]:
+    if not path.is_file():
+        return []
+    out = []
+    with path.open(newline="", encoding="utf-8") as handle:
+        for record in csv.DictReader(handle):
+            if record["Split"] != split:
+                continue
+            out.append(
+                {
+                    "path": record["ImagePath"],
+                    "label": record["Label"],
+                    "predicted": record["PredictedLabel"],
+                    "score": float(record["Score"]),
+                    "true_probability": float(record.get(f"P({record['Label']})") or 0.0),
+                }
+            )
+    return out
+
+
+def read_history(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    rows = []
+    with path.open(newline="", encoding="utf-8") as handle:
+        for record in csv.DictReader(handle):
+            row = {"phase": record.pop("phase"), "epoch": int(record.pop("epoch"))}
+            row.update({key: float(value) for key, value in record.items() if value not in ("", None)})
+            rows.append(row)
+    return rows
+
+
+def _json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except json.JSONDecodeError as error:
+        raise InputError(f"{path}: not valid JSON ({error}); the run folder is damaged") from None
+
+
+def draw_pictures(run_dir: Path) -> list[Path]:
+    metrics = _json(run_dir / "metrics.json")
+    drawn = [pictures.learning_curves(read_history(run_dir / "history.csv"), run_dir / "learning_curves.png")]
+    if metrics.get("confusion_matrix"):
+        drawn.append(
+            pictures.confusion_matrix(metrics["confusion_matrix"], metrics["labels"], run_dir / "confusion_matrix.png")
+        )
+    drawn.append(
+        pictures.worst_images(read_predictions(run_dir / "predictions.csv"), run_dir / "worst_test_images.png")
+    )
+    return drawn
+
+
+def build(run_dir: str | Path, name: str | None = None) -> Path:
+    """Redraw the pictures and write report.html; returns the page's path. name: the run's
+    name in the title, when the folder is still being written under a staging name."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "metrics.json").is_file():
+        raise InputError(f"{run_dir}: no metrics.json; pass a run folder written by 'trainer train'")
+    draw_pictures(run_dir)
+    page = render(run_dir, name or run_dir.name)
+    destination = run_dir / "report.html"
+    temporary = destination.with_name(".report.html.partial")
+    temporary.write_text(page, encoding="utf-8")
+    os.replace(temporary, destination)
+    return destination
+
+
+# ---------------------------------------------------------------------------------------------
+# The page
+
+
+def _table(rows: list[list], header: list[str] | None = None) -> str:
+    def cell(value, tag="td") -> str:
+        if isinstance(value, float):
+            value = f"{value:.4f}"
+        return f"<{tag}>{html.escape('' if value is None else str(value))}</{tag}>"
+
+    head = "<tr>" + "".join(cell(h, "th") for h in header) + "</tr>" if header else ""
+    body = "".join("<tr>" + "".join(cell(v) for v in row) + "</tr>" for row in rows)
+    return f"<table>{head}{body}</table>"
+
+
+def _metrics_section(name: str, metrics: dict) -> str:
+    if not metrics:
+        return ""
+    summary = [
+        ["images", metrics["count"]],
+        ["accuracy", metrics["accuracy"]],
+        ["log-loss", metrics["log_loss"]],
+        ["ROC AUC", metrics.get("roc_auc")],
+        *[[key.replace("_", " "), value] for key, value in metrics.items() if key.startswith("top_")],
+        *[[f"macro {key}", value] for key, value in metrics.get("macro_avg", {}).items()],
+        *[[f"weighted {key}", value] for key, value in metrics.get("weighted_avg", {}).items()],
+    ]
+    per_class = [
+        [label, v["precision"], v["recall"], v["f1"], v["support"]] for label, v in metrics.get("per_class", {}).items()
+    ]
+    return (
+        f"<h3>{html.escape(name)}</h3><div class='row'>{_table(summary)}"
+        f"{_table(per_class, ['class', 'precision', 'recall', 'F1', 'images'])}</div>"
+    )
+
+
+def _picture(path: Path, title: str) -> str:
+    if not path.is_file():
+        return f"<p>{html.escape(title)}: not drawn.</p>"
+    encoded = base64.b64encode(path.read_bytes()).decode("ascii")
+    return (
+        f"<figure><img src='data:image/png;base64,{encoded}' alt='{html.escape(title)}'>"
+        f"<figcaption>{html.escape(title)} ({html.escape(path.name)})</figcaption></figure>"
+    )
+
+
+def _data_section(metrics: dict, split_counts: dict) -> str:
+    report = metrics.get("data", {})
+    problems = [
+        [kind, value["count"], "; ".join(value["examples"])] for kind, value in report.get("problems", {}).items()
+    ]
+    parts = [f"<p>{report.get('rows_read', '?')} rows read.</p>"]
+    if split_counts:
+        labels = sorted({label for counts in split_counts.values() for label in counts})
+        parts.append(
+            _table(
+                [[split, sum(c.values()), *(c.get(label, 0) for label in labels)] for split, c in split_counts.items()],
+                ["split", "images", *labels],
+            )
+        )
+    parts.append(
+        _table(problems, ["dropped or changed", "rows", "examples"]) if problems else "<p>No rows dropped.</p>"
+    )
+    parts += [f"<p>{html.escape(note)}</p>" for note in report.get("notes", [])]
+    return "".join(parts)
+
+
+def _split_counts(run_dir: Path) -> dict:
+    path = run_dir / "split.csv"
+    counts: dict[str, dict[str, int]] = {}
+    if path.is_file():
+        with path.open(newline="", encoding="utf-8") as handle:
+            for record in csv.DictReader(handle):
+                split = counts.setdefault(record["Split"], {})
+                split[record["Label"]] = split.get(record["Label"], 0) + 1
+    return counts
+
+
+def _exports_section(exports: dict) -> str:
+    if not exports:
+        return "<p>No exports written (run <code>python -m trainer export RUN_DIR</code>).</p>"
+    rows = [
+        [leg["name"], leg.get("file", ""), leg["max_difference"], leg["tolerance"], leg["top_class_agrees"], leg["ok"]]
+        for leg in exports.get("legs", [])
+    ]
+    verdict = "every leg agrees" if exports.get("ok") else "SOME LEGS DISAGREE"
+    return f"<p>{len(exports.get('images', []))} test images through each runtime: {verdict}.</p>" + _table(
+        rows, ["runtime", "file", "max |p - p_keras|", "tolerance", "same top class", "ok"]
+    )
+
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 1.5em 1em 0; }
+td, th { border: 1px solid #ccc; padding: 3px 8px; text-align: left; font-size: 14px; }
+th { background: #f2f2f2; }
+.row { display: flex; flex-wrap: wrap; align-items: flex-start; }
+img { max-width: 100%; border: 1px solid #ddd; }
+figure { margin: 1em 0; }
+code { background: #f4f4f4; padding: 1px 4px; }
+"""
+
+
+def render(run_dir: Path, name: str) -> str:
+    metrics = _json(run_dir / "metrics.json")
+    config = _json(run_dir / "config.json")
+    manifest = _json(run_dir / "manifest.json")
+    exports = _json(run_dir / "exports.json")
+    title = f"{name}: {config.get('backbone', '?')} classifier"
+    headline = (
+        f"Test accuracy <b>{metrics['accuracy']:.3f}</b> on {metrics['count']} images"
+        + (f", ROC AUC {metrics['roc_auc']:.3f}" if metrics.get("roc_auc") is not None else "")
+        + f"; classes {html.escape(', '.join(metrics.get('labels', [])))}; weights {html.escape(str(config.get('weights_used', '?')))};"
+        + f" trained in {metrics.get('training_seconds', '?')} s."
+    )
+    sections = [
+        f"<h1>{html.escape(title)}</h1><p>{headline}</p>",
+        "<h2>Metrics</h2>",
+        _metrics_section("test", metrics),
+        _metrics_section("validation", metrics.get("validation", {})),
+        _metrics_section("train", metrics.get("train", {})),
+        "<h2>Pictures</h2>",
+        *(_picture(run_dir / name, caption) for name, caption in PICTURES.items()),
+        "<h2>Data</h2>",
+        _data_section(metrics, _split_counts(run_dir)),
+        "<h2>Exports</h2>",
+        _exports_section(exports),
+        "<h2>Configuration</h2>",
+        _table(
+            [[key, json.dumps(value) if isinstance(value, (list, dict)) else value] for key, value in config.items()]
+        ),
+        "<h2>Versions and hardware</h2>",
+        _table([[name, version] for name, version in manifest.get("versions", {}).items()], ["package", "version"]),
+        _table(
+            [
+                [key, json.dumps(value) if isinstance(value, (list, dict)) else value]
+                for key, value in manifest.get("hardware", {}).items()
+            ]
+            + [
+                [f"policy {key}", json.dumps(value) if isinstance(value, (list, dict)) else value]
+                for key, value in manifest.get("policy", {}).items()
+            ]
+        ),
+        f"<p><small>Written {time.strftime('%Y-%m-%d %H:%M:%S')} by <code>python -m trainer report</code>.</small></p>",
+    ]
+    return (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
+        + "\n".join(section for section in sections if section)
+        + "</body></html>\n"
+    )
