@@ -245,3 +245,25 @@ def _publish(c, run, to, dry_run: bool) -> None:
     result = run_step("publish", publish_run, Context(dry_run=dry_run), **options)
     if result.status == "failed":
         raise Exit(f"publish failed: {result.detail}", code=1)
+
+
+@task(
+    help={
+        "quick": "small sizes and one repetition: shows the suite works (goals are not enforced)",
+        "report": "also write the results as JSON to this file",
+        "only": "comma list of figures: head_epoch, featurization, batched, train, validation, setup",
+    }
+)
+def bench(c, quick=False, report=None, only=None):
+    """Measure the speed figures side by side (benchmarks/); exit 1 when a goal is missed."""
+    command = [sys.executable, "-m", "benchmarks"]
+    if quick:
+        command.append("--quick")
+    if report:
+        command += ["--report", str(report)]
+    if only:
+        command += ["--only", *only.split(",")]
+    print("$ " + shlex.join(command), flush=True)
+    result = subprocess.run(command, cwd=ROOT)
+    if result.returncode != 0:
+        raise Exit(f"bench: exited with {result.returncode}", code=result.returncode)

@@ -192,8 +192,11 @@ def test_every_export_agrees_with_keras_through_five_runtimes(run_dir):
     legs = {leg["name"]: leg for leg in exports["legs"]}
     assert set(legs) == LEGS
     for name, leg in legs.items():
-        assert leg["ok"] and leg["top_class_agrees"], name
-        assert leg["max_difference"] <= leg["tolerance"], name
+        assert leg["enforced"] == (name != "TFLite int8"), name
+        if leg["enforced"]:
+            assert leg["ok"] and leg["top_class_agrees"], name
+            assert leg["max_difference"] <= leg["tolerance"], name
+    assert 0 <= legs["TFLite int8"]["max_difference"] <= 1
     assert legs["TFLite int8"]["tolerance"] == 0.1 and legs["ONNX Runtime"]["tolerance"] == 1e-4
     labels = {Path(path).parent.name for path in exports["images"]}
     assert len(exports["images"]) == 5 and labels == {"CD", "UD"}
@@ -282,6 +285,27 @@ def test_export_detects_an_export_that_computes_something_else(run_dir, tmp_path
         export_run(copy, ("saved_model",), check=True, write=False)
     assert "SavedModel differs by" in str(failure.value)
     assert "TensorFlow C library differs by" in str(failure.value)
+
+
+def test_an_int8_model_that_drifts_is_a_warning_not_a_failure(run_dir, tmp_path):
+    """Quantization is lossy by design: a drifting int8 model is reported, the float legs decide."""
+    import keras
+
+    from trainer.export import export_run, write_saved_model, write_tflite
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    model = keras.models.load_model(copy / "model.keras", compile=False)
+    classifier = model.get_layer("probabilities")
+    kernel, bias = classifier.get_weights()
+    classifier.set_weights([kernel, bias + np.array([3.0, -3.0], dtype=bias.dtype)])
+    write_saved_model(model, tmp_path / "other")
+    write_tflite(tmp_path / "other", copy / "model_int8.tflite", quantize=True)
+    result = export_run(copy, ("tflite",), check=True, write=False)
+    legs = {leg["name"]: leg for leg in result["legs"]}
+    assert result["ok"] is True
+    assert legs["TFLite int8"]["ok"] is False and legs["TFLite int8"]["max_difference"] > 0.1
+    assert legs["TFLite"]["ok"] is True
 
 
 def test_export_options_are_checked(cli, demo_dir):

@@ -53,6 +53,7 @@ class Leg:
     top_class_agrees: bool | None = None
     ok: bool = False
     detail: str = ""
+    enforced: bool = True  # False: reported and warned about, but no failure (the int8 model)
 
 
 def parse_formats(text: str) -> tuple[str, ...]:
@@ -361,7 +362,19 @@ def export_run(run_dir: str | Path, formats: tuple[str, ...] = FORMATS, check: b
             try:
                 with _quiet():
                     values = runners[name]()
-                legs.append(compare(name, path.name, reference, values, tolerance))
+                leg = compare(name, path.name, reference, values, tolerance)
+                if name == "TFLite int8":
+                    # Quantization is lossy by design: how much it costs depends on the model
+                    # (deep nets with random weights lose everything), so it is reported and
+                    # warned about; the float legs are the parity check.
+                    leg.enforced = False
+                    if not leg.ok:
+                        log.warning(
+                            "WARNING: model_int8.tflite differs from Keras by up to %.2f in probability; "
+                            "quantization costs this model accuracy, so prefer model.tflite",
+                            leg.max_difference,
+                        )
+                legs.append(leg)
             except Exception as error:  # noqa: BLE001
                 legs.append(Leg(name, path.name, tolerance, detail=f"could not run: {error}"))
         if "SavedModel" in written:
@@ -375,7 +388,9 @@ def export_run(run_dir: str | Path, formats: tuple[str, ...] = FORMATS, check: b
         result["images"] = paths
         result["keras"] = reference.round(6).tolist()
     result["legs"] = [asdict(leg) for leg in legs]
-    failed = [leg for leg in legs if not leg.ok] if check else [leg for leg in legs if leg.detail.startswith("export")]
+    failed = [leg for leg in legs if not leg.ok and (leg.enforced or leg.detail.startswith("export"))]
+    if not check:
+        failed = [leg for leg in legs if leg.detail.startswith("export")]
     result["ok"] = not failed
     temporary = run_dir / ".exports.json.partial"
     temporary.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -87,7 +87,13 @@ def featurize(feature_model, paths: list[str], image_size: int, batch_size: int)
     from trainer.pipeline import make_dataset
 
     dataset = make_dataset(paths, None, image_size, batch_size)
-    run = tf.function(lambda images: feature_model(images, training=False), reduce_retracing=True)
+    # One graph per model, traced once for any batch size: a new tf.function per call would
+    # trace again every time (a second or more for a large backbone).
+    run = getattr(feature_model, "_trainer_featurize", None)
+    if run is None:
+        spec = tf.TensorSpec([None, image_size, image_size, 3], tf.float32)
+        run = tf.function(lambda images: feature_model(images, training=False), input_signature=[spec])
+        feature_model._trainer_featurize = run
     outputs = []
     batches = (len(paths) + batch_size - 1) // batch_size
     for images in progress(dataset, total=batches, desc="featurize"):

@@ -168,7 +168,7 @@ def make_model(backbone, backbone_name: str, num_classes: int, pretrained: bool,
     backbone.trainable = not pretrained
     x = backbone(x, training=False) if pretrained else backbone(x)
     if pretrained:
-        x = frozen_standardization(head.get_layer("feature_norm"))(x)
+        x = copy_layer(head.get_layer("feature_norm"))(x)
     x = layers.Dropout(dropout, name="dropout")(x)
     classifier = layers.Dense(num_classes, activation="softmax", name="probabilities", dtype="float32")
     outputs = classifier(x)
@@ -178,18 +178,28 @@ def make_model(backbone, backbone_name: str, num_classes: int, pretrained: bool,
     return model
 
 
-def frozen_standardization(norm):
-    """The adapted Normalization layer's arithmetic, (x - mean) / max(sqrt(variance), epsilon),
-    as a Rescaling layer with constant per-feature scale and offset. Normalization keeps its
-    statistics as captured tensors, which the ONNX converter turns into extra model inputs;
-    constants export to every format."""
-    import keras
+def standardization(train_features: np.ndarray):
+    """(x - mean) / std per feature, from the training features, as a Rescaling layer with
+    constant scale and offset (constants export to every format; Normalization's captured
+    statistics become extra inputs in ONNX).
+
+    A feature that never varies on the training images carries no information and gets scale
+    0; otherwise std is floored at 1% of the median std. Without that, a feature that is zero
+    on every training image is multiplied by 1e7 (1 / Keras's epsilon), and the slightest
+    difference in it, such as int8 quantization's, swamps the prediction."""
     from keras import layers
 
-    mean = keras.ops.convert_to_numpy(norm.mean).reshape(-1).astype("float64")
-    variance = keras.ops.convert_to_numpy(norm.variance).reshape(-1).astype("float64")
-    scale = 1.0 / np.maximum(np.sqrt(variance), keras.config.epsilon())
+    features = np.asarray(train_features, dtype=np.float64)
+    mean, std = features.mean(axis=0), features.std(axis=0)
+    varying = std > 0
+    floor = 0.01 * float(np.median(std[varying])) if varying.any() else 1.0
+    scale = np.where(varying, 1.0 / np.maximum(std, floor), 0.0)
     return layers.Rescaling(scale=scale.tolist(), offset=(-mean * scale).tolist(), name="feature_norm")
+
+
+def copy_layer(layer):
+    """A new layer with the same configuration (and so the same constants)."""
+    return type(layer).from_config(layer.get_config())
 
 
 def make_head(train_features, num_classes: int, dropout: float):
@@ -200,9 +210,7 @@ def make_head(train_features, num_classes: int, dropout: float):
     from keras import layers
 
     inputs = keras.Input(shape=(train_features.shape[1],), name="features")
-    norm = layers.Normalization(name="feature_norm")
-    norm.adapt(train_features)
-    x = layers.Dropout(dropout, name="dropout")(norm(inputs))
+    x = layers.Dropout(dropout, name="dropout")(standardization(train_features)(inputs))
     outputs = layers.Dense(num_classes, activation="softmax", name="probabilities", dtype="float32")(x)
     return keras.Model(inputs, outputs, name="head")
 

@@ -194,7 +194,15 @@ def _exports_section(exports: dict) -> str:
     if not exports:
         return "<p>No exports written (run <code>python -m trainer export RUN_DIR</code>).</p>"
     rows = [
-        [leg["name"], leg.get("file", ""), leg["max_difference"], leg["tolerance"], leg["top_class_agrees"], leg["ok"]]
+        [
+            leg["name"],
+            leg.get("file", ""),
+            leg["max_difference"],
+            leg["tolerance"],
+            leg["top_class_agrees"],
+            ("yes" if leg["ok"] else "NO") + ("" if leg.get("enforced", True) else " (reported only)"),
+            leg.get("detail", ""),
+        ]
         for leg in exports.get("legs", [])
     ]
     verdict = "every leg agrees" if exports.get("ok") else "SOME LEGS DISAGREE"

@@ -1,0 +1,475 @@
+"""The benchmark suite: each figure measured side by side, on one machine, in one run.
+
+    invoke bench [--quick] [--report PATH]
+    python -m benchmarks [--quick] [--report PATH] [--only NAME ...] [--repeat N]
+
+Each figure times our way and its baseline alternately, several times, and reports the ratio of
+the medians with each side's spread (min-max). Speed-ups are baseline / ours; the featurization
+figure is a throughput share (ours / the backbone alone); the setup figure is a cost ratio
+(setup / invoke --list). Exit code 1 when a goal is missed, except with --quick, whose small
+sizes and single repetitions only show that the suite works.
+
+Data: ../shared/data/concrete when present, else the synthetic demo data. Weights: a local file
+of random weights for the backbone (the cost of a forward pass does not depend on the values).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CONCRETE = ROOT.parent / "shared" / "data" / "concrete" / "Images"
+
+
+@dataclass
+class Sizes:
+    backbone: str
+    image_size: int
+    images: int  # for the in-process figures
+    one_at_a_time: int  # images for the batched-vs-single figure
+    epochs: int  # for the whole-train figure
+    repeat: int
+    repeat_train: int  # the whole-train figure is the slow one
+
+
+FULL = Sizes("resnet50_v2", 224, 400, 64, 20, 5, 3)
+QUICK = Sizes("mobilenet_v2", 96, 96, 16, 3, 1, 1)
+
+
+@dataclass
+class Figure:
+    name: str
+    goal: str  # ">= 50" or "<= 2"
+    ratio: float
+    ours: dict
+    baseline: dict
+    note: str = ""
+    met: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        sign, value = self.goal.split()
+        self.met = self.ratio >= float(value) if sign == ">=" else self.ratio <= float(value)
+
+
+def spread(samples: list[float]) -> dict:
+    return {
+        "median": round(statistics.median(samples), 4),
+        "min": round(min(samples), 4),
+        "max": round(max(samples), 4),
+        "n": len(samples),
+    }
+
+
+def alternate(repeat: int, ours: Callable[[], float], baseline: Callable[[], float]) -> tuple[list, list]:
+    """Time both sides in turns, so drift on a shared machine hits both alike."""
+    mine, theirs = [], []
+    for _ in range(repeat):
+        theirs.append(baseline())
+        mine.append(ours())
+    return mine, theirs
+
+
+def timed(action: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    action()
+    return time.perf_counter() - started
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The setting every in-process figure shares
+
+
+class Bench:
+    def __init__(self, sizes: Sizes, scratch: Path):
+        self.sizes = sizes
+        self.scratch = scratch
+        if CONCRETE.is_dir():
+            self.folder, self.dataset = CONCRETE, "concrete (../shared/data/concrete, 400 images, 256 px JPEG)"
+        else:
+            from trainer.demo import make_demo_data
+
+            make_demo_data(scratch / "demo", per_class=60, seed=0, image_size=160)
+            self.folder, self.dataset = scratch / "demo" / "Images", "synthetic demo data (120 images, 160 px)"
+        from trainer import data
+
+        rows, report = data.load_rows(self.folder, None)
+        self.rows = data.validate(rows, report)
+        self.paths = [str(row.path) for row in self.rows][: sizes.images]
+        self._models = None
+
+    @property
+    def weights(self) -> Path:
+        path = self.scratch / f"{self.sizes.backbone}-{self.sizes.image_size}.weights.h5"
+        if not path.is_file():
+            from trainer.model import build_backbone
+
+            build_backbone(self.sizes.backbone, self.sizes.image_size, None).save_weights(path)
+        return path
+
+    def models(self):
+        """(backbone, feature extractor as a tf.function) with the local weights."""
+        if self._models is None:
+            import tensorflow as tf
+
+            from trainer.model import build_backbone, feature_extractor
+
+            backbone = build_backbone(self.sizes.backbone, self.sizes.image_size, str(self.weights))
+            extractor = feature_extractor(backbone, self.sizes.backbone)
+            run = tf.function(lambda images: extractor(images, training=False), reduce_retracing=True)
+            self._models = backbone, extractor, run
+        return self._models
+
+
+# ---------------------------------------------------------------------------------------------
+# The figures
+
+
+def head_epoch(bench: Bench) -> Figure:
+    """One epoch of the head on cached features vs one epoch of the same model through the
+    frozen backbone, on the same training images, batch size 32; decoded images are cached in
+    memory for the latter, so it is the backbone's cost, not JPEG decoding."""
+    import keras
+    import numpy as np
+
+    from trainer.features import featurize
+    from trainer.model import make_head, make_model
+    from trainer.pipeline import make_dataset
+
+    backbone, extractor, _ = bench.models()
+    paths = bench.paths
+    labels = np.array([row.label == bench.rows[0].label for row in bench.rows][: len(paths)], dtype=np.int32)
+    features = featurize(extractor, paths, bench.sizes.image_size, 32)
+    head = make_head(features, 2, 0.2)
+    head.compile(keras.optimizers.Adam(0.001), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model = make_model(backbone, bench.sizes.backbone, 2, True, 0.2, head)
+    model.compile(keras.optimizers.Adam(0.001), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    import tensorflow as tf
+
+    feature_data = tf.data.Dataset.from_tensor_slices((features, labels)).shuffle(len(labels), seed=0).batch(32)
+    image_data = make_dataset(paths, labels, bench.sizes.image_size, 32, shuffle=True, cache=True)
+    model.fit(image_data, epochs=1, verbose=0)  # warm: fills the image cache, traces
+    head.fit(feature_data, epochs=1, verbose=0)
+    mine, theirs = alternate(
+        bench.sizes.repeat,
+        lambda: timed(lambda: head.fit(feature_data, epochs=1, verbose=0)),
+        lambda: timed(lambda: model.fit(image_data, epochs=1, verbose=0)),
+    )
+    return Figure(
+        "head epoch on cached features vs an epoch through the frozen backbone",
+        ">= 50",
+        statistics.median(theirs) / statistics.median(mine),
+        {"seconds": spread(mine)},
+        {"seconds": spread(theirs)},
+        f"{len(paths)} images, batch 32, {bench.sizes.backbone} at {bench.sizes.image_size} px",
+    )
+
+
+def featurization_throughput(bench: Bench) -> Figure:
+    """trainer.features.featurize from JPEG files vs the same compiled backbone on one constant
+    in-memory batch, repeated: the share of the backbone's throughput the pipeline keeps."""
+    import numpy as np
+
+    from trainer.features import featurize
+
+    _, extractor, run = bench.models()
+    paths, size = bench.paths, bench.sizes.image_size
+    batch = np.random.default_rng(0).uniform(0, 255, (32, size, size, 3)).astype(np.float32)
+    batches = -(-len(paths) // 32)
+    run(batch).numpy()  # trace
+
+    def backbone_alone() -> float:
+        return timed(lambda: [run(batch).numpy() for _ in range(batches)])
+
+    def ours() -> float:
+        return timed(lambda: featurize(extractor, paths, size, 32))
+
+    ours(), backbone_alone()  # warm both: file cache, oneDNN kernels
+    mine, theirs = alternate(bench.sizes.repeat, ours, backbone_alone)
+    ours_rate = len(paths) / statistics.median(mine)
+    backbone_rate = batches * 32 / statistics.median(theirs)
+    return Figure(
+        "featurization from JPEG files vs the backbone alone on an in-memory batch (throughput)",
+        ">= 0.9",
+        ours_rate / backbone_rate,
+        {"images_per_second": round(ours_rate, 2), "seconds": spread(mine)},
+        {"images_per_second": round(backbone_rate, 2), "seconds": spread(theirs)},
+        f"{len(paths)} images vs {batches} batches of 32",
+    )
+
+
+def batched_vs_single(bench: Bench) -> Figure:
+    """Batches of 32 through the input pipeline vs decoding and featurizing one image at a time
+    (ML.NET's ImageClassificationTrainer featurizes image by image)."""
+    from trainer.features import featurize
+    from trainer.images import load_image
+
+    _, extractor, run = bench.models()
+    paths, size = bench.paths[: bench.sizes.one_at_a_time], bench.sizes.image_size
+
+    def one_at_a_time() -> float:
+        return timed(lambda: [run(load_image(p, size)[None].astype("float32")).numpy() for p in paths])
+
+    def ours() -> float:
+        return timed(lambda: featurize(extractor, paths, size, 32))
+
+    one_at_a_time(), ours()
+    mine, theirs = alternate(bench.sizes.repeat, ours, one_at_a_time)
+    return Figure(
+        "batched featurization vs one image at a time",
+        ">= 1.3",
+        statistics.median(theirs) / statistics.median(mine),
+        {"seconds": spread(mine)},
+        {"seconds": spread(theirs)},
+        f"{len(paths)} images",
+    )
+
+
+def parallel_validation(bench: Bench) -> Figure:
+    """trainer.data.validate (threads) vs the same per-image work, hash and decode, in a plain
+    single-threaded Pillow loop. Files are in the page cache for both."""
+    from trainer import data
+    from trainer.images import inspect_image
+
+    rows = bench.rows
+
+    def ours() -> float:
+        return timed(lambda: data.validate(list(rows), data.Report(), min_class_size=1))
+
+    def loop() -> float:
+        return timed(lambda: [inspect_image(row.path) for row in rows])
+
+    ours(), loop()
+    mine, theirs = alternate(max(3, bench.sizes.repeat), ours, loop)
+    return Figure(
+        "parallel image validation vs a single-threaded Pillow loop",
+        ">= 1.6",
+        statistics.median(theirs) / statistics.median(mine),
+        {"seconds": spread(mine)},
+        {"seconds": spread(theirs)},
+        f"{len(rows)} images, {os.cpu_count()} cores",
+    )
+
+
+def _python(*args: str, cwd: Path) -> float:
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    started = time.perf_counter()
+    completed = subprocess.run([sys.executable, *args], cwd=cwd, env=environment, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if completed.returncode != 0:
+        raise RuntimeError(f"{' '.join(args[:3])} failed: {completed.stderr.strip().splitlines()[-1:]}")
+    return seconds
+
+
+def whole_train(bench: Bench) -> list[Figure]:
+    """Two figures from one set of runs, each a fresh process:
+    the whole `train` (bottleneck mode, cold cache) vs the naive Keras way, and
+    a second identical `train` (warm cache) vs the first."""
+    sizes = bench.sizes
+    weights = str(bench.weights)
+    cold, warm, naive = [], [], []
+    for index in range(sizes.repeat_train):
+        workspace = bench.scratch / f"ws{index}"
+        shutil.rmtree(workspace, ignore_errors=True)
+
+        def train(output: str, workspace: Path = workspace) -> float:
+            return _python(
+                "-m",
+                "trainer",
+                "train",
+                "--folder",
+                str(bench.folder),
+                "--backbone",
+                sizes.backbone,
+                "--weights",
+                weights,
+                "--image-size",
+                str(sizes.image_size),
+                "--epochs",
+                str(sizes.epochs),
+                "--patience",
+                str(sizes.epochs),  # no early stop: all epochs, as the baseline runs them
+                "--export",
+                "none",
+                "--workspace",
+                str(workspace),
+                "--output",
+                str(bench.scratch / output),
+                cwd=bench.scratch,
+            )
+
+        log(f"  whole train, repetition {index + 1}: the naive Keras way")
+        naive.append(
+            _python(
+                str(ROOT / "benchmarks" / "naive_keras.py"),
+                str(bench.folder),
+                "--backbone",
+                sizes.backbone,
+                "--weights",
+                weights,
+                "--image-size",
+                str(sizes.image_size),
+                "--epochs",
+                str(sizes.epochs),
+                cwd=bench.scratch,
+            )
+        )
+        log(f"  whole train, repetition {index + 1}: ours, cold cache, then warm")
+        cold.append(train(f"cold{index}"))
+        warm.append(train(f"warm{index}"))
+        for name in (f"cold{index}", f"warm{index}"):
+            shutil.rmtree(bench.scratch / name, ignore_errors=True)
+    detail = f"{sizes.backbone} at {sizes.image_size} px, {sizes.epochs} epochs, exports off, each run a new process"
+    return [
+        Figure(
+            f"the whole train in bottleneck mode, {sizes.epochs} epochs, vs the naive Keras way",
+            ">= 10",
+            statistics.median(naive) / statistics.median(cold),
+            {"seconds": spread(cold)},
+            {"seconds": spread(naive)},
+            detail,
+        ),
+        Figure(
+            "a second identical train (warm bottleneck cache) vs the first",
+            ">= 5",
+            statistics.median(cold) / statistics.median(warm),
+            {"seconds": spread(warm)},
+            {"seconds": spread(cold)},
+            detail,
+        ),
+    ]
+
+
+def setup_rerun(bench: Bench) -> Figure:
+    """`invoke setup` where it already ran vs `invoke --list` (invoke's own start-up)."""
+    invoke = [sys.executable, "-m", "invoke"]
+    report = str(bench.scratch / "setup-report.json")
+
+    def run(*args: str) -> float:
+        started = time.perf_counter()
+        subprocess.run([*invoke, *args], cwd=ROOT, check=True, capture_output=True)
+        return time.perf_counter() - started
+
+    run("setup", "--report", report)  # the premise: setup has already run here
+    repeat = max(5, bench.sizes.repeat * 2)
+    mine, theirs = alternate(repeat, lambda: run("setup", "--report", report), lambda: run("--list"))
+    return Figure(
+        "invoke setup where it already ran vs invoke --list",
+        "<= 2",
+        statistics.median(mine) / statistics.median(theirs),
+        {"seconds": spread(mine)},
+        {"seconds": spread(theirs)},
+    )
+
+
+FIGURES: dict[str, Callable[[Bench], Figure | list[Figure]]] = {
+    "head_epoch": head_epoch,
+    "featurization": featurization_throughput,
+    "batched": batched_vs_single,
+    "train": whole_train,
+    "validation": parallel_validation,
+    "setup": setup_rerun,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def machine() -> dict:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = ""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                memory = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+    except OSError:
+        pass
+    from importlib import metadata
+
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "memory": memory,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "tensorflow": metadata.version("tensorflow"),
+        "gpu": bool(shutil.which("nvidia-smi")),
+    }
+
+
+def table(figures: list[Figure]) -> str:
+    lines = [f"{'figure':<88} {'ratio':>8} {'goal':>7}  met", "-" * 110]
+    for figure in figures:
+        lines.append(f"{figure.name:<88} {figure.ratio:>7.2f}x {figure.goal:>7}  {'yes' if figure.met else 'NO'}")
+        ours, theirs = figure.ours["seconds"], figure.baseline["seconds"]
+        lines.append(
+            f"    ours {ours['median']:.3f} s ({ours['min']:.3f}-{ours['max']:.3f}, n={ours['n']}); "
+            f"baseline {theirs['median']:.3f} s ({theirs['min']:.3f}-{theirs['max']:.3f}, n={theirs['n']})"
+            + (f"; {figure.note}" if figure.note else "")
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, one repetition: shows the suite works")
+    parser.add_argument("--report", help="also write the results as JSON to this file")
+    parser.add_argument("--only", nargs="+", choices=sorted(FIGURES), help="run only these figures")
+    parser.add_argument("--repeat", type=int, help="repetitions per figure (default 5; 1 with --quick)")
+    args = parser.parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    if args.repeat:
+        if args.repeat < 1:
+            parser.error("--repeat must be at least 1")
+        sizes = Sizes(**{**asdict(sizes), "repeat": args.repeat, "repeat_train": min(args.repeat, sizes.repeat_train)})
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.path.insert(0, str(ROOT))
+    figures: list[Figure] = []
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
+        bench = Bench(sizes, Path(scratch))
+        log(f"data: {bench.dataset}; backbone {sizes.backbone} at {sizes.image_size} px, random local weights")
+        for name in args.only or FIGURES:
+            log(f"measuring {name} ...")
+            result = FIGURES[name](bench)
+            figures += result if isinstance(result, list) else [result]
+    print(table(figures))
+    document = {
+        "figures": [asdict(figure) for figure in figures],
+        "machine": machine(),
+        "quick": args.quick,
+        "data": bench.dataset,
+        "backbone": sizes.backbone,
+        "image_size": sizes.image_size,
+        "seconds": round(time.time() - started, 1),
+    }
+    if args.report:
+        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.report).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    missed = [figure.name for figure in figures if not figure.met]
+    if missed and not args.quick:
+        print(f"goal missed: {'; '.join(missed)}", file=sys.stderr)
+        return 1
+    return 0
