@@ -18,7 +18,7 @@ import numpy as np
 
 from trainer.errors import ImageError, InputError
 from trainer.images import ImageInfo, inspect_image, is_image_file
-from trainer.progress import progress
+from trainer.progress import progress_bar
 
 SPLITS = ("train", "validation", "test")
 
@@ -183,6 +183,27 @@ def _inspect(path: Path) -> ImageInfo | ImageError:
         return error
 
 
+def _inspect_chunk(paths: list[Path]) -> list[ImageInfo | ImageError]:
+    return [_inspect(path) for path in paths]
+
+
+def _inspect_all(paths: list[Path], workers: int | None, chunk: int = 16) -> list[ImageInfo | ImageError]:
+    """Inspect every image on one thread per core (Pillow releases the GIL while it decodes and
+    hashlib while it hashes), in chunks: one task per image costs more in futures and locks than
+    a 256 px image costs to check, and more threads than cores only contend for the GIL
+    (measured on 2 cores: 8 threads one image each 0.94x a plain loop, 2 threads in chunks 1.74x)."""
+    workers = workers or os.cpu_count() or 1
+    chunks = [paths[start : start + chunk] for start in range(0, len(paths), chunk)]
+    results: list[ImageInfo | ImageError] = []
+    bar = progress_bar(total=len(paths), desc="validate images")
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for done in pool.map(_inspect_chunk, chunks):
+            results += done
+            bar.update(len(done))
+    bar.close()
+    return results
+
+
 def _where(row: Row) -> str:
     return f"line {row.line}: {row.written}" if row.line else row.written
 
@@ -231,10 +252,7 @@ def validate(
     if len(unique) < len(rows):
         report.notes.append(f"{len(rows)} rows hold {len(unique)} distinct images")
 
-    workers = workers or min(32, (os.cpu_count() or 1) * 4)
-    paths = [row.path for row in unique]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(progress(pool.map(_inspect, paths), total=len(paths), desc="validate images"))
+    results = _inspect_all([row.path for row in unique], workers)
     readable = []
     for row, result in zip(unique, results, strict=True):
         if isinstance(result, ImageError):

@@ -26,7 +26,8 @@ def _pyplot():
 def _save(figure, path: Path) -> Path:
     """PNG under a temporary name, then renamed: a picture is whole or absent."""
     temporary = path.with_name(f".{path.name}.partial.png")
-    figure.savefig(temporary, dpi=DPI)
+    # Fast zlib: the default level spends a second on the grid of photos for a few % of size.
+    figure.savefig(temporary, dpi=DPI, pil_kwargs={"compress_level": 1})
     _pyplot().close(figure)
     os.replace(temporary, path)
     return path
@@ -90,7 +91,9 @@ def worst_images(predictions: list[dict], path: Path, count: int = 16) -> Path:
     worst = sorted(predictions, key=lambda p: p["true_probability"])[:count]
     columns = min(4, max(1, len(worst)))
     rows = max(1, -(-len(worst) // columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.3 * rows), layout="constrained", squeeze=False)
+    # A fixed layout: the constrained layout engine costs more than drawing 16 photos.
+    figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.3 * rows), squeeze=False)
+    figure.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.85 / (3.3 * rows), wspace=0.05, hspace=0.3)
     for axis in axes.flat:
         axis.axis("off")
     for axis, item in zip(axes.flat, worst, strict=False):
@@ -98,7 +101,7 @@ def worst_images(predictions: list[dict], path: Path, count: int = 16) -> Path:
             with Image.open(item["path"]) as image:
                 image = ImageOps.exif_transpose(image).convert("RGB")
                 image.thumbnail((256, 256))
-                axis.imshow(np.asarray(image))
+                axis.imshow(np.asarray(image), interpolation="nearest")
         except (OSError, ValueError):
             axis.text(0.5, 0.5, "image not found", ha="center", va="center", transform=axis.transAxes)
         wrong = item["label"] != item["predicted"]
@@ -109,5 +112,5 @@ def worst_images(predictions: list[dict], path: Path, count: int = 16) -> Path:
         )
     if not worst:
         axes[0, 0].text(0.5, 0.5, "no test images", ha="center", transform=axes[0, 0].transAxes)
-    figure.suptitle("worst-classified test images (lowest probability for the true label)")
+    figure.suptitle("worst-classified test images (lowest probability for the true label)", y=0.998, va="top")
     return _save(figure, path)

@@ -11,17 +11,20 @@ from tqdm import tqdm
 T = TypeVar("T")
 
 
-def progress(items: Iterable[T], *, total: int | None = None, desc: str = "") -> Iterator[T]:
-    # Without a terminal (CI logs, Colab's `!` subshell) redraw rarely instead of flooding the log.
+def progress_bar(items: Iterable[T] | None = None, *, total: int | None = None, desc: str = "") -> tqdm:
+    """A tqdm bar; without a terminal (CI logs, Colab's `!` subshell) it redraws rarely
+    instead of flooding the log. Call update(n) yourself when there are no items to iterate."""
     interactive = sys.stderr.isatty()
-    return iter(
-        tqdm(
-            items,
-            total=total,
-            desc=desc,
-            file=sys.stderr,
-            mininterval=0.1 if interactive else 5.0,
-            leave=True,
-            dynamic_ncols=True,
-        )
+    return tqdm(
+        items,
+        total=total,
+        desc=desc,
+        file=sys.stderr,
+        mininterval=0.1 if interactive else 5.0,
+        leave=True,
+        dynamic_ncols=True,
     )
+
+
+def progress(items: Iterable[T], *, total: int | None = None, desc: str = "") -> Iterator[T]:
+    return iter(progress_bar(items, total=total, desc=desc))

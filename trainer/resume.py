@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 import warnings
 from pathlib import Path
 
@@ -23,13 +24,20 @@ log = logging.getLogger("trainer")
 
 
 class Checkpoints(keras.callbacks.Callback):
-    def __init__(self, folder: Path, stopper: keras.callbacks.EarlyStopping):
+    """every: seconds between checkpoints; 0 writes one after every epoch. The head on cached
+    features runs epochs in milliseconds, where a checkpoint each epoch would cost more than
+    the training it protects; it checkpoints every 30 s and when the phase ends."""
+
+    def __init__(self, folder: Path, stopper: keras.callbacks.EarlyStopping, every: float = 0.0):
         super().__init__()
         self.folder = folder
         self.stopper = stopper
+        self.every = every
         self.history: dict[str, list[float]] = {}
         self.stopped = False
         self._saved_stopper: dict | None = None
+        self._last_save = time.monotonic()
+        self._best_unsaved = False
 
     # Before fit -------------------------------------------------------------------------------
 
@@ -82,10 +90,21 @@ class Checkpoints(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         for key, value in (logs or {}).items():
             self.history.setdefault(key, []).append(float(value))
+        if self.stopper.best_epoch == epoch and self.stopper.best_weights is not None:
+            self._best_unsaved = True
+        if time.monotonic() - self._last_save >= self.every:
+            self._save(epoch)
+
+    def _save(self, epoch: int) -> None:
+        self._last_save = time.monotonic()
         self.folder.mkdir(parents=True, exist_ok=True)
         self._save_weights(self.model, "last.weights.h5")
-        if self.stopper.best_epoch == epoch and self.stopper.best_weights is not None:
+        if self._best_unsaved:
+            current = self.model.get_weights()
+            self.model.set_weights(self.stopper.best_weights)
             self._save_weights(self.model, "best.weights.h5")
+            self.model.set_weights(current)
+            self._best_unsaved = False
         state = {
             "epoch": epoch + 1,
             "history": self.history,
@@ -98,6 +117,13 @@ class Checkpoints(keras.callbacks.Callback):
         self._write_state(state)
 
     def on_train_end(self, logs=None):
+        epochs_done = len(next(iter(self.history.values()), []))
+        state_path = self.folder / "state.json"
+        saved = json.loads(state_path.read_text())["epoch"] if state_path.is_file() else 0
+        if epochs_done and saved < epochs_done:
+            # EarlyStopping has already restored the best weights here; "last" is then the
+            # best, which is what a rerun of a finished phase loads.
+            self._save(epochs_done - 1)
         if self.stopper.stopped_epoch:
             state = json.loads((self.folder / "state.json").read_text())
             state["stopped"] = True

@@ -162,9 +162,19 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int, epochs: int, learn
 
 
 def _fit(
-    model, config: TrainConfig, train, validation, *, epochs: int, steps: int, checkpoint: Path, weights: dict | None
+    model,
+    config: TrainConfig,
+    train,
+    validation,
+    *,
+    epochs: int,
+    steps: int,
+    checkpoint: Path,
+    weights: dict | None,
+    checkpoint_every: float = 0.0,
 ) -> Phase:
-    """fit with early stopping and per-epoch checkpoints; resumes from a checkpoint if present."""
+    """fit with early stopping and checkpoints (each epoch, or every checkpoint_every seconds);
+    resumes from a checkpoint if present."""
     import keras
     import tensorflow as tf
 
@@ -183,7 +193,7 @@ def _fit(
         restore_best_weights=True,
         verbose=1,
     )
-    checkpoints = Checkpoints(checkpoint, stopper)
+    checkpoints = Checkpoints(checkpoint, stopper, checkpoint_every)
     initial_epoch = checkpoints.restore(model, steps)
     if initial_epoch >= epochs or checkpoints.stopped:
         log.info("phase already finished at epoch %d (checkpoint in %s)", initial_epoch, checkpoint)
@@ -216,12 +226,18 @@ def _compile_and_fit(
     weights: dict | None,
     learning_rate: float | None = None,
 ) -> Phase:
-    """One training phase: compile under the strategy, then _fit on the train and validation sets."""
+    """One training phase: compile under the strategy, then _fit on the train and validation sets.
+
+    The head on cached features runs a whole epoch per call into the graph (steps_per_execution)
+    and checkpoints every 30 s: its epochs take milliseconds, so per-step and per-epoch overhead
+    would be most of its cost."""
+    head = phase == "head"
     with strategy.scope():
         model.compile(
             make_optimizer(config, steps, epochs, learning_rate),
             "sparse_categorical_crossentropy",
             metrics=["accuracy"],
+            steps_per_execution=steps if head else 1,
         )
     return _fit(
         model,
@@ -232,6 +248,7 @@ def _compile_and_fit(
         steps=steps,
         checkpoint=checkpoint_root / phase,
         weights=weights,
+        checkpoint_every=30.0 if head else 0.0,
     )
 
 
