@@ -64,3 +64,12 @@ def test_tf_config_workers_and_chief():
     assert not is_chief({"TF_CONFIG": json.dumps(with_chief)})
     with pytest.raises(InputError, match="TF_CONFIG is not JSON with a 'cluster' entry"):
         workers_from_tf_config({"TF_CONFIG": "{not json"})
+
+
+def test_featurization_batch_is_small_on_a_cpu_and_the_training_batch_on_accelerators():
+    from trainer.device import Device, featurize_batch_size
+
+    assert featurize_batch_size(32, [Device("CPU")]) == 8
+    assert featurize_batch_size(4, [Device("CPU")]) == 4
+    assert featurize_batch_size(64, [Device("CPU"), Device("GPU", "Tesla T4", (7, 5))]) == 64
+    assert featurize_batch_size(128, [Device("CPU"), Device("TPU")]) == 128

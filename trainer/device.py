@@ -103,6 +103,19 @@ def global_batch_size(per_replica: int, policy: Policy) -> int:
     return per_replica * policy.replicas
 
 
+CPU_FEATURIZE_BATCH = 8
+
+
+def featurize_batch_size(batch_size: int, devices: list[Device]) -> int:
+    """Images per call when featurizing. An accelerator takes the training batch (it wants
+    large batches). A CPU takes at most 8: measured on 2 cores with ResNet-50 v2 at 224 px,
+    1 image per call ran 14.6 images/s, 4 and 8 ran 19.6, 16 ran 17.1 and 32 ran 16.3; the
+    activations of a large batch overflow the caches that a small one stays in."""
+    if any(device.kind in ("GPU", "TPU") for device in devices):
+        return batch_size
+    return max(1, min(batch_size, CPU_FEATURIZE_BATCH))
+
+
 def visible_devices() -> list[Device]:
     """The devices TensorFlow sees (imports TensorFlow)."""
     import tensorflow as tf

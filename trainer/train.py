@@ -423,8 +423,9 @@ def main(config: TrainConfig) -> Path:
         cache_key = make_cache_key(config.backbone, config.image_size, weights_used, config.feature_layer)
         extractor = feature_extractor(backbone, config.backbone)
         every_row = [row for name in data.SPLITS for row in loaded.parts[name]]
+        featurize_batch = device.featurize_batch_size(batch_size, device.visible_devices())
         vectors = cached_features(
-            extractor, every_row, config.image_size, batch_size, workspace / "features" / cache_key
+            extractor, every_row, config.image_size, featurize_batch, workspace / "features" / cache_key
         )
         features, start = {}, 0
         for name in data.SPLITS:
