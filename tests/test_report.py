@@ -267,12 +267,9 @@ def test_export_exits_non_zero_naming_the_leg_that_cannot_run(run_dir, tmp_path)
     assert json.loads((copy / "exports.json").read_text())["ok"] is False
 
 
-def test_export_detects_an_export_that_computes_something_else(run_dir, tmp_path):
-    """A SavedModel from another model in place of the run's: both SavedModel legs disagree."""
+def _copy_with_shifted_model(run_dir: Path, tmp_path: Path):
+    """A copy of the run, and its model with the classifier's bias shifted: another model."""
     import keras
-
-    from trainer.errors import CheckFailed
-    from trainer.export import export_run, write_saved_model
 
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
@@ -280,6 +277,15 @@ def test_export_detects_an_export_that_computes_something_else(run_dir, tmp_path
     classifier = model.get_layer("probabilities")
     kernel, bias = classifier.get_weights()
     classifier.set_weights([kernel, bias + np.array([3.0, -3.0], dtype=bias.dtype)])
+    return copy, model
+
+
+def test_export_detects_an_export_that_computes_something_else(run_dir, tmp_path):
+    """A SavedModel from another model in place of the run's: both SavedModel legs disagree."""
+    from trainer.errors import CheckFailed
+    from trainer.export import export_run, write_saved_model
+
+    copy, model = _copy_with_shifted_model(run_dir, tmp_path)
     write_saved_model(model, copy / "saved_model")
     with pytest.raises(CheckFailed) as failure:
         export_run(copy, ("saved_model",), check=True, write=False)
@@ -289,16 +295,9 @@ def test_export_detects_an_export_that_computes_something_else(run_dir, tmp_path
 
 def test_an_int8_model_that_drifts_is_a_warning_not_a_failure(run_dir, tmp_path):
     """Quantization is lossy by design: a drifting int8 model is reported, the float legs decide."""
-    import keras
-
     from trainer.export import export_run, write_saved_model, write_tflite
 
-    copy = tmp_path / "run"
-    shutil.copytree(run_dir, copy)
-    model = keras.models.load_model(copy / "model.keras", compile=False)
-    classifier = model.get_layer("probabilities")
-    kernel, bias = classifier.get_weights()
-    classifier.set_weights([kernel, bias + np.array([3.0, -3.0], dtype=bias.dtype)])
+    copy, model = _copy_with_shifted_model(run_dir, tmp_path)
     write_saved_model(model, tmp_path / "other")
     write_tflite(tmp_path / "other", copy / "model_int8.tflite", quantize=True)
     result = export_run(copy, ("tflite",), check=True, write=False)
