@@ -90,7 +90,25 @@ def check_tar(archive: Path, handle: tarfile.TarFile) -> list[tarfile.TarInfo]:
         members.append(info)
     if total > MAX_TOTAL:
         raise UnsafeArchive(archive, f"it would expand to {total / 1024**3:.1f} GiB")
+    # A tar's sizes are declared in its headers, so a gzip bomb shows as a total far beyond the
+    # compressed file; the same 200:1 as a zip member, above the same 1 MiB.
+    packed = max(archive.stat().st_size, 1)
+    if total > 1024**2 and total / packed > MAX_RATIO:
+        raise UnsafeArchive(archive, f"it expands {total // packed}x (a decompression bomb)")
     return members
+
+
+def _size(count: int) -> str:
+    return f"{count / 1024**3:.1f} GiB" if count >= 1024**3 else f"{count / 1024**2:.1f} MiB"
+
+
+def _room_for(archive: Path, total: int, folder: Path) -> None:
+    free = shutil.disk_usage(folder).free
+    if total > free:
+        raise StepFailed(
+            f"{archive}: needs {_size(total)} to unpack, {_size(free)} free in {folder}",
+            "free some space (or use a smaller archive); nothing was extracted",
+        )
 
 
 def extract(archive: Path, target: Path) -> Path:
@@ -102,11 +120,13 @@ def extract(archive: Path, target: Path) -> Path:
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as handle:
                 members = check_zip(archive, handle)
+                _room_for(archive, sum(info.file_size for info in members), target.parent)
                 for info in members:
                     handle.extract(info, staging)
         elif tarfile.is_tarfile(archive):
             with tarfile.open(archive) as handle:
                 members = check_tar(archive, handle)
+                _room_for(archive, sum(info.size for info in members), target.parent)
                 for info in members:
                     info.mode &= 0o755  # never world-writable, never setuid
                     handle.extract(info, staging, filter="tar" if hasattr(tarfile, "data_filter") else None)
@@ -127,6 +147,51 @@ def sha256_of(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def checksum_file(path: Path) -> Path:
+    return path.with_name(f"{path.name}.sha256")
+
+
+def fetch(target: Path, get, sha256: str | None = None, echo=print, what: str | None = None) -> Path:
+    """A downloaded file at target that is known to be whole: `get(target)` writes it (through a
+    temporary name), and its SHA-256 is recorded beside it as `NAME.sha256`.
+
+    A file already there is reused only when it still matches that record (or the pinned
+    `sha256`), so one damaged after the fact, or left by a run killed before it recorded the
+    checksum, is fetched again. A download that does not match the pinned `sha256` is fetched
+    once more, then refused.
+    """
+    record = checksum_file(target)
+    for attempt in (1, 2):
+        if target.is_file():
+            try:
+                expected = sha256 or record.read_text().split()[0]
+            except (OSError, IndexError):
+                expected = None
+            if expected is not None and sha256_of(target) == expected:
+                return target
+            echo(
+                f"{target.name}: "
+                + ("checksum differs" if expected else "no checksum recorded")
+                + "; fetching it again"
+            )
+            target.unlink()
+        record.unlink(missing_ok=True)
+        get(target)
+        actual = sha256_of(target)
+        if sha256 and actual != sha256:
+            target.unlink()
+            echo(f"{target.name} does not match --sha256" + ("; fetching it once more" if attempt == 1 else ""))
+            continue
+        temporary = record.with_name(f".{record.name}.partial")
+        temporary.write_text(f"{actual}  {target.name}\n")
+        temporary.replace(record)
+        return target
+    raise StepFailed(
+        f"{what or target.name}: the download does not match --sha256 twice",
+        "check the checksum, or the source changed",
+    )
 
 
 def download(url: str, destination: Path, echo=print, timeout: float = 60) -> Path:

@@ -9,15 +9,17 @@ with the same source is a no-op and a new source replaces the old dataset whole.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 import shutil
 import tempfile
 from collections import Counter
 from pathlib import Path
 
-from scripts.archives import download, extract, sha256_of
-from scripts.steps import Context, Result, StepFailed, changed, ok
+from scripts.archives import download, extract, fetch, sha256_of
+from scripts.steps import Context, Result, StepFailed, changed, ok, remove_leftovers
 
 MANIFEST = "dataset.json"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -83,6 +85,19 @@ def expected_counts(text: str | None) -> dict[str, int]:
     return wanted
 
 
+def tree_state(folder: Path) -> str:
+    """Every file's relative path, size and modification time, digested: a stat per file, no
+    reading, and different once a file is added, removed, truncated or rewritten."""
+    entries = []
+    for directory, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(directory, name)
+            info = os.lstat(path)
+            entries.append(f"{os.path.relpath(path, folder)}\0{info.st_size}\0{info.st_mtime_ns}")
+    digest = hashlib.sha256("\n".join(sorted(entries)).encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return f"{len(entries)} files, {digest}"
+
+
 def read_manifest(data_dir: Path) -> dict | None:
     try:
         return json.loads((data_dir / MANIFEST).read_text())
@@ -117,8 +132,8 @@ def _fetch_gdrive(file_id: str, destination: Path, ctx: Context, url_template: s
 
 
 def _obtain(kind: str, value: str, downloads: Path, ctx: Context, sha256: str | None, url_template: str) -> Path:
-    """The source as a local file or folder; remote files are checked against sha256 and fetched
-    once more on a mismatch."""
+    """The source as a local file or folder; a remote one is fetched once and reused while it
+    matches its recorded checksum (see archives.fetch)."""
     if kind == "local":
         path = Path(value).expanduser()
         if not path.exists():
@@ -127,21 +142,12 @@ def _obtain(kind: str, value: str, downloads: Path, ctx: Context, sha256: str | 
             raise StepFailed(f"--source: {path} does not match --sha256", "check the file or the checksum")
         return path
     name = Path(value).name if kind == "url" else f"{value}.zip"
-    name = re.sub(r"[^A-Za-z0-9._-]", "_", name.split("?")[0]) or "download"
-    target = downloads / name
-    for attempt in (1, 2):
-        if not target.is_file():
-            if kind == "url":
-                download(value, target, echo=ctx.echo)
-            else:
-                _fetch_gdrive(value, target, ctx, url_template)
-        if not sha256 or sha256_of(target) == sha256:
-            return target
-        target.unlink()
-        ctx.echo(f"data: {target.name} does not match --sha256" + ("; fetching it once more" if attempt == 1 else ""))
-    raise StepFailed(
-        f"{value}: the download does not match --sha256 twice", "check the checksum, or the source changed"
-    )
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", name.split("?")[0]).lstrip(".") or "download"
+    if kind == "url":
+        get = lambda target: download(value, target, echo=ctx.echo)  # noqa: E731
+    else:
+        get = lambda target: _fetch_gdrive(value, target, ctx, url_template)  # noqa: E731
+    return fetch(downloads / name, get, sha256, echo=lambda message: ctx.echo(f"data: {message}"), what=value)
 
 
 def dataset(
@@ -161,15 +167,22 @@ def dataset(
     settings = {"source": source, "sha256": sha256}
     if kind == "demo":
         settings.update(per_class=demo_per_class, seed=demo_seed)
+    unpacked = data_path / "dataset"
     manifest = read_manifest(data_path)
-    if manifest and {key: manifest.get(key) for key in settings} == settings and Path(manifest["folder"]).is_dir():
-        _check_counts(manifest["counts"], wanted_counts)
-        return ok(f"{_describe(manifest)} from {source}")
+    if manifest and {key: manifest.get(key) for key in settings} == settings:
+        if unpacked.is_dir() and manifest.get("tree") == tree_state(unpacked):
+            _check_counts(manifest["counts"], wanted_counts)
+            return ok(f"{_describe(manifest)} from {source}")
+        ctx.echo(f"data: {unpacked} changed since it was unpacked; unpacking it again")
     if ctx.dry_run:
         return ctx.would(f"fetch {kind} source {source} into {data_path}")
 
     data_path.mkdir(parents=True, exist_ok=True)
-    unpacked = data_path / "dataset"
+    # The manifest says "done"; it goes before anything changes and comes back last, so a run
+    # killed in between leaves no manifest, and the rerun does the work again.
+    (data_path / MANIFEST).unlink(missing_ok=True)
+    remove_leftovers(data_path, ".dataset.", ".demo.", ".copy.", f".{MANIFEST}.")
+    remove_leftovers(data_path / "downloads", ".")
     if kind == "demo":
         try:
             from trainer.demo import make_demo_data  # numpy and Pillow, only when there is work to do
@@ -197,7 +210,7 @@ def dataset(
         raise StepFailed(
             f"no images found in {source}", "the source must hold image files, in class folders or with a CSV"
         )
-    manifest = {**settings, "folder": str(folder), "file": csv_name, "counts": counts}
+    manifest = {**settings, "folder": str(folder), "file": csv_name, "counts": counts, "tree": tree_state(unpacked)}
     _check_counts(counts, wanted_counts)
     temporary = data_path / f".{MANIFEST}.partial"
     temporary.write_text(json.dumps(manifest, indent=2) + "\n")

@@ -14,14 +14,15 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import struct
 import tempfile
 from importlib import metadata
 from pathlib import Path
 
-from scripts.archives import download, extract, sha256_of
-from scripts.steps import Context, Result, StepFailed, changed, is_root, ok, privileged, read
+from scripts.archives import download, extract, fetch, sha256_of
+from scripts.steps import Context, Result, StepFailed, changed, is_root, ok, privileged, read, remove_leftovers
 from trainer.staging import link_or_copy
 
 STAMP = "share/libtensorflow/install.json"
@@ -63,9 +64,11 @@ def env_lines(prefix: Path) -> dict[str, str]:
 
 
 def env_file_text(prefix: Path) -> str:
+    """Shell lines that prepend the prefix's folders; the paths are quoted for the shell, so a
+    prefix with spaces, quotes or `$(...)` in its name is a name and never a command."""
     lines = ["# Written by `invoke libtensorflow`: source it before building against the C library."]
     for key, value in env_lines(prefix).items():
-        lines.append(f'export {key}="{value}${{{key}:+:${key}}}"')
+        lines.append(f'export {key}={shlex.quote(value)}"${{{key}:+:${key}}}"')
     return "\n".join(lines) + "\n"
 
 
@@ -76,12 +79,21 @@ def installed_state(prefix: Path) -> dict | None:
         return None
 
 
-def _files_present(prefix: Path) -> bool:
+def _files_present(prefix: Path, recorded: dict) -> bool:
+    """Every file the install recorded is there with the size it had (a stat each, no reading)."""
     lib = prefix / "lib"
     needed = [prefix / "include/tensorflow/c/c_api.h"]
     for name in LIBRARIES:
         needed += [lib / f"{name}.so", lib / f"{name}.so.2"]
-    return all(path.exists() for path in needed)
+    if not all(path.exists() for path in needed) or not isinstance(recorded, dict):
+        return False
+    for relative, size in recorded.items():
+        path = prefix / relative
+        if size is None and not path.is_symlink():
+            return False
+        if size is not None and (not path.is_file() or path.stat().st_size != size):
+            return False
+    return True
 
 
 def loader_knows(prefix: Path) -> bool:
@@ -198,10 +210,11 @@ def stage_from_tarball(tarball: Path, staging: Path) -> None:
         )
 
 
-def install_tree(staging: Path, prefix: Path) -> list[str]:
+def install_tree(staging: Path, prefix: Path) -> dict[str, int | None]:
     """Move staged files into the prefix, each under a temporary name and renamed, so a reader
-    never sees half a file. Returns the installed paths, relative to the prefix."""
-    installed = []
+    never sees half a file. Returns the installed paths, relative to the prefix, with their
+    sizes (None for a symlink)."""
+    installed: dict[str, int | None] = {}
     for source in sorted(staging.rglob("*")):
         if source.is_dir() and not source.is_symlink():
             continue
@@ -213,10 +226,16 @@ def install_tree(staging: Path, prefix: Path) -> list[str]:
             temporary.unlink()
         if source.is_symlink():
             os.symlink(os.readlink(source), temporary)
+            installed[str(relative)] = None
         else:
+            installed[str(relative)] = source.stat().st_size
+            if target.exists() and os.path.samefile(source, target):
+                # Hard links to one file (the wheel's framework, linked by an earlier run):
+                # rename(2) between them does nothing and would leave the temporary name.
+                source.unlink()
+                continue
             os.replace(source, temporary)
         os.replace(temporary, target)
-        installed.append(str(relative))
     return installed
 
 
@@ -247,13 +266,15 @@ def libtensorflow(
     sha256: str | None = None,
     version: str | None = None,
     env_file: str = "libtensorflow.env",
-    ldconfig: bool = True,
+    ldconfig: str = "auto",
 ) -> Result:
+    if "\n" in prefix:
+        raise StepFailed("--prefix: a folder name with a line break cannot go in ld.so.conf", "pick another folder")
     if prefix == "auto":
         # /usr/local where we may write there (root, as on Colab), else the user's own ~/.local.
         prefix = "/usr/local" if os.access("/usr/local", os.W_OK) else str(Path.home() / ".local")
-        ldconfig = ldconfig and is_root()
-    prefix_path = Path(prefix).resolve()
+    register = _wants_ldconfig(ldconfig)
+    prefix_path = Path(prefix).expanduser().resolve()
     version = version or pinned_version(ctx)
     env_path = ctx.root / env_file if not Path(env_file).is_absolute() else Path(env_file)
     state = installed_state(prefix_path)
@@ -261,8 +282,8 @@ def libtensorflow(
     is_current = (
         state is not None
         and {key: state.get(key) for key in wanted} == wanted
-        and _files_present(prefix_path)
-        and (not ldconfig or loader_knows(prefix_path))
+        and _files_present(prefix_path, state.get("files"))
+        and (not register or loader_knows(prefix_path))
     )
     env_ok = env_path.is_file() and env_path.read_text() == env_file_text(prefix_path)
     notebook = "\n".join(f"%env {key}={value}" for key, value in env_lines(prefix_path).items())
@@ -276,29 +297,22 @@ def libtensorflow(
     actions = []
     if not is_current:
         prefix_path.mkdir(parents=True, exist_ok=True)
+        # The stamp says "done": it goes first and comes back last (see scripts/steps.py).
+        (prefix_path / STAMP).unlink(missing_ok=True)
+        remove_leftovers(prefix_path, ".libtensorflow.partial-", "..libtensorflow.partial-")  # the 2nd: extract()'s
+        remove_leftovers(prefix_path / "lib", ".libtensorflow")
         staging = Path(tempfile.mkdtemp(prefix=".libtensorflow.partial-", dir=prefix_path))
         try:
             if source == "wheel":
                 stage_from_wheel(version, staging)
             else:
-                tarball = Path(source)
-                if source.startswith(("https://", "http://")):
-                    if not sha256:
-                        raise StepFailed("a libtensorflow URL needs --sha256", "pin the tarball's checksum")
-                    tarball = download(source, prefix_path / "share/libtensorflow" / Path(source).name.split("?")[0])
-                if not tarball.is_file():
-                    raise StepFailed(f"--source: {tarball} not found", "pass wheel, a tarball path or a URL")
-                if sha256 and sha256_of(tarball) != sha256:
-                    raise StepFailed(
-                        f"{tarball} does not match --sha256", "delete it and fetch it again, or fix the checksum"
-                    )
                 shutil.rmtree(staging)
-                stage_from_tarball(tarball, staging)
+                stage_from_tarball(_tarball(ctx, source, sha256, prefix_path), staging)
             files = install_tree(staging, prefix_path)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         actions.append(f"installed {len(files)} files")
-        if ldconfig:
+        if register:
             if not _ldconfig_searches(prefix_path / "lib"):
                 ctx.run(privileged(["tee", str(LDCONF)]), input=f"{prefix_path / 'lib'}\n", capture=True)
                 actions.append(f"added {LDCONF}")
@@ -306,14 +320,49 @@ def libtensorflow(
             actions.append("ran ldconfig")
         printed = verify(prefix_path, version, ctx)
         actions.append(f"TF_Version() = {printed}")
-        stamp = prefix_path / STAMP
-        stamp.parent.mkdir(parents=True, exist_ok=True)
-        stamp.write_text(json.dumps({**wanted, "files": files}, indent=2) + "\n")
+        _write_atomically(prefix_path / STAMP, json.dumps({**wanted, "files": files}, indent=2) + "\n")
     if not env_ok:
-        env_path.write_text(env_file_text(prefix_path))
+        _write_atomically(env_path, env_file_text(prefix_path))
         actions.append(f"wrote {env_path}")
+    if not register:
+        actions.append("not registered with ldconfig (no root): source the env file")
     ctx.echo("in a notebook:\n" + notebook)
     return changed(", ".join(actions))
+
+
+def _wants_ldconfig(setting: str | bool) -> bool:
+    """auto: register with the loader when we may (root, or passwordless sudo); yes or no force it."""
+    text = str(setting).strip().lower()
+    if text in ("yes", "true", "on", "1"):
+        return True
+    if text in ("no", "false", "off", "0"):
+        return False
+    return is_root() or read(["sudo", "-n", "true"]) is not None
+
+
+def _tarball(ctx: Context, source: str, sha256: str | None, prefix: Path) -> Path:
+    """A local tarball as it is; a URL fetched once into PREFIX/share/libtensorflow and reused
+    while it matches sha256 (required: none is published officially, so the user pins one)."""
+    if source.startswith(("https://", "http://")):
+        if not sha256:
+            raise StepFailed("a libtensorflow URL needs --sha256", "pin the tarball's checksum")
+        target = prefix / "share/libtensorflow" / Path(source.split("?")[0]).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(target.parent, ".")
+        return fetch(target, lambda path: download(source, path, echo=ctx.echo), sha256, echo=ctx.echo, what=source)
+    tarball = Path(source).expanduser()
+    if not tarball.is_file():
+        raise StepFailed(f"--source: {tarball} not found", "pass wheel, a tarball path or a URL")
+    if sha256 and sha256_of(tarball) != sha256:
+        raise StepFailed(f"{tarball} does not match --sha256", "fix the checksum, or fetch the tarball again")
+    return tarball
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.partial")
+    temporary.write_text(text)
+    temporary.replace(path)
 
 
 def _ldconfig_searches(lib: Path) -> bool:

@@ -4,13 +4,22 @@
     TO/<model name>.previous/   what was published before it
 
 The copy goes to a hidden temporary folder, every file's SHA-256 is checked against the run,
-and only then is it renamed into place, so an interruption never leaves a partial model where a
-good one was; the previous version is kept.
+and only then does it take the published name, so an interruption never leaves a partial model
+where a good one was. Where the filesystem can (Linux's renameat2 RENAME_EXCHANGE: ext4, xfs,
+tmpfs), the new folder and the old one swap names in one step, so TO/<model name> always holds
+a whole model; elsewhere (Drive's FUSE mount) two renames follow each other, and a run killed
+between them leaves the old model whole under .previous for the rerun to replace.
+
+The destination's parent must exist: publishing never creates MyDrive (or a folder where an
+unmounted Drive would be), it says to mount it.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -18,7 +27,7 @@ from pathlib import Path
 
 from scripts.archives import sha256_of
 from scripts.check import drive_folder, in_colab
-from scripts.steps import Context, Result, StepFailed, changed, ok
+from scripts.steps import Context, Result, StepFailed, changed, ok, remove_leftovers
 
 RECORD = "published.json"
 
@@ -43,6 +52,52 @@ def default_destination(ctx: Context, drive_subfolder: str, local_folder: str) -
     return ctx.root / local_folder
 
 
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two paths' names atomically; False where the filesystem or the C library cannot."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except AttributeError:  # glibc before 2.28
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), str(a))
+
+
+def swap_in(staging: Path, current: Path, previous: Path) -> None:
+    """staging becomes current, current becomes previous, the old previous goes."""
+    trash = None
+    if previous.exists():
+        trash = previous.with_name(f".{current.name}.trash-{os.getpid()}")
+        previous.rename(trash)
+    if not current.exists():
+        staging.rename(current)
+    elif exchange(staging, current):
+        staging.rename(previous)  # staging now holds the old model
+    else:
+        current.rename(previous)
+        staging.rename(current)
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def is_published(current: Path, run_files: dict[str, str], run_dir: Path) -> bool:
+    """The record names the run's files, and each is there with the run's size."""
+    try:
+        record = json.loads((current / RECORD).read_text())
+    except (OSError, ValueError):
+        return False
+    if record.get("files") != run_files:
+        return False
+    try:
+        return all((current / name).stat().st_size == (run_dir / name).stat().st_size for name in run_files)
+    except OSError:
+        return False
+
+
 def hashes(folder: Path) -> dict[str, str]:
     return {
         str(p.relative_to(folder)): sha256_of(p) for p in sorted(folder.rglob("*")) if p.is_file() and p.name != RECORD
@@ -64,17 +119,20 @@ def publish(
     destination = Path(to) if to else default_destination(ctx, drive_subfolder, local_folder)
     current = destination / model_name
     previous = destination / f"{model_name}.previous"
-    try:
-        record = json.loads((current / RECORD).read_text())
-    except (OSError, ValueError):
-        record = None
     source_hashes = hashes(run_dir)
-    if record and record.get("files") == source_hashes:
+    if is_published(current, source_hashes, run_dir):
         return ok(f"{run_dir.name} is already published in {current}")
     if ctx.dry_run:
         return ctx.would(f"copy {run_dir} to {current}")
+    if not destination.parent.is_dir():
+        what = "is not a folder" if destination.parent.exists() else "does not exist (is Google Drive mounted?)"
+        raise StepFailed(
+            f"{destination.parent} {what}",
+            f"mount Drive or create that folder; the run stays in {run_dir}; then rerun `invoke publish`",
+        )
     try:
-        destination.mkdir(parents=True, exist_ok=True)
+        destination.mkdir(exist_ok=True)
+        remove_leftovers(destination, f".{model_name}.partial-", f".{model_name}.trash-")
         staging = Path(tempfile.mkdtemp(prefix=f".{model_name}.partial-", dir=destination))
     except OSError as error:
         raise StepFailed(
@@ -107,10 +165,7 @@ def publish(
             )
             + "\n"
         )
-        if current.exists():
-            shutil.rmtree(previous, ignore_errors=True)
-            current.rename(previous)
-        staging.rename(current)
+        swap_in(staging, current, previous)
     except OSError as error:
         shutil.rmtree(staging, ignore_errors=True)
         raise StepFailed(

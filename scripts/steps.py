@@ -4,6 +4,13 @@ difference, and report one of ok / changed / skipped / failed, with the time it 
 A step is a function `step(ctx, **options) -> Result`. It returns `ok(...)` when nothing needed
 doing, `changed(...)` when it acted (or, under --dry-run, would have), `skipped(...)` with the
 reason, and raises `StepFailed(reason, todo)` when the wanted state cannot be reached.
+
+A process can die at any instant (a Colab runtime is reset, a user presses stop), so a step
+never reports `ok` from a marker alone. Its "done" record (the dataset's manifest, the C
+library's stamp, the published record) is removed before anything changes and written last,
+under a temporary name and renamed; the files it vouches for are written the same way; and the
+`ok` check also stats them. What a killed run leaves (hidden `.NAME.partial*` entries) is
+removed by the next run, which holds the bundle's lock (scripts/lock.py).
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -133,6 +141,23 @@ def write_report(results: Sequence[Result], path: Path) -> None:
     temporary = path.with_name(f".{path.name}.partial")
     temporary.write_text(json.dumps({"steps": [asdict(r) for r in results]}, indent=2) + "\n", encoding="utf-8")
     temporary.replace(path)
+
+
+def remove_leftovers(folder: Path, *prefixes: str) -> list[str]:
+    """Remove what an interrupted run left in folder: entries whose names start with one of
+    prefixes (the hidden temporary names steps write through). Steps call it under the bundle
+    lock, so no other run is writing them."""
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith(prefixes):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry.name)
+    return removed
 
 
 def is_root() -> bool:

@@ -7,7 +7,9 @@ The key covers what changes the features: backbone, image size, weights (a file'
 "imagenet"), and the preprocessing version. Within a key, features are found by each image
 file's content hash, so renamed or moved images still hit, and a new or edited image alone is
 featurized. Shards are zip files with CRCs: a damaged shard fails to load, is deleted, and its
-images are featurized again.
+images are featurized again. Features are stored every SHARD_SECONDS (and at the end), so a run
+killed halfway through a large dataset keeps most of what it computed; a shard is written under a
+temporary name and renamed, so a kill never leaves half of one under its real name.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 import zipfile
 from pathlib import Path
 
@@ -27,6 +30,7 @@ log = logging.getLogger("trainer")
 
 # Bump when the decoding or resizing of images changes: old features would no longer match.
 PREPROCESSING = "pil-exif-rgb-bilinear-v1"
+SHARD_SECONDS = 30.0
 
 
 def weights_identity(weights: str) -> str:
@@ -53,6 +57,9 @@ class FeatureCache:
         found: dict[str, np.ndarray] = {}
         if not self.folder.is_dir():
             return found
+        for leftover in self.folder.glob(".shard-*.partial.npz"):  # from a killed run
+            if not _alive(leftover.name.split(".")[2]):
+                leftover.unlink(missing_ok=True)
         for shard in sorted(self.folder.glob("shard-*.npz")):
             try:
                 with np.load(shard, allow_pickle=False) as data:
@@ -80,8 +87,24 @@ class FeatureCache:
         return target
 
 
+def _alive(pid: str) -> bool:
+    """Is the process that named a temporary shard still running (another run sharing the cache)?"""
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def featurize(feature_model, paths: list[str], image_size: int, batch_size: int) -> np.ndarray:
     """Run images through the frozen feature extractor in batches, with a progress bar."""
+    return np.concatenate(list(featurize_batches(feature_model, paths, image_size, batch_size))).astype(np.float32)
+
+
+def featurize_batches(feature_model, paths: list[str], image_size: int, batch_size: int):
+    """The features of paths, one batch at a time, in order."""
     import tensorflow as tf
 
     from trainer.pipeline import make_dataset
@@ -94,11 +117,9 @@ def featurize(feature_model, paths: list[str], image_size: int, batch_size: int)
         spec = tf.TensorSpec([None, image_size, image_size, 3], tf.float32)
         run = tf.function(lambda images: feature_model(images, training=False), input_signature=[spec])
         feature_model._trainer_featurize = run
-    outputs = []
     batches = (len(paths) + batch_size - 1) // batch_size
     for images in progress(dataset, total=batches, desc="featurize"):
-        outputs.append(run(images).numpy())
-    return np.concatenate(outputs).astype(np.float32)
+        yield run(images).numpy()
 
 
 def cached_features(feature_model, rows, image_size: int, batch_size: int, folder: Path) -> np.ndarray:
@@ -110,7 +131,14 @@ def cached_features(feature_model, rows, image_size: int, batch_size: int, folde
     log.info("feature cache %s: %d images reused, %d to featurize", folder, reused, len(missing))
     if missing:
         hashes = [sha for sha, _ in missing]
-        features = featurize(feature_model, [path for _, path in missing], image_size, batch_size)
-        cache.add(hashes, features)
-        known.update(zip(hashes, features, strict=True))
+        pending: list[np.ndarray] = []
+        stored, last = 0, time.monotonic()
+        batches = featurize_batches(feature_model, [path for _, path in missing], image_size, batch_size)
+        for number, features in enumerate(batches, start=1):
+            pending.append(features)
+            if time.monotonic() - last >= SHARD_SECONDS or number * batch_size >= len(missing):
+                chunk = np.concatenate(pending).astype(np.float32)
+                cache.add(hashes[stored : stored + len(chunk)], chunk)
+                known.update(zip(hashes[stored : stored + len(chunk)], chunk, strict=True))
+                stored, pending, last = stored + len(chunk), [], time.monotonic()
     return np.stack([known[row.sha256] for row in rows])
