@@ -14,9 +14,11 @@ from pathlib import Path
 
 from invoke import Exit, task
 
+from scripts.settings import check_or_exit
 from scripts.steps import Context, Result, run_step, table, write_report
 
 ROOT = Path(__file__).resolve().parent
+check_or_exit(ROOT)  # invoke.yaml and INVOKE_* checked before invoke reads them (scripts/settings.py)
 SETUP_STEPS = ("check", "apt", "pins", "libtensorflow", "data", "stage")
 
 
@@ -47,6 +49,7 @@ def _step_options(c, name: str, **flags) -> tuple:
             "source": conf.get("source", "wheel"),
             "sha256": conf.get("sha256") or None,
             "env_file": conf.get("env_file", "libtensorflow.env"),
+            "ldconfig": conf.get("ldconfig", "auto"),
         }
     if name == "data":
         return dataset.dataset, {
@@ -62,7 +65,21 @@ def _step_options(c, name: str, **flags) -> tuple:
     raise Exit(f"unknown step {name}")
 
 
+def _exclusive(c, dry_run: bool) -> None:
+    """Wait for any other invoke in this bundle to finish (dry runs change nothing, so need not)."""
+    from scripts.lock import acquire
+    from scripts.steps import StepFailed
+
+    if dry_run:
+        return
+    try:
+        acquire(ROOT, wait=float(_conf(c, "setup").get("lock_wait", 3600)))
+    except StepFailed as error:
+        raise Exit(f"invoke: {error}", code=1) from None
+
+
 def _run_one(c, name: str, dry_run: bool, **flags) -> Result:
+    _exclusive(c, dry_run or name == "check")  # check only reads
     function, options = _step_options(c, name, **flags)
     result = run_step(name, function, Context(dry_run=dry_run), **options)
     if result.status == "failed":
@@ -132,6 +149,7 @@ def stage(c, dry_run=False):
 def setup(c, dry_run=False, report=None, require_gpu=None, source=None, sha256=None, expect=None, prefix=None):
     """Run check, apt, pins, libtensorflow, data and stage; print a summary table and write it as JSON."""
     flags = {"require_gpu": require_gpu, "source": source, "sha256": sha256, "expect": expect, "prefix": prefix}
+    _exclusive(c, dry_run)
     ctx = Context(dry_run=dry_run)
     results = []
     for name in SETUP_STEPS:
@@ -209,6 +227,7 @@ def train(
     print("$ " + shlex.join(command), flush=True)
     if dry_run:
         return
+    _exclusive(c, dry_run)
     if installed_version("tensorflow") is None:
         raise Exit("train: TensorFlow is not installed; run `invoke pins` (or `invoke setup`) first", code=1)
     result = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
@@ -234,6 +253,7 @@ def publish(c, run=None, to=None, dry_run=False):
 def _publish(c, run, to, dry_run: bool) -> None:
     from scripts.publish import publish as publish_run
 
+    _exclusive(c, dry_run)
     conf = _conf(c, "publish")
     options = {
         "run": run,

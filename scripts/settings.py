@@ -1,0 +1,171 @@
+"""Every setting invoke.yaml and INVOKE_* variables may hold, checked before a task runs.
+
+Invoke itself accepts any key and casts an environment variable by the type of the value it
+replaces: `INVOKE_TRAIN_EPOCHS=ten` crashes with a traceback, and `INVOKE_CHECK_REQUIRE_GPU=false`
+becomes True (any non-empty string does). So tasks.py calls `check_or_exit` when invoke imports
+it, which is before invoke reads the environment: a typo or a wrong type is one line naming the
+file or variable and the setting, exit code 2, and nothing run; a yes/no variable is rewritten
+to the form invoke reads correctly.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import sys
+from pathlib import Path
+
+TEXT, FLAG, WORDS = "text", "yes/no", "words"
+
+
+def whole(minimum: int):
+    return ("whole", minimum)
+
+
+def seconds():
+    return ("number", 0)
+
+
+SCHEMA: dict[str, dict[str, object]] = {
+    "setup": {"report": TEXT, "lock_wait": seconds()},
+    "check": {"require_gpu": FLAG},
+    "apt": {"packages": WORDS},
+    "pins": {"requirements": TEXT},
+    "libtensorflow": {"prefix": TEXT, "source": TEXT, "sha256": TEXT, "env_file": TEXT, "ldconfig": TEXT},
+    "data": {
+        "source": TEXT,
+        "dir": TEXT,
+        "sha256": TEXT,
+        "expect": TEXT,
+        "csv": TEXT,
+        "demo_per_class": whole(3),
+    },
+    "train": {
+        "folder": TEXT,
+        "file": TEXT,
+        "backbone": TEXT,
+        "weights": TEXT,
+        "image_size": whole(1),  # the trainer knows each backbone's minimum
+        "epochs": whole(1),
+        "batch_size": whole(1),
+        "output": TEXT,
+        "model_name": TEXT,
+        "extra": TEXT,
+    },
+    "publish": {"to": TEXT, "drive_subfolder": TEXT, "local_folder": TEXT, "model_name": TEXT},
+}
+TRUE, FALSE = ("yes", "true", "on", "1"), ("no", "false", "off", "0", "")
+
+
+class SettingError(Exception):
+    pass
+
+
+def _suggest(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _check_value(where: str, kind, value):
+    """The value as the tasks use it, or SettingError naming `where`."""
+    if kind == TEXT:
+        if value is None or isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return "" if value is None else str(value)
+        raise SettingError(f"{where} must be text (got {value!r})")
+    if kind == WORDS:
+        if value is None or isinstance(value, str):
+            return value or ""
+        if isinstance(value, list) and all(isinstance(item, str) for item in value):
+            return value
+        raise SettingError(f"{where} must be space-separated words or a list of them (got {value!r})")
+    if kind == FLAG:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in TRUE + FALSE:
+            return value.strip().lower() in TRUE
+        raise SettingError(f"{where} must be yes or no (got {value!r})")
+    name, minimum = kind
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        number = int(value) if name == "whole" else float(value)
+        if name == "whole" and isinstance(value, float) and value != int(value):
+            raise ValueError
+    except (TypeError, ValueError):
+        what = "a whole number" if name == "whole" else "a number"
+        raise SettingError(f"{where} must be {what} (got {value!r})") from None
+    if number < minimum:
+        raise SettingError(f"{where} must be at least {minimum} (got {value!r})")
+    return number
+
+
+def check_file(path: Path, invoke_sections=()) -> None:
+    """invoke.yaml: valid YAML, known sections and keys, values of the right type."""
+    from invoke.vendor import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError) as error:
+        raise SettingError(f"{path.name}: cannot read it ({error})") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise SettingError(f"{path.name}{where}: not valid YAML ({problem}); fix that line") from None
+    if not isinstance(data, dict):
+        raise SettingError(f"{path.name}: must be sections of settings (got {type(data).__name__})")
+    for section, values in data.items():
+        if section in invoke_sections:
+            continue  # invoke's own settings (run, sudo, tasks, ...) are invoke's business
+        if section not in SCHEMA:
+            raise SettingError(f"{path.name}: {section!r} is not a section{_suggest(str(section), SCHEMA)}")
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise SettingError(f"{path.name}: {section} must hold settings, key: value (got {values!r})")
+        for key, value in values.items():
+            known = SCHEMA[section]
+            if key not in known:
+                raise SettingError(
+                    f"{path.name}: {section}.{key} is not a setting{_suggest(str(key), known)}; "
+                    f"{section} has {', '.join(known)}"
+                )
+            _check_value(f"{path.name}: {section}.{key}", known[key], value)
+
+
+def check_environment(environ) -> dict[str, str]:
+    """INVOKE_<SECTION>_<KEY> variables for this bundle's sections: known keys, right types.
+    Returns the yes/no ones rewritten as invoke reads them ("1" or "")."""
+    rewritten = {}
+    for name, value in environ.items():
+        if not name.startswith("INVOKE_"):
+            continue
+        rest = name[len("INVOKE_") :].lower()
+        section = next((s for s in SCHEMA if rest.startswith(s + "_")), None)
+        if section is None:
+            continue
+        key = rest[len(section) + 1 :]
+        if key not in SCHEMA[section]:
+            close = difflib.get_close_matches(key, list(SCHEMA[section]), n=1)
+            hint = f" (did you mean INVOKE_{section.upper()}_{close[0].upper()}?)" if close else ""
+            raise SettingError(f"{name} is not a setting{hint}; unset it")
+        kind = SCHEMA[section][key]
+        checked = _check_value(name, kind, value)
+        if kind == FLAG:
+            rewritten[name] = "1" if checked else ""
+    return rewritten
+
+
+def check_or_exit(root: Path) -> None:
+    """Check invoke.yaml and the environment; on a problem print one line and exit with 2."""
+    try:
+        from invoke import Config
+
+        invoke_sections = set(Config.global_defaults())
+        project = root / "invoke.yaml"
+        if project.is_file():
+            check_file(project, invoke_sections)
+        os.environ.update(check_environment(os.environ))
+    except SettingError as error:
+        print(f"invoke: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
