@@ -253,13 +253,19 @@ def validate(
         report.notes.append(f"{len(rows)} rows hold {len(unique)} distinct images")
 
     results = _inspect_all([row.path for row in unique], workers)
-    readable = []
+    readable, animated = [], []
     for row, result in zip(unique, results, strict=True):
         if isinstance(result, ImageError):
             kind = "missing files" if "file not found" in str(result) else "unreadable or corrupt images"
             report.add(kind, f"{_where(row)} ({str(result).split(': ', 1)[-1]})")
         else:
             readable.append(replace(row, sha256=result.sha256))
+            if result.frames > 1:
+                animated.append(f"{row.written} ({result.frames} frames)")
+    if animated:
+        report.notes.append(
+            f"WARNING: {len(animated)} animated image(s), e.g. {animated[0]}: only the first frame is used"
+        )
 
     # Identical bytes under different paths would leak between the splits; keep the first copy.
     by_content: dict[str, list[Row]] = defaultdict(list)

@@ -31,6 +31,7 @@ class ImageInfo:
     width: int
     height: int
     mode: str
+    frames: int = 1  # animated GIF, PNG or WebP: training uses the first frame
 
 
 def _open(data: bytes, path: Path) -> Image.Image:
@@ -94,12 +95,13 @@ def inspect_image(path: Path, draft_size: int = 64) -> ImageInfo:
     digest = hashlib.sha256(data).hexdigest()
     image = _open(data, path)
     width, height, mode = image.width, image.height, image.mode
+    frames = getattr(image, "n_frames", 1)
     try:
         image.draft("RGB", (draft_size, draft_size))
         image.load()
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageError(f"{path}: corrupt or truncated image ({error})") from None
-    return ImageInfo(digest, width, height, mode)
+    return ImageInfo(digest, width, height, mode, frames)
 
 
 def load_image(path: str | Path, image_size: int) -> np.ndarray:
