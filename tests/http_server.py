@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -12,6 +13,7 @@ class Route:
     body: bytes = b""
     status: int = 200
     truncate_to: int | None = None  # send only this many bytes while announcing the full length
+    rate: int | None = None  # bytes per second, for a download slow enough to be interrupted
     hits: int = 0
 
 
@@ -46,7 +48,17 @@ def start() -> tuple[Server, ThreadingHTTPServer]:
             self.send_header("Content-Type", "application/octet-stream")
             self.end_headers()
             body = route.body if route.truncate_to is None else route.body[: route.truncate_to]
-            self.wfile.write(body)
+            if route.rate is None:
+                self.wfile.write(body)
+            else:
+                step = max(route.rate // 20, 1)
+                try:
+                    for start in range(0, len(body), step):
+                        self.wfile.write(body[start : start + step])
+                        time.sleep(step / route.rate)
+                except (BrokenPipeError, ConnectionResetError):
+                    return  # the client was killed mid-transfer
+
             if route.truncate_to is not None:
                 self.wfile.flush()
                 self.close_connection = True

@@ -87,6 +87,8 @@ def test_zip_bomb_is_refused(tmp_path):
         (tar_member("lib/abs.so", tarfile.SYMTYPE, "/etc/passwd"), "links outside the target"),
         (tar_member("lib/hard", tarfile.LNKTYPE, "lib/real.so"), "is a hard link"),
         (tar_member("dev/null", tarfile.CHRTYPE), "is a device or fifo"),
+        (tar_member("dev/sda", tarfile.BLKTYPE), "is a device or fifo"),
+        (tar_member("pipe", tarfile.FIFOTYPE), "is a device or fifo"),
         (tar_member("../up.txt"), "climbs out"),
         (tar_member("/abs.txt"), "has an absolute path"),
     ],
@@ -102,6 +104,42 @@ def test_tar_with_unsafe_member_is_refused_whole(tmp_path, member, reason):
     with pytest.raises(StepFailed, match=reason):
         extract(archive, tmp_path / "box" / "out")
     assert snapshot(tmp_path) == before
+
+
+def test_gzip_bomb_in_a_tar_is_refused(tmp_path):
+    archive = tmp_path / "bomb.tar.gz"
+    with tarfile.open(archive, "w:gz") as handle:
+        info = tarfile.TarInfo("zeros.bin")
+        info.size = 200 * 1024 * 1024
+        handle.addfile(info, io.BytesIO(b"\0" * info.size))
+    assert archive.stat().st_size < 1024 * 1024
+    with pytest.raises(StepFailed, match=r"expands \d+x \(a decompression bomb\)"):
+        extract(archive, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bomb.tar.gz"]
+
+
+def test_zip_device_file_is_refused(tmp_path):
+    archive = tmp_path / "dev.zip"
+    with zipfile.ZipFile(archive, "w") as handle:
+        info = zipfile.ZipInfo("Images/null")
+        info.create_system = 3
+        info.external_attr = (0o020666) << 16  # a character device
+        handle.writestr(info, b"")
+    with pytest.raises(StepFailed, match="is a special file"):
+        extract(archive, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_archive_larger_than_the_free_space_is_refused(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    archive = make_zip(tmp_path / "big.zip", {"Images/a.jpg": b"a" * 5000})
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda folder: usage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(StepFailed, match=r"needs 0.0 MiB to unpack, 0.0 MiB free in .*nothing was extracted"):
+        extract(archive, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.zip"]
 
 
 def test_tar_keeps_relative_library_symlinks(tmp_path):

@@ -180,13 +180,17 @@ def test_publish_copies_verifies_and_keeps_the_previous_version(tmp_path):
     assert second.is_dir()
 
 
-def test_publish_to_an_unwritable_destination_fails_and_keeps_the_run(tmp_path):
+def test_publish_where_a_file_or_nothing_stands_fails_and_creates_nothing(tmp_path):
     ctx = Context(root=tmp_path, echo=lambda message: None)
     run = _fake_run(tmp_path / "runs" / "a", "model A")
     blocker = tmp_path / "drive"
     blocker.write_text("a file where the folder should be")
-    with pytest.raises(StepFailed, match=r"cannot write to .*drive.*the run stays in .*rerun `invoke publish`"):
+    with pytest.raises(StepFailed, match=r"drive is not a folder; .*the run stays in .*rerun `invoke publish`"):
         publish.publish(ctx, run=str(run), to=str(blocker / "models"))
+    unmounted = tmp_path / "content" / "drive" / "MyDrive"
+    with pytest.raises(StepFailed, match=r"MyDrive does not exist \(is Google Drive mounted\?\); mount Drive"):
+        publish.publish(ctx, run=str(run), to=str(unmounted / "models"))
+    assert not (tmp_path / "content").exists(), "publishing must not create a folder where Drive would be mounted"
     assert (run / "model.keras").read_text() == "model A"
 
 

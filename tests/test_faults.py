@@ -1,0 +1,474 @@
+"""Faults survived: real processes killed with SIGKILL at random points, then the same command
+rerun; two invokes at once; Drive missing or read-only at publish time.
+
+After every kill the step's own check (`--dry-run`) must not report `ok` unless the state it
+vouches for is really complete, checked independently of the step's code; the rerun must end
+with the whole result. See tests/faults.py for the seeded kill schedule (FAULT_SEED)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT
+from tests.faults import INVOKE, generator, run
+from tests.test_tasks import bundle_copy
+
+PIN = next(
+    line.split("==")[1].strip()
+    for line in (ROOT / "requirements.txt").read_text().splitlines()
+    if line.startswith("tensorflow==")
+)
+HELLO = (
+    '#include <stdio.h>\n#include <tensorflow/c/c_api.h>\nint main(void) { printf("%s\\n", TF_Version()); return 0; }\n'
+)
+
+
+def tree(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def leftovers(*folders: Path) -> list[str]:
+    return [str(p) for folder in folders if folder.is_dir() for p in folder.rglob(".*partial*")]
+
+
+def status_of(step: str, outcome) -> str:
+    """The status a step printed (`data: ok (...)`), from an invoke run's stderr."""
+    for line in outcome.stderr.splitlines():
+        if line.startswith(f"{step}: "):
+            return line.split()[1]
+    return "none"
+
+
+# -- download and unzip ----------------------------------------------------------------------
+
+
+def _dataset_zip(path: Path, files: int, size: int) -> Path:
+    """Images.zip in the original layout, with files of random bytes named as images (the data
+    step counts images by name; the trainer's validation reads them, not this step)."""
+    rng = np.random.default_rng(0)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as handle:
+        lines = ["ImagePath,Label"]
+        for index in range(files):
+            label = ("CD", "UD")[index % 2]
+            handle.writestr(f"Images/{label}/{index:05d}.jpg", rng.bytes(size))
+            lines.append(f"../Images/{label}/{index:05d}.jpg,{label}")
+        handle.writestr("Images/training_data.csv", "\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["slow download", "large local zip"])
+def test_data_step_killed_at_random_points_never_reports_ok_half_done(source, http_server, tmp_path):
+    rng = generator(f"data step, {source}")
+    copy = bundle_copy(tmp_path)
+    if source == "slow download":
+        archive = _dataset_zip(tmp_path / "Images.zip", files=200, size=6000)  # 1.2 MB at 600 kB/s
+        http_server.serve("/Images.zip", archive.read_bytes(), rate=600_000)
+        where = http_server.url("/Images.zip")
+    else:
+        archive = _dataset_zip(tmp_path / "Images.zip", files=4000, size=12_000)  # 48 MB, 4000 files
+        where = str(archive)
+    with zipfile.ZipFile(archive) as handle:
+        wanted = {
+            name: hashlib.sha256(handle.read(name)).hexdigest() for name in handle.namelist() if not name.endswith("/")
+        }
+    data = tmp_path / "data"
+    env = {"INVOKE_DATA_DIR": str(data), "INVOKE_DATA_SOURCE": where}
+    logs = tmp_path / "logs"
+
+    full = run([*INVOKE, "data"], copy, {**env, "INVOKE_DATA_DIR": str(tmp_path / "timing")}, logs)
+    assert full.returncode == 0, full.stderr
+    kills = 0
+    for _ in range(4):
+        outcome = run([*INVOKE, "data"], copy, env, logs, kill_after=rng.uniform(0.3, full.seconds))
+        kills += outcome.returncode is None
+        check = run([*INVOKE, "data", "--dry-run"], copy, env, logs)
+        assert check.returncode == 0, check.stderr
+        if status_of("data", check) == "ok":
+            assert tree(data / "dataset") == wanted, "the data step said ok over a half-unpacked dataset"
+    assert kills >= 1, "no kill landed inside the step; the schedule is too late"
+    rerun = run([*INVOKE, "data"], copy, env, logs)
+    assert rerun.returncode == 0, rerun.stderr
+    assert tree(data / "dataset") == wanted
+    assert json.loads((data / "dataset.json").read_text())["counts"] == {"CD": len(wanted) // 2, "UD": len(wanted) // 2}
+    assert not leftovers(data)
+    if source == "slow download":
+        download = data / "downloads" / "Images.zip"
+        assert hashlib.sha256(download.read_bytes()).hexdigest() == hashlib.sha256(archive.read_bytes()).hexdigest()
+    assert status_of("data", run([*INVOKE, "data"], copy, env, logs)) == "ok"
+
+
+@pytest.mark.slow
+def test_download_damaged_after_the_fact_is_detected_by_its_checksum_and_fetched_again(http_server, tmp_path):
+    copy = bundle_copy(tmp_path)
+    archive = _dataset_zip(tmp_path / "Images.zip", files=20, size=3000)
+    route = http_server.serve("/Images.zip", archive.read_bytes())
+    data = tmp_path / "data"
+    env = {"INVOKE_DATA_DIR": str(data), "INVOKE_DATA_SOURCE": http_server.url("/Images.zip")}
+    logs = tmp_path / "logs"
+    assert run([*INVOKE, "data"], copy, env, logs).returncode == 0
+    download = data / "downloads" / "Images.zip"
+    assert (data / "downloads" / "Images.zip.sha256").read_text().split()[0] == hashlib.sha256(
+        archive.read_bytes()
+    ).hexdigest()
+    # The unpacked dataset loses a file and the kept download is damaged, without --sha256:
+    # the recorded checksum catches the download, which is fetched again and unpacked.
+    next((data / "dataset").rglob("*.jpg")).unlink()
+    damaged = bytearray(download.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    download.write_bytes(bytes(damaged))
+    rerun = run([*INVOKE, "data"], copy, env, logs)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "changed since it was unpacked" in rerun.stderr
+    assert "Images.zip: checksum differs; fetching it again" in rerun.stderr
+    assert route.hits == 2
+    assert download.read_bytes() == archive.read_bytes()
+    assert len(list((data / "dataset").rglob("*.jpg"))) == 20
+
+
+# -- the TensorFlow C library ------------------------------------------------------------------
+
+
+def _hello(prefix: Path, work: Path) -> str | None:
+    """What a program built against prefix prints, or None when it cannot be built or run."""
+    (work / "hello.c").write_text(HELLO)
+    env = {
+        **os.environ,
+        "LIBRARY_PATH": str(prefix / "lib"),
+        "LD_LIBRARY_PATH": str(prefix / "lib"),
+        "C_INCLUDE_PATH": str(prefix / "include"),
+    }
+    built = subprocess.run(["gcc", "hello.c", "-o", "hello", "-ltensorflow"], cwd=work, env=env, capture_output=True)
+    if built.returncode != 0:
+        return None
+    ran = subprocess.run(["./hello"], cwd=work, env=env, capture_output=True, text=True)
+    return ran.stdout.strip() if ran.returncode == 0 else None
+
+
+def _tarball_from_wheel(path: Path) -> Path:
+    """An uncompressed libtensorflow tarball with the official layout, from the wheel's files."""
+    from scripts.libtensorflow import stage_from_wheel
+
+    staged = path.parent / "staged"
+    stage_from_wheel(PIN, staged)
+    with tarfile.open(path, "w") as handle:
+        for item in sorted(staged.rglob("*")):
+            handle.add(item, arcname=str(item.relative_to(staged)), recursive=False)
+    shutil.rmtree(staged)
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="the step verifies the library with gcc")
+@pytest.mark.parametrize("source", ["wheel", "tarball"])
+def test_libtensorflow_killed_at_random_points_never_reports_ok_half_done(source, tmp_path):
+    rng = generator(f"libtensorflow from {source}")
+    copy = bundle_copy(tmp_path)
+    prefix = tmp_path / "prefix"
+    env = {
+        "INVOKE_LIBTENSORFLOW_PREFIX": str(prefix),
+        "INVOKE_LIBTENSORFLOW_LDCONFIG": "no",  # a scratch prefix must not enter the machine's loader
+        "INVOKE_LIBTENSORFLOW_ENV_FILE": str(tmp_path / "libtensorflow.env"),
+    }
+    if source == "tarball":
+        env["INVOKE_LIBTENSORFLOW_SOURCE"] = str(_tarball_from_wheel(tmp_path / "libtensorflow-cpu.tar"))
+    logs, work = tmp_path / "logs", tmp_path / "work"
+    work.mkdir()
+    full = run([*INVOKE, "libtensorflow"], copy, {**env, "INVOKE_LIBTENSORFLOW_PREFIX": str(tmp_path / "t")}, logs)
+    assert full.returncode == 0, full.stderr
+    shutil.rmtree(tmp_path / "t")
+    kills = 0
+    for _ in range(3):
+        outcome = run([*INVOKE, "libtensorflow"], copy, env, logs, kill_after=rng.uniform(0.3, full.seconds))
+        kills += outcome.returncode is None
+        check = run([*INVOKE, "libtensorflow", "--dry-run"], copy, env, logs)
+        assert check.returncode == 0, check.stderr
+        if status_of("libtensorflow", check) == "ok":
+            assert _hello(prefix, work) == PIN, "the step said ok over a half-installed library"
+    assert kills >= 1
+    rerun = run([*INVOKE, "libtensorflow"], copy, env, logs)
+    assert rerun.returncode == 0, rerun.stderr
+    assert _hello(prefix, work) == PIN
+    assert not leftovers(prefix)
+    assert status_of("libtensorflow", run([*INVOKE, "libtensorflow"], copy, env, logs)) == "ok"
+
+
+# -- featurization and training --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mobilenet_weights(tmp_path_factory) -> Path:
+    from trainer.model import build_backbone
+
+    path = tmp_path_factory.mktemp("weights") / "mobilenet.weights.h5"
+    build_backbone("mobilenet_v2", 96, None).save_weights(path)
+    return path
+
+
+@pytest.mark.slow
+def test_featurization_killed_at_a_random_point_then_the_rerun_matches_an_uninterrupted_run(
+    mobilenet_weights, tmp_path
+):
+    from trainer.demo import make_demo_data
+    from trainer.features import FeatureCache
+
+    rng = generator("featurization")
+    make_demo_data(tmp_path / "demo", per_class=60, seed=3, image_size=96)
+    logs = tmp_path / "logs"
+
+    def train(workspace: Path, output: Path, kill_after=None, watch=()):
+        argv = [sys.executable, "-m", "trainer", "train", "--folder", tmp_path / "demo" / "Images"]
+        argv += ["--file", "training_data.csv", "--backbone", "mobilenet_v2", "--weights", mobilenet_weights]
+        argv += ["--image-size", "96", "--epochs", "2", "--workspace", workspace, "--output", output]
+        env = {"PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+        return run(argv, tmp_path, env, logs, kill_after=kill_after, marker="to featurize", watch=watch)
+
+    reference = train(tmp_path / "ws-reference", tmp_path / "reference", watch=("to featurize", "bottleneck mode"))
+    assert reference.returncode == 0, reference.stderr
+    assert "0 images reused, 120 to featurize" in reference.stderr
+    # Featurizing lasts from its announcement to the line that follows it; kill inside that.
+    window = reference.seen["bottleneck mode"] - reference.seen["to featurize"]
+    killed = train(tmp_path / "ws", tmp_path / "run", kill_after=rng.uniform(0.05, 0.9) * window)
+    assert killed.returncode is None
+    assert not (tmp_path / "run").exists()
+    rerun = train(tmp_path / "ws", tmp_path / "run")
+    assert rerun.returncode == 0, rerun.stderr
+    assert "damaged feature cache shard" not in rerun.stderr
+    counts = next(line for line in rerun.stderr.splitlines() if "to featurize" in line)
+    reused, fresh = int(counts.split(":")[-1].split()[0]), int(counts.split(",")[-1].split()[0])
+    assert reused + fresh == 120
+    ours = FeatureCache(next((tmp_path / "ws" / "features").iterdir())).load()
+    theirs = FeatureCache(next((tmp_path / "ws-reference" / "features").iterdir())).load()
+    assert ours.keys() == theirs.keys()
+    for key in theirs:
+        np.testing.assert_allclose(ours[key], theirs[key], rtol=1e-4, atol=1e-5)
+    assert not leftovers(tmp_path / "ws")
+
+
+# -- publish ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, demo_dir) -> Path:
+    out = tmp_path_factory.mktemp("trained") / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "trainer", "train", "--folder", demo_dir / "Images", "--file", "training_data.csv"]
+        + ["--backbone", "tiny", "--weights", "none", "--image-size", "48", "--epochs", "1", "--export", "none"]
+        + ["--workspace", out.parent / "ws", "--output", out],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=out.parent,
+    )
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def _whole(folder: Path) -> dict[str, str] | None:
+    """A published folder's files, when every one matches its published.json; else None."""
+    try:
+        record = json.loads((folder / "published.json").read_text())
+    except (OSError, ValueError):
+        return None
+    files = tree(folder)
+    files.pop("published.json")
+    return record["files"] if files == record["files"] else None
+
+
+@pytest.mark.slow
+def test_publish_killed_at_random_points_keeps_the_published_model_whole(trained_run, demo_dir, tmp_path):
+    rng = generator("publish")
+    copy = bundle_copy(tmp_path)
+    first = tmp_path / "runs" / "a"
+    shutil.copytree(trained_run, first)
+    second = tmp_path / "runs" / "b"
+    shutil.copytree(trained_run, second)
+    (second / "notes.bin").write_bytes(os.urandom(200 * 1024 * 1024))  # a long copy, to land kills in
+    drive = tmp_path / "drive"
+    drive.mkdir()
+    logs = tmp_path / "logs"
+    assert run([*INVOKE, "publish", "--run", first, "--to", drive], copy, None, logs).returncode == 0
+    first_files, second_files = tree(first), tree(second)
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    full = run([*INVOKE, "publish", "--run", second, "--to", scratch], copy, None, logs)
+    assert full.returncode == 0, full.stderr
+    kills = 0
+    for _ in range(5):
+        outcome = run(
+            [*INVOKE, "publish", "--run", second, "--to", drive],
+            copy,
+            None,
+            logs,
+            kill_after=rng.uniform(0.2, full.seconds),
+        )
+        kills += outcome.returncode is None
+        current = _whole(drive / "ud-cd-classifier")
+        assert current in (first_files, second_files), "the published model is not whole after a kill"
+        if (drive / "ud-cd-classifier.previous").exists():
+            assert _whole(drive / "ud-cd-classifier.previous") in (first_files, second_files)
+    assert kills >= 1
+    rerun = run([*INVOKE, "publish", "--run", second, "--to", drive], copy, None, logs)
+    assert rerun.returncode == 0, rerun.stderr
+    assert _whole(drive / "ud-cd-classifier") == second_files
+    assert _whole(drive / "ud-cd-classifier.previous") == first_files
+    assert sorted(p.name for p in drive.iterdir()) == ["ud-cd-classifier", "ud-cd-classifier.previous"]
+    image = next((demo_dir / "Images" / "CD").glob("*.jpg"))
+    for folder in ("ud-cd-classifier", "ud-cd-classifier.previous"):
+        predicted = subprocess.run(
+            [sys.executable, "-m", "trainer", "predict", "--model", drive / folder, image],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            cwd=tmp_path,
+        )
+        assert predicted.returncode == 0, predicted.stderr
+        assert predicted.stdout.splitlines()[1].split(",")[1] in ("CD", "UD")
+
+
+@contextlib.contextmanager
+def read_only(folder: Path):
+    """folder, read-only for real: a read-only bind mount as root (root ignores mode bits),
+    otherwise mode 555. Skips when neither is possible."""
+    if os.geteuid() == 0:
+        bind = subprocess.run(["mount", "--bind", folder, folder], capture_output=True)
+        remount = subprocess.run(["mount", "-o", "remount,bind,ro", folder], capture_output=True)
+        if bind.returncode or remount.returncode:
+            if bind.returncode == 0:
+                subprocess.run(["umount", folder])
+            if os.environ.get("TRAINER_CI"):
+                pytest.fail("CI runs as root and must be able to mount a read-only folder")
+            pytest.skip("root, but cannot mount a read-only folder here")
+        try:
+            yield folder
+        finally:
+            subprocess.run(["umount", folder], check=True)
+    else:
+        folder.chmod(0o555)
+        try:
+            yield folder
+        finally:
+            folder.chmod(0o755)
+
+
+@pytest.mark.slow
+def test_drive_read_only_or_missing_at_publish_keeps_the_run_and_publish_alone_finishes(demo_dir, tmp_path):
+    copy = bundle_copy(tmp_path)
+    logs = tmp_path / "logs"
+    train = [*INVOKE, "train", "--folder", demo_dir / "Images", "--file", "training_data.csv", "--backbone", "tiny"]
+    train += ["--weights", "none", "--image-size", "48", "--epochs", "1"]
+    env = {"INVOKE_TRAIN_EXTRA": "--export none --batch-size 4"}
+
+    drive = tmp_path / "MyDrive"
+    drive.mkdir()
+    with read_only(drive):
+        outcome = run(train, copy, {**env, "INVOKE_PUBLISH_TO": str(drive / "models")}, logs)
+        assert list(drive.iterdir()) == []
+    assert outcome.returncode == 1
+    last = outcome.stderr.strip().splitlines()[-1]
+    assert last.startswith("publish failed: cannot write to ") and "Read-only file system" in last, last
+    assert "the run stays in" in last and "rerun `invoke publish`" in last
+    runs = [p for p in (copy / "runs").iterdir() if (p / "model.keras").is_file()]
+    assert len(runs) == 1, "the trained run must be kept locally"
+    fixed = run([*INVOKE, "publish"], copy, {"INVOKE_PUBLISH_TO": str(drive / "models")}, logs)
+    assert fixed.returncode == 0, fixed.stderr
+    assert _whole(drive / "models" / "ud-cd-classifier") == tree(runs[0])
+
+    unmounted = tmp_path / "content" / "drive" / "MyDrive"
+    missing = run([*INVOKE, "publish"], copy, {"INVOKE_PUBLISH_TO": str(unmounted / "models")}, logs)
+    assert missing.returncode == 1
+    assert "MyDrive does not exist (is Google Drive mounted?)" in missing.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "content").exists(), "nothing may be created where Drive would be mounted"
+    unmounted.mkdir(parents=True)
+    assert run([*INVOKE, "publish"], copy, {"INVOKE_PUBLISH_TO": str(unmounted / "models")}, logs).returncode == 0
+    assert _whole(unmounted / "models" / "ud-cd-classifier") == tree(runs[0])
+
+
+# -- two invokes at once -----------------------------------------------------------------------
+
+
+def test_the_bundle_lock_names_its_holder_and_dies_with_it(tmp_path):
+    from scripts.lock import acquire, lock_path
+    from scripts.steps import StepFailed
+
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from scripts.lock import acquire; from pathlib import Path;"
+            f"acquire(Path({str(tmp_path)!r})); print('held', flush=True); time.sleep(120)",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert holder.stdout.readline().strip() == "held"
+    messages = []
+    with pytest.raises(
+        StepFailed, match=rf"pid {holder.pid}, running for \d+ s\) still holds .* after 1 s; .*kill {holder.pid}"
+    ):
+        acquire(tmp_path, wait=1.0, echo=messages.append)
+    assert messages and messages[0].startswith(f"waiting for `invoke` (pid {holder.pid}")
+    holder.kill()  # SIGKILL: the kernel drops its lock with it
+    holder.wait()
+    started = time.monotonic()
+    assert acquire(tmp_path, wait=10, echo=messages.append) < 1.0
+    assert time.monotonic() - started < 1.0
+    assert json.loads(lock_path(tmp_path).read_text())["pid"] == os.getpid()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="the libtensorflow step verifies with gcc")
+def test_two_setups_at_once_the_second_waits_then_finds_everything_done(tmp_path):
+    from scripts.lock import lock_path
+
+    copy = bundle_copy(tmp_path)
+    env = {
+        "INVOKE_APT_PACKAGES": "",
+        "INVOKE_DATA_DIR": str(tmp_path / "data"),
+        "INVOKE_LIBTENSORFLOW_PREFIX": str(tmp_path / "prefix"),
+        "INVOKE_LIBTENSORFLOW_LDCONFIG": "no",
+        "INVOKE_LIBTENSORFLOW_ENV_FILE": str(tmp_path / "libtensorflow.env"),
+    }
+    logs = tmp_path / "logs"
+    from tests.faults import _launch
+
+    first, _, first_err = _launch([*INVOKE, "setup", "--report", tmp_path / "first.json"], copy, env, logs)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(lock_path(copy).read_text()).get("pid") == first.pid:
+                break
+        time.sleep(0.05)
+    second = run([*INVOKE, "setup", "--report", tmp_path / "second.json"], copy, env, logs)
+    first.wait(timeout=900)
+    ended_first = time.time()
+    assert first.returncode == 0, first_err.read_text()
+    assert second.returncode == 0, second.stderr
+    assert f"waiting for `invoke setup --report {tmp_path / 'first.json'}` (pid {first.pid}" in second.stderr
+    assert "the other invoke finished after" in second.stderr
+    first_steps = {s["name"]: s["status"] for s in json.loads((tmp_path / "first.json").read_text())["steps"]}
+    second_steps = {s["name"]: s["status"] for s in json.loads((tmp_path / "second.json").read_text())["steps"]}
+    assert first_steps["libtensorflow"] == "changed" and first_steps["data"] == "changed"
+    # It ran after the first, not beside it: everything was done (apt has no packages here).
+    assert set(second_steps.values()) <= {"ok", "skipped"} and second_steps["data"] == "ok", second_steps
+    assert (tmp_path / "second.json").stat().st_mtime >= ended_first - 1
