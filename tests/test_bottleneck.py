@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import CONCRETE, run_module
@@ -211,3 +212,34 @@ def test_vgg16_stand_in_weights_on_the_concrete_data(vgg16_weights, tmp_path):
         accuracies.append(json.loads((tmp_path / f"run{seed}" / "metrics.json").read_text())["accuracy"])
     print("vgg16 stand-in test accuracies:", accuracies)
     assert sum(accuracies) / 3 >= 0.80
+
+
+def test_features_are_stored_as_they_are_made_so_an_interrupted_run_keeps_them(demo_dir, tmp_path, monkeypatch):
+    """A run stopped halfway through featurizing (here: an exception after two batches, in
+    tests/test_faults.py a SIGKILL) leaves the finished batches in the cache, whole."""
+    from trainer import data, features
+    from trainer.model import build_backbone, feature_extractor
+
+    rows, report = data.load_rows(demo_dir / "Images", "training_data.csv")
+    rows = data.validate(rows, report)
+    extractor = feature_extractor(build_backbone("tiny", 48, None), "tiny")
+    monkeypatch.setattr(features, "SHARD_SECONDS", 0.0)  # a shard after every batch
+    real = features.featurize_batches
+
+    def stopped_after_two(*args):
+        for number, batch in enumerate(real(*args), start=1):
+            yield batch
+            if number == 2:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(features, "featurize_batches", stopped_after_two)
+    folder = tmp_path / "cache"
+    with pytest.raises(KeyboardInterrupt):
+        features.cached_features(extractor, rows, 48, 4, folder)
+    kept = features.FeatureCache(folder).load()
+    assert len(kept) == 8 and len(list(folder.glob("shard-*.npz"))) == 2
+    monkeypatch.setattr(features, "featurize_batches", real)
+    every = features.cached_features(extractor, rows, 48, 4, folder)
+    assert every.shape[0] == len(rows) == 24
+    fresh = features.featurize(extractor, [str(row.path) for row in rows], 48, 4)
+    np.testing.assert_allclose(every, fresh, rtol=1e-5, atol=1e-6)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, run_module
+from tests.faults import generator
 
 TINY = ["--backbone", "tiny", "--weights", "none", "--image-size", "48", "--batch-size", "4"]
 
@@ -58,10 +59,14 @@ def test_killed_training_resumes_from_its_last_epoch(demo_dir, tmp_path):
         "--output",
         tmp_path / "run",
     ]
+    # A random point: after a random number of finished epochs, a random fraction into the next.
+    rng = generator("training")
+    after_epochs, extra = rng.randint(1, 5), rng.uniform(0.0, 1.5)
     process = _start(args)
     deadline = time.time() + 240
-    while _epoch_in(workspace) < 3 and process.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
+    while _epoch_in(workspace) < after_epochs and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(extra)
     assert process.poll() is None, "training ended before it could be killed: " + process.stderr.read()
     killed_at = _epoch_in(workspace)
     process.send_signal(signal.SIGKILL)
