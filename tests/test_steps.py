@@ -223,3 +223,12 @@ def test_set_soname_rewrites_a_real_shared_library(tmp_path):
     assert "Library soname: [libanswer.so.2]" in dynamic
     with pytest.raises(StepFailed, match="is longer than"):
         set_soname(library, "libanswer_much_longer.so.2")
+
+
+def test_a_prefix_with_a_line_break_is_refused_before_anything_is_written(tmp_path):
+    from scripts.libtensorflow import libtensorflow
+
+    prefix = tmp_path / "two\nlines"
+    with pytest.raises(StepFailed, match="a folder name with a line break cannot go in ld.so.conf"):
+        libtensorflow(Context(root=tmp_path, echo=lambda message: None), prefix=str(prefix))
+    assert list(tmp_path.iterdir()) == []
