@@ -10,6 +10,7 @@ from pathlib import Path
 from scripts.steps import Context, Result, StepFailed, changed, is_root, ok, privileged, read, skipped
 
 APT_LISTS = Path("/var/lib/apt/lists")
+DPKG_UPDATES = Path("/var/lib/dpkg/updates")  # not empty after a dpkg run was killed
 
 
 def installed_packages(packages: Sequence[str]) -> set[str]:
@@ -51,6 +52,9 @@ def apt(ctx: Context, packages: Sequence[str] = ()) -> Result:
             f"not root, so {' '.join(missing)} not installed; run `sudo apt-get install {' '.join(missing)}`"
         )
     env = {"DEBIAN_FRONTEND": "noninteractive"}
+    if DPKG_UPDATES.is_dir() and any(DPKG_UPDATES.iterdir()):
+        # apt-get refuses to run after an interrupted dpkg ("you must manually run dpkg --configure -a").
+        ctx.run(privileged(["dpkg", "--configure", "-a"]), env=env, capture=True)
     if _lists_are_stale():
         ctx.run(privileged(["apt-get", "update", "-qq"]), env=env, capture=True)
     ctx.run(privileged(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing]), env=env, capture=True)

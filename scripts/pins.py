@@ -1,5 +1,11 @@
 """pins: installed versions equal requirements.txt. Compared through importlib.metadata (no
-imports of the packages themselves); only mismatches are reinstalled, then verified."""
+imports of the packages themselves); only mismatches are reinstalled, then verified.
+
+A pip install killed halfway can leave a package's metadata without the rest of its files (a
+wheel's own METADATA and RECORD are unpacked like any other file). pip writes `INSTALLER` into
+the `.dist-info` folder only once every file is in place, so a folder without it is counted as
+broken (two stats per pin, not a read of every file) and is reinstalled over itself with
+`--ignore-installed --no-deps`."""
 
 from __future__ import annotations
 
@@ -33,41 +39,63 @@ def _normal(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+BROKEN = "broken"  # the installed version when a pip install of it was cut short
+
+
+def _complete(distribution) -> bool:
+    folder = Path(str(getattr(distribution, "_path", "")))
+    return folder.suffix != ".dist-info" or all((folder / name).is_file() for name in ("INSTALLER", "RECORD"))
+
+
 def installed_versions(names) -> dict[str, str | None]:
     found = {}
     for name in names:
         try:
-            found[name] = metadata.version(name)
+            distribution = metadata.distribution(name)
         except metadata.PackageNotFoundError:
             found[name] = None
+            continue
+        found[name] = distribution.version if _complete(distribution) else BROKEN
     return found
 
 
-def plan(pins: dict[str, str], installed: dict[str, str | None]) -> tuple[list[str], list[str]]:
-    """(packages to uninstall first, requirements to install). A mismatched TensorFlow is
-    uninstalled before the new one goes in, as pip's in-place upgrade of it can leave files of
-    both versions behind."""
-    install = [f"{name}=={version}" for name, version in pins.items() if installed.get(name) != version]
+def plan(pins: dict[str, str], installed: dict[str, str | None]) -> tuple[list[str], list[str], list[str]]:
+    """(packages to uninstall first, requirements to install, broken ones to reinstall over
+    themselves). A mismatched TensorFlow is uninstalled before the new one goes in, as pip's
+    in-place upgrade of it can leave files of both versions behind."""
+    install = [f"{name}=={version}" for name, version in pins.items() if installed.get(name) not in (version, BROKEN)]
+    repair = [f"{name}=={version}" for name, version in pins.items() if installed.get(name) == BROKEN]
     uninstall = [
-        name for name in pins if _normal(name) == "tensorflow" and installed.get(name) not in (None, pins[name])
+        name for name in pins if _normal(name) == "tensorflow" and installed.get(name) not in (None, BROKEN, pins[name])
     ]
-    return uninstall, install
+    return uninstall, install, repair
 
 
 def pins(ctx: Context, requirements: str = "requirements.txt") -> Result:
     wanted = read_pins(ctx.root / requirements)
-    uninstall, install = plan(wanted, installed_versions(wanted))
-    if not install:
+    uninstall, install, repair = plan(wanted, installed_versions(wanted))
+    if not install and not repair:
         return ok(f"{len(wanted)} pins match {requirements}")
+
+    def says(install_verb: str, reinstall_verb: str) -> str:
+        parts = [f"{install_verb} " + " ".join(install)] if install else []
+        return ", ".join(parts + ([f"{reinstall_verb} the half-installed " + " ".join(repair)] if repair else []))
+
     if ctx.dry_run:
         return ctx.would(
-            "install " + " ".join(install) + (f" after uninstalling {' '.join(uninstall)}" if uninstall else "")
+            says("install", "reinstall") + (f" after uninstalling {' '.join(uninstall)}" if uninstall else "")
         )
     pip = [sys.executable, "-m", "pip"]
+    quiet = ["--disable-pip-version-check", "--progress-bar", "off"]
     if uninstall:
         ctx.run([*pip, "uninstall", "-y", *uninstall])
-    ctx.run([*pip, "install", "--disable-pip-version-check", "--progress-bar", "off", *install])
-    _, still = plan(wanted, installed_versions(wanted))
-    if still:
-        raise StepFailed(f"after pip install, still not as pinned: {' '.join(still)}", "read pip's output above")
-    return changed("installed " + " ".join(install))
+    if repair:
+        ctx.run([*pip, "install", *quiet, "--ignore-installed", "--no-deps", *repair])
+    if install:
+        ctx.run([*pip, "install", *quiet, *install])
+    _, still, broken = plan(wanted, installed_versions(wanted))
+    if still or broken:
+        raise StepFailed(
+            f"after pip install, still not as pinned: {' '.join(still + broken)}", "read pip's output above"
+        )
+    return changed(says("installed", "reinstalled"))

@@ -56,6 +56,24 @@ def status_of(step: str, outcome) -> str:
     return "none"
 
 
+def kill_step_at_random_points(
+    step: str, copy: Path, env: dict, logs: Path, rng, *, trials: int, within: float, is_whole
+) -> None:
+    """Kill `invoke STEP` at `trials` random points in its first `within` seconds. After each
+    kill the step's dry run may say ok only when is_whole() agrees; then a rerun must finish."""
+    kills = 0
+    for _ in range(trials):
+        outcome = run([*INVOKE, step], copy, env, logs, kill_after=rng.uniform(0.3, within))
+        kills += outcome.returncode is None
+        check = run([*INVOKE, step, "--dry-run"], copy, env, logs)
+        assert check.returncode == 0, check.stderr
+        if status_of(step, check) == "ok":
+            assert is_whole(), f"{step} said ok over half-done work"
+    assert kills >= 1, "no kill landed inside the step; the schedule is too late"
+    rerun = run([*INVOKE, step], copy, env, logs)
+    assert rerun.returncode == 0, rerun.stderr
+
+
 # -- download and unzip ----------------------------------------------------------------------
 
 
@@ -95,17 +113,9 @@ def test_data_step_killed_at_random_points_never_reports_ok_half_done(source, ht
 
     full = run([*INVOKE, "data"], copy, {**env, "INVOKE_DATA_DIR": str(tmp_path / "timing")}, logs)
     assert full.returncode == 0, full.stderr
-    kills = 0
-    for _ in range(4):
-        outcome = run([*INVOKE, "data"], copy, env, logs, kill_after=rng.uniform(0.3, full.seconds))
-        kills += outcome.returncode is None
-        check = run([*INVOKE, "data", "--dry-run"], copy, env, logs)
-        assert check.returncode == 0, check.stderr
-        if status_of("data", check) == "ok":
-            assert tree(data / "dataset") == wanted, "the data step said ok over a half-unpacked dataset"
-    assert kills >= 1, "no kill landed inside the step; the schedule is too late"
-    rerun = run([*INVOKE, "data"], copy, env, logs)
-    assert rerun.returncode == 0, rerun.stderr
+    kill_step_at_random_points(
+        "data", copy, env, logs, rng, trials=4, within=full.seconds, is_whole=lambda: tree(data / "dataset") == wanted
+    )
     assert tree(data / "dataset") == wanted
     assert json.loads((data / "dataset.json").read_text())["counts"] == {"CD": len(wanted) // 2, "UD": len(wanted) // 2}
     assert not leftovers(data)
@@ -194,17 +204,16 @@ def test_libtensorflow_killed_at_random_points_never_reports_ok_half_done(source
     full = run([*INVOKE, "libtensorflow"], copy, {**env, "INVOKE_LIBTENSORFLOW_PREFIX": str(tmp_path / "t")}, logs)
     assert full.returncode == 0, full.stderr
     shutil.rmtree(tmp_path / "t")
-    kills = 0
-    for _ in range(3):
-        outcome = run([*INVOKE, "libtensorflow"], copy, env, logs, kill_after=rng.uniform(0.3, full.seconds))
-        kills += outcome.returncode is None
-        check = run([*INVOKE, "libtensorflow", "--dry-run"], copy, env, logs)
-        assert check.returncode == 0, check.stderr
-        if status_of("libtensorflow", check) == "ok":
-            assert _hello(prefix, work) == PIN, "the step said ok over a half-installed library"
-    assert kills >= 1
-    rerun = run([*INVOKE, "libtensorflow"], copy, env, logs)
-    assert rerun.returncode == 0, rerun.stderr
+    kill_step_at_random_points(
+        "libtensorflow",
+        copy,
+        env,
+        logs,
+        rng,
+        trials=3,
+        within=full.seconds,
+        is_whole=lambda: _hello(prefix, work) == PIN,
+    )
     assert _hello(prefix, work) == PIN
     assert not leftovers(prefix)
     assert status_of("libtensorflow", run([*INVOKE, "libtensorflow"], copy, env, logs)) == "ok"
@@ -478,3 +487,67 @@ def test_two_setups_at_once_the_second_waits_then_finds_everything_done(tmp_path
     # It ran after the first, not beside it: everything was done (apt has no packages here).
     assert set(second_steps.values()) <= {"ok", "skipped"} and second_steps["data"] == "ok", second_steps
     assert (tmp_path / "second.json").stat().st_mtime >= ended_first - 1
+
+
+# -- pip -------------------------------------------------------------------------------------
+
+
+def _wheel(folder: Path, files: int) -> tuple[Path, dict[str, int]]:
+    """faultpkg 1.0 as a wheel whose metadata comes first: a pip install killed early leaves
+    the version visible to importlib.metadata while most files are missing (the hard case;
+    real wheels put their metadata last)."""
+    import base64
+
+    folder.mkdir(parents=True, exist_ok=True)
+    wheel = folder / "faultpkg-1.0-py3-none-any.whl"
+    payload = {f"faultpkg/part_{index:04d}.py": f"VALUE = {index}\n".encode() + b"#" * 8000 for index in range(files)}
+    payload["faultpkg/__init__.py"] = b"PARTS = %d\n" % files
+    meta = {
+        "faultpkg-1.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: faultpkg\nVersion: 1.0\n",
+        "faultpkg-1.0.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = []
+    for name, data in {**meta, **payload}.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{name},sha256={digest},{len(data)}")
+    record.append("faultpkg-1.0.dist-info/RECORD,,")
+    with zipfile.ZipFile(wheel, "w") as handle:
+        for name, data in meta.items():
+            handle.writestr(name, data)
+        handle.writestr("faultpkg-1.0.dist-info/RECORD", "\n".join(record) + "\n")
+        for name, data in payload.items():
+            handle.writestr(name, data)
+    return wheel, {name: len(data) for name, data in payload.items()}
+
+
+@pytest.mark.slow
+def test_pins_killed_mid_install_never_reports_ok_over_a_half_installed_package(tmp_path):
+    import sysconfig
+
+    rng = generator("pins")
+    copy = bundle_copy(tmp_path)
+    (copy / "requirements.txt").write_text("faultpkg==1.0  # a local wheel: the kill test's package\n")
+    wheelhouse = tmp_path / "wheels"
+    _, files = _wheel(wheelhouse, files=3000)
+    site = Path(sysconfig.get_paths()["purelib"])
+    env = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheelhouse)}
+    logs = tmp_path / "logs"
+
+    def whole() -> bool:
+        return all((site / name).is_file() and (site / name).stat().st_size == size for name, size in files.items())
+
+    def remove() -> None:
+        shutil.rmtree(site / "faultpkg", ignore_errors=True)
+        shutil.rmtree(site / "faultpkg-1.0.dist-info", ignore_errors=True)
+
+    remove()
+    try:
+        full = run([*INVOKE, "pins"], copy, env, logs)
+        assert full.returncode == 0, full.stderr
+        assert whole()
+        remove()
+        kill_step_at_random_points("pins", copy, env, logs, rng, trials=4, within=full.seconds, is_whole=whole)
+        assert whole()
+        assert status_of("pins", run([*INVOKE, "pins"], copy, env, logs)) == "ok"
+    finally:
+        remove()

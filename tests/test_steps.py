@@ -103,15 +103,16 @@ def test_apt_with_real_dpkg_query():
 
 
 @pytest.mark.parametrize(
-    "installed, uninstall, install",
+    "installed, uninstall, install, repair",
     [
-        ({"tensorflow": "2.20.0", "gdown": "5.2.2"}, [], []),
-        ({"tensorflow": "2.19.0", "gdown": "5.2.2"}, ["tensorflow"], ["tensorflow==2.20.0"]),
-        ({"tensorflow": None, "gdown": "6.5.1"}, [], ["tensorflow==2.20.0", "gdown==5.2.2"]),
+        ({"tensorflow": "2.20.0", "gdown": "5.2.2"}, [], [], []),
+        ({"tensorflow": "2.19.0", "gdown": "5.2.2"}, ["tensorflow"], ["tensorflow==2.20.0"], []),
+        ({"tensorflow": None, "gdown": "6.5.1"}, [], ["tensorflow==2.20.0", "gdown==5.2.2"], []),
+        ({"tensorflow": pins.BROKEN, "gdown": "5.2.2"}, [], [], ["tensorflow==2.20.0"]),
     ],
 )
-def test_pins_plan(installed, uninstall, install):
-    assert pins.plan({"tensorflow": "2.20.0", "gdown": "5.2.2"}, installed) == (uninstall, install)
+def test_pins_plan(installed, uninstall, install, repair):
+    assert pins.plan({"tensorflow": "2.20.0", "gdown": "5.2.2"}, installed) == (uninstall, install, repair)
 
 
 def test_pins_file_must_be_exact(tmp_path):
