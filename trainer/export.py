@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -280,6 +281,40 @@ def compare(name: str, file: str, reference: np.ndarray, values: np.ndarray, tol
     return Leg(name, file, tolerance, difference, agrees, ok)
 
 
+@dataclass(frozen=True)
+class Runtime:
+    """One export and the runtime that checks it: the single place a leg is spelled out."""
+
+    name: str
+    file: str
+    format: str  # the --formats word that selects it
+    tolerance: float
+    enforced: bool  # False: a disagreement is a warning (quantization is lossy by design)
+    write: Callable  # (model, destination, saved_model_source) -> None
+    run: Callable  # (path, images) -> probabilities
+
+
+# The functions are called through lambdas so that they are looked up when a leg runs.
+RUNTIMES = (
+    Runtime(
+        "SavedModel", "saved_model", "saved_model", FLOAT_TOLERANCE, True,
+        lambda model, path, source: write_saved_model(model, path), lambda path, images: run_saved_model(path, images),
+    ),
+    Runtime(
+        "TFLite", "model.tflite", "tflite", FLOAT_TOLERANCE, True,
+        lambda model, path, source: write_tflite(source, path, False), lambda path, images: run_tflite(path, images),
+    ),
+    Runtime(
+        "TFLite int8", "model_int8.tflite", "tflite", QUANTIZED_TOLERANCE, False,
+        lambda model, path, source: write_tflite(source, path, True), lambda path, images: run_tflite(path, images),
+    ),
+    Runtime(
+        "ONNX Runtime", "model.onnx", "onnx", FLOAT_TOLERANCE, True,
+        lambda model, path, source: write_onnx(model, path), lambda path, images: run_onnx(path, images),
+    ),
+)  # fmt: skip
+
+
 def export_run(run_dir: str | Path, formats: tuple[str, ...] = FORMATS, check: bool = True, write: bool = True) -> dict:
     """(Re)write the run's exports and check them; writes and returns exports.json's content.
     write=False checks the exports already in the folder (after copying them, say).
@@ -291,52 +326,42 @@ def export_run(run_dir: str | Path, formats: tuple[str, ...] = FORMATS, check: b
     if run.model is None:
         raise InputError(f"{run_dir}: pass a run folder (with model.keras) to export from")
     model = run.model
+    chosen = [runtime for runtime in RUNTIMES if runtime.format in formats]
     legs: list[Leg] = []
-    written: dict[str, Path] = {}
+    written: list[Runtime] = []
 
-    def attempt(name: str, file: str, tolerance: float, action) -> None:
-        try:
-            action()
-        except Exception as error:  # noqa: BLE001 - every failure becomes a failed leg, reported
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            legs.append(Leg(name, file, tolerance, detail=f"export failed: {type(error).__name__}: {first}"))
-            log.error("export %s failed: %s", file, first)
-        else:
-            written[name] = run_dir / file
+    def failed_export(runtime: Runtime, error: Exception) -> None:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        legs.append(
+            Leg(runtime.name, runtime.file, runtime.tolerance, detail=f"export failed: {type(error).__name__}: {first}")
+        )
+        log.error("export %s failed: %s", runtime.file, first)
 
     saved_model = run_dir / "saved_model"
-    scratch = None
     if not write:
-        files = {"SavedModel": "saved_model", "TFLite": "model.tflite", "TFLite int8": "model_int8.tflite"}
-        files["ONNX Runtime"] = "model.onnx"
-        chosen = {"saved_model": ["SavedModel"], "tflite": ["TFLite", "TFLite int8"], "onnx": ["ONNX Runtime"]}
-        for name in (name for fmt in formats for name in chosen[fmt]):
-            if not (run_dir / files[name]).exists():
-                raise InputError(f"{run_dir / files[name]}: not found; run 'python -m trainer export {run_dir}'")
-            written[name] = run_dir / files[name]
-        formats = ()
-    if "saved_model" in formats:
-        attempt("SavedModel", "saved_model", FLOAT_TOLERANCE, lambda: write_saved_model(model, saved_model))
-    if "tflite" in formats:
-        source = saved_model
-        if "SavedModel" not in written:
-            scratch = Path(tempfile.mkdtemp(prefix=".export-"))
-            source = scratch / "saved_model"
-            attempt("TFLite", "model.tflite", FLOAT_TOLERANCE, lambda: write_saved_model(model, source))
-            written.pop("TFLite", None)
-        attempt(
-            "TFLite", "model.tflite", FLOAT_TOLERANCE, lambda: write_tflite(source, run_dir / "model.tflite", False)
-        )
-        attempt(
-            "TFLite int8",
-            "model_int8.tflite",
-            QUANTIZED_TOLERANCE,
-            lambda: write_tflite(source, run_dir / "model_int8.tflite", True),
-        )
-    if "onnx" in formats:
-        attempt("ONNX Runtime", "model.onnx", FLOAT_TOLERANCE, lambda: write_onnx(model, run_dir / "model.onnx"))
-    if scratch is not None:
-        shutil.rmtree(scratch, ignore_errors=True)
+        for runtime in chosen:
+            if not (run_dir / runtime.file).exists():
+                raise InputError(f"{run_dir / runtime.file}: not found; run 'python -m trainer export {run_dir}'")
+        written = chosen
+    else:
+        # TFLite converts from a SavedModel: the run's own, or one in a scratch folder.
+        with tempfile.TemporaryDirectory(prefix=".export-") as scratch:
+            source = saved_model if "saved_model" in formats else Path(scratch) / "saved_model"
+            source_error = None
+            if "saved_model" not in formats and "tflite" in formats:
+                try:
+                    write_saved_model(model, source)
+                except Exception as error:  # noqa: BLE001 - reported as the TFLite legs' failure
+                    source_error = error
+            for runtime in chosen:
+                try:
+                    if source_error is not None and runtime.format == "tflite":
+                        raise source_error
+                    runtime.write(model, run_dir / runtime.file, source)
+                except Exception as error:  # noqa: BLE001 - every failure becomes a failed leg, reported
+                    failed_export(runtime, error)
+                else:
+                    written.append(runtime)
 
     result = {
         "serving": {
@@ -351,33 +376,26 @@ def export_run(run_dir: str | Path, formats: tuple[str, ...] = FORMATS, check: b
         paths = check_images(run_dir)
         images = np.concatenate([batch.numpy() for batch in _pixels(paths, run.image_size)])
         reference = model.predict(images, verbose=0).astype(np.float64)
-        runners = {
-            "SavedModel": lambda: run_saved_model(saved_model, images),
-            "TFLite": lambda: run_tflite(run_dir / "model.tflite", images),
-            "TFLite int8": lambda: run_tflite(run_dir / "model_int8.tflite", images),
-            "ONNX Runtime": lambda: run_onnx(run_dir / "model.onnx", images),
-        }
-        for name, path in written.items():
-            tolerance = QUANTIZED_TOLERANCE if name == "TFLite int8" else FLOAT_TOLERANCE
+        for runtime in written:
             try:
                 with _quiet():
-                    values = runners[name]()
-                leg = compare(name, path.name, reference, values, tolerance)
-                if name == "TFLite int8":
+                    values = runtime.run(run_dir / runtime.file, images)
+                leg = compare(runtime.name, runtime.file, reference, values, runtime.tolerance)
+                leg.enforced = runtime.enforced
+                if not leg.enforced and not leg.ok:
                     # Quantization is lossy by design: how much it costs depends on the model
                     # (deep nets with random weights lose everything), so it is reported and
                     # warned about; the float legs are the parity check.
-                    leg.enforced = False
-                    if not leg.ok:
-                        log.warning(
-                            "WARNING: model_int8.tflite differs from Keras by up to %.2f in probability; "
-                            "quantization costs this model accuracy, so prefer model.tflite",
-                            leg.max_difference,
-                        )
+                    log.warning(
+                        "WARNING: %s differs from Keras by up to %.2f in probability; "
+                        "quantization costs this model accuracy, so prefer model.tflite",
+                        runtime.file,
+                        leg.max_difference,
+                    )
                 legs.append(leg)
             except Exception as error:  # noqa: BLE001
-                legs.append(Leg(name, path.name, tolerance, detail=f"could not run: {error}"))
-        if "SavedModel" in written:
+                legs.append(Leg(runtime.name, runtime.file, runtime.tolerance, detail=f"could not run: {error}"))
+        if any(runtime.format == "saved_model" for runtime in written):
             try:
                 values, library = run_c_api(saved_model, images)
                 leg = compare("TensorFlow C library", "saved_model", reference, values, FLOAT_TOLERANCE)
