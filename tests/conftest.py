@@ -42,6 +42,17 @@ def cli(capsys):
     return run
 
 
+def train_args(folder: Path, *, csv: str | None = "training_data.csv", **options) -> list[str]:
+    """`train` on an image folder with a small, fast model (tiny, no weights, 48 px, 1 epoch):
+    options override those or add flags (image_size=64 -> --image-size 64; a value of True
+    -> the bare flag)."""
+    settings = {"backbone": "tiny", "weights": "none", "image_size": 48, "epochs": 1, **options}
+    args = ["train", "--folder", str(folder)] + (["--file", csv] if csv else [])
+    for key, value in settings.items():
+        args += [f"--{key.replace('_', '-')}"] + ([] if value is True else [str(value)])
+    return args
+
+
 def run_module(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run `python -m trainer ARGS` as a real subprocess, in the test's working directory."""
     return subprocess.run(

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import CONCRETE, run_module
+from tests.conftest import CONCRETE, run_module, train_args
 
 
 @pytest.fixture(scope="module")
@@ -23,26 +23,7 @@ def tiny_weights(tmp_path_factory) -> Path:
 
 
 def _train(cli, folder: Path, weights: Path, workspace: Path, output: Path, *extra: str) -> tuple[int, str]:
-    code, _, err = cli(
-        "train",
-        "--folder",
-        folder,
-        "--file",
-        "training_data.csv",
-        "--backbone",
-        "tiny",
-        "--weights",
-        weights,
-        "--image-size",
-        "48",
-        "--epochs",
-        "2",
-        "--workspace",
-        workspace,
-        "--output",
-        output,
-        *extra,
-    )
+    code, _, err = cli(*train_args(folder, weights=weights, epochs=2, workspace=workspace, output=output), *extra)
     return code, err
 
 

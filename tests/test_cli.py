@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import train_args
 from trainer.cli import get_args_parser
 
 
@@ -139,23 +140,7 @@ def test_demo_data_is_deterministic_and_idempotent(cli, tmp_path):
 
 
 def test_unknown_feature_layer_names_some_real_ones(cli, demo_dir, tmp_path):
-    code, _, err = cli(
-        "train",
-        "--folder",
-        demo_dir / "Images",
-        "--file",
-        "training_data.csv",
-        "--backbone",
-        "tiny",
-        "--weights",
-        "none",
-        "--image-size",
-        "48",
-        "--feature-layer",
-        "block9_pool",
-        "--output",
-        tmp_path / "r",
-    )
+    code, _, err = cli(*train_args(demo_dir / "Images", feature_layer="block9_pool", output=tmp_path / "r"))
     assert code == 2
     assert "--feature-layer: tiny has no layer 'block9_pool'; e.g. " in err
     assert not (tmp_path / "r").exists()

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, run_module
+from tests.conftest import ROOT, run_module, train_args
 from trainer.evaluate import classification_metrics, roc_auc, top_k_accuracy
 
 # In CI the browser and the installed C library must be there; elsewhere their tests may skip.
@@ -59,25 +59,7 @@ def run_dir(tmp_path_factory, demo_dir) -> Path:
     lines = (images / "training_data.csv").read_text().splitlines()
     lines += [lines[1], "CD/not-there.jpg,CD"]
     (images / "training_data.csv").write_text("\n".join(lines) + "\n")
-    result = run_module(
-        "train",
-        "--folder",
-        images,
-        "--file",
-        "training_data.csv",
-        "--backbone",
-        "tiny",
-        "--weights",
-        "none",
-        "--image-size",
-        "48",
-        "--epochs",
-        "3",
-        "--output",
-        out,
-        "--workspace",
-        out.parent / "ws",
-    )
+    result = run_module(*train_args(images, epochs=3, output=out, workspace=out.parent / "ws"))
     assert result.returncode == 0, result.stderr
     return out
 

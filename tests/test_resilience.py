@@ -14,10 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, run_module
+from tests.conftest import ROOT, run_module, train_args
 from tests.faults import generator
-
-TINY = ["--backbone", "tiny", "--weights", "none", "--image-size", "48", "--batch-size", "4"]
 
 
 def _start(args: list, env: dict | None = None, cwd: Path | None = None) -> subprocess.Popen:
@@ -43,22 +41,9 @@ def _epoch_in(workspace: Path) -> int:
 @pytest.mark.slow
 def test_killed_training_resumes_from_its_last_epoch(demo_dir, tmp_path):
     workspace = tmp_path / "ws"
-    args = [
-        "train",
-        "--folder",
-        demo_dir / "Images",
-        "--file",
-        "training_data.csv",
-        *TINY,
-        "--epochs",
-        "12",
-        "--patience",
-        "50",
-        "--workspace",
-        workspace,
-        "--output",
-        tmp_path / "run",
-    ]
+    args = train_args(
+        demo_dir / "Images", batch_size=4, epochs=12, patience=50, workspace=workspace, output=tmp_path / "run"
+    )
     # A random point: after a random number of finished epochs, a random fraction into the next.
     rng = generator("training")
     after_epochs, extra = rng.randint(1, 5), rng.uniform(0.0, 1.5)
@@ -93,20 +78,7 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_two_workers_on_localhost_train_and_the_model_evaluates(demo_dir, tmp_path):
     workers = [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]
-    args = [
-        "train",
-        "--folder",
-        demo_dir / "Images",
-        "--file",
-        "training_data.csv",
-        *TINY,
-        "--epochs",
-        "2",
-        "--workspace",
-        tmp_path / "ws",
-        "--output",
-        tmp_path / "run",
-    ]
+    args = train_args(demo_dir / "Images", batch_size=4, epochs=2, workspace=tmp_path / "ws", output=tmp_path / "run")
     processes = []
     for index in range(2):
         tf_config = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
@@ -126,21 +98,15 @@ def test_deterministic_runs_give_identical_metrics(demo_dir, tmp_path):
     metrics = []
     for name in ("a", "b"):
         result = run_module(
-            "train",
-            "--folder",
-            demo_dir / "Images",
-            "--file",
-            "training_data.csv",
-            *TINY,
-            "--epochs",
-            "3",
-            "--deterministic",
-            "--seed",
-            "7",
-            "--workspace",
-            tmp_path / f"ws-{name}",
-            "--output",
-            tmp_path / name,
+            *train_args(
+                demo_dir / "Images",
+                batch_size=4,
+                epochs=3,
+                deterministic=True,
+                seed=7,
+                workspace=tmp_path / f"ws-{name}",
+                output=tmp_path / name,
+            )
         )
         assert result.returncode == 0, result.stderr
         saved = json.loads((tmp_path / name / "metrics.json").read_text())

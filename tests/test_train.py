@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CONCRETE, run_module
+from tests.conftest import CONCRETE, run_module, train_args
 from trainer.errors import InputError
 
 RUN_FILES = {
@@ -129,23 +129,7 @@ def test_local_weights_file_freezes_the_backbone(cli, demo_dir, tmp_path):
     weights = tmp_path / "tiny.weights.h5"
     build_backbone("tiny", 64, None).save_weights(weights)
     run_dir = tmp_path / "run"
-    code, _, err = cli(
-        "train",
-        "--folder",
-        demo_dir / "Images",
-        "--file",
-        "training_data.csv",
-        "--backbone",
-        "tiny",
-        "--weights",
-        weights,
-        "--image-size",
-        "64",
-        "--epochs",
-        "1",
-        "--output",
-        run_dir,
-    )
+    code, _, err = cli(*train_args(demo_dir / "Images", weights=weights, image_size=64, output=run_dir))
     assert code == 0, err
     assert f"tiny, weights {weights}: bottleneck mode, training the head on 128-dimensional features" in err
     assert json.loads((run_dir / "config.json").read_text())["weights_used"] == str(weights)
@@ -154,23 +138,7 @@ def test_local_weights_file_freezes_the_backbone(cli, demo_dir, tmp_path):
 def test_weights_that_do_not_fit_leave_nothing_behind(cli, demo_dir, tmp_path):
     weights = tmp_path / "garbage.weights.h5"
     weights.write_bytes(b"not hdf5")
-    code, _, err = cli(
-        "train",
-        "--folder",
-        demo_dir / "Images",
-        "--file",
-        "training_data.csv",
-        "--backbone",
-        "tiny",
-        "--weights",
-        weights,
-        "--image-size",
-        "64",
-        "--epochs",
-        "1",
-        "--output",
-        tmp_path / "run",
-    )
+    code, _, err = cli(*train_args(demo_dir / "Images", weights=weights, image_size=64, output=tmp_path / "run"))
     assert code == 2
     assert f"--weights: {weights} does not fit backbone tiny at 64px" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["garbage.weights.h5"]
