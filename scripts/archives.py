@@ -18,7 +18,7 @@ import urllib.request
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from scripts.steps import StepFailed
+from scripts.steps import StepFailed, write_atomically
 
 # A zip bomb's tell: far more bytes out than in. Real image archives are near 1:1 (JPEGs do not
 # compress); 200:1 is generous, and 20 GiB is more than any dataset this bundle is for.
@@ -184,9 +184,7 @@ def fetch(target: Path, get, sha256: str | None = None, echo=print, what: str | 
             target.unlink()
             echo(f"{target.name} does not match --sha256" + ("; fetching it once more" if attempt == 1 else ""))
             continue
-        temporary = record.with_name(f".{record.name}.partial")
-        temporary.write_text(f"{actual}  {target.name}\n")
-        temporary.replace(record)
+        write_atomically(record, f"{actual}  {target.name}\n")
         return target
     raise StepFailed(
         f"{what or target.name}: the download does not match --sha256 twice",

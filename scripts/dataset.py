@@ -19,7 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 from scripts.archives import download, extract, fetch, sha256_of
-from scripts.steps import Context, Result, StepFailed, changed, ok, remove_leftovers
+from scripts.steps import Context, Result, StepFailed, changed, ok, remove_leftovers, write_atomically
 
 MANIFEST = "dataset.json"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -212,9 +212,7 @@ def dataset(
         )
     manifest = {**settings, "folder": str(folder), "file": csv_name, "counts": counts, "tree": tree_state(unpacked)}
     _check_counts(counts, wanted_counts)
-    temporary = data_path / f".{MANIFEST}.partial"
-    temporary.write_text(json.dumps(manifest, indent=2) + "\n")
-    temporary.replace(data_path / MANIFEST)
+    write_atomically(data_path / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return changed(f"{_describe(manifest)} from {source}")
 
 

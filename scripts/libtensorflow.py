@@ -22,7 +22,18 @@ from importlib import metadata
 from pathlib import Path
 
 from scripts.archives import download, extract, fetch, sha256_of
-from scripts.steps import Context, Result, StepFailed, changed, is_root, ok, privileged, read, remove_leftovers
+from scripts.steps import (
+    Context,
+    Result,
+    StepFailed,
+    changed,
+    is_root,
+    ok,
+    privileged,
+    read,
+    remove_leftovers,
+    write_atomically,
+)
 from trainer.staging import link_or_copy
 
 STAMP = "share/libtensorflow/install.json"
@@ -320,9 +331,9 @@ def libtensorflow(
             actions.append("ran ldconfig")
         printed = verify(prefix_path, version, ctx)
         actions.append(f"TF_Version() = {printed}")
-        _write_atomically(prefix_path / STAMP, json.dumps({**wanted, "files": files}, indent=2) + "\n")
+        write_atomically(prefix_path / STAMP, json.dumps({**wanted, "files": files}, indent=2) + "\n")
     if not env_ok:
-        _write_atomically(env_path, env_file_text(prefix_path))
+        write_atomically(env_path, env_file_text(prefix_path))
         actions.append(f"wrote {env_path}")
     if not register:
         actions.append("not registered with ldconfig (no root): source the env file")
@@ -356,13 +367,6 @@ def _tarball(ctx: Context, source: str, sha256: str | None, prefix: Path) -> Pat
     if sha256 and sha256_of(tarball) != sha256:
         raise StepFailed(f"{tarball} does not match --sha256", "fix the checksum, or fetch the tarball again")
     return tarball
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.partial")
-    temporary.write_text(text)
-    temporary.replace(path)
 
 
 def _ldconfig_searches(lib: Path) -> bool:

@@ -137,9 +137,15 @@ def table(results: Sequence[Result]) -> str:
 
 def write_report(results: Sequence[Result], path: Path) -> None:
     """{"steps": [{"name", "status", "seconds", "detail"}]}, written whole or not at all."""
+    write_atomically(path, json.dumps({"steps": [asdict(r) for r in results]}, indent=2) + "\n")
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write text to path through `.NAME.partial` and a rename: a reader (or a run after a kill)
+    sees the old file or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.partial")
-    temporary.write_text(json.dumps({"steps": [asdict(r) for r in results]}, indent=2) + "\n", encoding="utf-8")
+    temporary.write_text(text, encoding="utf-8")
     temporary.replace(path)
 
 
