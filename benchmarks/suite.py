@@ -31,6 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CONCRETE = ROOT.parent / "shared" / "data" / "concrete" / "Images"
+USER_ONEDNN: str | None = None  # TF_ENABLE_ONEDNN_OPTS as the suite found it, before the trainer's choice
 
 
 @dataclass
@@ -44,7 +45,7 @@ class Sizes:
     repeat_train: int  # the whole-train figure is the slow one
 
 
-FULL = Sizes("resnet50_v2", 224, 400, 64, 20, 3, 3)
+FULL = Sizes("resnet50_v2", 224, 400, 96, 20, 5, 3)
 QUICK = Sizes("mobilenet_v2", 96, 96, 16, 3, 1, 1)
 
 
@@ -156,7 +157,7 @@ def featurize_batch(batch_size: int = 32) -> int:
     """The trainer's own choice of images per featurization call on this machine."""
     from trainer import device
 
-    return device.featurize_batch_size(batch_size, device.visible_devices())
+    return device.featurize_batch_size(batch_size, device.visible_devices(), device.onednn()[0])
 
 
 def head_epoch(bench: Bench) -> Figure:
@@ -231,31 +232,66 @@ def featurization_throughput(bench: Bench) -> Figure:
     )
 
 
+class Worker:
+    """A featurize_worker.py process: built and warmed once, then one timed pass per call."""
+
+    def __init__(self, bench: Bench, mode: str, paths: list[str], environment: dict):
+        listing = bench.scratch / f"{mode}-paths.txt"
+        listing.write_text("\n".join(paths), encoding="utf-8")
+        self.log = bench.scratch / f"{mode}-worker.log"
+        sizes = bench.sizes
+        command = [sys.executable, str(ROOT / "benchmarks" / "featurize_worker.py"), mode, sizes.backbone]
+        command += [str(sizes.image_size), str(bench.weights), str(listing)]
+        with self.log.open("w") as log_file:
+            self.process = subprocess.Popen(
+                command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file, text=True, env=environment
+            )
+        self.per_call = int(self._answer("ready").split()[1])
+
+    def _answer(self, expected: str = "") -> str:
+        line = self.process.stdout.readline()
+        if not line.startswith(expected):
+            self.process.kill()
+            tail = self.log.read_text(errors="replace").strip().splitlines()[-1:]
+            raise RuntimeError(f"featurize_worker.py failed: {tail}")
+        return line
+
+    def __call__(self) -> float:
+        self.process.stdin.write("run\n")
+        self.process.stdin.flush()
+        return float(self._answer())
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(timeout=60)
+
+
 def batched_vs_single(bench: Bench) -> Figure:
-    """Batches of 32 through the input pipeline vs decoding and featurizing one image at a time
-    (ML.NET's ImageClassificationTrainer featurizes image by image)."""
-    from trainer.features import featurize
-    from trainer.images import load_image
+    """The trainer's featurization vs decoding and featurizing one image at a time, as ML.NET's
+    ImageClassificationTrainer does. Each side is a process of its own, configured as in real
+    use: ours as `python -m trainer train` (oneDNN on x86-64, its batch size), ML.NET's way with
+    TensorFlow's defaults. The passes alternate, one process waiting while the other runs."""
+    paths = bench.paths[: bench.sizes.one_at_a_time]
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    defaults = {key: value for key, value in environment.items() if key != "TF_ENABLE_ONEDNN_OPTS"}
+    if USER_ONEDNN is not None:
+        defaults["TF_ENABLE_ONEDNN_OPTS"] = USER_ONEDNN
+    ours, single = Worker(bench, "batched", paths, environment), Worker(bench, "single", paths, defaults)
+    try:
+        mine, theirs = alternate(bench.sizes.repeat, ours, single)
+    finally:
+        ours.close()
+        single.close()
+    from trainer import device
 
-    _, extractor, run = bench.models()
-    paths, size = bench.paths[: bench.sizes.one_at_a_time], bench.sizes.image_size
-
-    def one_at_a_time() -> float:
-        return timed(lambda: [run(load_image(p, size)[None].astype("float32")).numpy() for p in paths])
-
-    per_call = featurize_batch()
-
-    def ours() -> float:
-        return timed(lambda: featurize(extractor, paths, size, per_call))
-
-    one_at_a_time(), ours()
-    mine, theirs = alternate(bench.sizes.repeat, ours, one_at_a_time)
     return speedup(
         "batched featurization vs one image at a time",
         ">= 1.3",
         mine,
         theirs,
-        f"{len(paths)} images, {per_call} per call",
+        f"{len(paths)} images; ours {ours.per_call} per call, {device.onednn()[1]}; "
+        f"one at a time with TensorFlow's defaults (TF_ENABLE_ONEDNN_OPTS "
+        f"{'=' + USER_ONEDNN if USER_ONEDNN is not None else 'unset'})",
     )
 
 
@@ -454,7 +490,14 @@ def machine() -> dict:
         "python": platform.python_version(),
         "tensorflow": metadata.version("tensorflow"),
         "gpu": bool(shutil.which("nvidia-smi")),
+        "onednn": device_onednn(),
     }
+
+
+def device_onednn() -> str:
+    from trainer import device
+
+    return device.onednn()[1]
 
 
 def table(figures: list[Figure]) -> str:
@@ -475,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes, one repetition: shows the suite works")
     parser.add_argument("--report", help="also write the results as JSON to this file")
     parser.add_argument("--only", nargs="+", choices=sorted(FIGURES), help="run only these figures")
-    parser.add_argument("--repeat", type=int, help="repetitions per figure (default 3; 1 with --quick)")
+    parser.add_argument("--repeat", type=int, help="repetitions per figure (default 5, the whole train 3; 1 with --quick)")
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     if args.repeat:
@@ -484,6 +527,12 @@ def main(argv: list[str] | None = None) -> int:
         sizes = Sizes(**{**asdict(sizes), "repeat": args.repeat, "repeat_train": min(args.repeat, sizes.repeat_train)})
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     sys.path.insert(0, str(ROOT))
+    global USER_ONEDNN
+    USER_ONEDNN = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
+    from trainer import device
+
+    # The in-process figures and the trainer processes run TensorFlow as `python -m trainer` does.
+    log(f"TensorFlow: {device.onednn()[1]}")
     figures: list[Figure] = []
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="bench-") as scratch:

@@ -70,6 +70,26 @@ def test_featurization_batch_is_small_on_a_cpu_and_the_training_batch_on_acceler
     from trainer.device import Device, featurize_batch_size
 
     assert featurize_batch_size(32, [Device("CPU")]) == 8
+    assert featurize_batch_size(32, [Device("CPU")], onednn=True) == 16
     assert featurize_batch_size(4, [Device("CPU")]) == 4
+    assert featurize_batch_size(4, [Device("CPU")], onednn=True) == 4
     assert featurize_batch_size(64, [Device("CPU"), Device("GPU", "Tesla T4", (7, 5))]) == 64
     assert featurize_batch_size(128, [Device("CPU"), Device("TPU")]) == 128
+
+
+def test_onednn_is_turned_on_for_x86_cpus_before_tensorflow_is_imported_and_the_user_decides_first():
+    from trainer.device import choose_onednn
+
+    environ: dict = {}
+    on, reason = choose_onednn(environ, "x86_64", imported=False)
+    assert on is True and environ == {"TF_ENABLE_ONEDNN_OPTS": "1"} and "oneDNN on" in reason
+    for value, expected in (("0", False), ("false", False), ("1", True), ("TRUE", True)):
+        environ = {"TF_ENABLE_ONEDNN_OPTS": value}
+        on, reason = choose_onednn(environ, "x86_64", imported=False)
+        assert on is expected and environ == {"TF_ENABLE_ONEDNN_OPTS": value}
+        assert f"TF_ENABLE_ONEDNN_OPTS={value} was set" in reason
+    environ = {}
+    assert choose_onednn(environ, "aarch64", imported=False)[0] is None and environ == {}
+    # Too late once TensorFlow is imported: the variable would change nothing, so it is not set.
+    on, reason = choose_onednn(environ, "x86_64", imported=True)
+    assert on is None and environ == {} and "imported before" in reason

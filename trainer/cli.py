@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 
+from trainer import device
 from trainer.config import TrainConfig
 from trainer.errors import CheckFailed, InputError
 
@@ -287,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     # TensorFlow's C++ logging is noise for users; on a machine without an NVIDIA device its
     # "failed call to cuInit" error is expected, so hide errors there too.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2" if os.path.exists("/dev/nvidiactl") else "3")
+    device.onednn()  # before TensorFlow is imported: it reads the choice once
     if not any(isinstance(handler, _StderrHandler) for handler in log.handlers):
         handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))

@@ -323,12 +323,14 @@ def _fit_multi_worker(model, strategy, config: TrainConfig, train, validation, *
 def _feature_datasets(features: dict[str, np.ndarray], loaded: Data, batch_size: int, seed: int):
     import tensorflow as tf
 
+    from trainer.pipeline import without_autotune
+
     out = {}
     for name in data.SPLITS:
         dataset = tf.data.Dataset.from_tensor_slices((features[name], loaded.y(name)))
         if name == "train":
             dataset = dataset.shuffle(len(features[name]), seed=seed, reshuffle_each_iteration=True)
-        out[name] = _distributable(dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE))
+        out[name] = _distributable(without_autotune(dataset.batch(batch_size).prefetch(2)))
     out["train_eval"] = tf.data.Dataset.from_tensor_slices((features["train"], loaded.y("train"))).batch(batch_size)
     return out
 
@@ -395,7 +397,8 @@ def main(config: TrainConfig) -> Path:
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     policy = device.decide(device.visible_devices(), config.mixed_precision, config.xla, workers)
-    log.info("%s", policy.describe())
+    onednn, onednn_reason = device.onednn()
+    log.info("%s; %s", policy.describe(), onednn_reason)
     if policy.mixed_precision:
         keras.mixed_precision.set_global_policy(policy.mixed_precision)
     tf.config.optimizer.set_jit(policy.xla)
@@ -423,7 +426,7 @@ def main(config: TrainConfig) -> Path:
         cache_key = make_cache_key(config.backbone, config.image_size, weights_used, config.feature_layer)
         extractor = feature_extractor(backbone, config.backbone)
         every_row = [row for name in data.SPLITS for row in loaded.parts[name]]
-        featurize_batch = device.featurize_batch_size(batch_size, device.visible_devices())
+        featurize_batch = device.featurize_batch_size(batch_size, device.visible_devices(), onednn)
         vectors = cached_features(
             extractor, every_row, config.image_size, featurize_batch, workspace / "features" / cache_key
         )
@@ -552,14 +555,14 @@ def _manifest(config, loaded, policy, weights_used, cache_key, fingerprint, seco
         except metadata.PackageNotFoundError:
             versions[name] = None
     versions["python"] = platform.python_version()
-    from trainer.device import visible_devices
+    from trainer import device
 
     return {
         "versions": versions,
         "hardware": {
             "platform": platform.platform(),
             "cpu_count": os.cpu_count(),
-            "devices": [f"{d.kind}:{d.name}" if d.name else d.kind for d in visible_devices()],
+            "devices": [f"{d.kind}:{d.name}" if d.name else d.kind for d in device.visible_devices()],
         },
         "policy": {
             "strategy": policy.strategy,
@@ -567,6 +570,8 @@ def _manifest(config, loaded, policy, weights_used, cache_key, fingerprint, seco
             "mixed_precision": policy.mixed_precision,
             "xla": policy.xla,
             "reasons": policy.reasons,
+            "onednn": device.onednn()[0],
+            "onednn_reason": device.onednn()[1],
         },
         "data": {
             "fingerprint": fingerprint,
