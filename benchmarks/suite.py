@@ -518,7 +518,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes, one repetition: shows the suite works")
     parser.add_argument("--report", help="also write the results as JSON to this file")
     parser.add_argument("--only", nargs="+", choices=sorted(FIGURES), help="run only these figures")
-    parser.add_argument("--repeat", type=int, help="repetitions per figure (default 5, the whole train 3; 1 with --quick)")
+    parser.add_argument(
+        "--repeat", type=int, help="repetitions per figure (default 5, the whole train 3; 1 with --quick)"
+    )
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     if args.repeat:

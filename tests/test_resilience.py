@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import signal
 import socket
 import subprocess
@@ -66,6 +67,9 @@ def test_killed_training_resumes_from_its_last_epoch(demo_dir, tmp_path):
     assert [int(line.split(",")[1]) for line in history] == list(range(1, 13))
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["resumed_from_epoch"]["train"] >= killed_at
+    # A fresh process chooses oneDNN before TensorFlow is imported, logs it and records it.
+    if platform.machine() == "x86_64" and "TF_ENABLE_ONEDNN_OPTS" not in os.environ:
+        assert manifest["policy"]["onednn"] is True and "oneDNN on" in rerun.stderr
     assert not list(workspace.glob("checkpoints/*")), "checkpoints are removed once the run folder is written"
 
 

@@ -1,5 +1,5 @@
 """Hardware decisions, kept apart from TensorFlow so that they are plain functions to test:
-mixed precision, XLA, and the tf.distribute strategy with the batch size it implies.
+mixed precision, XLA, oneDNN, and the tf.distribute strategy with the batch size it implies.
 """
 
 from __future__ import annotations
