@@ -482,6 +482,8 @@ def machine() -> dict:
         pass
     from importlib import metadata
 
+    from trainer import device
+
     return {
         "cpu": model,
         "cores": os.cpu_count(),
@@ -490,14 +492,8 @@ def machine() -> dict:
         "python": platform.python_version(),
         "tensorflow": metadata.version("tensorflow"),
         "gpu": bool(shutil.which("nvidia-smi")),
-        "onednn": device_onednn(),
+        "onednn": device.onednn()[1],
     }
-
-
-def device_onednn() -> str:
-    from trainer import device
-
-    return device.onednn()[1]
 
 
 def table(figures: list[Figure]) -> str:

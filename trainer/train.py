@@ -323,14 +323,14 @@ def _fit_multi_worker(model, strategy, config: TrainConfig, train, validation, *
 def _feature_datasets(features: dict[str, np.ndarray], loaded: Data, batch_size: int, seed: int):
     import tensorflow as tf
 
-    from trainer.pipeline import without_autotune
+    from trainer.pipeline import prefetched
 
     out = {}
     for name in data.SPLITS:
         dataset = tf.data.Dataset.from_tensor_slices((features[name], loaded.y(name)))
         if name == "train":
             dataset = dataset.shuffle(len(features[name]), seed=seed, reshuffle_each_iteration=True)
-        out[name] = _distributable(without_autotune(dataset.batch(batch_size).prefetch(2)))
+        out[name] = _distributable(prefetched(dataset.batch(batch_size)))
     out["train_eval"] = tf.data.Dataset.from_tensor_slices((features["train"], loaded.y("train"))).batch(batch_size)
     return out
 
@@ -557,6 +557,7 @@ def _manifest(config, loaded, policy, weights_used, cache_key, fingerprint, seco
     versions["python"] = platform.python_version()
     from trainer import device
 
+    onednn, onednn_reason = device.onednn()
     return {
         "versions": versions,
         "hardware": {
@@ -570,8 +571,8 @@ def _manifest(config, loaded, policy, weights_used, cache_key, fingerprint, seco
             "mixed_precision": policy.mixed_precision,
             "xla": policy.xla,
             "reasons": policy.reasons,
-            "onednn": device.onednn()[0],
-            "onednn_reason": device.onednn()[1],
+            "onednn": onednn,
+            "onednn_reason": onednn_reason,
         },
         "data": {
             "fingerprint": fingerprint,
