@@ -75,8 +75,9 @@ def test_a_run_leaves_its_pictures_and_they_are_real_pngs(run_dir):
     count = json.loads((run_dir / "metrics.json").read_text())["count"]
     columns = min(4, count)
     with Image.open(run_dir / "worst_test_images.png") as image:
-        # One 300 x 330 px cell per test image, up to 4 columns.
-        assert image.format == "PNG" and image.size == (300 * columns, 330 * -(-count // columns))
+        # A 48 px title, then one 300 x 330 px cell per test image, up to 4 columns.
+        assert image.format == "PNG" and image.size == (300 * columns, 48 + 330 * -(-count // columns))
+        assert len(np.unique(np.asarray(image.convert("L")))) > 20, "the sheet has no photos"
 
 
 def test_metrics_cover_auc_averages_and_validation(run_dir):
