@@ -82,7 +82,9 @@ def confusion_matrix(matrix: list[list[int]], labels: list[str], path: Path, tit
     return _save(figure, path)
 
 
-CELL = (300, 330)  # one test image: a two-line caption over a 256 px photo
+PHOTO = 256  # the longest side of each photo on the sheet
+CAPTION = 44  # two caption lines above each photo
+CELL = (300, 330)  # one test image: its caption and photo, with a margin
 HEADER = 48
 
 
@@ -134,10 +136,10 @@ def worst_images(predictions: list[dict], path: Path, count: int = 16) -> Path:
         try:
             with Image.open(item["path"]) as image:
                 photo = ImageOps.exif_transpose(image).convert("RGB")
-            photo.thumbnail((256, 256))
-            sheet.paste(photo, (left + (width - photo.width) // 2, top + 44 + (256 - photo.height) // 2))
+            photo.thumbnail((PHOTO, PHOTO))
+            sheet.paste(photo, (left + (width - photo.width) // 2, top + CAPTION + (PHOTO - photo.height) // 2))
         except (OSError, ValueError):
-            draw.text((left + width / 2, top + 44 + 128), "image not found", "dimgray", caption, "mm")
+            draw.text((left + width / 2, top + CAPTION + PHOTO / 2), "image not found", "dimgray", caption, "mm")
     if not worst:
         draw.text((middle, HEADER + height / 2), "no test images", "dimgray", caption, "mm")
     temporary = path.with_name(f".{path.name}.partial.png")

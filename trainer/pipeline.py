@@ -61,11 +61,11 @@ def make_dataset(
 
 
 def prefetched(dataset):
-    """Two batches ahead, with fixed parallelism and buffers instead of tf.data's autotuner. With the autotuner on,
-    dropping an iterator sometimes waited 2.2 s for it (measured on 2 cores with the CPU busy
-    in the model: 1 pass in 3 over 64 images took 5.1 s instead of 2.9). Decoding is a few
-    milliseconds an image against tens for a backbone, so one thread per core and two batches
-    ahead keep up."""
+    """Two batches ahead, with fixed parallelism and buffers instead of tf.data's autotuner.
+    With the autotuner on, dropping an iterator sometimes waited 2.2 s for it (measured on 2
+    cores with the CPU busy in the model: 1 pass in 3 over 64 images took 5.1 s instead of
+    2.9). Decoding is a few milliseconds an image against tens for a backbone, so one thread
+    per core and two batches ahead keep up."""
     import tensorflow as tf
 
     options = tf.data.Options()
