@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,13 +36,34 @@ class ImageInfo:
     frames: int = 1  # animated GIF, PNG or WebP: training uses the first frame
 
 
-def _open(data: bytes, path: Path) -> Image.Image:
+@contextmanager
+def _decoding(path: Path) -> Iterator[None]:
+    """Turn whatever Pillow raises on a damaged file into one ImageError that names it.
+
+    Pillow's decoders report damage under many types: cutting and flipping bytes of JPEG, PNG,
+    GIF, WebP, BMP and TIFF files (tests/test_images.py) raised OSError ("Truncated File Read",
+    "could not create decoder object"), IndexError and struct.error from an animated GIF's frame
+    count, SyntaxError and ValueError from headers. Only the Pillow calls run inside this block,
+    so catching Exception here does not hide a bug of ours.
+    """
     try:
-        image = Image.open(io.BytesIO(data))
+        yield
+    except ImageError:
+        raise
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not an image Pillow can read") from None
     except Image.DecompressionBombError:
         raise ImageError(f"{path}: refused as a decompression bomb") from None
+    except Exception as error:  # noqa: BLE001 - see above
+        detail = str(error).strip().splitlines()[0][:120] if str(error).strip() else ""
+        raise ImageError(
+            f"{path}: corrupt or truncated image ({type(error).__name__}{': ' + detail if detail else ''})"
+        ) from None
+
+
+def _open(data: bytes, path: Path) -> Image.Image:
+    with _decoding(path):
+        image = Image.open(io.BytesIO(data))
     width, height = image.size
     if width * height > MAX_PIXELS:
         raise ImageError(
@@ -50,6 +73,14 @@ def _open(data: bytes, path: Path) -> Image.Image:
     if width == 0 or height == 0:
         raise ImageError(f"{path}: image has no pixels")
     return image
+
+
+def _decode(image: Image.Image, size: int) -> Image.Image:
+    """Decode at about `size` pixels (JPEG's DCT scaling), honour EXIF orientation, make RGB:
+    the one decode that validation and training share, so that a file validation passes is a
+    file training can read."""
+    image.draft("RGB", (size, size))
+    return to_rgb(ImageOps.exif_transpose(image))
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -94,13 +125,10 @@ def inspect_image(path: Path, draft_size: int = 64) -> ImageInfo:
     data = _read_bytes(path)
     digest = hashlib.sha256(data).hexdigest()
     image = _open(data, path)
-    width, height, mode = image.width, image.height, image.mode
-    frames = getattr(image, "n_frames", 1)
-    try:
-        image.draft("RGB", (draft_size, draft_size))
-        image.load()
-    except (OSError, SyntaxError, ValueError) as error:
-        raise ImageError(f"{path}: corrupt or truncated image ({error})") from None
+    with _decoding(path):
+        width, height, mode = image.width, image.height, image.mode
+        frames = getattr(image, "n_frames", 1)
+        _decode(image, draft_size)
     return ImageInfo(digest, width, height, mode, frames)
 
 
@@ -108,16 +136,11 @@ def load_image(path: str | Path, image_size: int) -> np.ndarray:
     """Decode, orient (EXIF), convert to RGB and resize to image_size x image_size (uint8)."""
     path = Path(path)
     image = _open(_read_bytes(path), path)
-    try:
-        # Let the JPEG decoder downscale by a power of two when the target is much smaller.
-        image.draft("RGB", (image_size, image_size))
-        image = ImageOps.exif_transpose(image)
-        image = to_rgb(image)
+    with _decoding(path):
+        image = _decode(image, image_size)
         if image.size != (image_size, image_size):
             image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
         return np.asarray(image, dtype=np.uint8)
-    except (OSError, SyntaxError, ValueError) as error:
-        raise ImageError(f"{path}: corrupt or truncated image ({error})") from None
 
 
 def is_image_file(path: Path) -> bool:
