@@ -209,8 +209,8 @@ def test_features_are_stored_as_they_are_made_so_an_interrupted_run_keeps_them(d
     monkeypatch.setattr(features, "SHARD_SECONDS", 0.0)  # a shard after every batch
     real = features.featurize_batches
 
-    def stopped_after_two(*args):
-        for number, batch in enumerate(real(*args), start=1):
+    def stopped_after_two(*args, **options):
+        for number, batch in enumerate(real(*args, **options), start=1):
             yield batch
             if number == 2:
                 raise KeyboardInterrupt

@@ -61,7 +61,10 @@ def test_every_command_has_help_text():
         (["train", "--fine-tune-epochs", "0"], "--fine-tune-epochs must be at least 1 (got 0)"),
         (["train", "--fine-tune-learning-rate", "0"], "--fine-tune-learning-rate must be positive (got 0.0)"),
         (["train", "--fine-tune-layers", "3", "--weights", "none"], "--fine-tune-layers needs pretrained weights"),
-        (["train", "--mixed-precision", "fp8"], "--mixed-precision must be auto, on or off (got 'fp8')"),
+        (
+            ["train", "--mixed-precision", "fp8"],
+            "--mixed-precision must be auto, on, off, float16 or bfloat16 (got 'fp8')",
+        ),
         (["train", "--xla", "yes"], "--xla must be auto, on or off (got 'yes')"),
         (["train", "--patience", "-1"], "--patience must be 0 or more (got -1)"),
     ],
@@ -109,6 +112,31 @@ def test_strict_refuses_the_duplicate_rows(cli, demo_dir, tmp_path):
     assert code == 2
     assert "--strict: 3 unusable row(s): duplicate rows: 3" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_jpeg_cut_inside_its_headers_is_a_dropped_row_not_a_traceback(cli, demo_dir, tmp_path):
+    """A half-copied file from a Drive folder: the first third of a small JPEG, which ends
+    inside its header segments (Pillow's Image.open raised OSError: Truncated File Read)."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(demo_dir, data)
+    photo = sorted((data / "Images" / "CD").glob("*.jpg"))[0]
+    content = photo.read_bytes()
+    photo.write_bytes(content[: content.index(b"\xff\xda") // 2])  # halfway to the scan's start
+    code, out, err = cli(*train_args(data / "Images", output=tmp_path / "run", export="none"))
+    assert code == 0, err
+    assert "unreadable or corrupt images: 1 (line" in err
+    assert "corrupt or truncated image (OSError: Truncated File Read)" in err
+    assert "Traceback" not in err
+    code, out, err = cli(*train_args(data / "Images", output=tmp_path / "strict", export="none"), "--strict")
+    assert code == 2
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .startswith("trainer: error: --strict: 1 unusable row(s): unreadable or corrupt images: 1 (line")
+    )
+    assert not (tmp_path / "strict").exists()
 
 
 def test_output_folder_that_exists_is_not_overwritten(cli, demo_dir, tmp_path):

@@ -40,12 +40,24 @@ def test_overrides_win():
     assert decide([CPU, T4], xla="off").xla is False
     assert decide([CPU], xla="on").xla is True
     assert "mixed precision forced off" in decide([CPU, T4], mixed_precision="off").reasons
+    # A policy named outright applies on any device: a CPU runs what a T4 or a TPU would.
+    assert decide([CPU], mixed_precision="float16").mixed_precision == "mixed_float16"
+    assert decide([CPU, T4], mixed_precision="bfloat16").mixed_precision == "mixed_bfloat16"
+    assert decide([CPU, K80], mixed_precision="float16").mixed_precision == "mixed_float16"
 
 
-@pytest.mark.parametrize("option, value", [("mixed_precision", "yes"), ("xla", "maybe")])
-def test_bad_override(option, value):
-    with pytest.raises(InputError, match=f"--{option.replace('_', '-')} must be auto, on or off"):
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("mixed_precision", "yes", "--mixed-precision must be auto, on, off, float16 or bfloat16 (got 'yes')"),
+        ("mixed_precision", "fp16", "--mixed-precision must be auto, on, off, float16 or bfloat16 (got 'fp16')"),
+        ("xla", "maybe", "--xla must be auto, on or off (got 'maybe')"),
+    ],
+)
+def test_bad_override(option, value, message):
+    with pytest.raises(InputError) as raised:
         decide([CPU], **{option: value})
+    assert str(raised.value) == message
 
 
 def test_batch_size_is_per_replica():

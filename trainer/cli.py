@@ -124,7 +124,7 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--mixed-precision",
         default=d.mixed_precision,
-        help="auto, on or off (default auto: on for GPUs with tensor cores)",
+        help="auto, on, off, float16 or bfloat16 (default auto: float16 on GPUs with tensor cores, bfloat16 on TPUs)",
     )
     parser.add_argument("--xla", default=d.xla, help="auto, on or off (default auto: on for GPUs)")
     parser.add_argument(

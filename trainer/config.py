@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from trainer.device import MIXED_PRECISION, MIXED_PRECISION_TEXT
 from trainer.errors import InputError
 
 SCHEDULES = ("none", "exponential", "polynomial", "cosine")
@@ -54,7 +55,7 @@ class TrainConfig:
     fine_tune_learning_rate: float = 1e-5
     augment: bool = True  # flips, rotation, zoom, contrast when images are trained on
     # Hardware
-    mixed_precision: str = "auto"  # auto | on | off
+    mixed_precision: str = "auto"  # auto | on | off | float16 | bfloat16
     xla: str = "auto"  # auto | on | off
     deterministic: bool = False  # reproducible op order (slower); same seed, same metrics
     cache_megabytes: int = 2048  # decoded images are kept in memory up to this size
@@ -126,8 +127,8 @@ class TrainConfig:
         need(self.fine_tune_layers >= 0, "fine_tune_layers", "0 or more", self.fine_tune_layers)
         need(self.fine_tune_epochs >= 1, "fine_tune_epochs", "at least 1", self.fine_tune_epochs)
         need(self.fine_tune_learning_rate > 0, "fine_tune_learning_rate", "positive", self.fine_tune_learning_rate)
-        for option in ("mixed_precision", "xla"):
-            need(getattr(self, option) in ("auto", "on", "off"), option, "auto, on or off", getattr(self, option))
+        need(self.mixed_precision in MIXED_PRECISION, "mixed_precision", MIXED_PRECISION_TEXT, self.mixed_precision)
+        need(self.xla in ("auto", "on", "off"), "xla", "auto, on or off", self.xla)
         from trainer.export import parse_formats
 
         parse_formats(self.export)

@@ -12,6 +12,11 @@ from dataclasses import dataclass, field
 
 from trainer.errors import InputError
 
+# auto: from the hardware; on: the device's own kind (float16 on GPUs, bfloat16 elsewhere);
+# float16 / bfloat16: that policy on any device, so that a CPU can run what a GPU would.
+MIXED_PRECISION = ("auto", "on", "off", "float16", "bfloat16")
+MIXED_PRECISION_TEXT = "auto, on, off, float16 or bfloat16"
+
 
 @dataclass(frozen=True)
 class Device:
@@ -52,9 +57,10 @@ def workers_from_tf_config(environ: dict | None = None) -> int:
 
 def decide(devices: list[Device], mixed_precision: str = "auto", xla: str = "auto", workers: int = 0) -> Policy:
     """Choose from the hardware, then apply the user's overrides ("on" / "off")."""
-    for option, value in (("mixed-precision", mixed_precision), ("xla", xla)):
-        if value not in ("auto", "on", "off"):
-            raise InputError(f"--{option} must be auto, on or off (got {value!r})")
+    if mixed_precision not in MIXED_PRECISION:
+        raise InputError(f"--mixed-precision must be {MIXED_PRECISION_TEXT} (got {mixed_precision!r})")
+    if xla not in ("auto", "on", "off"):
+        raise InputError(f"--xla must be auto, on or off (got {xla!r})")
     reasons = []
     tpus = [d for d in devices if d.kind == "TPU"]
     gpus = [d for d in devices if d.kind == "GPU"]
@@ -85,6 +91,10 @@ def decide(devices: list[Device], mixed_precision: str = "auto", xla: str = "aut
     elif mixed_precision == "on":
         chosen_mixed = "mixed_bfloat16" if tpus or not gpus else "mixed_float16"
         reasons.append("mixed precision forced on")
+    elif mixed_precision in ("float16", "bfloat16"):
+        # Named outright, so that a CPU can run the policy a GPU or TPU would choose.
+        chosen_mixed = f"mixed_{mixed_precision}"
+        reasons.append(f"mixed precision {mixed_precision} as asked")
     else:
         chosen_mixed = None
         reasons.append("mixed precision forced off")

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from trainer.atomic import replacing
 from trainer.progress import progress
 
 log = logging.getLogger("trainer")
@@ -43,9 +44,19 @@ def weights_identity(weights: str) -> str:
     return "file-" + digest.hexdigest()[:16]
 
 
-def cache_key(backbone: str, image_size: int, weights: str, feature_layer: str | None = None) -> str:
-    text = json.dumps([backbone, image_size, weights_identity(weights), feature_layer, PREPROCESSING])
-    return f"{backbone}-{image_size}-" + hashlib.sha256(text.encode()).hexdigest()[:12]
+def cache_key(
+    backbone: str, image_size: int, weights: str, feature_layer: str | None = None, policy: object = "float32"
+) -> str:
+    """The cache folder's name. Features computed in float16 or bfloat16 differ from float32
+    ones (by up to about 1e-2 of their scale: tests/test_bottleneck.py measures it), so the
+    compute dtype is part of the key, and a head never trains on a mix of the two. A float32
+    key is the same as before the dtype was added, so earlier caches stay valid."""
+    compute = getattr(policy, "compute_dtype", None) or str(policy).removeprefix("mixed_")
+    parts = [backbone, image_size, weights_identity(weights), feature_layer, PREPROCESSING]
+    if compute != "float32":
+        parts.append(compute)
+    digest = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:12]
+    return f"{backbone}-{image_size}-" + ("" if compute == "float32" else f"{compute}-") + digest
 
 
 class FeatureCache:
@@ -57,8 +68,8 @@ class FeatureCache:
         found: dict[str, np.ndarray] = {}
         if not self.folder.is_dir():
             return found
-        for leftover in self.folder.glob(".shard-*.partial.npz"):  # from a killed run
-            if not _alive(leftover.name.split(".")[2]):
+        for leftover in self.folder.glob(".shard-*.partial-*.npz"):  # from a killed run
+            if not _alive(leftover.name.rsplit("-", 1)[-1].removesuffix(".npz")):
                 leftover.unlink(missing_ok=True)
         for shard in sorted(self.folder.glob("shard-*.npz")):
             try:
@@ -81,9 +92,9 @@ class FeatureCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256("".join(sorted(hashes)).encode()).hexdigest()[:16]
         target = self.folder / f"shard-{digest}.npz"
-        temporary = self.folder / f".shard-{digest}.{os.getpid()}.partial.npz"
-        np.savez(temporary, sha256=np.array(hashes), features=features.astype(np.float32))
-        os.replace(temporary, target)
+        # Named by process: runs sharing a cache on Drive may store the same shard at once.
+        with replacing(target, suffix=".npz", unique=True) as temporary:
+            np.savez(temporary, sha256=np.array(hashes), features=features.astype(np.float32))
         return target
 
 
@@ -103,8 +114,8 @@ def featurize(feature_model, paths: list[str], image_size: int, batch_size: int)
     return np.concatenate(list(featurize_batches(feature_model, paths, image_size, batch_size))).astype(np.float32)
 
 
-def featurize_batches(feature_model, paths: list[str], image_size: int, batch_size: int):
-    """The features of paths, one batch at a time, in order."""
+def featurize_batches(feature_model, paths: list[str], image_size: int, batch_size: int, jit_compile: bool = False):
+    """The features of paths, one batch at a time, in order; jit_compile runs them through XLA."""
     import tensorflow as tf
 
     from trainer.pipeline import make_dataset
@@ -115,14 +126,18 @@ def featurize_batches(feature_model, paths: list[str], image_size: int, batch_si
     run = getattr(feature_model, "_trainer_featurize", None)
     if run is None:
         spec = tf.TensorSpec([None, image_size, image_size, 3], tf.float32)
-        run = tf.function(lambda images: feature_model(images, training=False), input_signature=[spec])
+        run = tf.function(
+            lambda images: feature_model(images, training=False), input_signature=[spec], jit_compile=jit_compile
+        )
         feature_model._trainer_featurize = run
     batches = (len(paths) + batch_size - 1) // batch_size
     for images in progress(dataset, total=batches, desc="featurize"):
         yield run(images).numpy()
 
 
-def cached_features(feature_model, rows, image_size: int, batch_size: int, folder: Path) -> np.ndarray:
+def cached_features(
+    feature_model, rows, image_size: int, batch_size: int, folder: Path, jit_compile: bool = False
+) -> np.ndarray:
     """Features for rows (in order): from the cache where present, featurized and stored where not."""
     cache = FeatureCache(folder)
     known = cache.load()
@@ -133,7 +148,9 @@ def cached_features(feature_model, rows, image_size: int, batch_size: int, folde
         hashes = [sha for sha, _ in missing]
         pending: list[np.ndarray] = []
         stored, last = 0, time.monotonic()
-        batches = featurize_batches(feature_model, [path for _, path in missing], image_size, batch_size)
+        batches = featurize_batches(
+            feature_model, [path for _, path in missing], image_size, batch_size, jit_compile=jit_compile
+        )
         for number, features in enumerate(batches, start=1):
             pending.append(features)
             if time.monotonic() - last >= SHARD_SECONDS or number * batch_size >= len(missing):

@@ -197,6 +197,36 @@ def standardization(train_features: np.ndarray):
     return layers.Rescaling(scale=scale.tolist(), offset=(-mean * scale).tolist(), name="feature_norm")
 
 
+def float32_copy(model):
+    """The same model and weights computing in float32: what is saved and exported after
+    training under a mixed-precision policy.
+
+    Mixed precision keeps every variable in float32 and only computes in float16 or bfloat16,
+    so nothing is lost; the copy runs on a CPU with no policy set (float16 arithmetic there is
+    slow, and TFLite's converter rejects half-precision ops), and every export of it matches
+    Keras to float32 precision. Rebuilt from the model's configuration with each layer's dtype
+    policy set to float32, nested models included, then given the trained weights."""
+    import keras
+
+    def to_float32(node):
+        if isinstance(node, dict):
+            if node.get("class_name") in ("DTypePolicy", "FloatDTypePolicy") and "name" in node.get("config", {}):
+                return {**node, "config": {**node["config"], "name": "float32"}}
+            return {key: to_float32(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [to_float32(value) for value in node]
+        return node
+
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")  # for layers whose config names no dtype
+    try:
+        copy = type(model).from_config(to_float32(model.get_config()))
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def copy_layer(layer):
     """A new layer with the same configuration (and so the same constants)."""
     return type(layer).from_config(layer.get_config())

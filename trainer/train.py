@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 
 from trainer import data
+from trainer.atomic import link_or_copy, staged_folder
 from trainer.config import TrainConfig, save_config
 from trainer.errors import CheckFailed, InputError
 from trainer.evaluate import classification_metrics, summary_line, write_metrics
 from trainer.predict import log_report
-from trainer.staging import link_or_copy, staged_folder
 
 log = logging.getLogger("trainer")
 DRIVE = Path("/content/drive/MyDrive")
@@ -224,13 +224,15 @@ def _compile_and_fit(
     steps: int,
     checkpoint_root: Path,
     weights: dict | None,
+    jit_compile: bool = False,
     learning_rate: float | None = None,
 ) -> Phase:
     """One training phase: compile under the strategy, then _fit on the train and validation sets.
 
     The head on cached features runs a whole epoch per call into the graph (steps_per_execution)
     and checkpoints every 30 s: its epochs take milliseconds, so per-step and per-epoch overhead
-    would be most of its cost."""
+    would be most of its cost. jit_compile: XLA for the training step (the GPU policy's choice;
+    Keras's own default turns it off on CPU-only machines, so a forced policy must say so)."""
     head = phase == "head"
     with strategy.scope():
         model.compile(
@@ -238,6 +240,7 @@ def _compile_and_fit(
             "sparse_categorical_crossentropy",
             metrics=["accuracy"],
             steps_per_execution=steps if head else 1,
+            jit_compile=jit_compile,
         )
     return _fit(
         model,
@@ -388,7 +391,15 @@ def main(config: TrainConfig) -> Path:
     import tensorflow as tf
 
     from trainer import device
-    from trainer.model import cut_backbone, feature_extractor, load_backbone, make_head, make_model, unfreeze_top
+    from trainer.model import (
+        cut_backbone,
+        feature_extractor,
+        float32_copy,
+        load_backbone,
+        make_head,
+        make_model,
+        unfreeze_top,
+    )
 
     workers = device.workers_from_tf_config()
     # Collective ops must be configured before TensorFlow runs anything else.
@@ -403,6 +414,8 @@ def main(config: TrainConfig) -> Path:
         keras.mixed_precision.set_global_policy(policy.mixed_precision)
     tf.config.optimizer.set_jit(policy.xla)
     strategy = multi_worker or device.make_strategy(policy)
+    # Keras turns XLA off under a distribution strategy; one device follows the policy.
+    jit_compile = policy.xla and policy.replicas == 1
     batch_size = device.global_batch_size(config.batch_size, policy)
     fingerprint = loaded.fingerprint()
     checkpoint_root = workspace / "checkpoints" / _resume_key(config, fingerprint)
@@ -423,13 +436,30 @@ def main(config: TrainConfig) -> Path:
         from trainer.features import cache_key as make_cache_key
         from trainer.features import cached_features
 
-        cache_key = make_cache_key(config.backbone, config.image_size, weights_used, config.feature_layer)
+        cache_key = make_cache_key(
+            config.backbone,
+            config.image_size,
+            weights_used,
+            config.feature_layer,
+            keras.mixed_precision.global_policy(),
+        )
         extractor = feature_extractor(backbone, config.backbone)
         every_row = [row for name in data.SPLITS for row in loaded.parts[name]]
         featurize_batch = device.featurize_batch_size(batch_size, device.visible_devices(), onednn)
         vectors = cached_features(
-            extractor, every_row, config.image_size, featurize_batch, workspace / "features" / cache_key
+            extractor,
+            every_row,
+            config.image_size,
+            featurize_batch,
+            workspace / "features" / cache_key,
+            jit_compile=policy.xla,
         )
+        if not np.isfinite(vectors).all():
+            bad = int((~np.isfinite(vectors).all(axis=1)).sum())
+            raise CheckFailed(
+                f"{config.backbone}: the features of {bad} image(s) are not finite under "
+                f"{keras.mixed_precision.global_policy().name}; rerun with --mixed-precision off"
+            )
         features, start = {}, 0
         for name in data.SPLITS:
             features[name] = vectors[start : start + len(loaded.parts[name])]
@@ -454,10 +484,10 @@ def main(config: TrainConfig) -> Path:
             steps=steps,
             checkpoint_root=checkpoint_root,
             weights=weights,
+            jit_compile=jit_compile,
         )
         with strategy.scope():
             model = make_model(backbone, config.backbone, len(loaded.labels), True, config.dropout, head)
-        evaluate_on = {name: (head, datasets[name]) for name in ("test", "validation", "train_eval")}
         if config.fine_tune_layers:
             images = _image_datasets(config, loaded, batch_size, config.augment)
             with strategy.scope():
@@ -475,9 +505,9 @@ def main(config: TrainConfig) -> Path:
                 steps=steps,
                 checkpoint_root=checkpoint_root,
                 weights=weights,
+                jit_compile=jit_compile,
                 learning_rate=config.fine_tune_learning_rate,
             )
-            evaluate_on = {name: (model, images[name]) for name in ("test", "validation", "train_eval")}
     else:
         images = _image_datasets(config, loaded, batch_size, config.augment)
         steps = math.ceil(len(loaded.parts["train"]) / batch_size)
@@ -498,9 +528,19 @@ def main(config: TrainConfig) -> Path:
             steps=steps,
             checkpoint_root=checkpoint_root,
             weights=weights,
+            jit_compile=jit_compile,
         )
-        evaluate_on = {name: (model, images[name]) for name in ("test", "validation", "train_eval")}
     seconds = time.time() - started
+    if policy.mixed_precision:
+        # What is evaluated, saved and exported computes in float32 (see model.float32_copy).
+        keras.mixed_precision.set_global_policy("float32")
+        model = float32_copy(model)
+        if pretrained:
+            head = float32_copy(head)
+    if pretrained and not config.fine_tune_layers:
+        evaluate_on = {name: (head, datasets[name]) for name in ("test", "validation", "train_eval")}
+    else:
+        evaluate_on = {name: (model, images[name]) for name in ("test", "validation", "train_eval")}
 
     metrics, probabilities = {}, {}
     for name in ("test", "validation", "train") if config.metrics_on_train else ("test", "validation"):
