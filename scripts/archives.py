@@ -12,13 +12,13 @@ import http.client
 import shutil
 import stat
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from scripts.steps import StepFailed, write_atomically
+from scripts.steps import StepFailed
+from trainer.atomic import replacing, staged_folder, write_atomically
 
 # A zip bomb's tell: far more bytes out than in. Real image archives are near 1:1 (JPEGs do not
 # compress); 200:1 is generous, and 20 GiB is more than any dataset this bundle is for.
@@ -112,33 +112,32 @@ def _room_for(archive: Path, total: int, folder: Path) -> None:
 
 
 def extract(archive: Path, target: Path) -> Path:
-    """Extract into a new folder beside `target`, then rename it to `target`. Returns target."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-    staging.chmod(0o755)
-    try:
-        if zipfile.is_zipfile(archive):
-            with zipfile.ZipFile(archive) as handle:
-                members = check_zip(archive, handle)
-                _room_for(archive, sum(info.file_size for info in members), target.parent)
-                for info in members:
-                    handle.extract(info, staging)
-        elif tarfile.is_tarfile(archive):
-            with tarfile.open(archive) as handle:
-                members = check_tar(archive, handle)
-                _room_for(archive, sum(info.size for info in members), target.parent)
-                for info in members:
-                    info.mode &= 0o755  # never world-writable, never setuid
-                    handle.extract(info, staging, filter="tar" if hasattr(tarfile, "data_filter") else None)
-        else:
-            raise StepFailed(f"{archive}: neither a zip nor a tar archive", "check the source")
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    """Extract into a new folder beside `target` that then takes its name (an existing `target`
+    is replaced whole, see trainer.atomic). A refused archive writes nothing and leaves
+    `target` as it was. Returns target."""
+    with staged_folder(target, replace=True) as staging:
+        extract_into(archive, staging)
     return target
+
+
+def extract_into(archive: Path, folder: Path) -> None:
+    """Check every member, then extract into `folder` (a staging folder of the caller's, which
+    makes the result appear whole); a refused archive writes nothing."""
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as handle:
+            members = check_zip(archive, handle)
+            _room_for(archive, sum(info.file_size for info in members), folder)
+            for info in members:
+                handle.extract(info, folder)
+    elif tarfile.is_tarfile(archive):
+        with tarfile.open(archive) as handle:
+            members = check_tar(archive, handle)
+            _room_for(archive, sum(info.size for info in members), folder)
+            for info in members:
+                info.mode &= 0o755  # never world-writable, never setuid
+                handle.extract(info, folder, filter="tar" if hasattr(tarfile, "data_filter") else None)
+    else:
+        raise StepFailed(f"{archive}: neither a zip nor a tar archive", "check the source")
 
 
 def sha256_of(path: Path) -> str:
@@ -197,10 +196,8 @@ def download(url: str, destination: Path, echo=print, timeout: float = 60) -> Pa
     transfer leaves nothing at destination."""
     from tqdm import tqdm
 
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    temporary = destination.with_name(f".{destination.name}.partial")
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with replacing(destination) as temporary, urllib.request.urlopen(url, timeout=timeout) as response:
             expected = int(response.headers.get("Content-Length") or 0) or None
             received = 0
             with (
@@ -213,22 +210,17 @@ def download(url: str, destination: Path, echo=print, timeout: float = 60) -> Pa
                     handle.write(block)
                     received += len(block)
                     bar.update(len(block))
-        if expected is not None and received != expected:
-            raise StepFailed(f"{url}: transfer cut short ({received} of {expected} bytes)", "retry; check the network")
-        temporary.replace(destination)
+            if expected is not None and received != expected:
+                raise StepFailed(
+                    f"{url}: transfer cut short ({received} of {expected} bytes)", "retry; check the network"
+                )
     except urllib.error.HTTPError as error:
-        temporary.unlink(missing_ok=True)
         raise StepFailed(
             f"{url}: HTTP {error.code} {error.reason}", "check the URL and that it is shared publicly"
         ) from None
     except http.client.HTTPException as error:
-        temporary.unlink(missing_ok=True)
         raise StepFailed(f"{url}: transfer cut short ({type(error).__name__})", "retry; check the network") from None
     except (urllib.error.URLError, OSError) as error:
-        temporary.unlink(missing_ok=True)
         reason = getattr(error, "reason", error)
         raise StepFailed(f"{url}: download failed ({reason})", "check the network and the URL") from None
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
     return destination

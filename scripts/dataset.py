@@ -14,12 +14,12 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from collections import Counter
 from pathlib import Path
 
-from scripts.archives import download, extract, fetch, sha256_of
-from scripts.steps import Context, Result, StepFailed, changed, ok, remove_leftovers, write_atomically
+from scripts.archives import download, extract_into, fetch, sha256_of
+from scripts.steps import Context, Result, StepFailed, changed, ok
+from trainer.atomic import remove_leftovers, replacing, staged_folder, write_atomically
 
 MANIFEST = "dataset.json"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -106,28 +106,40 @@ def read_manifest(data_dir: Path) -> dict | None:
 
 
 def _fetch_gdrive(file_id: str, destination: Path, ctx: Context, url_template: str) -> Path:
+    """Download a shared Drive file with gdown, whole or not at all.
+
+    Colab has gdown 5.2.2; 6.x removed `fuzzy=`, `id=`-only calls' old behaviour and the md5
+    arguments, so the one call both accept is `download(url=..., output=...)`. When Drive
+    refuses (not shared, quota used up), both raise FileURLRetrievalError; on other failures
+    5.x may return None where 6.x raises DownloadError (FileURLRetrievalError's parent)."""
     try:
         import gdown
         from gdown.exceptions import FileURLRetrievalError
     except ImportError:
         raise StepFailed("gdown is not installed", "run `invoke pins` first") from None
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    temporary = destination.with_name(f".{destination.name}.partial")
-    try:
-        # url= (not id= or fuzzy=) is the call that gdown 5.x and 6.x both accept.
-        result = gdown.download(url=url_template.format(id=file_id), output=str(temporary), quiet=False)
-    except FileURLRetrievalError:
-        temporary.unlink(missing_ok=True)
-        raise StepFailed(
-            f"Google Drive refused file {file_id} (not shared, or its download quota is used up)",
-            "share it as 'Anyone with the link', or copy the zip into your Drive and pass its /content/drive path",
-        ) from None
-    except Exception as error:  # gdown surfaces network errors from requests under many types
-        temporary.unlink(missing_ok=True)
-        raise StepFailed(f"Google Drive download of {file_id} failed ({error})", "check the network; retry") from None
-    if result is None or not temporary.is_file():
-        raise StepFailed(f"Google Drive download of {file_id} produced no file", "check the id and its sharing")
-    temporary.replace(destination)
+    with replacing(destination) as temporary:
+        try:
+            result = gdown.download(url=url_template.format(id=file_id), output=str(temporary), quiet=False)
+        except FileURLRetrievalError as error:
+            if "too many users" in str(error).lower():
+                raise StepFailed(
+                    f"Google Drive refused file {file_id}: its download quota is used up for now",
+                    "retry in a day, or copy the zip into your Drive and pass its /content/drive path",
+                ) from None
+            raise StepFailed(
+                f"Google Drive refused file {file_id} (not shared with 'Anyone with the link')",
+                "share it that way, or copy the zip into your Drive and pass its /content/drive path",
+            ) from None
+        except Exception as error:  # noqa: BLE001 - 6.x's DownloadError, and requests' errors under both
+            # requests nests the cause a few levels deep; its errno line is what a person needs.
+            errno_line = re.search(r"\[Errno -?\d+\] [^'\")]+", str(error))
+            lines = str(error).strip().splitlines() or [""]
+            reason = f"{type(error).__name__}: {errno_line.group(0) if errno_line else lines[0]}".rstrip(": ")
+            raise StepFailed(
+                f"Google Drive download of {file_id} failed ({reason})", "check the network; retry"
+            ) from None
+        if result is None or not temporary.is_file():
+            raise StepFailed(f"Google Drive download of {file_id} produced no file", "check the id and its sharing")
     return destination
 
 
@@ -178,53 +190,43 @@ def dataset(
         return ctx.would(f"fetch {kind} source {source} into {data_path}")
 
     data_path.mkdir(parents=True, exist_ok=True)
-    # The manifest says "done"; it goes before anything changes and comes back last, so a run
-    # killed in between leaves no manifest, and the rerun does the work again.
-    (data_path / MANIFEST).unlink(missing_ok=True)
     remove_leftovers(data_path, ".dataset.", ".demo.", ".copy.", f".{MANIFEST}.")
     remove_leftovers(data_path / "downloads", ".")
-    if kind == "demo":
-        try:
-            from trainer.demo import make_demo_data  # numpy and Pillow, only when there is work to do
-        except ImportError as error:
-            raise StepFailed(
-                f"the demo data needs {error.name}, which is not installed", "run `invoke pins` first"
-            ) from None
-
-        staging = Path(tempfile.mkdtemp(prefix=".demo.", dir=data_path))
-        shutil.rmtree(staging)
-        make_demo_data(staging, per_class=demo_per_class, seed=demo_seed)
-        _replace(unpacked, staging)
-    else:
-        obtained = _obtain(kind, value, data_path / "downloads", ctx, sha256, gdrive_url)
-        if obtained.is_dir():
-            staging = Path(tempfile.mkdtemp(prefix=".copy.", dir=data_path))
-            shutil.rmtree(staging)
-            shutil.copytree(obtained, staging)
-            _replace(unpacked, staging)
+    # The new dataset is fetched, unpacked and counted beside the old one, which keeps its
+    # record until then: a source refused at any point (missing, unsafe, no images, counts
+    # that differ from --expect) leaves the previous dataset recorded and in place.
+    obtained = None if kind == "demo" else _obtain(kind, value, data_path / "downloads", ctx, sha256, gdrive_url)
+    with staged_folder(unpacked, replace=True) as staging:
+        if obtained is None:
+            _make_demo(staging, demo_per_class, demo_seed)
+        elif obtained.is_dir():
+            shutil.copytree(obtained, staging, dirs_exist_ok=True)
         else:
-            extract(obtained, unpacked)
-    folder, csv_name = find_layout(unpacked, csv)
-    counts = count_images(folder)
-    if not counts:
-        raise StepFailed(
-            f"no images found in {source}", "the source must hold image files, in class folders or with a CSV"
-        )
+            extract_into(obtained, staging)
+        folder, csv_name = find_layout(staging, csv)
+        counts = count_images(folder)
+        if not counts:
+            raise StepFailed(
+                f"no images found in {source}", "the source must hold image files, in class folders or with a CSV"
+            )
+        _check_counts(counts, wanted_counts)
+        # The manifest says "done": it goes just before the new folder replaces the old one and
+        # comes back last, so a run killed in between leaves none, and the rerun does the work.
+        (data_path / MANIFEST).unlink(missing_ok=True)
+    folder = unpacked / folder.relative_to(staging)
     manifest = {**settings, "folder": str(folder), "file": csv_name, "counts": counts, "tree": tree_state(unpacked)}
-    _check_counts(counts, wanted_counts)
     write_atomically(data_path / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return changed(f"{_describe(manifest)} from {source}")
 
 
-def _replace(target: Path, staging: Path) -> None:
-    if target.exists():
-        old = target.with_name(f".{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        target.rename(old)
-        staging.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        staging.rename(target)
+def _make_demo(folder: Path, per_class: int, seed: int) -> None:
+    try:
+        from trainer.demo import make_demo_data  # numpy and Pillow, only when there is work to do
+    except ImportError as error:
+        raise StepFailed(
+            f"the demo data needs {error.name}, which is not installed", "run `invoke pins` first"
+        ) from None
+    make_demo_data(folder, per_class=per_class, seed=seed)
 
 
 def _describe(manifest: dict) -> str:

@@ -21,7 +21,7 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 
-from scripts.archives import download, extract, fetch, sha256_of
+from scripts.archives import download, extract_into, fetch, sha256_of
 from scripts.steps import (
     Context,
     Result,
@@ -31,10 +31,8 @@ from scripts.steps import (
     ok,
     privileged,
     read,
-    remove_leftovers,
-    write_atomically,
 )
-from trainer.staging import link_or_copy
+from trainer.atomic import link_or_copy, remove_leftovers, temporary_name, write_atomically
 
 STAMP = "share/libtensorflow/install.json"
 LDCONF = Path("/etc/ld.so.conf.d/libtensorflow.conf")
@@ -213,7 +211,7 @@ def stage_from_wheel(version: str, staging: Path) -> None:
 
 
 def stage_from_tarball(tarball: Path, staging: Path) -> None:
-    extract(tarball, staging)
+    extract_into(tarball, staging)
     if not (staging / "include/tensorflow/c/c_api.h").is_file() or not (staging / "lib/libtensorflow.so.2").exists():
         raise StepFailed(
             f"{tarball}: no include/tensorflow/c/c_api.h or lib/libtensorflow.so.2 inside",
@@ -232,7 +230,7 @@ def install_tree(staging: Path, prefix: Path) -> dict[str, int | None]:
         relative = source.relative_to(staging)
         target = prefix / relative
         target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_name(f".{target.name}.partial")
+        temporary = temporary_name(target)
         if temporary.exists() or temporary.is_symlink():
             temporary.unlink()
         if source.is_symlink():
@@ -308,17 +306,21 @@ def libtensorflow(
     actions = []
     if not is_current:
         prefix_path.mkdir(parents=True, exist_ok=True)
-        # The stamp says "done": it goes first and comes back last (see scripts/steps.py).
-        (prefix_path / STAMP).unlink(missing_ok=True)
-        remove_leftovers(prefix_path, ".libtensorflow.partial-", "..libtensorflow.partial-")  # the 2nd: extract()'s
+        remove_leftovers(prefix_path, ".libtensorflow.partial-")
         remove_leftovers(prefix_path / "lib", ".libtensorflow")
+        # The new library is staged and verified on its own before anything in the prefix
+        # changes: a refused source (a missing, unsafe or damaged tarball, a checksum that
+        # differs, a library of another version) leaves the installed one recorded and in place.
         staging = Path(tempfile.mkdtemp(prefix=".libtensorflow.partial-", dir=prefix_path))
         try:
             if source == "wheel":
                 stage_from_wheel(version, staging)
             else:
-                shutil.rmtree(staging)
                 stage_from_tarball(_tarball(ctx, source, sha256, prefix_path), staging)
+            verify(staging, version, ctx)
+            # The stamp says "done": it goes before the prefix changes and comes back last
+            # (see scripts/steps.py).
+            (prefix_path / STAMP).unlink(missing_ok=True)
             files = install_tree(staging, prefix_path)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

@@ -16,8 +16,6 @@ unmounted Drive would be), it says to mount it.
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import json
 import os
 import shutil
@@ -27,7 +25,8 @@ from pathlib import Path
 
 from scripts.archives import sha256_of
 from scripts.check import drive_folder, in_colab
-from scripts.steps import Context, Result, StepFailed, changed, ok, remove_leftovers
+from scripts.steps import Context, Result, StepFailed, changed, ok
+from trainer.atomic import exchange, remove_leftovers
 
 RECORD = "published.json"
 
@@ -50,21 +49,6 @@ def default_destination(ctx: Context, drive_subfolder: str, local_folder: str) -
             "Google Drive is not mounted", "run the notebook's first cell (drive.mount), or pass --to a folder"
         )
     return ctx.root / local_folder
-
-
-def exchange(a: Path, b: Path) -> bool:
-    """Swap two paths' names atomically; False where the filesystem or the C library cannot."""
-    try:
-        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except AttributeError:  # glibc before 2.28
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
-        return False
-    raise OSError(code, os.strerror(code), str(a))
 
 
 def swap_in(staging: Path, current: Path, previous: Path) -> None:

@@ -10,7 +10,9 @@ never reports `ok` from a marker alone. Its "done" record (the dataset's manifes
 library's stamp, the published record) is removed before anything changes and written last,
 under a temporary name and renamed; the files it vouches for are written the same way; and the
 `ok` check also stats them. What a killed run leaves (hidden `.NAME.partial*` entries) is
-removed by the next run, which holds the bundle's lock (scripts/lock.py).
+removed by the next run, which holds the bundle's lock (scripts/lock.py). A step checks its new
+input (fetches, unpacks, verifies it beside the old state) before it drops that record, so a
+refused source costs nothing. trainer/atomic.py holds the writes and swaps all of this uses.
 """
 
 from __future__ import annotations
@@ -18,13 +20,14 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from trainer.atomic import write_atomically
 
 STATUSES = ("ok", "changed", "skipped", "failed")
 
@@ -138,32 +141,6 @@ def table(results: Sequence[Result]) -> str:
 def write_report(results: Sequence[Result], path: Path) -> None:
     """{"steps": [{"name", "status", "seconds", "detail"}]}, written whole or not at all."""
     write_atomically(path, json.dumps({"steps": [asdict(r) for r in results]}, indent=2) + "\n")
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write text to path through `.NAME.partial` and a rename: a reader (or a run after a kill)
-    sees the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.partial")
-    temporary.write_text(text, encoding="utf-8")
-    temporary.replace(path)
-
-
-def remove_leftovers(folder: Path, *prefixes: str) -> list[str]:
-    """Remove what an interrupted run left in folder: entries whose names start with one of
-    prefixes (the hidden temporary names steps write through). Steps call it under the bundle
-    lock, so no other run is writing them."""
-    removed = []
-    if not folder.is_dir():
-        return removed
-    for entry in sorted(folder.iterdir()):
-        if entry.name.startswith(prefixes):
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
-            removed.append(entry.name)
-    return removed
 
 
 def is_root() -> bool:

@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+import io
 import os
+import shutil
 import subprocess
 import sys
+import tarfile
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +15,39 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 ROOT = Path(__file__).resolve().parent.parent
 CONCRETE = ROOT.parent / "shared" / "data" / "concrete" / "Images"
+IN_CI = os.environ.get("TRAINER_CI") == "1"  # CI fails where a missing tool would skip a test
+GDOWN_6 = "6.5.1"  # the newest gdown; Colab's 5.2.2 is the pinned one
+
+
+INVOKE = [sys.executable, "-m", "invoke"]
+
+
+def bundle_copy(tmp_path: Path) -> Path:
+    copy = tmp_path / "bundle dir"  # a space, to keep the quoting honest
+    copy.mkdir()
+    for name in ("tasks.py", "invoke.yaml", "requirements.txt", "requirements-dev.txt"):
+        shutil.copy2(ROOT / name, copy / name)
+    for folder in ("scripts", "trainer", ".ci"):
+        shutil.copytree(ROOT / folder, copy / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    return copy
+
+
+def invoke(cwd: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*INVOKE, *args], cwd=cwd, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=900
+    )
+
+
+def snapshot(*folders: Path) -> dict:
+    state = {}
+    for folder in folders:
+        if not folder.exists():
+            state[str(folder)] = None
+            continue
+        for path in [folder, *folder.rglob("*")]:
+            info = path.lstat()
+            state[str(path)] = (info.st_mode, info.st_size, info.st_mtime_ns)
+    return state
 
 
 @pytest.fixture(autouse=True)
@@ -81,3 +118,88 @@ def vgg16_weights(tmp_path_factory) -> Path:
     from tests.stand_in import build_vgg16_weights
 
     return build_vgg16_weights(tmp_path_factory.mktemp("weights") / "vgg16_hed.weights.h5")
+
+
+@pytest.fixture(scope="session")
+def drive_server(tmp_path_factory):
+    """The stand-in for Google Drive (tests/drive_stand_in.py), one per session."""
+    from tests.drive_stand_in import start
+
+    if shutil.which("openssl") is None:
+        if IN_CI:
+            pytest.fail("openssl is needed for the stand-in Drive's certificate")
+        pytest.skip("openssl is needed for the stand-in Drive's certificate")
+    drive, httpd = start(tmp_path_factory.mktemp("drive"))
+    yield drive
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture()
+def drive(drive_server):
+    """The stand-in Drive with no files shared yet."""
+    drive_server.files.clear()
+    drive_server.tunnels.clear()
+    return drive_server
+
+
+@pytest.fixture(scope="session")
+def gdown_6(tmp_path_factory) -> Path:
+    """A folder holding gdown 6.x alone (its dependencies are gdown 5's), to put first on
+    PYTHONPATH: the data step runs against both majors."""
+    target = tmp_path_factory.mktemp("gdown6")
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), f"gdown=={GDOWN_6}"],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        message = f"could not install gdown {GDOWN_6} from the package index: {result.stderr.strip()[-300:]}"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return target
+
+
+def images_zip(path: Path, per_class: int = 3, with_csv: bool = True) -> Path:
+    """An archive in the original Images.zip layout: Images/CD, Images/UD, the CSV inside Images/."""
+    from PIL import Image
+
+    lines = ["ImagePath,Label"]
+    with zipfile.ZipFile(path, "w") as handle:
+        for label_index, label in enumerate(("CD", "UD")):
+            for i in range(per_class):
+                image = path.parent / "tmp.png"
+                Image.new("RGB", (8, 8), (label_index * 90, i * 20, 0)).save(image)
+                handle.write(image, f"Images/{label}/{i}.png")
+                lines.append(f"../Images/{label}/{i}.png,{label}")
+        if with_csv:
+            handle.writestr("Images/training_data.csv", "\n".join(lines) + "\n")
+    (path.parent / "tmp.png").unlink()
+    return path
+
+
+def make_zip(path: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w") as handle:
+        for name, data in members.items():
+            handle.writestr(name, data)
+    return path
+
+
+def make_tar(path: Path, members: list[tarfile.TarInfo], data: dict[str, bytes] | None = None) -> Path:
+    data = data or {}
+    with tarfile.open(path, "w:gz") as handle:
+        for info in members:
+            payload = data.get(info.name)
+            if payload is not None:
+                info.size = len(payload)
+            handle.addfile(info, io.BytesIO(payload) if payload is not None else None)
+    return path
+
+
+def tar_member(name: str, kind=tarfile.REGTYPE, linkname: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = linkname
+    info.mode = 0o644
+    return info

@@ -13,32 +13,7 @@ import pytest
 
 from scripts.archives import download, extract
 from scripts.steps import StepFailed
-
-
-def make_zip(path: Path, members: dict[str, bytes]) -> Path:
-    with zipfile.ZipFile(path, "w") as handle:
-        for name, data in members.items():
-            handle.writestr(name, data)
-    return path
-
-
-def make_tar(path: Path, members: list[tarfile.TarInfo], data: dict[str, bytes] | None = None) -> Path:
-    data = data or {}
-    with tarfile.open(path, "w:gz") as handle:
-        for info in members:
-            payload = data.get(info.name)
-            if payload is not None:
-                info.size = len(payload)
-            handle.addfile(info, io.BytesIO(payload) if payload is not None else None)
-    return path
-
-
-def tar_member(name: str, kind=tarfile.REGTYPE, linkname: str = "") -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.type = kind
-    info.linkname = linkname
-    info.mode = 0o644
-    return info
+from tests.conftest import make_tar, make_zip, tar_member
 
 
 def snapshot(folder: Path) -> set[str]:

@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.conftest import ROOT
-from tests.test_tasks import bundle_copy, invoke, snapshot
+from tests.conftest import ROOT, bundle_copy, invoke, snapshot
 
 # A folder name no shell could take literally: spaces, both quotes, unicode, command
 # substitution in both spellings, a command separator and a glob.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -12,26 +11,11 @@ from PIL import Image
 
 from scripts import dataset
 from scripts.steps import Context, StepFailed
+from tests.conftest import images_zip
 
 
 def quiet(root: Path, dry_run: bool = False) -> Context:
     return Context(root=root, dry_run=dry_run, echo=lambda message: None)
-
-
-def images_zip(path: Path, per_class: int = 3, with_csv: bool = True) -> Path:
-    """An archive in the original Images.zip layout: Images/CD, Images/UD, the CSV inside Images/."""
-    lines = ["ImagePath,Label"]
-    with zipfile.ZipFile(path, "w") as handle:
-        for label_index, label in enumerate(("CD", "UD")):
-            for i in range(per_class):
-                image = path.parent / "tmp.png"
-                Image.new("RGB", (8, 8), (label_index * 90, i * 20, 0)).save(image)
-                handle.write(image, f"Images/{label}/{i}.png")
-                lines.append(f"../Images/{label}/{i}.png,{label}")
-        if with_csv:
-            handle.writestr("Images/training_data.csv", "\n".join(lines) + "\n")
-    (path.parent / "tmp.png").unlink()
-    return path
 
 
 @pytest.mark.parametrize(
@@ -129,36 +113,6 @@ def test_corrupted_download_is_detected_and_fetched_again(http_server, tmp_path)
     assert dataset.dataset(quiet(tmp_path), source=http_server.url("/Images.zip"), sha256=digest).status == "changed"
     assert route.hits == 1
     assert (downloads / "Images.zip").read_bytes() == body
-
-
-def test_google_drive_source_through_gdown(http_server, tmp_path):
-    # gdown fetches the file from a stand-in for Drive's download endpoint on 127.0.0.1.
-    route = http_server.serve("/uc", images_zip(tmp_path / "src.zip").read_bytes())
-    result = dataset.dataset(
-        quiet(tmp_path), source="1AbCdEfGhIjKlMnOpQrStUvWxYz012345", gdrive_url=http_server.url("/uc?id={id}")
-    )
-    assert result.status == "changed" and route.hits == 1
-    assert (tmp_path / "data" / "downloads" / "1AbCdEfGhIjKlMnOpQrStUvWxYz012345.zip").is_file()
-
-
-def test_google_drive_permission_failure_is_one_line(tmp_path, monkeypatch):
-    import gdown
-    from gdown.exceptions import FileURLRetrievalError
-
-    def refuse(**kwargs):
-        raise FileURLRetrievalError(
-            "Cannot retrieve the public link of the file. You may need to change the permission"
-        )
-
-    monkeypatch.setattr(gdown, "download", refuse)
-    with pytest.raises(StepFailed) as error:
-        dataset.dataset(
-            quiet(tmp_path), source="https://drive.google.com/file/d/1AbCdEfGhIjKlMnOpQrStUvWxYz012345/view"
-        )
-    message = str(error.value)
-    assert "\n" not in message
-    assert "Google Drive refused file 1AbCdEfGhIjKlMnOpQrStUvWxYz012345" in message
-    assert "share it as 'Anyone with the link'" in message
 
 
 def test_bad_expect_option(tmp_path):

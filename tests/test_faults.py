@@ -22,9 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, bundle_copy
 from tests.faults import INVOKE, generator, run
-from tests.test_tasks import bundle_copy
 
 PIN = next(
     line.split("==")[1].strip()

@@ -14,11 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, run_module, train_args
+from tests.conftest import IN_CI, ROOT, run_module, train_args
 from trainer.evaluate import classification_metrics, roc_auc, top_k_accuracy
 
-# In CI the browser and the installed C library must be there; elsewhere their tests may skip.
-IN_CI = os.environ.get("TRAINER_CI") == "1"
 LEGS = {"SavedModel", "TFLite", "TFLite int8", "ONNX Runtime", "TensorFlow C library"}
 
 

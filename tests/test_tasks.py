@@ -5,43 +5,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import INVOKE, ROOT, bundle_copy, invoke, snapshot
 
-INVOKE = [sys.executable, "-m", "invoke"]
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
-
-
-def bundle_copy(tmp_path: Path) -> Path:
-    copy = tmp_path / "bundle dir"  # a space, to keep the quoting honest
-    copy.mkdir()
-    for name in ("tasks.py", "invoke.yaml", "requirements.txt", "requirements-dev.txt"):
-        shutil.copy2(ROOT / name, copy / name)
-    for folder in ("scripts", "trainer", ".ci"):
-        shutil.copytree(ROOT / folder, copy / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    return copy
-
-
-def invoke(cwd: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [*INVOKE, *args], cwd=cwd, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=900
-    )
-
-
-def snapshot(*folders: Path) -> dict:
-    state = {}
-    for folder in folders:
-        if not folder.exists():
-            state[str(folder)] = None
-            continue
-        for path in [folder, *folder.rglob("*")]:
-            info = path.lstat()
-            state[str(path)] = (info.st_mode, info.st_size, info.st_mtime_ns)
-    return state
 
 
 def test_every_task_has_a_docstring_and_is_in_the_readme():

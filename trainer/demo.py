@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from trainer.atomic import staged_folder
 from trainer.errors import InputError
-from trainer.staging import staged_folder
 
 LABELS = ("CD", "UD")
 DEFAULT_SIZE = 160

@@ -24,7 +24,6 @@ import io
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from trainer.atomic import replacing, staged_folder, write_atomically
 from trainer.errors import CheckFailed, InputError
 
 log = logging.getLogger("trainer")
@@ -73,18 +73,6 @@ def parse_formats(text: str) -> tuple[str, ...]:
 # Writing
 
 
-def _replace(temporary: Path, destination: Path) -> None:
-    """Move a finished file or folder into place; an older one is removed only after."""
-    if destination.is_dir() and not destination.is_symlink():
-        old = destination.with_name(f".{destination.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        destination.rename(old)
-        temporary.rename(destination)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(temporary, destination)
-
-
 @contextlib.contextmanager
 def _quiet():
     """The converters print pages of progress, some of it from C++ straight to file descriptor
@@ -113,8 +101,6 @@ def write_saved_model(model, destination: Path) -> None:
     import keras
     import tensorflow as tf
 
-    temporary = Path(tempfile.mkdtemp(prefix=".saved_model.partial-", dir=destination.parent))
-    shutil.rmtree(temporary)
     size = model.input_shape[1:3]
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -123,12 +109,8 @@ def write_saved_model(model, destination: Path) -> None:
         fn=lambda image: {"probabilities": model(image, training=False)},
         input_signature=[tf.TensorSpec([None, *size, 3], tf.float32, name="image")],
     )
-    try:
-        with _quiet():
-            archive.write_out(str(temporary), verbose=False)
-        _replace(temporary, destination)
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)
+    with staged_folder(destination, replace=True) as staging, _quiet():
+        archive.write_out(str(staging), verbose=False)
 
 
 def serving_tensors(saved_model: Path) -> tuple[str, str]:
@@ -150,17 +132,14 @@ def write_tflite(saved_model: Path, destination: Path, quantize: bool) -> None:
         if quantize:
             converter.optimizations = [tf.lite.Optimize.DEFAULT]  # dynamic range: int8 weights
         flat = converter.convert()
-    temporary = destination.with_name(f".{destination.name}.partial")
-    temporary.write_bytes(flat)
-    os.replace(temporary, destination)
+    write_atomically(destination, flat)
 
 
 def write_onnx(model, destination: Path) -> None:
     """Keras's own ONNX exporter; the output is then named "probabilities" like the others."""
     import onnx
 
-    temporary = destination.with_name(f".{destination.name}.partial.onnx")
-    try:
+    with replacing(destination, suffix=".onnx") as temporary:
         with _quiet():
             model.export(str(temporary), format="onnx", verbose=False)
         graph = onnx.load(str(temporary))
@@ -170,9 +149,6 @@ def write_onnx(model, destination: Path) -> None:
         graph.graph.output[0].name = "probabilities"
         onnx.checker.check_model(graph)
         onnx.save(graph, str(temporary))
-        os.replace(temporary, destination)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -410,9 +386,7 @@ def export_run(run_dir: str | Path, formats: tuple[str, ...] = FORMATS, check: b
     if not check:
         failed = [leg for leg in legs if leg.detail.startswith("export")]
     result["ok"] = not failed
-    temporary = run_dir / ".exports.json.partial"
-    temporary.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    os.replace(temporary, run_dir / "exports.json")
+    write_atomically(run_dir / "exports.json", json.dumps(result, indent=2) + "\n")
     for leg in legs:
         if leg.max_difference is not None:
             log.info(

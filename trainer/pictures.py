@@ -7,10 +7,11 @@ can redraw them without TensorFlow.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
+
+from trainer.atomic import replacing
 
 DPI = 100
 
@@ -26,10 +27,9 @@ def _pyplot():
 
 def _save(figure, path: Path) -> Path:
     """PNG under a temporary name, then renamed: a picture is whole or absent."""
-    temporary = path.with_name(f".{path.name}.partial.png")
-    figure.savefig(temporary, dpi=DPI)
+    with replacing(path, suffix=".png") as temporary:
+        figure.savefig(temporary, dpi=DPI)
     _pyplot().close(figure)
-    os.replace(temporary, path)
     return path
 
 
@@ -142,8 +142,7 @@ def worst_images(predictions: list[dict], path: Path, count: int = 16) -> Path:
             draw.text((left + width / 2, top + CAPTION + PHOTO / 2), "image not found", "dimgray", caption, "mm")
     if not worst:
         draw.text((middle, HEADER + height / 2), "no test images", "dimgray", caption, "mm")
-    temporary = path.with_name(f".{path.name}.partial.png")
-    # zlib level 1: a third of the default level's time (0.07 s vs 0.23 s here) for a 15% larger file.
-    sheet.save(temporary, format="PNG", compress_level=1)
-    os.replace(temporary, path)
+    with replacing(path, suffix=".png") as temporary:
+        # zlib level 1: a third of the default level's time (0.07 s vs 0.23 s here) for a 15% larger file.
+        sheet.save(temporary, format="PNG", compress_level=1)
     return path

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from trainer import data
+from trainer.atomic import replacing
 from trainer.errors import InputError
 from trainer.images import is_image_file
 
@@ -153,11 +154,8 @@ def predict_images(
         (str(path), run.labels[int(p.argmax())], float(p.max())) for path, p in zip(paths, probabilities, strict=True)
     ]
     if output:
-        destination = Path(output)
-        temporary = destination.with_name(f".{destination.name}.partial")
-        with temporary.open("w", newline="", encoding="utf-8") as handle:
+        with replacing(Path(output)) as temporary, temporary.open("w", newline="", encoding="utf-8") as handle:
             _write_rows(handle, results)
-        temporary.replace(destination)
     else:
         _write_rows(sys.stdout, results)
     return results

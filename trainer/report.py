@@ -16,11 +16,11 @@ import base64
 import csv
 import html
 import json
-import os
 import time
 from pathlib import Path
 
 from trainer import pictures
+from trainer.atomic import replacing, write_atomically
 from trainer.errors import InputError
 
 PICTURES = {
@@ -32,8 +32,7 @@ PICTURES = {
 
 def write_predictions(path: Path, labels: list[str], parts: dict[str, tuple[list, list, object]]) -> None:
     """parts: split name -> (image paths, true labels, probabilities [n, classes])."""
-    temporary = path.with_name(f".{path.name}.partial")
-    with temporary.open("w", newline="", encoding="utf-8") as handle:
+    with replacing(path) as temporary, temporary.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(
             ["ImagePath", "Label", "Split", "PredictedLabel", "Score", *(f"P({label})" for label in labels)]
@@ -42,7 +41,6 @@ def write_predictions(path: Path, labels: list[str], parts: dict[str, tuple[list
             for image, label, p in zip(paths, true_labels, probabilities, strict=True):
                 best = int(p.argmax())
                 writer.writerow([image, label, split, labels[best], f"{p[best]:.6f}", *(f"{v:.6f}" for v in p)])
-    os.replace(temporary, path)
 
 
 def read_predictions(path: Path, split: str = "test") -> list[dict]:
@@ -106,9 +104,7 @@ def build(run_dir: str | Path, name: str | None = None) -> Path:
     draw_pictures(run_dir)
     page = render(run_dir, name or run_dir.name)
     destination = run_dir / "report.html"
-    temporary = destination.with_name(".report.html.partial")
-    temporary.write_text(page, encoding="utf-8")
-    os.replace(temporary, destination)
+    write_atomically(destination, page)
     return destination
 
 

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 import warnings
 from pathlib import Path
 
 import keras
+
+from trainer.atomic import replacing, write_atomically
 
 log = logging.getLogger("trainer")
 
@@ -130,14 +131,11 @@ class Checkpoints(keras.callbacks.Callback):
             self._write_state(state)
 
     def _save_weights(self, model, name: str) -> None:
-        temporary = self.folder / f".{name}.partial.weights.h5"
-        model.save_weights(temporary)
-        os.replace(temporary, self.folder / name)
+        with replacing(self.folder / name, suffix=".weights.h5") as temporary:
+            model.save_weights(temporary)
 
     def _write_state(self, state: dict) -> None:
-        temporary = self.folder / ".state.json.partial"
-        temporary.write_text(json.dumps(state))
-        os.replace(temporary, self.folder / "state.json")
+        write_atomically(self.folder / "state.json", json.dumps(state))
 
 
 def _plain(value):
