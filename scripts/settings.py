@@ -30,7 +30,7 @@ SCHEMA: dict[str, dict[str, object]] = {
     "setup": {"report": TEXT, "lock_wait": seconds()},
     "check": {"require_gpu": FLAG},
     "apt": {"packages": WORDS},
-    "pins": {"requirements": TEXT},
+    "pins": {"requirements": TEXT, "constraints": TEXT},
     "libtensorflow": {"prefix": TEXT, "source": TEXT, "sha256": TEXT, "env_file": TEXT, "ldconfig": TEXT},
     "data": {
         "source": TEXT,
@@ -51,8 +51,9 @@ SCHEMA: dict[str, dict[str, object]] = {
         "output": TEXT,
         "model_name": TEXT,
         "extra": TEXT,
+        "force": FLAG,
     },
-    "publish": {"to": TEXT, "drive_subfolder": TEXT, "local_folder": TEXT, "model_name": TEXT},
+    "publish": {"to": TEXT, "folder": TEXT, "local_folder": TEXT},
 }
 TRUE, FALSE = ("yes", "true", "on", "1"), ("no", "false", "off", "0", "")
 

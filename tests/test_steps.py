@@ -15,6 +15,7 @@ import pytest
 from scripts import apt, check, pins, publish, stage
 from scripts.libtensorflow import set_soname
 from scripts.steps import Context, Result, StepFailed, run_step, table, write_report
+from tests.conftest import ROOT
 
 
 def test_run_step_times_reports_and_turns_failures_into_a_result():
@@ -121,6 +122,30 @@ def test_pins_file_must_be_exact(tmp_path):
         pins.read_pins(tmp_path / "r.txt")
 
 
+def test_every_pin_of_a_package_colab_preinstalls_is_colabs_version():
+    colab = pins.read_freeze(ROOT / "colab" / "constraints.txt")
+    assert len(colab) > 600 and colab["tensorflow"] == "2.20.0"  # the whole list, not a subset
+    for requirements in ("requirements.txt", "requirements-dev.txt"):
+        assert pins.differences(pins.read_freeze(ROOT / requirements), colab) == [], requirements
+    # What the bundle relies on being there is in the list, so the pins above were compared.
+    runtime = pins.read_pins(ROOT / "requirements.txt")
+    on_colab = {name for name in runtime if pins._normal(name) in {pins._normal(n) for n in colab}}
+    assert on_colab >= {"tensorflow", "keras", "numpy", "protobuf", "pillow", "tqdm", "gdown", "matplotlib"}
+    assert not {"invoke", "onnx", "tf2onnx", "onnxruntime"} & on_colab
+
+
+def test_a_pin_that_contradicts_colab_is_refused_before_pip_runs(tmp_path):
+    (tmp_path / "requirements.txt").write_text("numpy==2.4.6\n")
+    (tmp_path / "colab").mkdir()
+    (tmp_path / "colab" / "constraints.txt").write_text("numpy==2.1.3\npandas==2.2.3\n")
+    with pytest.raises(StepFailed) as refused:
+        pins.pins(Context(root=tmp_path, echo=lambda message: None))
+    assert str(refused.value) == (
+        "pins differ from constraints.txt: numpy==2.4.6 (the list has 2.1.3); "
+        "make them equal, or set pins.constraints to ''"
+    )
+
+
 def test_pins_match_here():
     # CI installs requirements.txt before the tests, so the step must find nothing to do.
     assert pins.pins(Context(dry_run=True)).status == "ok"
@@ -167,14 +192,16 @@ def test_publish_copies_verifies_and_keeps_the_previous_version(tmp_path):
     ctx = Context(root=tmp_path, echo=lambda message: None)
     first = _fake_run(tmp_path / "runs" / "a", "model A")
     drive = tmp_path / "drive"
-    result = publish.publish(ctx, run=str(first), to=str(drive))
+    drive.mkdir()
+    to = str(drive / "ud-cd-classifier")
+    result = publish.publish(ctx, run=str(first), to=to)
     assert result.status == "changed"
     assert (drive / "ud-cd-classifier" / "model.keras").read_text() == "model A"
     record = json.loads((drive / "ud-cd-classifier" / "published.json").read_text())
     assert set(record["files"]) == {"model.keras", "labels.txt"}
-    assert publish.publish(ctx, run=str(first), to=str(drive)).status == "ok"
+    assert publish.publish(ctx, run=str(first), to=to).status == "ok"
     second = _fake_run(tmp_path / "runs" / "b", "model B")
-    assert publish.publish(ctx, to=str(drive)).status == "changed"  # the latest run by default
+    assert publish.publish(ctx, to=to).status == "changed"  # the latest run by default
     assert (drive / "ud-cd-classifier" / "model.keras").read_text() == "model B"
     assert (drive / "ud-cd-classifier.previous" / "model.keras").read_text() == "model A"
     assert sorted(p.name for p in drive.iterdir()) == ["ud-cd-classifier", "ud-cd-classifier.previous"]
@@ -198,6 +225,25 @@ def test_publish_where_a_file_or_nothing_stands_fails_and_creates_nothing(tmp_pa
 def test_publish_without_runs_says_what_to_run(tmp_path):
     with pytest.raises(StepFailed, match="no trained run .*run `invoke train` first"):
         publish.publish(Context(root=tmp_path), to=str(tmp_path / "d"))
+
+
+def test_publish_goes_where_the_readme_says(tmp_path, monkeypatch):
+    """MyDrive/ud-cd-classifier/ with Drive mounted (the previous model beside it), else
+    published/ud-cd-classifier/ in the bundle."""
+    ctx = Context(root=tmp_path / "bundle", echo=lambda message: None)
+    _fake_run(tmp_path / "bundle" / "runs" / "a", "model A")
+    monkeypatch.setattr(publish, "drive_folder", lambda: None)
+    assert publish.publish(ctx).status == "changed"
+    assert (tmp_path / "bundle" / "published" / "ud-cd-classifier" / "model.keras").read_text() == "model A"
+    my_drive = tmp_path / "content" / "drive" / "MyDrive"
+    my_drive.mkdir(parents=True)
+    monkeypatch.setattr(publish, "drive_folder", lambda: my_drive)
+    assert publish.publish(ctx).status == "changed"
+    _fake_run(tmp_path / "bundle" / "runs" / "b", "model B")
+    assert publish.publish(ctx).status == "changed"
+    assert sorted(p.name for p in my_drive.iterdir()) == ["ud-cd-classifier", "ud-cd-classifier.previous"]
+    assert (my_drive / "ud-cd-classifier" / "model.keras").read_text() == "model B"
+    assert (my_drive / "ud-cd-classifier.previous" / "model.keras").read_text() == "model A"
 
 
 def test_publish_on_colab_without_drive_says_how_to_mount(tmp_path, monkeypatch):
