@@ -1,17 +1,19 @@
 """publish: a run's artifacts copied to the Drive folder (a local folder off Colab).
 
-    TO/<model name>/            the published run: every artifact plus published.json
-    TO/<model name>.previous/   what was published before it
+    TO/            the published run: every artifact plus published.json
+    TO.previous/   what was published before it
 
-The copy goes to a hidden temporary folder, every file's SHA-256 is checked against the run,
-and only then does it take the published name, so an interruption never leaves a partial model
-where a good one was. Where the filesystem can (Linux's renameat2 RENAME_EXCHANGE: ext4, xfs,
-tmpfs), the new folder and the old one swap names in one step, so TO/<model name> always holds
-a whole model; elsewhere (Drive's FUSE mount) two renames follow each other, and a run killed
-between them leaves the old model whole under .previous for the rerun to replace.
+TO is `MyDrive/ud-cd-classifier` when Drive is mounted, `published/ud-cd-classifier` in the
+bundle elsewhere, or `--to`. The copy goes to a hidden temporary folder beside it, every file's
+SHA-256 is checked against the run, and only then does it take the published name, so an
+interruption never leaves a partial model where a good one was. Where the filesystem can
+(Linux's renameat2 RENAME_EXCHANGE: ext4, xfs, tmpfs), the new folder and the old one swap
+names in one step, so TO always holds a whole model; elsewhere (Drive's FUSE mount) two renames
+follow each other, and a run killed between them leaves the old model whole under .previous for
+the rerun to replace.
 
-The destination's parent must exist: publishing never creates MyDrive (or a folder where an
-unmounted Drive would be), it says to mount it.
+TO's parent must exist: publishing never creates MyDrive (or a folder where an unmounted Drive
+would be), it says to mount it.
 """
 
 from __future__ import annotations
@@ -38,17 +40,17 @@ def latest_run(runs_dir: Path) -> Path:
     return max(runs, key=lambda p: (p / "model.keras").stat().st_mtime)
 
 
-def default_destination(ctx: Context, drive_subfolder: str, local_folder: str) -> Path:
-    """The folder in Drive when Drive is mounted; off Colab a local folder; on Colab without
-    Drive, an error that says how to mount it."""
+def default_destination(ctx: Context, folder: str, local_folder: str) -> Path:
+    """MyDrive/<folder> when Drive is mounted; off Colab <bundle>/<local_folder>/<folder>; on
+    Colab without Drive, an error that says how to mount it."""
     mounted = drive_folder()
     if mounted is not None:
-        return mounted / drive_subfolder
+        return mounted / folder
     if in_colab():
         raise StepFailed(
             "Google Drive is not mounted", "run the notebook's first cell (drive.mount), or pass --to a folder"
         )
-    return ctx.root / local_folder
+    return ctx.root / local_folder / folder
 
 
 def swap_in(staging: Path, current: Path, previous: Path) -> None:
@@ -93,31 +95,31 @@ def publish(
     run: str | None = None,
     to: str | None = None,
     runs_dir: str = "runs",
-    model_name: str = "ud-cd-classifier",
-    drive_subfolder: str = "ud-cd-classifier",
+    folder: str = "ud-cd-classifier",
     local_folder: str = "published",
 ) -> Result:
     run_dir = Path(run) if run else latest_run(ctx.root / runs_dir)
     if not (run_dir / "model.keras").is_file():
         raise StepFailed(f"--run: {run_dir} has no model.keras", "pass a run folder written by `invoke train`")
-    destination = Path(to) if to else default_destination(ctx, drive_subfolder, local_folder)
-    current = destination / model_name
-    previous = destination / f"{model_name}.previous"
+    current = Path(to) if to else default_destination(ctx, folder, local_folder)
+    previous = current.with_name(f"{current.name}.previous")
+    destination = current.parent
     source_hashes = hashes(run_dir)
     if is_published(current, source_hashes, run_dir):
         return ok(f"{run_dir.name} is already published in {current}")
     if ctx.dry_run:
         return ctx.would(f"copy {run_dir} to {current}")
-    if not destination.parent.is_dir():
-        what = "is not a folder" if destination.parent.exists() else "does not exist (is Google Drive mounted?)"
+    if not to and drive_folder() is None:
+        (ctx.root / local_folder).mkdir(exist_ok=True)  # the bundle's own folder for models
+    if not destination.is_dir():
+        what = "is not a folder" if destination.exists() else "does not exist (is Google Drive mounted?)"
         raise StepFailed(
-            f"{destination.parent} {what}",
+            f"{destination} {what}",
             f"mount Drive or create that folder; the run stays in {run_dir}; then rerun `invoke publish`",
         )
     try:
-        destination.mkdir(exist_ok=True)
-        remove_leftovers(destination, f".{model_name}.partial-", f".{model_name}.trash-")
-        staging = Path(tempfile.mkdtemp(prefix=f".{model_name}.partial-", dir=destination))
+        remove_leftovers(destination, f".{current.name}.partial-", f".{current.name}.trash-")
+        staging = Path(tempfile.mkdtemp(prefix=f".{current.name}.partial-", dir=destination))
     except OSError as error:
         raise StepFailed(
             f"cannot write to {destination} ({error.strerror})",

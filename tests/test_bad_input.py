@@ -144,14 +144,14 @@ def test_paths_with_spaces_quotes_unicode_and_shell_metacharacters_work_and_run_
         "--output", str(weird / "run"), env=env,
     )  # fmt: skip
     assert trained.returncode == 0, trained.stderr
-    assert (weird / "drive" / "ud-cd-classifier" / "model.keras").is_file()
+    assert (weird / "drive" / "model.keras").is_file()
     assert "a b'c" in (weird / "run" / "split.csv").read_text()  # the odd image was used
     # The trainer's own commands, with every path option under the weird name.
     module = [sys.executable, "-m", "trainer"]
     environ = {**os.environ, "PYTHONPATH": str(ROOT)}
     for argv in (
         ["evaluate", "--model", weird / "run", "--output", weird / "metrics $(z).json"],
-        ["predict", "--model", weird / "drive" / "ud-cd-classifier", odd, "--output", weird / "p; q.csv"],
+        ["predict", "--model", weird / "drive", odd, "--output", weird / "p; q.csv"],
         ["report", weird / "run"],
     ):
         done = subprocess.run([*module, *map(str, argv)], cwd=weird, env=environ, capture_output=True, text=True)

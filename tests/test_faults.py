@@ -346,12 +346,14 @@ def test_publish_killed_at_random_points_keeps_the_published_model_whole(trained
     drive = tmp_path / "drive"
     drive.mkdir()
     logs = tmp_path / "logs"
-    assert run([*INVOKE, "publish", "--run", first, "--to", drive], copy, None, logs).returncode == 0
+    assert (
+        run([*INVOKE, "publish", "--run", first, "--to", drive / "ud-cd-classifier"], copy, None, logs).returncode == 0
+    )
     first_files, second_files = tree(first), tree(second)
 
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    full = run([*INVOKE, "publish", "--run", second, "--to", scratch], copy, None, logs)
+    full = run([*INVOKE, "publish", "--run", second, "--to", scratch / "ud-cd-classifier"], copy, None, logs)
     assert full.returncode == 0, full.stderr
     # Until 3 kills have landed (at most 12 trials). A publish that finished before its kill is
     # undone by publishing the first run again, so that the next trial has a copy to interrupt:
@@ -360,7 +362,7 @@ def test_publish_killed_at_random_points_keeps_the_published_model_whole(trained
     while kills < 3 and trials < 12:
         trials += 1
         outcome = run(
-            [*INVOKE, "publish", "--run", second, "--to", drive],
+            [*INVOKE, "publish", "--run", second, "--to", drive / "ud-cd-classifier"],
             copy,
             None,
             logs,
@@ -373,9 +375,14 @@ def test_publish_killed_at_random_points_keeps_the_published_model_whole(trained
         if outcome.returncode is None:
             kills += 1
         else:
-            assert run([*INVOKE, "publish", "--run", first, "--to", drive], copy, None, logs).returncode == 0
+            assert (
+                run(
+                    [*INVOKE, "publish", "--run", first, "--to", drive / "ud-cd-classifier"], copy, None, logs
+                ).returncode
+                == 0
+            )
     assert kills >= 1, f"no kill landed in {trials} trials"
-    rerun = run([*INVOKE, "publish", "--run", second, "--to", drive], copy, None, logs)
+    rerun = run([*INVOKE, "publish", "--run", second, "--to", drive / "ud-cd-classifier"], copy, None, logs)
     assert rerun.returncode == 0, rerun.stderr
     assert _whole(drive / "ud-cd-classifier") == second_files
     assert _whole(drive / "ud-cd-classifier.previous") == first_files
@@ -445,7 +452,7 @@ def test_drive_read_only_or_missing_at_publish_keeps_the_run_and_publish_alone_f
     assert len(runs) == 1, "the trained run must be kept locally"
     fixed = run([*INVOKE, "publish"], copy, {"INVOKE_PUBLISH_TO": str(drive / "models")}, logs)
     assert fixed.returncode == 0, fixed.stderr
-    assert _whole(drive / "models" / "ud-cd-classifier") == tree(runs[0])
+    assert _whole(drive / "models") == tree(runs[0])
 
     unmounted = tmp_path / "content" / "drive" / "MyDrive"
     missing = run([*INVOKE, "publish"], copy, {"INVOKE_PUBLISH_TO": str(unmounted / "models")}, logs)
@@ -454,7 +461,7 @@ def test_drive_read_only_or_missing_at_publish_keeps_the_run_and_publish_alone_f
     assert not (tmp_path / "content").exists(), "nothing may be created where Drive would be mounted"
     unmounted.mkdir(parents=True)
     assert run([*INVOKE, "publish"], copy, {"INVOKE_PUBLISH_TO": str(unmounted / "models")}, logs).returncode == 0
-    assert _whole(unmounted / "models" / "ud-cd-classifier") == tree(runs[0])
+    assert _whole(unmounted / "models") == tree(runs[0])
 
 
 # -- two invokes at once -----------------------------------------------------------------------

@@ -225,8 +225,9 @@ def test_a_refused_run_leaves_the_published_model_recorded_and_in_place(tmp_path
     drive = tmp_path / "MyDrive"
     drive.mkdir()
     ctx = quiet(tmp_path)
-    assert publish.publish(ctx, run=str(_run(tmp_path / "runs" / "a", "model A")), to=str(drive)).status == "changed"
-    assert publish.publish(ctx, run=str(_run(tmp_path / "runs" / "b", "model B")), to=str(drive)).status == "changed"
+    to = str(drive / "ud-cd-classifier")
+    assert publish.publish(ctx, run=str(_run(tmp_path / "runs" / "a", "model A")), to=to).status == "changed"
+    assert publish.publish(ctx, run=str(_run(tmp_path / "runs" / "b", "model B")), to=to).status == "changed"
     before = state_of(drive)
     empty = tmp_path / "runs" / "c"
     empty.mkdir()
@@ -235,9 +236,9 @@ def test_a_refused_run_leaves_the_published_model_recorded_and_in_place(tmp_path
         (empty, f"--run: {empty} has no model.keras"),
     ):
         with pytest.raises(StepFailed, match="^" + message):
-            publish.publish(ctx, run=str(run), to=str(drive))
+            publish.publish(ctx, run=str(run), to=to)
         assert state_of(drive) == before
-    assert publish.publish(ctx, run=str(tmp_path / "runs" / "b"), to=str(drive)).status == "ok"
+    assert publish.publish(ctx, run=str(tmp_path / "runs" / "b"), to=to).status == "ok"
 
 
 def test_a_refused_train_setting_leaves_the_published_model_in_place(tmp_path):
@@ -245,9 +246,12 @@ def test_a_refused_train_setting_leaves_the_published_model_in_place(tmp_path):
     drive = tmp_path / "MyDrive"
     drive.mkdir()
     assert (
-        publish.publish(quiet(copy), run=str(_run(tmp_path / "run", "a good model")), to=str(drive)).status == "changed"
+        publish.publish(
+            quiet(copy), run=str(_run(tmp_path / "run", "a good model")), to=str(drive / "ud-cd-classifier")
+        ).status
+        == "changed"
     )
-    env = {"INVOKE_PUBLISH_TO": str(drive), "INVOKE_DATA_DIR": str(tmp_path / "data")}
+    env = {"INVOKE_PUBLISH_TO": str(drive / "ud-cd-classifier"), "INVOKE_DATA_DIR": str(tmp_path / "data")}
     before = state_of(drive)
     refused = invoke(copy, "train", "--folder", str(tmp_path), "--epochs", "0", env=env)
     assert refused.returncode == 2
