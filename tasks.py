@@ -42,7 +42,10 @@ def _step_options(c, name: str, **flags) -> tuple:
         packages = conf.get("packages") or ""
         return apt.apt, {"packages": packages.split() if isinstance(packages, str) else list(packages)}
     if name == "pins":
-        return pins.pins, {"requirements": conf.get("requirements", "requirements.txt")}
+        return pins.pins, {
+            "requirements": conf.get("requirements", "requirements.txt"),
+            "constraints": conf.get("constraints", "colab/constraints.txt"),
+        }
     if name == "libtensorflow":
         return libtensorflow.libtensorflow, {
             "prefix": _pick(flags.get("prefix"), conf.get("prefix", "auto")),
@@ -195,6 +198,7 @@ def _train_command(c, **flags) -> list[str]:
         "image_size": "square input size in pixels",
         "epochs": "maximum epochs",
         "output": "run folder to create",
+        "force": "train even when the published model was trained from the same data, options and stack",
         "publish": "copy the run to the Drive folder afterwards (default on)",
         "dry_run": "print the trainer command, run nothing",
     }
@@ -208,10 +212,12 @@ def train(
     image_size=None,
     epochs=None,
     output=None,
+    force=False,
     publish=True,
     dry_run=False,
 ):
-    """Train the classifier with the trainer (options from invoke.yaml), then publish the run."""
+    """Train the classifier (options from invoke.yaml) unless the published model already is it; publish the run."""
+    from scripts import training
     from scripts.check import installed_version
 
     command = _train_command(
@@ -230,6 +236,20 @@ def train(
     _exclusive(c, dry_run)
     if installed_version("tensorflow") is None:
         raise Exit("train: TensorFlow is not installed; run `invoke pins` (or `invoke setup`) first", code=1)
+    asked = None if force or _conf(c, "train").get("force") else training.request_of(command[4:], ROOT)
+    if asked is not None:
+        config, request = asked
+        decision = training.decide(request, _published_folder(c) if publish else None, ROOT / config.runs_dir)
+        if decision.action == "ok":
+            print(f"train: ok (the model in {decision.where} was trained from this data, these options and this "
+                  "stack; --force retrains)", file=sys.stderr, flush=True)  # fmt: skip
+            return
+        if decision.action == "publish":
+            print(f"train: {decision.where} was trained from this data and these options; publishing it",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            _publish(c, str(decision.where), None, dry_run=False)
+            return
+        print("train: training, since " + "; ".join(decision.reasons), file=sys.stderr, flush=True)
     result = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     if result.returncode != 0:
         raise Exit(f"train: the trainer exited with {result.returncode}; see its message above", code=result.returncode)
@@ -238,10 +258,26 @@ def train(
         _publish(c, run_dir, None, dry_run=False)
 
 
+def _published_folder(c) -> Path | None:
+    """Where `invoke publish` puts the model, or None where that is not known (Colab without Drive)."""
+    from scripts.publish import default_destination
+    from scripts.steps import StepFailed
+
+    conf = _conf(c, "publish")
+    if conf.get("to"):
+        return Path(conf["to"])
+    try:
+        return default_destination(
+            Context(), conf.get("folder") or "ud-cd-classifier", conf.get("local_folder") or "published"
+        )
+    except StepFailed:
+        return None
+
+
 @task(
     help={
         "run": "run folder to publish (default: the latest under runs/)",
-        "to": "destination (default: Drive's MyDrive/<drive_subfolder> when mounted, else ./published)",
+        "to": "the folder to publish into (default: MyDrive/ud-cd-classifier when Drive is mounted, else published/ud-cd-classifier)",
         "dry_run": "change nothing",
     }
 )
@@ -258,9 +294,8 @@ def _publish(c, run, to, dry_run: bool) -> None:
     options = {
         "run": run,
         "to": to or conf.get("to") or None,
-        "model_name": conf.get("model_name", "ud-cd-classifier"),
-        "drive_subfolder": conf.get("drive_subfolder", "ud-cd-classifier"),
-        "local_folder": conf.get("local_folder", "published"),
+        "folder": conf.get("folder") or "ud-cd-classifier",
+        "local_folder": conf.get("local_folder") or "published",
     }
     result = run_step("publish", publish_run, Context(dry_run=dry_run), **options)
     if result.status == "failed":

@@ -219,6 +219,7 @@ def test_imagenet_weights_are_cached_on_drive_when_it_is_mounted(tmp_path, monke
     assert train.default_workspace(TrainConfig()) == Path("workspace")
     (tmp_path / "MyDrive").mkdir()
     monkeypatch.setattr(train, "DRIVE", tmp_path / "MyDrive")
-    assert train.weights_cache_dir(TrainConfig()) == tmp_path / "MyDrive" / "ud-cd-classifier" / "keras"
-    assert train.default_workspace(TrainConfig()) == tmp_path / "MyDrive" / "ud-cd-classifier" / "workspace"
+    # Beside the published MyDrive/ud-cd-classifier/, which publishing swaps whole, not inside it.
+    assert train.weights_cache_dir(TrainConfig()) == tmp_path / "MyDrive" / "ud-cd-classifier-workspace" / "keras"
+    assert train.default_workspace(TrainConfig()) == tmp_path / "MyDrive" / "ud-cd-classifier-workspace"
     assert train.weights_cache_dir(TrainConfig(weights_cache=str(tmp_path / "mine"))) == tmp_path / "mine"

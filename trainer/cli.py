@@ -203,6 +203,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def config_from(args: argparse.Namespace) -> TrainConfig:
+    names = {field.name for field in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{key: value for key, value in vars(args).items() if key in names})
+
+
+def train_config(argv: list[str]) -> TrainConfig:
+    """The TrainConfig a `train` command line asks for (its arguments after `train`), checked;
+    InputError as the command would report it."""
+    return config_from(get_args_parser().parse_args(["train", *argv])).check()
+
+
 def _legacy(argv: list[str]) -> list[str]:
     """The original ML.NET app was run as `--train --folder Images --file training_data.csv`."""
     if argv and argv[0] in ("--train", "-t"):
@@ -224,9 +235,7 @@ def run(argv: list[str]) -> int:
     if args.command == "train":
         from trainer import train
 
-        names = {field.name for field in dataclasses.fields(TrainConfig)}
-        config = TrainConfig(**{key: value for key, value in vars(args).items() if key in names})
-        print(train.main(config))
+        print(train.main(config_from(args)))
         return 0
     if args.command == "report":
         from trainer.report import build

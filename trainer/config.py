@@ -60,7 +60,9 @@ class TrainConfig:
     deterministic: bool = False  # reproducible op order (slower); same seed, same metrics
     cache_megabytes: int = 2048  # decoded images are kept in memory up to this size
     # Where things go
-    workspace: str | None = None  # bottleneck cache and backups; default on Drive when mounted, else ./workspace
+    workspace: str | None = (
+        None  # bottleneck cache and checkpoints; default MyDrive/<model_name>-workspace, else ./workspace
+    )
     weights_cache: str | None = None  # where Keras keeps downloaded ImageNet weights; default on Drive when mounted
     output: str | None = None  # run folder; default runs/<time>-<backbone>
     runs_dir: str = "runs"

@@ -33,6 +33,7 @@ from trainer.atomic import link_or_copy, staged_folder
 from trainer.config import TrainConfig, save_config
 from trainer.errors import CheckFailed, InputError
 from trainer.evaluate import classification_metrics, summary_line, write_metrics
+from trainer.fingerprint import request_key, training_request
 from trainer.predict import log_report
 
 log = logging.getLogger("trainer")
@@ -102,10 +103,16 @@ def load_data(config: TrainConfig) -> Data:
     return Data(labels, parts, report)
 
 
+def drive_workspace(config: TrainConfig) -> Path:
+    """MyDrive/<model name>-workspace: beside the published MyDrive/<model name>/, not inside
+    it, since publishing swaps that folder whole."""
+    return DRIVE / f"{config.model_name}-workspace"
+
+
 def default_workspace(config: TrainConfig) -> Path:
     if config.workspace:
         return Path(config.workspace)
-    return DRIVE / config.model_name / "workspace" if DRIVE.is_dir() else Path("workspace")
+    return drive_workspace(config) if DRIVE.is_dir() else Path("workspace")
 
 
 def weights_cache_dir(config: TrainConfig) -> Path | None:
@@ -113,7 +120,7 @@ def weights_cache_dir(config: TrainConfig) -> Path | None:
     it is mounted, else None (Keras's own ~/.keras)."""
     if config.weights_cache:
         return Path(config.weights_cache)
-    return DRIVE / config.model_name / "keras" if DRIVE.is_dir() else None
+    return drive_workspace(config) / "keras" if DRIVE.is_dir() else None
 
 
 def _run_dir(config: TrainConfig) -> Path:
@@ -379,6 +386,7 @@ def main(config: TrainConfig) -> Path:
     """Train and evaluate; return the run folder. Everything is written to a hidden staging
     folder beside the run folder and renamed at the end, so a run folder is always complete."""
     config.check()
+    request = training_request(config)  # before anything else reads the data: what this run is from
     run_dir = _run_dir(config)
     workspace = default_workspace(config)
     cache_dir = weights_cache_dir(config)
@@ -557,6 +565,7 @@ def main(config: TrainConfig) -> Path:
         return run_dir
     history = _join_history(phases)
     manifest = _manifest(config, loaded, policy, weights_used, cache_key, fingerprint, seconds, phases)
+    manifest.update(request=request, request_key=request_key(request))
     export_error = _write_run(run_dir, config, model, loaded, metrics, probabilities, history, manifest, weights_used)
     shutil.rmtree(checkpoint_root, ignore_errors=True)
     log.info("run folder: %s", run_dir)

@@ -1,0 +1,77 @@
+"""train as an idempotent step: before training, find a model already trained from the same
+data, options, stack and code (trainer/fingerprint.py), published or finished in runs/.
+
+Deciding reads every image file and a few JSON files; it never imports TensorFlow, so a rerun
+after a Colab reset costs seconds, not a retraining.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from scripts.archives import sha256_of
+
+RECORD = "published.json"
+
+
+@dataclass
+class Decision:
+    action: str  # "ok" (published already), "publish" (a finished run), or "train"
+    where: Path | None = None
+    reasons: list[str] = field(default_factory=list)
+
+
+def request_of(trainer_args: list[str], cwd: Path):
+    """(config, request) for `python -m trainer train ARGS` run in cwd, or None when the options
+    are not valid: the trainer then runs and says why."""
+    from trainer.cli import train_config
+    from trainer.errors import InputError
+    from trainer.fingerprint import training_request
+
+    try:
+        with contextlib.chdir(cwd):  # relative paths mean what they mean to the trainer
+            config = train_config(trainer_args)
+            return config, training_request(config)
+    except InputError:
+        return None
+
+
+def recorded_request(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / "manifest.json").read_text()).get("request")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def published_whole(folder: Path) -> bool:
+    """Every file published.json lists is there with its recorded SHA-256."""
+    try:
+        files = json.loads((folder / RECORD).read_text())["files"]
+        return all(sha256_of(folder / name) == digest for name, digest in files.items())
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def finished_run(runs_dir: Path, request: dict) -> Path | None:
+    """The newest complete run in runs_dir trained from this request."""
+    runs = [p for p in runs_dir.iterdir() if (p / "model.keras").is_file()] if runs_dir.is_dir() else []
+    for run in sorted(runs, key=lambda p: (p / "model.keras").stat().st_mtime, reverse=True):
+        if recorded_request(run) == request:
+            return run
+    return None
+
+
+def decide(request: dict, published: Path | None, runs_dir: Path) -> Decision:
+    from trainer.fingerprint import what_changed
+
+    if published is not None and recorded_request(published) == request and published_whole(published):
+        return Decision("ok", published)
+    run = finished_run(runs_dir, request)
+    if run is not None:
+        return Decision("publish", run)
+    if published is None or not (published / RECORD).is_file():
+        return Decision("train", published, ["no model is published yet"])
+    return Decision("train", published, what_changed(recorded_request(published), request))

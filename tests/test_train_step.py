@@ -1,0 +1,111 @@
+"""`invoke train` as an idempotent step: it trains nothing when the published model was trained
+from the same data, options, stack and code, decides that without importing TensorFlow, and
+says what changed when it does train."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from scripts import training
+from tests.conftest import bundle_copy, invoke
+from trainer.config import TrainConfig
+from trainer.fingerprint import request_key, training_request, what_changed
+
+
+def test_the_request_follows_content_labels_and_options_not_places(demo_dir, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(demo_dir, data)
+    config = TrainConfig(folder=str(data / "Images"), file="training_data.csv")
+    first = training_request(config)
+    moved = tmp_path / "moved"
+    shutil.copytree(data, moved)
+    elsewhere = TrainConfig(folder=str(moved / "Images"), file="training_data.csv", output="x", workspace="w")
+    assert training_request(elsewhere) == first  # places are not what a model is trained from
+    assert what_changed(first, training_request(TrainConfig(**{**config.to_dict(), "epochs": 7}))) == [
+        "--epochs 50 -> 7"
+    ]
+    photo = next((data / "Images" / "UD").glob("*.jpg"))
+    photo.write_bytes(photo.read_bytes() + b"\0")  # one byte more: another image
+    assert what_changed(first, training_request(config)) == ["the data changed"]
+    csv = data / "Images" / "training_data.csv"
+    csv.write_text(csv.read_text().replace(",UD\n", ",CD\n", 1))
+    assert "the data changed" in what_changed(first, training_request(config))
+    assert what_changed(None, first) == ["no record of what the published model was trained from"]
+    assert len(request_key(first)) == 16 and request_key(first) == request_key(json.loads(json.dumps(first)))
+
+
+def _published(folder: Path, request: dict, model: bytes = b"a model") -> Path:
+    from scripts.archives import sha256_of
+
+    folder.mkdir(parents=True)
+    (folder / "model.keras").write_bytes(model)
+    (folder / "manifest.json").write_text(json.dumps({"request": request}))
+    files = {name: sha256_of(folder / name) for name in ("model.keras", "manifest.json")}
+    (folder / "published.json").write_text(json.dumps({"files": files}))
+    return folder
+
+
+def test_decide_ok_publish_or_train(tmp_path):
+    request = {"data": "d1", "options": {"epochs": 5}, "stack": {"tensorflow": "2.20.0"}, "code": "c1"}
+    published = _published(tmp_path / "MyDrive" / "ud-cd-classifier", request)
+    runs = tmp_path / "runs"
+    assert training.decide(request, published, runs).action == "ok"
+    other = {**request, "options": {"epochs": 6}}
+    decision = training.decide(other, published, runs)
+    assert (decision.action, decision.reasons) == ("train", ["--epochs 5 -> 6"])
+    # A run finished but never published (Drive was not mounted, say) is published, not retrained.
+    finished = _published(runs / "20261130-120000-tiny", other)
+    assert training.decide(other, published, runs) == training.Decision("publish", finished)
+    # A damaged published copy is not trusted.
+    (published / "model.keras").write_bytes(b"a model, damaged")
+    assert training.decide(request, published, tmp_path / "no-runs").action == "train"
+
+
+@pytest.mark.slow
+def test_rerun_trains_nothing_a_change_retrains_and_keeps_the_previous_model(demo_dir, tmp_path):
+    copy = bundle_copy(tmp_path)
+    data = tmp_path / "data"
+    shutil.copytree(demo_dir, data)
+    drive = tmp_path / "MyDrive"
+    drive.mkdir()
+    published = drive / "ud-cd-classifier"
+    env = {
+        "INVOKE_PUBLISH_TO": str(published),
+        "INVOKE_TRAIN_EXTRA": "--export none --batch-size 8",
+        "INVOKE_TRAIN_EPOCHS": "1",
+    }
+    train = ["train", "--folder", str(data / "Images"), "--file", "training_data.csv", "--backbone", "tiny"]
+    train += ["--weights", "none", "--image-size", "48"]
+    first = invoke(copy, *train, env=env)
+    assert first.returncode == 0, first.stderr
+    assert "train: training, since no model is published yet" in first.stderr
+    model = (published / "model.keras").read_bytes()
+
+    again = invoke(copy, *train, env={**env, "PYTHONPROFILEIMPORTTIME": "1"})
+    assert again.returncode == 0, again.stderr
+    assert f"train: ok (the model in {published} was trained from this data" in again.stderr
+    imported = {
+        line.rsplit("|", 1)[-1].strip() for line in again.stderr.splitlines() if line.startswith("import time:")
+    }
+    assert "invoke" in imported and not {name for name in imported if name.split(".")[0] in ("tensorflow", "keras")}
+    assert (published / "model.keras").read_bytes() == model
+    assert len(list((copy / "runs").iterdir())) == 1 and not (drive / "ud-cd-classifier.previous").exists()
+
+    changed = invoke(copy, *train, env={**env, "INVOKE_TRAIN_EPOCHS": "2"})
+    assert changed.returncode == 0, changed.stderr
+    assert "train: training, since --epochs 1 -> 2" in changed.stderr
+    assert (drive / "ud-cd-classifier.previous" / "model.keras").read_bytes() == model
+    assert json.loads((published / "manifest.json").read_text())["request"]["options"]["epochs"] == 2
+
+    # After a reset the runs are gone; the published model is found on Drive.
+    shutil.rmtree(copy / "runs")
+    reset = invoke(copy, *train, env={**env, "INVOKE_TRAIN_EPOCHS": "2"})
+    assert reset.returncode == 0 and "train: ok" in reset.stderr, reset.stderr
+    forced = invoke(copy, *train, "--force", env={**env, "INVOKE_TRAIN_EPOCHS": "2"})
+    assert forced.returncode == 0 and "train: ok" not in forced.stderr, forced.stderr
+    assert os.path.isdir(copy / "runs")
