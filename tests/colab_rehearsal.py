@@ -1,0 +1,164 @@
+"""The Colab rehearsal's driver: runs `colab.ipynb` as shipped, through a real Jupyter kernel,
+on a Colab-like runtime, the way a user meets it: first run, runtime reset, a changed option, a
+failing step. tests/test_colab.py starts it with a Python 3.13 environment holding Colab's
+package versions, in a private mount namespace where /content is a fresh tmpfs, /usr/local an
+empty folder and /etc an overlay, so nothing of it reaches the machine.
+
+    python colab_rehearsal.py BUNDLE IMAGES OUT
+
+BUNDLE is the project folder, IMAGES the concrete photos' Images folder (CD/, UD/ and the CSV),
+OUT a folder outside /content for the summary (summary.json) and the executed notebooks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+CONTENT = Path("/content")
+MY_DRIVE = CONTENT / "drive" / "MyDrive"
+BUNDLE_ON_DRIVE = MY_DRIVE / "ud-cd-classifier-bundle"  # the notebook's BUNDLE
+PUBLISHED = MY_DRIVE / "ud-cd-classifier"
+LEFT_OUT = ("runs", "data", "published", "workspace", ".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache")
+
+# What a Colab GPU runtime's kernel has in its environment (the variables the bundle or its
+# packages could read); the release tag names the image colab/constraints.txt comes from.
+COLAB_ENVIRONMENT = {
+    "COLAB_RELEASE_TAG": "release-colab-20260819-060046-RC00",
+    "COLAB_BACKEND_VERSION": "next",
+    "COLAB_GPU": "1",
+    "COLAB_JUPYTER_IP": "172.28.0.12",
+    "COLAB_KERNEL_MANAGER_PROXY_HOST": "172.28.0.12",
+    "CLOUDSDK_CONFIG": "/content/.config",
+    "TF_FORCE_GPU_ALLOW_GROWTH": "true",
+    "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+    "HOME": "/root",
+}
+
+
+def copy_as_drive_does(bundle: Path, target: Path) -> None:
+    """The bundle as a user copies it to Drive: every file, no executable bit (Drive keeps none)."""
+    shutil.copytree(bundle, target, ignore=shutil.ignore_patterns(*LEFT_OUT))
+    for path in target.rglob("*"):
+        if path.is_file():
+            path.chmod(path.stat().st_mode & ~(stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH))
+
+
+def images_zip(images: Path, target: Path) -> int:
+    """Images.zip in the original layout: Images/CD, Images/UD, Images/training_data.csv."""
+    count = 0
+    with zipfile.ZipFile(target, "w") as archive:
+        for path in sorted(images.rglob("*")):
+            if path.is_file():
+                archive.write(path, Path("Images") / path.relative_to(images))
+                count += path.suffix.lower() == ".jpg"
+    return count
+
+
+def tree(folder: Path) -> dict[str, str] | None:
+    if not folder.is_dir():
+        return None
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def freeze() -> dict[str, str]:
+    out = subprocess.run([sys.executable, "-m", "pip", "freeze", "--all"], capture_output=True, text=True, check=True)
+    return dict(line.split("==", 1) for line in out.stdout.splitlines() if "==" in line)
+
+
+def reset_runtime() -> None:
+    """A runtime reset: everything under /content goes, except the mounted Drive."""
+    for entry in CONTENT.iterdir():
+        if entry.name != "drive":
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+
+
+def run_notebook(notebook: Path, name: str, out: Path, **variables: str) -> dict:
+    """Execute every cell in a new kernel with /content as its folder, as Colab does."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    saved = dict(os.environ)
+    os.environ.update(variables)
+    document = nbformat.read(notebook, as_version=4)
+    client = NotebookClient(
+        document, timeout=3600, kernel_name="python3", resources={"metadata": {"path": str(CONTENT)}}
+    )
+    error = None
+    try:
+        client.execute()
+    except CellExecutionError as failure:
+        error = str(failure).strip().splitlines()[-1]
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    nbformat.write(document, out / f"{name}.ipynb")
+    cells = []
+    for cell in document.cells:
+        if cell.cell_type != "code":
+            continue
+        text = "".join(output.get("text", "") for output in cell.get("outputs", []) if output.output_type == "stream")
+        errors = [f"{o.ename}: {o.evalue}" for o in cell.get("outputs", []) if o.output_type == "error"]
+        cells.append({"source": cell.source, "output": text, "errors": errors})
+    report = CONTENT / "bundle" / "runs" / "setup-report.json"
+    split = PUBLISHED / "split.csv"
+    return {
+        "name": name,
+        "error": error,
+        "cells": cells,
+        "setup": json.loads(report.read_text())["steps"] if report.is_file() else None,
+        "published": tree(PUBLISHED),
+        "images_used": len(split.read_text().splitlines()) - 1 if split.is_file() else None,
+        "previous": tree(PUBLISHED.with_name(PUBLISHED.name + ".previous")),
+        "runs": sorted(p.name for p in (CONTENT / "bundle" / "runs").iterdir() if p.is_dir())
+        if (CONTENT / "bundle" / "runs").is_dir()
+        else [],
+    }
+
+
+def main(bundle: Path, images: Path, out: Path, trainer: dict[str, str]) -> None:
+    if any(CONTENT.iterdir()):
+        raise SystemExit(f"{CONTENT} is not empty: the rehearsal needs a fresh runtime")
+    MY_DRIVE.mkdir(parents=True)
+    copy_as_drive_does(bundle, BUNDLE_ON_DRIVE)
+    zipped = images_zip(images, MY_DRIVE / "Images.zip")
+    os.environ.update(COLAB_ENVIRONMENT)
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    os.environ.update({"INVOKE_DATA_SOURCE": str(MY_DRIVE / "Images.zip"), **trainer})
+    notebook = BUNDLE_ON_DRIVE / "colab.ipynb"
+    before = freeze()
+    runs = [run_notebook(notebook, "1-first", out)]
+    reset_runtime()
+    runs.append(run_notebook(notebook, "2-after-reset", out))
+    changed = {key: str(int(value) + 1) for key, value in trainer.items() if key == "INVOKE_TRAIN_EPOCHS"}
+    runs.append(run_notebook(notebook, "3-option-changed", out, **changed))
+    reset_runtime()
+    runs.append(run_notebook(notebook, "4-failing-step", out, INVOKE_DATA_SOURCE=str(MY_DRIVE / "Imagse.zip")))
+    after = freeze()
+    summary = {
+        "python": sys.version.split()[0],
+        "images_in_zip": zipped,
+        "changed_option": changed,
+        "preinstalled_moved": {
+            name: [version, after.get(name)] for name, version in before.items() if after.get(name) != version
+        },
+        "installed": {name: version for name, version in after.items() if name not in before},
+        "runs": runs,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), json.loads(sys.argv[4]) if len(sys.argv) > 4 else {})
