@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import shutil
-import stat
 import subprocess
 import sys
 import zipfile
@@ -26,7 +25,9 @@ CONTENT = Path("/content")
 MY_DRIVE = CONTENT / "drive" / "MyDrive"
 BUNDLE_ON_DRIVE = MY_DRIVE / "ud-cd-classifier-bundle"  # the notebook's BUNDLE
 PUBLISHED = MY_DRIVE / "ud-cd-classifier"
-LEFT_OUT = ("runs", "data", "published", "workspace", ".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache")
+# Left out when the bundle is not a git checkout: what runs here leave behind.
+LEFT_OUT = ("runs", "data", "published", "workspace", ".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache",
+            "libtensorflow.env")  # fmt: skip
 
 # What a Colab GPU runtime's kernel has in its environment (the variables the bundle or its
 # packages could read); the release tag names the image colab/constraints.txt comes from.
@@ -43,12 +44,30 @@ COLAB_ENVIRONMENT = {
 }
 
 
+def bundle_files(bundle: Path) -> list[Path]:
+    """What a user has of the bundle: the files a commit holds (tracked, or new and not ignored),
+    never what a run here left (runs/, data/, libtensorflow.env, ...)."""
+    listed = subprocess.run(
+        ["git", "-C", str(bundle), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        capture_output=True,
+        check=False,
+    )
+    if listed.returncode == 0:
+        return [Path(name) for name in listed.stdout.decode().split("\0") if name and (bundle / name).is_file()]
+    return [
+        path.relative_to(bundle)
+        for path in bundle.rglob("*")
+        if path.is_file() and not set(path.relative_to(bundle).parts) & set(LEFT_OUT)
+    ]
+
+
 def copy_as_drive_does(bundle: Path, target: Path) -> None:
-    """The bundle as a user copies it to Drive: every file, no executable bit (Drive keeps none)."""
-    shutil.copytree(bundle, target, ignore=shutil.ignore_patterns(*LEFT_OUT))
-    for path in target.rglob("*"):
-        if path.is_file():
-            path.chmod(path.stat().st_mode & ~(stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH))
+    """The bundle as a user copies it to Drive: its files, no executable bit (Drive keeps none)."""
+    for relative in bundle_files(bundle):
+        destination = target / relative
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(bundle / relative, destination)
+        destination.chmod(0o644)
 
 
 def images_zip(images: Path, target: Path) -> int:
