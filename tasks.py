@@ -56,7 +56,7 @@ def _step_options(c, name: str, **flags) -> tuple:
         }
     if name == "data":
         return dataset.dataset, {
-            "source": _pick(flags.get("source"), conf.get("source", "demo")),
+            "source": _pick(flags.get("source"), conf.get("source") or "concrete"),
             "data_dir": conf.get("dir", "data"),
             "sha256": _pick(flags.get("sha256"), conf.get("sha256")) or None,
             "expect": _pick(flags.get("expect"), conf.get("expect")) or None,
@@ -121,7 +121,7 @@ def libtensorflow(c, prefix=None, dry_run=False):
 
 @task(
     help={
-        "source": "demo, a Google Drive id or link, an http(s) URL, or a local zip or folder",
+        "source": "concrete (the shipped photos), demo, a Google Drive id or link, an http(s) URL, or a local zip or folder",
         "sha256": "expected SHA-256 of the downloaded or local file",
         "expect": "expected images per class, e.g. CD=200,UD=200",
         "dry_run": "change nothing",
@@ -143,7 +143,7 @@ def stage(c, dry_run=False):
         "dry_run": "report what each step would do, change nothing",
         "report": "write the summary as JSON here (default runs/setup-report.json)",
         "require_gpu": "make 'no GPU' an error",
-        "source": "dataset source for the data step (demo, Drive id or link, URL, local zip or folder)",
+        "source": "dataset source for the data step (concrete, demo, Drive id or link, URL, local zip or folder)",
         "sha256": "expected SHA-256 of the dataset file",
         "expect": "expected images per class, e.g. CD=200,UD=200",
         "prefix": "prefix for the TensorFlow C library",
@@ -306,7 +306,7 @@ def _publish(c, run, to, dry_run: bool) -> None:
     help={
         "quick": "small sizes and one repetition: shows the suite works (goals are not enforced)",
         "report": "also write the results as JSON to this file",
-        "only": "comma list of figures: head_epoch, featurization, batched, train, validation, setup",
+        "only": "comma list of figures: head_epoch, featurization, batched, train, rerun, validation, setup",
     }
 )
 def bench(c, quick=False, report=None, only=None):

@@ -1,7 +1,8 @@
 """data: the dataset unpacked under the data folder, counted per class, with a manifest that
 tells `invoke train` where the images and the CSV are.
 
-Sources: `demo` (the trainer's synthetic dataset, generated offline), a Google Drive file id or
+Sources: `concrete` (the 400 real photos the bundle ships in datasets/concrete, the default),
+`demo` (the trainer's synthetic dataset, generated offline), a Google Drive file id or
 share link (gdown), an http(s) URL, or a local zip or folder (such as one under the mounted
 Drive). The manifest (`<data dir>/dataset.json`) records the source and its checksum, so a rerun
 with the same source is a no-op and a new source replaces the old dataset whole.
@@ -22,6 +23,8 @@ from scripts.steps import Context, Result, StepFailed, changed, ok
 from trainer.atomic import remove_leftovers, replacing, staged_folder, write_atomically
 
 MANIFEST = "dataset.json"
+SHIPPED = "concrete"
+SHIPPED_FOLDER = Path(__file__).resolve().parent.parent / "datasets" / "concrete"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 DRIVE_LINK = re.compile(r"drive\.google\.com/(?:file/d/|open\?id=|uc\?(?:.*&)?id=)([A-Za-z0-9_-]{10,})")
 DRIVE_ID = re.compile(r"^(?:gdrive:)?([A-Za-z0-9_-]{25,})$")
@@ -29,9 +32,12 @@ DRIVE_DOWNLOAD = "https://drive.google.com/uc?id={id}"
 
 
 def source_kind(source: str) -> tuple[str, str]:
-    """('demo' | 'gdrive' | 'url' | 'local', the id, URL or path)."""
+    """('demo' | 'gdrive' | 'url' | 'local', the id, URL or path); `concrete` is the local folder
+    of photos that ships with the bundle."""
     if source == "demo":
         return "demo", source
+    if source == SHIPPED:
+        return "local", str(SHIPPED_FOLDER)
     link = DRIVE_LINK.search(source)
     if link:
         return "gdrive", link.group(1)
@@ -164,7 +170,7 @@ def _obtain(kind: str, value: str, downloads: Path, ctx: Context, sha256: str | 
 
 def dataset(
     ctx: Context,
-    source: str = "demo",
+    source: str = SHIPPED,
     data_dir: str = "data",
     sha256: str | None = None,
     expect: str | None = None,
@@ -179,6 +185,9 @@ def dataset(
     settings = {"source": source, "sha256": sha256}
     if kind == "demo":
         settings.update(per_class=demo_per_class, seed=demo_seed)
+    elif kind == "local" and Path(value).expanduser().exists():
+        # A zip or folder replaced in place (a new Images.zip on Drive) is a new dataset.
+        settings["source_state"] = _source_state(Path(value).expanduser())
     unpacked = data_path / "dataset"
     manifest = read_manifest(data_path)
     if manifest and {key: manifest.get(key) for key in settings} == settings:
@@ -217,6 +226,14 @@ def dataset(
     manifest = {**settings, "folder": str(folder), "file": csv_name, "counts": counts, "tree": tree_state(unpacked)}
     write_atomically(data_path / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return changed(f"{_describe(manifest)} from {source}")
+
+
+def _source_state(path: Path) -> str:
+    """A local source's files by path, size and time (a stat each, nothing read)."""
+    if path.is_dir():
+        return tree_state(path)
+    info = path.stat()
+    return f"{info.st_size} bytes, {info.st_mtime_ns}"
 
 
 def _make_demo(folder: Path, per_class: int, seed: int) -> None:

@@ -86,6 +86,8 @@ def _check_value(where: str, kind, value):
             return value.strip().lower() in TRUE
         raise SettingError(f"{where} must be yes or no (got {value!r})")
     name, minimum = kind
+    if value is None or value == "":
+        return ""  # empty: the default of whatever reads it (the trainer's, for train.*)
     try:
         if isinstance(value, bool):
             raise ValueError

@@ -14,7 +14,7 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 ROOT = Path(__file__).resolve().parent.parent
-CONCRETE = ROOT.parent / "shared" / "data" / "concrete" / "Images"
+CONCRETE = ROOT / "datasets" / "concrete" / "Images"  # the shipped photos
 IN_CI = os.environ.get("TRAINER_CI") == "1"  # CI fails where a missing tool would skip a test
 GDOWN_6 = "6.5.1"  # the newest gdown; Colab's 5.2.2 is the pinned one
 

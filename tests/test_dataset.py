@@ -118,3 +118,23 @@ def test_corrupted_download_is_detected_and_fetched_again(http_server, tmp_path)
 def test_bad_expect_option(tmp_path):
     with pytest.raises(StepFailed, match="--expect: 'CD:200' is not LABEL=COUNT"):
         dataset.dataset(quiet(tmp_path), source="demo", expect="CD:200")
+
+
+def test_the_shipped_concrete_photos_are_the_default_source(tmp_path):
+    result = dataset.dataset(quiet(tmp_path))
+    assert result.status == "changed"
+    manifest = dataset.read_manifest(tmp_path / "data")
+    assert manifest["source"] == "concrete" and manifest["counts"] == {"CD": 200, "UD": 200}
+    assert manifest["file"] == "training_data.csv" and manifest["folder"].endswith("dataset/Images")
+    rows = (Path(manifest["folder"]) / "training_data.csv").read_text().splitlines()
+    assert len(rows) == 601  # the original CSV, duplicate rows and all
+    assert dataset.dataset(quiet(tmp_path)).status == "ok"
+
+
+def test_a_local_zip_replaced_in_place_is_unpacked_again(tmp_path):
+    archive = images_zip(tmp_path / "Images.zip", per_class=3)
+    assert dataset.dataset(quiet(tmp_path), source=str(archive)).status == "changed"
+    assert dataset.dataset(quiet(tmp_path), source=str(archive)).status == "ok"
+    images_zip(tmp_path / "Images.zip", per_class=4)  # a new version under the same name
+    result = dataset.dataset(quiet(tmp_path), source=str(archive))
+    assert result.status == "changed" and "8 images (CD 4, UD 4)" in result.detail

@@ -182,7 +182,7 @@ def test_original_invocation_in_a_subprocess(demo_dir, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not CONCRETE.is_dir(), reason="../shared/data/concrete is not here")
+@pytest.mark.skipif(not CONCRETE.is_dir(), reason="datasets/concrete is not here")
 def test_concrete_dataset_as_the_issue_runs_it(tmp_path):
     result = run_module(
         "--train",
