@@ -1,0 +1,105 @@
+"""Accuracy on the shipped concrete photos, seed by seed: the table in ACCURACY.md.
+
+    python -m benchmarks.accuracy [--seeds 0 1 2 3 4] [--variants head,fine_tune] [--output table.md]
+
+Each variant is `python -m trainer train` on datasets/concrete with the same flags and a seed
+(the seed sets the split too, so every seed is tested on its own 40 images); one workspace is
+shared, so the features are computed once. Reported per variant: test accuracy, balanced
+accuracy (the mean of the per-class recalls) and log-loss, mean and standard deviation over the
+seeds, and the training time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CONCRETE = ROOT / "datasets" / "concrete" / "Images"
+# name -> (what it is, trainer flags)
+VARIANTS = {
+    "head": ("bottleneck head, the defaults", []),
+    "head_no_l2": ("bottleneck head without the L2 penalty (--head-c 0)", ["--head-c", "0"]),
+    "fine_tune": (
+        "head, then the top 30 backbone layers fine-tuned 10 epochs with augmentation",
+        ["--fine-tune-layers", "30", "--fine-tune-epochs", "10"],
+    ),
+}
+
+
+def run(variant: str, seed: int, workspace: Path, scratch: Path, extra: list[str]) -> dict:
+    output = scratch / f"{variant}-{seed}"
+    command = [sys.executable, "-m", "trainer", "train", "--folder", str(CONCRETE), "--file", "training_data.csv"]
+    command += ["--seed", str(seed), "--export", "none", "--workspace", str(workspace), "--output", str(output)]
+    started = time.perf_counter()
+    result = subprocess.run(
+        command + VARIANTS[variant][1] + extra,
+        cwd=scratch,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"{variant} seed {seed}: {result.stderr.strip().splitlines()[-1:]}")
+    metrics = json.loads((output / "metrics.json").read_text())
+    return {
+        "accuracy": metrics["accuracy"],
+        "balanced_accuracy": metrics["macro_avg"]["recall"],
+        "log_loss": metrics["log_loss"],
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def summary(results: list[dict], key: str) -> str:
+    values = [result[key] for result in results]
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values) if len(values) > 1 else 0:.3f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.accuracy", description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--variants", default="head,head_no_l2,fine_tune", help=f"comma list of {', '.join(VARIANTS)}")
+    parser.add_argument("--output", help="also write the table (Markdown) here")
+    parser.add_argument("--json", help="also write every seed's figures here")
+    parser.add_argument("extra", nargs="*", help="more trainer flags for every variant, after --")
+    args = parser.parse_args(argv)
+    variants = [name.strip() for name in args.variants.split(",") if name.strip()]
+    unknown = [name for name in variants if name not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    lines = [
+        "| variant | test accuracy | balanced accuracy | log-loss | seconds per run |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    every = {}
+    with tempfile.TemporaryDirectory(prefix="accuracy-") as folder:
+        scratch = Path(folder)
+        for variant in variants:
+            results = []
+            for seed in args.seeds:
+                results.append(run(variant, seed, scratch / "workspace", scratch, args.extra))
+                print(f"{variant} seed {seed}: {results[-1]}", file=sys.stderr, flush=True)
+            every[variant] = results
+            seconds = statistics.median(result["seconds"] for result in results)
+            lines.append(
+                f"| {VARIANTS[variant][0]} | {summary(results, 'accuracy')} | "
+                f"{summary(results, 'balanced_accuracy')} | {summary(results, 'log_loss')} | {seconds:.0f} |"
+            )
+    table = "\n".join(lines)
+    print(table)
+    if args.output:
+        Path(args.output).write_text(table + "\n", encoding="utf-8")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"seeds": args.seeds, "results": every}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
