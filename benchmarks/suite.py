@@ -388,6 +388,7 @@ def whole_train(bench: Bench) -> Figure:
     sizes = bench.sizes
     weights = str(bench.weights)
     model = ("--backbone", sizes.backbone, "--weights", weights, "--image-size", str(sizes.image_size))
+    model += ("--feature-augment", "none")  # the baseline trains on the images as they are, so do we
     cold, naive = [], []
     for index in range(sizes.repeat_train):
         log(f"  whole train, repetition {index + 1}: the naive Keras way")

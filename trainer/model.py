@@ -261,11 +261,12 @@ def l2_penalty(c: float, train_images: int):
     return keras.regularizers.L2(1.0 / (2.0 * c * max(train_images, 1))) if c else None
 
 
-def make_head(train_features, num_classes: int, dropout: float, head_c: float = 0.0):
+def make_head(train_features, num_classes: int, dropout: float, head_c: float = 0.0, train_images: int | None = None):
     """The classifier alone, trained on cached features: the same layers make_model ends with.
     Pooled features range over orders of magnitude (ReLU activations); standardizing them with
     the training set's statistics lets one learning rate suit every backbone, and one L2
-    strength (head_c, scikit-learn's C) suit every feature size."""
+    strength (head_c, scikit-learn's C) suit every feature size. train_images: how many images
+    the features come from, when each appears in several views."""
     import keras
     from keras import layers
 
@@ -276,7 +277,7 @@ def make_head(train_features, num_classes: int, dropout: float, head_c: float = 
         activation="softmax",
         name="probabilities",
         dtype="float32",
-        kernel_regularizer=l2_penalty(head_c, len(train_features)),
+        kernel_regularizer=l2_penalty(head_c, train_images or len(train_features)),
     )(x)
     return keras.Model(inputs, outputs, name="head")
 

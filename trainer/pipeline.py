@@ -74,13 +74,16 @@ def prefetched(dataset):
 
 
 def augmentation(seed: int):
-    """Random flips (a crack has no up or left), small rotations and zooms, and contrast, on
-    batches of 0-255 pixels. Applied in the input pipeline, so the saved model has none of it."""
+    """Random transposes and flips (a crack has no up, left or diagonal: together they give the
+    eight symmetries of the square, as --feature-augment dihedral does for cached features),
+    small rotations and zooms, and contrast, on batches of 0-255 pixels. Applied in the input
+    pipeline, so the saved model has none of it."""
     import keras
     from keras import layers
 
     return keras.Sequential(
         [
+            _random_transpose_layer()(seed=seed + 4),
             layers.RandomFlip("horizontal_and_vertical", seed=seed),
             layers.RandomRotation(0.08, fill_mode="reflect", seed=seed + 1),
             layers.RandomZoom(0.1, fill_mode="reflect", seed=seed + 2),
@@ -88,6 +91,31 @@ def augmentation(seed: int):
         ],
         name="augmentation",
     )
+
+
+def _random_transpose_layer():
+    """The layer class, made when augmentation is used (TensorFlow is imported only then)."""
+    import keras
+    import tensorflow as tf
+
+    class RandomTranspose(keras.layers.Layer):
+        """Transposes each square image of a batch with probability 1/2 (in training only)."""
+
+        def __init__(self, seed: int | None = None, **kwargs):
+            super().__init__(**kwargs)
+            self.seed = seed
+            self.generator = keras.random.SeedGenerator(seed)
+
+        def call(self, images, training=True):
+            if not training:
+                return images
+            chosen = keras.random.uniform((tf.shape(images)[0], 1, 1, 1), seed=self.generator) < 0.5
+            return tf.where(chosen, tf.transpose(images, (0, 2, 1, 3)), images)
+
+        def get_config(self):
+            return {**super().get_config(), "seed": self.seed}
+
+    return RandomTranspose
 
 
 def fits_in_memory(count: int, image_size: int, megabytes: int) -> bool:

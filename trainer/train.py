@@ -330,16 +330,23 @@ def _fit_multi_worker(model, strategy, config: TrainConfig, train, validation, *
     return Phase(history, 0)
 
 
-def _feature_datasets(features: dict[str, np.ndarray], loaded: Data, batch_size: int, seed: int):
+def _feature_datasets(
+    features: dict[str, np.ndarray], loaded: Data, batch_size: int, seed: int, augmented: np.ndarray | None = None
+):
+    """tf.data over cached features; `augmented` stacks the training images' features seen in
+    every --feature-augment view (the identity first), which the head trains on."""
     import tensorflow as tf
 
     from trainer.pipeline import prefetched
 
     out = {}
     for name in data.SPLITS:
-        dataset = tf.data.Dataset.from_tensor_slices((features[name], loaded.y(name)))
+        values, labels = features[name], loaded.y(name)
+        if name == "train" and augmented is not None:
+            values, labels = augmented, np.tile(labels, len(augmented) // len(labels))
+        dataset = tf.data.Dataset.from_tensor_slices((values, labels))
         if name == "train":
-            dataset = dataset.shuffle(len(features[name]), seed=seed, reshuffle_each_iteration=True)
+            dataset = dataset.shuffle(len(values), seed=seed, reshuffle_each_iteration=True)
         out[name] = _distributable(prefetched(dataset.batch(batch_size)))
     out["train_eval"] = tf.data.Dataset.from_tensor_slices((features["train"], loaded.y("train"))).batch(batch_size)
     return out
@@ -380,6 +387,11 @@ def _distributable(dataset):
 
 def _predict(model, dataset) -> np.ndarray:
     return model.predict(dataset, verbose=0)
+
+
+def _validation_loss(model, dataset, labels: np.ndarray) -> float:
+    probabilities = np.clip(_predict(model, dataset).astype(np.float64), 1e-12, 1.0)
+    return float(-np.mean(np.log(probabilities[np.arange(len(labels)), labels])))
 
 
 def main(config: TrainConfig) -> Path:
@@ -434,6 +446,7 @@ def main(config: TrainConfig) -> Path:
     started = time.time()
     phases: dict[str, Phase] = {}
     cache_key = None
+    fine_tune_outcome = None
 
     with strategy.scope():
         backbone, weights_used = load_backbone(config.backbone, config.image_size, config.weights)
@@ -441,8 +454,8 @@ def main(config: TrainConfig) -> Path:
             backbone = cut_backbone(backbone, config.feature_layer)
     pretrained = weights_used != "none"
     if pretrained:
+        from trainer.features import VIEWS, cached_features
         from trainer.features import cache_key as make_cache_key
-        from trainer.features import cached_features
 
         cache_key = make_cache_key(
             config.backbone,
@@ -454,34 +467,46 @@ def main(config: TrainConfig) -> Path:
         extractor = feature_extractor(backbone, config.backbone)
         every_row = [row for name in data.SPLITS for row in loaded.parts[name]]
         featurize_batch = device.featurize_batch_size(batch_size, device.visible_devices(), onednn)
-        vectors = cached_features(
-            extractor,
-            every_row,
-            config.image_size,
-            featurize_batch,
-            workspace / "features" / cache_key,
-            jit_compile=policy.xla,
-        )
-        if not np.isfinite(vectors).all():
-            bad = int((~np.isfinite(vectors).all(axis=1)).sum())
-            raise CheckFailed(
-                f"{config.backbone}: the features of {bad} image(s) are not finite under "
-                f"{keras.mixed_precision.global_policy().name}; rerun with --mixed-precision off"
+
+        def featurized(rows, view: str = "id") -> np.ndarray:
+            vectors = cached_features(
+                extractor,
+                rows,
+                config.image_size,
+                featurize_batch,
+                workspace / "features" / cache_key,
+                jit_compile=policy.xla,
+                view=view,
             )
+            if not np.isfinite(vectors).all():
+                bad = int((~np.isfinite(vectors).all(axis=1)).sum())
+                raise CheckFailed(
+                    f"{config.backbone}: the features of {bad} image(s) are not finite under "
+                    f"{keras.mixed_precision.global_policy().name}; rerun with --mixed-precision off"
+                )
+            return vectors
+
+        vectors = featurized(every_row)
         features, start = {}, 0
         for name in data.SPLITS:
             features[name] = vectors[start : start + len(loaded.parts[name])]
             start += len(loaded.parts[name])
+        views = VIEWS[config.feature_augment]
+        augmented = None
+        if len(views) > 1:
+            augmented = np.concatenate([features["train"], *(featurized(loaded.parts["train"], v) for v in views[1:])])
         log.info(
-            "%s, weights %s: bottleneck mode, training the head on %d-dimensional features",
+            "%s, weights %s: bottleneck mode, training the head on %d-dimensional features%s",
             config.backbone,
             weights_used,
             features["train"].shape[1],
+            f" of {len(views)} views of each training image ({config.feature_augment})" if len(views) > 1 else "",
         )
-        datasets = _feature_datasets(features, loaded, batch_size, config.seed)
-        steps = math.ceil(len(features["train"]) / batch_size)
+        datasets = _feature_datasets(features, loaded, batch_size, config.seed, augmented)
+        train_features = features["train"] if augmented is None else augmented
+        steps = math.ceil(len(train_features) / batch_size)
         with strategy.scope():
-            head = make_head(features["train"], len(loaded.labels), config.dropout, config.head_c)
+            head = make_head(train_features, len(loaded.labels), config.dropout, config.head_c, len(features["train"]))
         phases["head"] = _compile_and_fit(
             head,
             strategy,
@@ -498,6 +523,8 @@ def main(config: TrainConfig) -> Path:
             model = make_model(backbone, config.backbone, len(loaded.labels), True, config.dropout, head)
         if config.fine_tune_layers:
             images = _image_datasets(config, loaded, batch_size, config.augment)
+            before = _validation_loss(model, images["validation"], loaded.y("validation"))
+            head_only = model.get_weights()
             with strategy.scope():
                 unfrozen = unfreeze_top(backbone, config.fine_tune_layers)
             log.info(
@@ -510,12 +537,21 @@ def main(config: TrainConfig) -> Path:
                 images,
                 phase="fine_tune",
                 epochs=config.fine_tune_epochs,
-                steps=steps,
+                steps=math.ceil(len(loaded.parts["train"]) / batch_size),
                 checkpoint_root=checkpoint_root,
                 weights=weights,
                 jit_compile=jit_compile,
                 learning_rate=config.fine_tune_learning_rate,
             )
+            after = _validation_loss(model, images["validation"], loaded.y("validation"))
+            fine_tune_outcome = {"validation_loss_before": round(before, 6), "validation_loss_after": round(after, 6)}
+            # Fine-tuning a few hundred images can make the model worse; early stopping only picks
+            # the best of its own epochs, so the model before it is one more candidate.
+            if not after < before:
+                model.set_weights(head_only)
+                log.info("fine-tuning did not lower the validation loss (%.4f -> %.4f): kept the model before it",
+                         before, after)  # fmt: skip
+            fine_tune_outcome["kept"] = bool(after < before)
     else:
         images = _image_datasets(config, loaded, batch_size, config.augment)
         steps = math.ceil(len(loaded.parts["train"]) / batch_size)
@@ -566,6 +602,8 @@ def main(config: TrainConfig) -> Path:
     history = _join_history(phases)
     manifest = _manifest(config, loaded, policy, weights_used, cache_key, fingerprint, seconds, phases)
     manifest.update(request=request, request_key=request_key(request))
+    if fine_tune_outcome is not None:
+        manifest["fine_tune"] = fine_tune_outcome
     export_error = _write_run(run_dir, config, model, loaded, metrics, probabilities, history, manifest, weights_used)
     shutil.rmtree(checkpoint_root, ignore_errors=True)
     log.info("run folder: %s", run_dir)
