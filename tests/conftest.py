@@ -27,7 +27,7 @@ def bundle_copy(tmp_path: Path) -> Path:
     copy.mkdir()
     for name in ("tasks.py", "invoke.yaml", "requirements.txt", "requirements-dev.txt"):
         shutil.copy2(ROOT / name, copy / name)
-    for folder in ("scripts", "trainer", "colab", ".ci"):
+    for folder in ("scripts", "trainer", "colab", ".ci", "datasets"):
         shutil.copytree(ROOT / folder, copy / folder, ignore=shutil.ignore_patterns("__pycache__"))
     return copy
 

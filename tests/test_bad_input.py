@@ -32,13 +32,13 @@ def _one_line_error(result: subprocess.CompletedProcess, code: int, *parts: str)
 
 
 YAML_CASES = [
-    ("  epochs: 50", "  epoch: 50", "invoke.yaml: train.epoch is not a setting (did you mean epochs?)"),
-    ("  epochs: 50", "  epochs: ten", "invoke.yaml: train.epochs must be a whole number (got 'ten')"),
-    ("  epochs: 50", "  epochs: 0", "invoke.yaml: train.epochs must be at least 1 (got 0)"),
+    ('  epochs: ""', "  epoch: 50", "invoke.yaml: train.epoch is not a setting (did you mean epochs?)"),
+    ('  epochs: ""', "  epochs: ten", "invoke.yaml: train.epochs must be a whole number (got 'ten')"),
+    ('  epochs: ""', "  epochs: 0", "invoke.yaml: train.epochs must be at least 1 (got 0)"),
     ("  require_gpu: false", "  require_gpu: maybe", "invoke.yaml: check.require_gpu must be yes or no (got 'maybe')"),
     ("  demo_per_class: 60", "  demo_per_class: [60]", "invoke.yaml: data.demo_per_class must be a whole number"),
     ("publish:", "publsh:", "invoke.yaml: 'publsh' is not a section (did you mean publish?)"),
-    ("  epochs: 50", "  epochs: [50", "invoke.yaml line "),
+    ('  epochs: ""', "  epochs: [50", "invoke.yaml line "),
 ]
 
 

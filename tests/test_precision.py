@@ -68,7 +68,9 @@ for policy in ("float32", "mixed_float16", "mixed_bfloat16"):
     backbone = build_backbone("efficientnet_lite0", 64, "imagenet")
     out[policy] = featurize(feature_extractor(backbone, "efficientnet_lite0"), paths, 64, 8)
 reference = out["float32"]
-print(json.dumps({{p: float(np.median(np.abs(out[p] - reference) / (np.abs(reference) + 1e-6)))
+# ReLU6 leaves many pooled features at exactly 0 or 6 under every policy, so compare whole
+# vectors: each image's relative L2 distance from its float32 features, the median over images.
+print(json.dumps({{p: float(np.median(np.linalg.norm(out[p] - reference, axis=1) / np.linalg.norm(reference, axis=1)))
                   for p in ("mixed_float16", "mixed_bfloat16")}}))
 """
     result = subprocess.run(
@@ -77,8 +79,9 @@ print(json.dumps({{p: float(np.median(np.abs(out[p] - reference) / (np.abs(refer
     assert result.returncode == 0, result.stderr[-3000:]
     differences = json.loads(result.stdout.strip().splitlines()[-1])
     print("median relative difference from float32 features:", differences)
-    assert 1e-5 < differences["mixed_float16"] < 1e-2, differences
-    assert 1e-4 < differences["mixed_bfloat16"] < 5e-2, differences
+    # Measured: 0.009 (float16) and 0.056 (bfloat16), about the ratio of their mantissas' precision.
+    assert 1e-4 < differences["mixed_float16"] < 3e-2, differences
+    assert 1e-3 < differences["mixed_bfloat16"] < 0.15, differences
 
 
 @pytest.fixture(scope="module")

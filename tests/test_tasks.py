@@ -51,7 +51,7 @@ def test_dry_run_changes_nothing(tmp_path):
     assert result.returncode == 0, result.stderr
     assert snapshot(copy, prefix, data, drive, *system) == before
     assert "would chmod scripts/tool.sh 644->755 (dry run)" in result.stdout
-    assert "would fetch demo source demo" in result.stdout
+    assert "would fetch local source concrete" in result.stdout
     for step in ("data", "stage", "libtensorflow", "pins", "apt"):
         assert invoke(copy, step, "--dry-run", env=env).returncode == 0
     published = invoke(copy, "publish", "--dry-run", "--to", str(drive), env=env)
