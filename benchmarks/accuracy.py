@@ -61,11 +61,13 @@ def run(variant: str, seed: int, workspace: Path, scratch: Path, extra: list[str
     if result.returncode != 0:
         raise RuntimeError(f"{variant} seed {seed}: {result.stderr.strip().splitlines()[-1:]}")
     metrics = json.loads((output / "metrics.json").read_text())
+    fine_tune = json.loads((output / "manifest.json").read_text()).get("fine_tune")
     return {
         "accuracy": metrics["accuracy"],
         "balanced_accuracy": metrics["macro_avg"]["recall"],
         "log_loss": metrics["log_loss"],
         "seconds": time.perf_counter() - started,
+        **({"fine_tune_kept": fine_tune["kept"]} if fine_tune else {}),
     }
 
 
@@ -100,8 +102,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{variant} seed {seed}: {results[-1]}", file=sys.stderr, flush=True)
             every[variant] = results
             seconds = statistics.median(result["seconds"] for result in results)
+            kept = [result["fine_tune_kept"] for result in results if "fine_tune_kept" in result]
+            note = f" (fine-tuning kept for {sum(kept)} of {len(kept)} seeds)" if kept else ""
             lines.append(
-                f"| {VARIANTS[variant][0]} | {summary(results, 'accuracy')} | "
+                f"| {VARIANTS[variant][0]}{note} | {summary(results, 'accuracy')} | "
                 f"{summary(results, 'balanced_accuracy')} | {summary(results, 'log_loss')} | {seconds:.0f} |"
             )
     table = "\n".join(lines)
