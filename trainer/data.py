@@ -110,31 +110,34 @@ def read_csv_rows(csv_path: Path, image_folder: Path) -> tuple[list[Row], Report
         raise InputError(f"{csv_path}: not UTF-8 text (byte {error.start}); save it as UTF-8 CSV and retry") from None
     if not text.strip():
         raise InputError(f"{csv_path}: empty file; expected a header 'ImagePath,Label' and rows")
-    sample = text[:4096]
-    delimiter = ","
-    first_line = sample.splitlines()[0]
-    if "," not in first_line:
-        for candidate in (";", "\t", "|"):
-            if candidate in first_line:
-                delimiter = candidate
-                break
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    header = next(reader)
-    columns = {name.strip().lower(): index for index, name in enumerate(header)}
+    first_line = text.splitlines()[0]
+    delimiter = "," if "," in first_line else next((c for c in (";", "\t", "|") if c in first_line), ",")
+    import pandas as pd
+
+    try:
+        # Every cell as text ("NA" or "1e3" is a name, not a value); the header read as a row, so
+        # that a row with more cells than it is an error rather than an index column; blank
+        # lines kept, so that a row's position is its line in the file.
+        frame = pd.read_csv(
+            io.StringIO(text), sep=delimiter, header=None, dtype=str, keep_default_na=False, skip_blank_lines=False
+        ).fillna("")
+    except pd.errors.ParserError as error:
+        detail = str(error).strip().removeprefix("Error tokenizing data. C error: ")
+        raise InputError(f"{csv_path}: {detail}; quote an ImagePath that holds {delimiter!r}") from None
+    header = [str(name).strip() for name in frame.iloc[0]]
+    columns = {name.lower(): index for index, name in enumerate(header)}
     missing = [name for name in ("imagepath", "label") if name not in columns]
     if missing:
-        found = ", ".join(repr(h.strip()) for h in header) or "none"
+        found = ", ".join(repr(name) for name in header) or "none"
         wanted = " and ".join({"imagepath": "ImagePath", "label": "Label"}[m] for m in missing)
         raise InputError(f"{csv_path}: no {wanted} column (found {found}); the header must be ImagePath,Label")
-    path_col, label_col = columns["imagepath"], columns["label"]
     bases = [csv_path.parent, image_folder]
     rows = []
-    for line, record in enumerate(reader, start=2):
+    for line, record in enumerate(frame.iloc[1:].itertuples(index=False), start=2):
         if not any(cell.strip() for cell in record):
             continue
         report.rows_read += 1
-        written = record[path_col].strip() if path_col < len(record) else ""
-        label = record[label_col].strip() if label_col < len(record) else ""
+        written, label = record[columns["imagepath"]].strip(), record[columns["label"]].strip()
         if not written or not label:
             report.add("rows with an empty ImagePath or Label", f"line {line}")
             continue

@@ -31,6 +31,11 @@ def top_k_accuracy(y_true: np.ndarray, probabilities: np.ndarray, k: int) -> flo
     return float(top_k_accuracy_score(y_true, probabilities, k=k, labels=labels))
 
 
+def normalized(probabilities: np.ndarray) -> np.ndarray:
+    totals = probabilities.sum(axis=1, keepdims=True)
+    return probabilities / np.where(totals > 0, totals, 1.0)
+
+
 def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray, labels: list[str]) -> dict:
     """accuracy, per-class precision / recall / f1 / support, macro and support-weighted
     averages, the confusion matrix (rows: true label, columns: predicted, both in `labels`
@@ -76,7 +81,9 @@ def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray, labels
         **{f"top_{k}_accuracy": top_k_accuracy(y_true, probabilities, k) for k in (3, 5) if n > k},
         "confusion_matrix": confusion.tolist(),
         "labels": list(labels),
-        "log_loss": 0.0 if empty else float(sk.log_loss(y_true, probabilities, labels=classes)),
+        # float32 softmax outputs sum to 1 within about 1e-7; scikit-learn warns past that and
+        # then renormalizes, so renormalize first.
+        "log_loss": 0.0 if empty else float(sk.log_loss(y_true, normalized(probabilities), labels=classes)),
     }
 
 
