@@ -1,10 +1,13 @@
 """Training, from a validated image list to a complete run folder.
 
-    load_data     rows validated and split (or an explicit validation CSV)
-    train_head    pretrained weights: features cached once, the head trained on them
-    fine_tune     optionally, the top of the backbone trained on images at a low rate
-    train_images  no pretrained weights: the whole network trained on images
-    main          evaluation, and the run folder written whole or not at all
+    load_data        rows validated and split (or an explicit validation CSV)
+    start_session    seeds, the GPU policy, the distribution strategy, checkpoint places
+    featurize        pretrained weights: every image's features, computed once and cached
+    train_head       the classifier trained on the cached features
+    fine_tune        optionally, the top of the backbone trained on images at a low rate
+    train_images     no pretrained weights: the whole network trained on images
+    evaluate_splits  metrics on the held-out splits
+    main             the phases in order, and the run folder written whole or not at all
 
 Every phase checkpoints each epoch (trainer.resume), so rerunning the same command after a
 disconnect resumes where it stopped.
@@ -394,32 +397,43 @@ def _validation_loss(model, dataset, labels: np.ndarray) -> float:
     return float(-np.mean(np.log(probabilities[np.arange(len(labels)), labels])))
 
 
-def main(config: TrainConfig) -> Path:
-    """Train and evaluate; return the run folder. Everything is written to a hidden staging
-    folder beside the run folder and renamed at the end, so a run folder is always complete."""
-    config.check()
-    request = training_request(config)  # before anything else reads the data: what this run is from
-    run_dir = _run_dir(config)
-    workspace = default_workspace(config)
-    cache_dir = weights_cache_dir(config)
-    if cache_dir is not None:
-        # Keras reads KERAS_HOME when it downloads: ImageNet weights on Drive survive a reset.
-        os.environ["KERAS_HOME"] = str(cache_dir)
-    loaded = load_data(config)
+@dataclass
+class Session:
+    """What every phase shares: the options, the device's decisions and where checkpoints go."""
 
+    config: TrainConfig
+    strategy: object
+    policy: object  # trainer.device.Policy
+    onednn: bool
+    batch_size: int  # global: per replica times replicas
+    jit_compile: bool  # XLA for Keras's training step; Keras turns it off under a strategy
+    workspace: Path
+    checkpoint_root: Path
+    class_weights: dict[int, float] | None
+
+    def fit(self, model, datasets: dict, *, phase: str, epochs: int, images: int, learning_rate=None) -> Phase:
+        steps = math.ceil(images / self.batch_size)
+        return _compile_and_fit(
+            model,
+            self.strategy,
+            self.config,
+            datasets,
+            phase=phase,
+            epochs=epochs,
+            steps=steps,
+            checkpoint_root=self.checkpoint_root,
+            weights=self.class_weights,
+            jit_compile=self.jit_compile,
+            learning_rate=learning_rate,
+        )
+
+
+def start_session(config: TrainConfig, loaded: Data, workspace: Path) -> Session:
+    """Seeds, determinism, the GPU policy and the distribution strategy, decided once."""
     import keras
     import tensorflow as tf
 
     from trainer import device
-    from trainer.model import (
-        cut_backbone,
-        feature_extractor,
-        float32_copy,
-        load_backbone,
-        make_head,
-        make_model,
-        unfreeze_top,
-    )
 
     workers = device.workers_from_tf_config()
     # Collective ops must be configured before TensorFlow runs anything else.
@@ -433,179 +447,189 @@ def main(config: TrainConfig) -> Path:
     if policy.mixed_precision:
         keras.mixed_precision.set_global_policy(policy.mixed_precision)
     tf.config.optimizer.set_jit(policy.xla)
-    strategy = multi_worker or device.make_strategy(policy)
-    # Keras turns XLA off under a distribution strategy; one device follows the policy.
-    jit_compile = policy.xla and policy.replicas == 1
-    batch_size = device.global_batch_size(config.batch_size, policy)
-    fingerprint = loaded.fingerprint()
-    checkpoint_root = workspace / "checkpoints" / _resume_key(config, fingerprint)
+    checkpoint_root = workspace / "checkpoints" / _resume_key(config, loaded.fingerprint())
     if not device.is_chief():
         kind, index = device.task()
         checkpoint_root = checkpoint_root.with_name(f"{checkpoint_root.name}-{kind}{index}")
-    weights = class_weights(config, loaded.y("train"), len(loaded.labels))
-    started = time.time()
-    phases: dict[str, Phase] = {}
-    cache_key = None
-    fine_tune_outcome = None
+    return Session(
+        config,
+        multi_worker or device.make_strategy(policy),
+        policy,
+        onednn,
+        device.global_batch_size(config.batch_size, policy),
+        policy.xla and policy.replicas == 1,
+        workspace,
+        checkpoint_root,
+        class_weights(config, loaded.y("train"), len(loaded.labels)),
+    )
 
-    with strategy.scope():
-        backbone, weights_used = load_backbone(config.backbone, config.image_size, config.weights)
-        if config.feature_layer:
-            backbone = cut_backbone(backbone, config.feature_layer)
-    pretrained = weights_used != "none"
-    if pretrained:
-        from trainer.features import VIEWS, cached_features
-        from trainer.features import cache_key as make_cache_key
 
-        cache_key = make_cache_key(
-            config.backbone,
-            config.image_size,
-            weights_used,
-            config.feature_layer,
-            keras.mixed_precision.global_policy(),
+def featurize(session: Session, backbone, weights_used: str, loaded: Data):
+    """Every image's pooled features, from the cache where it has them: (features by split, the
+    training images' features in every --feature-augment view or None, the cache key)."""
+    import keras
+
+    from trainer import device
+    from trainer.features import VIEWS, cache_key, cached_features
+    from trainer.model import feature_extractor
+
+    config = session.config
+    policy_name = keras.mixed_precision.global_policy()
+    key = cache_key(config.backbone, config.image_size, weights_used, config.feature_layer, policy_name)
+    extractor = feature_extractor(backbone, config.backbone)
+    batch = device.featurize_batch_size(session.batch_size, device.visible_devices(), session.onednn)
+
+    def featurized(rows, view: str = "id") -> np.ndarray:
+        folder = session.workspace / "features" / key
+        vectors = cached_features(
+            extractor, rows, config.image_size, batch, folder, jit_compile=session.policy.xla, view=view
         )
-        extractor = feature_extractor(backbone, config.backbone)
-        every_row = [row for name in data.SPLITS for row in loaded.parts[name]]
-        featurize_batch = device.featurize_batch_size(batch_size, device.visible_devices(), onednn)
-
-        def featurized(rows, view: str = "id") -> np.ndarray:
-            vectors = cached_features(
-                extractor,
-                rows,
-                config.image_size,
-                featurize_batch,
-                workspace / "features" / cache_key,
-                jit_compile=policy.xla,
-                view=view,
+        if not np.isfinite(vectors).all():
+            bad = int((~np.isfinite(vectors).all(axis=1)).sum())
+            raise CheckFailed(
+                f"{config.backbone}: the features of {bad} image(s) are not finite under "
+                f"{policy_name.name}; rerun with --mixed-precision off"
             )
-            if not np.isfinite(vectors).all():
-                bad = int((~np.isfinite(vectors).all(axis=1)).sum())
-                raise CheckFailed(
-                    f"{config.backbone}: the features of {bad} image(s) are not finite under "
-                    f"{keras.mixed_precision.global_policy().name}; rerun with --mixed-precision off"
-                )
-            return vectors
+        return vectors
 
-        vectors = featurized(every_row)
-        features, start = {}, 0
-        for name in data.SPLITS:
-            features[name] = vectors[start : start + len(loaded.parts[name])]
-            start += len(loaded.parts[name])
-        views = VIEWS[config.feature_augment]
-        augmented = None
-        if len(views) > 1:
-            augmented = np.concatenate([features["train"], *(featurized(loaded.parts["train"], v) for v in views[1:])])
-        log.info(
-            "%s, weights %s: bottleneck mode, training the head on %d-dimensional features%s",
-            config.backbone,
-            weights_used,
-            features["train"].shape[1],
-            f" of {len(views)} views of each training image ({config.feature_augment})" if len(views) > 1 else "",
-        )
-        datasets = _feature_datasets(features, loaded, batch_size, config.seed, augmented)
-        train_features = features["train"] if augmented is None else augmented
-        steps = math.ceil(len(train_features) / batch_size)
-        with strategy.scope():
-            head = make_head(train_features, len(loaded.labels), config.dropout, config.head_c, len(features["train"]))
-        phases["head"] = _compile_and_fit(
-            head,
-            strategy,
-            config,
-            datasets,
-            phase="head",
-            epochs=config.epochs,
-            steps=steps,
-            checkpoint_root=checkpoint_root,
-            weights=weights,
-            jit_compile=jit_compile,
-        )
-        with strategy.scope():
-            model = make_model(backbone, config.backbone, len(loaded.labels), True, config.dropout, head)
-        if config.fine_tune_layers:
-            images = _image_datasets(config, loaded, batch_size, config.augment)
-            before = _validation_loss(model, images["validation"], loaded.y("validation"))
-            head_only = model.get_weights()
-            with strategy.scope():
-                unfrozen = unfreeze_top(backbone, config.fine_tune_layers)
-            log.info(
-                "fine-tuning the top %d backbone layers at learning rate %g", unfrozen, config.fine_tune_learning_rate
-            )
-            phases["fine_tune"] = _compile_and_fit(
-                model,
-                strategy,
-                config,
-                images,
-                phase="fine_tune",
-                epochs=config.fine_tune_epochs,
-                steps=math.ceil(len(loaded.parts["train"]) / batch_size),
-                checkpoint_root=checkpoint_root,
-                weights=weights,
-                jit_compile=jit_compile,
-                learning_rate=config.fine_tune_learning_rate,
-            )
-            after = _validation_loss(model, images["validation"], loaded.y("validation"))
-            fine_tune_outcome = {"validation_loss_before": round(before, 6), "validation_loss_after": round(after, 6)}
-            # Fine-tuning a few hundred images can make the model worse; early stopping only picks
-            # the best of its own epochs, so the model before it is one more candidate.
-            if not after < before:
-                model.set_weights(head_only)
-                log.info("fine-tuning did not lower the validation loss (%.4f -> %.4f): kept the model before it",
-                         before, after)  # fmt: skip
-            fine_tune_outcome["kept"] = bool(after < before)
-    else:
-        images = _image_datasets(config, loaded, batch_size, config.augment)
-        steps = math.ceil(len(loaded.parts["train"]) / batch_size)
-        with strategy.scope():
-            model = make_model(backbone, config.backbone, len(loaded.labels), False, config.dropout)
-        log.info(
-            "%s, weights none: training the whole network, %s trainable parameters",
-            config.backbone,
-            f"{sum(int(np.prod(w.shape)) for w in model.trainable_weights):,}",
-        )
-        phases["train"] = _compile_and_fit(
-            model,
-            strategy,
-            config,
-            images,
-            phase="train",
-            epochs=config.epochs,
-            steps=steps,
-            checkpoint_root=checkpoint_root,
-            weights=weights,
-            jit_compile=jit_compile,
-        )
-    seconds = time.time() - started
-    if policy.mixed_precision:
-        # What is evaluated, saved and exported computes in float32 (see model.float32_copy).
-        keras.mixed_precision.set_global_policy("float32")
-        model = float32_copy(model)
-        if pretrained:
-            head = float32_copy(head)
-    if pretrained and not config.fine_tune_layers:
-        evaluate_on = {name: (head, datasets[name]) for name in ("test", "validation", "train_eval")}
-    else:
-        evaluate_on = {name: (model, images[name]) for name in ("test", "validation", "train_eval")}
+    vectors = featurized([row for name in data.SPLITS for row in loaded.parts[name]])
+    features, start = {}, 0
+    for name in data.SPLITS:
+        features[name] = vectors[start : start + len(loaded.parts[name])]
+        start += len(loaded.parts[name])
+    views = VIEWS[config.feature_augment]
+    augmented = None
+    if len(views) > 1:
+        augmented = np.concatenate([features["train"], *(featurized(loaded.parts["train"], v) for v in views[1:])])
+    log.info(
+        "%s, weights %s: bottleneck mode, training the head on %d-dimensional features%s",
+        config.backbone,
+        weights_used,
+        features["train"].shape[1],
+        f" of {len(views)} views of each training image ({config.feature_augment})" if len(views) > 1 else "",
+    )
+    return features, augmented, key
 
+
+def train_head(session: Session, loaded: Data, features: dict, augmented: np.ndarray | None):
+    """The classifier alone on cached features: (head, its datasets, the phase)."""
+    from trainer.model import make_head
+
+    config = session.config
+    datasets = _feature_datasets(features, loaded, session.batch_size, config.seed, augmented)
+    train_features = features["train"] if augmented is None else augmented
+    with session.strategy.scope():
+        head = make_head(train_features, len(loaded.labels), config.dropout, config.head_c, len(features["train"]))
+    phase = session.fit(head, datasets, phase="head", epochs=config.epochs, images=len(train_features))
+    return head, datasets, phase
+
+
+def fine_tune(session: Session, model, backbone, loaded: Data):
+    """The top of the backbone trained on images at a low rate, kept only if it lowered the
+    validation loss: (the image datasets, the phase, before/after/kept for the manifest)."""
+    from trainer.model import unfreeze_top
+
+    config = session.config
+    images = _image_datasets(config, loaded, session.batch_size, config.augment)
+    before = _validation_loss(model, images["validation"], loaded.y("validation"))
+    head_only = model.get_weights()
+    with session.strategy.scope():
+        unfrozen = unfreeze_top(backbone, config.fine_tune_layers)
+    log.info("fine-tuning the top %d backbone layers at learning rate %g", unfrozen, config.fine_tune_learning_rate)
+    phase = session.fit(
+        model,
+        images,
+        phase="fine_tune",
+        epochs=config.fine_tune_epochs,
+        images=len(loaded.parts["train"]),
+        learning_rate=config.fine_tune_learning_rate,
+    )
+    after = _validation_loss(model, images["validation"], loaded.y("validation"))
+    # Fine-tuning a few hundred images can make the model worse; early stopping only picks the
+    # best of its own epochs, so the model before it is one more candidate.
+    if not after < before:
+        model.set_weights(head_only)
+        log.info("fine-tuning did not lower the validation loss (%.4f -> %.4f): kept the model before it",
+                 before, after)  # fmt: skip
+    outcome = {"validation_loss_before": round(before, 6), "validation_loss_after": round(after, 6)}
+    return images, phase, {**outcome, "kept": bool(after < before)}
+
+
+def train_images(session: Session, backbone, loaded: Data):
+    """No pretrained weights: the whole network trained on images: (model, datasets, phase)."""
+    from trainer.model import make_model
+
+    config = session.config
+    images = _image_datasets(config, loaded, session.batch_size, config.augment)
+    with session.strategy.scope():
+        model = make_model(backbone, config.backbone, len(loaded.labels), False, config.dropout)
+    parameters = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    log.info("%s, weights none: training the whole network, %s trainable parameters", config.backbone,
+             f"{parameters:,}")  # fmt: skip
+    phase = session.fit(model, images, phase="train", epochs=config.epochs, images=len(loaded.parts["train"]))
+    return model, images, phase
+
+
+def evaluate_splits(config: TrainConfig, loaded: Data, predictor, datasets: dict):
+    """Metrics and probabilities on test and validation (and train, --metrics-on-train)."""
     metrics, probabilities = {}, {}
     for name in ("test", "validation", "train") if config.metrics_on_train else ("test", "validation"):
-        predictor, dataset = evaluate_on["train_eval" if name == "train" else name]
-        probabilities[name] = _predict(predictor, dataset)
+        probabilities[name] = _predict(predictor, datasets["train_eval" if name == "train" else name])
         metrics[name] = classification_metrics(loaded.y(name), probabilities[name], loaded.labels)
     log.info("test: %s", summary_line(metrics["test"]))
     if config.metrics_on_train:
         log.info("train: %s", summary_line(metrics["train"]))
+    return metrics, probabilities
 
+
+def main(config: TrainConfig) -> Path:
+    """Train and evaluate; return the run folder. Everything is written to a hidden staging
+    folder beside the run folder and renamed at the end, so a run folder is always complete."""
+    config.check()
+    request = training_request(config)  # before anything else reads the data: what this run is from
+    run_dir, workspace, cache_dir = _run_dir(config), default_workspace(config), weights_cache_dir(config)
+    if cache_dir is not None:
+        # Keras reads KERAS_HOME when it downloads: ImageNet weights on Drive survive a reset.
+        os.environ["KERAS_HOME"] = str(cache_dir)
+    loaded = load_data(config)
+
+    import keras
+
+    from trainer import device
+    from trainer.model import cut_backbone, float32_copy, load_backbone, make_model
+
+    session = start_session(config, loaded, workspace)
+    started, phases, cache_key, head, fine_tuned = time.time(), {}, None, None, None
+    with session.strategy.scope():
+        backbone, weights_used = load_backbone(config.backbone, config.image_size, config.weights)
+        backbone = cut_backbone(backbone, config.feature_layer) if config.feature_layer else backbone
+    if weights_used != "none":
+        features, augmented, cache_key = featurize(session, backbone, weights_used, loaded)
+        head, datasets, phases["head"] = train_head(session, loaded, features, augmented)
+        with session.strategy.scope():
+            model = make_model(backbone, config.backbone, len(loaded.labels), True, config.dropout, head)
+        if config.fine_tune_layers:
+            datasets, phases["fine_tune"], fine_tuned = fine_tune(session, model, backbone, loaded)
+    else:
+        model, datasets, phases["train"] = train_images(session, backbone, loaded)
+    seconds = time.time() - started
+    if session.policy.mixed_precision:
+        # What is evaluated, saved and exported computes in float32 (see model.float32_copy).
+        keras.mixed_precision.set_global_policy("float32")
+        model, head = float32_copy(model), None if head is None else float32_copy(head)
+    on_features = head is not None and not config.fine_tune_layers
+    metrics, probabilities = evaluate_splits(config, loaded, head if on_features else model, datasets)
     if not device.is_chief():
-        shutil.rmtree(checkpoint_root, ignore_errors=True)
+        shutil.rmtree(session.checkpoint_root, ignore_errors=True)
         log.info("worker done; the chief writes the run folder")
         return run_dir
+    manifest = _manifest(config, loaded, session.policy, weights_used, cache_key, loaded.fingerprint(), seconds, phases)
+    manifest.update(
+        request=request, request_key=request_key(request), **({"fine_tune": fine_tuned} if fine_tuned else {})
+    )
     history = _join_history(phases)
-    manifest = _manifest(config, loaded, policy, weights_used, cache_key, fingerprint, seconds, phases)
-    manifest.update(request=request, request_key=request_key(request))
-    if fine_tune_outcome is not None:
-        manifest["fine_tune"] = fine_tune_outcome
     export_error = _write_run(run_dir, config, model, loaded, metrics, probabilities, history, manifest, weights_used)
-    shutil.rmtree(checkpoint_root, ignore_errors=True)
+    shutil.rmtree(session.checkpoint_root, ignore_errors=True)
     log.info("run folder: %s", run_dir)
     if export_error:
         raise CheckFailed(f"{export_error}; the run folder is complete otherwise")
