@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer import data
+from trainer import data, multiworker, pipeline
 from trainer.atomic import link_or_copy, staged_folder
 from trainer.config import TrainConfig, save_config
 from trainer.errors import CheckFailed, InputError
@@ -55,6 +55,12 @@ class Data:
 
     def paths(self, name: str) -> list[str]:
         return [str(row.path) for row in self.parts[name]]
+
+    def labels_by_split(self) -> dict[str, np.ndarray]:
+        return {name: self.y(name) for name in data.SPLITS}
+
+    def paths_by_split(self) -> dict[str, list[str]]:
+        return {name: self.paths(name) for name in data.SPLITS}
 
     def fingerprint(self) -> str:
         """One hash of every image's content, label and split: what the run was trained on."""
@@ -192,7 +198,7 @@ def _fit(
 
     strategy = model.distribute_strategy
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return _fit_multi_worker(model, strategy, config, train, validation, epochs=epochs, weights=weights)
+        return Phase(multiworker.fit(model, strategy, config, train, validation, epochs=epochs, weights=weights))
 
     monitor = "val_" + config.early_stopping_metric
     stopper = keras.callbacks.EarlyStopping(
@@ -263,129 +269,6 @@ def _compile_and_fit(
         weights=weights,
         checkpoint_every=30.0 if head else 0.0,
     )
-
-
-def _fit_multi_worker(model, strategy, config: TrainConfig, train, validation, *, epochs: int, weights) -> Phase:
-    """Keras 3's fit does not run under MultiWorkerMirroredStrategy (keras-team/keras#20585), so
-    several workers train with this loop: strategy.run per batch, gradients all-reduced, early
-    stopping on the validation loss or accuracy. It keeps no per-epoch checkpoints."""
-    import keras
-    import tensorflow as tf
-
-    class_weight = tf.constant([weights[i] for i in sorted(weights)] if weights else [1.0] * model.output_shape[-1])
-
-    def replica_step(images, labels, training: bool):
-        with tf.GradientTape() as tape:
-            probabilities = model(images, training=training)
-            per_example = keras.losses.sparse_categorical_crossentropy(labels, probabilities)
-            weighted = per_example * tf.gather(class_weight, labels) if training else per_example
-            loss = tf.nn.compute_average_loss(weighted, global_batch_size=global_batch)
-        if training:
-            gradients = tape.gradient(loss, model.trainable_variables)
-            model.optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
-        correct = tf.reduce_sum(
-            tf.cast(tf.equal(tf.argmax(probabilities, 1, output_type=tf.int32), labels), tf.float32)
-        )
-        return tf.reduce_sum(per_example), correct, tf.cast(tf.size(labels), tf.float32)
-
-    @tf.function
-    def step(batch, training: bool):
-        totals = strategy.run(replica_step, args=(*batch, training))
-        return [strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None) for value in totals]
-
-    def run_epoch(dataset, training: bool) -> tuple[float, float]:
-        loss = correct = count = 0.0
-        for batch in dataset:
-            batch_loss, batch_correct, batch_count = step(batch, training)
-            loss, correct, count = loss + float(batch_loss), correct + float(batch_correct), count + float(batch_count)
-        return loss / max(count, 1.0), correct / max(count, 1.0)
-
-    global_batch = config.batch_size * strategy.num_replicas_in_sync
-    train_dist = strategy.experimental_distribute_dataset(train)
-    validation_dist = strategy.experimental_distribute_dataset(validation)
-    history: dict[str, list[float]] = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
-    sign = 1.0 if config.early_stopping_metric == "loss" else -1.0
-    best, best_weights, wait = float("inf"), None, 0
-    for epoch in range(epochs):
-        loss, accuracy = run_epoch(train_dist, True)
-        val_loss, val_accuracy = run_epoch(validation_dist, False)
-        for key, value in zip(history, (loss, accuracy, val_loss, val_accuracy), strict=True):
-            history[key].append(value)
-        log.info(
-            "epoch %d/%d - loss %.4f - accuracy %.4f - val_loss %.4f - val_accuracy %.4f",
-            epoch + 1,
-            epochs,
-            loss,
-            accuracy,
-            val_loss,
-            val_accuracy,
-        )
-        score = sign * (val_loss if config.early_stopping_metric == "loss" else val_accuracy)
-        if score < best - config.min_delta:
-            best, best_weights, wait = score, model.get_weights(), 0
-        else:
-            wait += 1
-            if wait > config.patience:
-                log.info("epoch %d: early stopping", epoch + 1)
-                break
-    if best_weights is not None:
-        model.set_weights(best_weights)
-    return Phase(history, 0)
-
-
-def _feature_datasets(
-    features: dict[str, np.ndarray], loaded: Data, batch_size: int, seed: int, augmented: np.ndarray | None = None
-):
-    """tf.data over cached features; `augmented` stacks the training images' features seen in
-    every --feature-augment view (the identity first), which the head trains on."""
-    import tensorflow as tf
-
-    from trainer.pipeline import prefetched
-
-    out = {}
-    for name in data.SPLITS:
-        values, labels = features[name], loaded.y(name)
-        if name == "train" and augmented is not None:
-            values, labels = augmented, np.tile(labels, len(augmented) // len(labels))
-        dataset = tf.data.Dataset.from_tensor_slices((values, labels))
-        if name == "train":
-            dataset = dataset.shuffle(len(values), seed=seed, reshuffle_each_iteration=True)
-        out[name] = _distributable(prefetched(dataset.batch(batch_size)))
-    out["train_eval"] = tf.data.Dataset.from_tensor_slices((features["train"], loaded.y("train"))).batch(batch_size)
-    return out
-
-
-def _image_datasets(config: TrainConfig, loaded: Data, batch_size: int, augment: bool):
-    from trainer.pipeline import augmentation, fits_in_memory, make_dataset
-
-    total = sum(map(len, loaded.parts.values()))
-    cache = fits_in_memory(total, config.image_size, config.cache_megabytes)
-    out = {}
-    for name in data.SPLITS:
-        out[name] = _distributable(
-            make_dataset(
-                loaded.paths(name),
-                loaded.y(name),
-                config.image_size,
-                batch_size,
-                shuffle=name == "train",
-                seed=config.seed,
-                cache=cache and name != "test",
-                augment=augmentation(config.seed) if augment and name == "train" else None,
-            )
-        )
-    # The training images in order, unaugmented: for --metrics-on-train.
-    out["train_eval"] = make_dataset(loaded.paths("train"), loaded.y("train"), config.image_size, batch_size)
-    return out
-
-
-def _distributable(dataset):
-    """Shard by element, not by file: the pipelines start from in-memory lists."""
-    import tensorflow as tf
-
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return dataset.with_options(options)
 
 
 def _predict(model, dataset) -> np.ndarray:
@@ -516,7 +399,7 @@ def train_head(session: Session, loaded: Data, features: dict, augmented: np.nda
     from trainer.model import make_head
 
     config = session.config
-    datasets = _feature_datasets(features, loaded, session.batch_size, config.seed, augmented)
+    datasets = pipeline.feature_datasets(features, loaded.labels_by_split(), session.batch_size, config.seed, augmented)
     train_features = features["train"] if augmented is None else augmented
     with session.strategy.scope():
         head = make_head(train_features, len(loaded.labels), config.dropout, config.head_c, len(features["train"]))
@@ -530,7 +413,7 @@ def fine_tune(session: Session, model, backbone, loaded: Data):
     from trainer.model import unfreeze_top
 
     config = session.config
-    images = _image_datasets(config, loaded, session.batch_size, config.augment)
+    images = pipeline.image_datasets(loaded.paths_by_split(), loaded.labels_by_split(), config, session.batch_size)
     before = _validation_loss(model, images["validation"], loaded.y("validation"))
     head_only = model.get_weights()
     with session.strategy.scope():
@@ -560,7 +443,7 @@ def train_images(session: Session, backbone, loaded: Data):
     from trainer.model import make_model
 
     config = session.config
-    images = _image_datasets(config, loaded, session.batch_size, config.augment)
+    images = pipeline.image_datasets(loaded.paths_by_split(), loaded.labels_by_split(), config, session.batch_size)
     with session.strategy.scope():
         model = make_model(backbone, config.backbone, len(loaded.labels), False, config.dropout)
     parameters = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
