@@ -24,7 +24,6 @@ import io
 import json
 import logging
 import os
-import subprocess
 import sys
 import tempfile
 import warnings
@@ -34,8 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
+from trainer import runtimes
 from trainer.atomic import replacing, staged_folder, write_atomically
 from trainer.errors import CheckFailed, InputError
+from trainer.predict import load_run
 
 log = logging.getLogger("trainer")
 
@@ -113,17 +114,6 @@ def write_saved_model(model, destination: Path) -> None:
         archive.write_out(str(staging), verbose=False)
 
 
-def serving_tensors(saved_model: Path) -> tuple[str, str]:
-    """The graph tensor names behind serving_default's image input and probabilities output,
-    which is what a C-API caller feeds and fetches."""
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    message = saved_model_pb2.SavedModel()
-    message.ParseFromString((saved_model / "saved_model.pb").read_bytes())
-    signature = message.meta_graphs[0].signature_def["serving_default"]
-    return signature.inputs["image"].name, signature.outputs["probabilities"].name
-
-
 def write_tflite(saved_model: Path, destination: Path, quantize: bool) -> None:
     import tensorflow as tf
 
@@ -152,73 +142,6 @@ def write_onnx(model, destination: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Running each export
-
-
-def run_saved_model(saved_model: Path, images: np.ndarray) -> np.ndarray:
-    import tensorflow as tf
-
-    serve = tf.saved_model.load(str(saved_model)).signatures["serving_default"]
-    return serve(image=tf.constant(images))["probabilities"].numpy()
-
-
-def tflite_forward(path: Path):
-    """A function from float32 pixels [n, size, size, 3] to probabilities, on one interpreter."""
-    import tensorflow as tf
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tf.lite.Interpreter's notice about LiteRT
-        interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=os.cpu_count())
-    source = interpreter.get_input_details()[0]["index"]
-    result = interpreter.get_output_details()[0]["index"]
-    shape: list[tuple] = [()]
-
-    def forward(images: np.ndarray) -> np.ndarray:
-        if shape[0] != images.shape:
-            interpreter.resize_tensor_input(source, images.shape)
-            interpreter.allocate_tensors()
-            shape[0] = images.shape
-        interpreter.set_tensor(source, np.ascontiguousarray(images, dtype=np.float32))
-        interpreter.invoke()
-        return interpreter.get_tensor(result).copy()
-
-    forward.interpreter = interpreter
-    return forward
-
-
-def run_tflite(path: Path, images: np.ndarray) -> np.ndarray:
-    return tflite_forward(path)(images)
-
-
-def run_onnx(path: Path, images: np.ndarray) -> np.ndarray:
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run(["probabilities"], {"image": images})[0]
-
-
-def run_c_api(saved_model: Path, images: np.ndarray) -> tuple[np.ndarray, str]:
-    """In a child process that loads libtensorflow.so.2 and never imports TensorFlow's Python."""
-    input_name, output_name = serving_tensors(saved_model)
-    with tempfile.TemporaryDirectory(prefix="capi-") as folder:
-        source, result = Path(folder) / "images.npy", Path(folder) / "probabilities.npy"
-        np.save(source, images)
-        environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-        completed = subprocess.run(
-            [sys.executable, "-m", "trainer.capi", str(saved_model.resolve()), str(source), str(result)]
-            + ["--input-op", input_name.split(":")[0], "--output-op", output_name.split(":")[0]],
-            capture_output=True,
-            text=True,
-            env=environment,
-            cwd=Path(__file__).resolve().parent.parent,
-            check=False,
-        )
-        if completed.returncode != 0:
-            lines = [line for line in completed.stderr.splitlines() if "error" in line.lower()] or ["no output"]
-            raise RuntimeError(lines[-1])
-        return np.load(result), completed.stdout.strip()
-
-
 # ---------------------------------------------------------------------------------------------
 # The check
 
@@ -274,19 +197,19 @@ class Runtime:
 RUNTIMES = (
     Runtime(
         "SavedModel", "saved_model", "saved_model", FLOAT_TOLERANCE, True,
-        lambda model, path, source: write_saved_model(model, path), lambda path, images: run_saved_model(path, images),
+        lambda model, path, source: write_saved_model(model, path), lambda path, images: runtimes.saved_model_forward(path)[0](images),
     ),
     Runtime(
         "TFLite", "model.tflite", "tflite", FLOAT_TOLERANCE, True,
-        lambda model, path, source: write_tflite(source, path, False), lambda path, images: run_tflite(path, images),
+        lambda model, path, source: write_tflite(source, path, False), lambda path, images: runtimes.tflite_forward(path)(images),
     ),
     Runtime(
         "TFLite int8", "model_int8.tflite", "tflite", QUANTIZED_TOLERANCE, False,
-        lambda model, path, source: write_tflite(source, path, True), lambda path, images: run_tflite(path, images),
+        lambda model, path, source: write_tflite(source, path, True), lambda path, images: runtimes.tflite_forward(path)(images),
     ),
     Runtime(
         "ONNX Runtime", "model.onnx", "onnx", FLOAT_TOLERANCE, True,
-        lambda model, path, source: write_onnx(model, path), lambda path, images: run_onnx(path, images),
+        lambda model, path, source: write_onnx(model, path), lambda path, images: runtimes.onnx_forward(path)(images),
     ),
 )  # fmt: skip
 
@@ -295,8 +218,6 @@ def export_run(run_dir: str | Path, formats: tuple[str, ...] = FORMATS, check: b
     """(Re)write the run's exports and check them; writes and returns exports.json's content.
     write=False checks the exports already in the folder (after copying them, say).
     Raises CheckFailed when any leg disagrees or fails, after writing exports.json."""
-    from trainer.predict import load_run
-
     run_dir = Path(run_dir)
     run = load_run(run_dir)
     if run.model is None:
@@ -373,7 +294,7 @@ def export_run(run_dir: str | Path, formats: tuple[str, ...] = FORMATS, check: b
                 legs.append(Leg(runtime.name, runtime.file, runtime.tolerance, detail=f"could not run: {error}"))
         if any(runtime.format == "saved_model" for runtime in written):
             try:
-                values, library = run_c_api(saved_model, images)
+                values, library = runtimes.run_c_api(saved_model, images)
                 leg = compare("TensorFlow C library", "saved_model", reference, values, FLOAT_TOLERANCE)
                 leg.detail = library
             except Exception as error:  # noqa: BLE001

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer import data
+from trainer import data, runtimes
 from trainer.atomic import replacing
 from trainer.errors import InputError
 from trainer.images import is_image_file
@@ -79,33 +79,18 @@ def _check_outputs(labels: list[str], outputs: int, labels_path: Path) -> None:
 
 
 def _load_saved_model(folder: Path) -> Run:
-    import tensorflow as tf
-
     labels = _labels([folder / "labels.txt", folder.parent / "labels.txt"], folder)
-    signatures = tf.saved_model.load(str(folder)).signatures
-    if "serving_default" not in signatures:
-        raise InputError(f"--model: {folder} has no serving_default signature")
-    serve = signatures["serving_default"]
-    spec = serve.structured_input_signature[1]
-    if list(spec) != ["image"]:
-        raise InputError(f"--model: {folder}'s serving signature takes {', '.join(spec)}, not image")
-    _check_outputs(labels, int(serve.structured_outputs["probabilities"].shape[-1]), folder)
-    return Run(
-        folder.parent,
-        lambda images: serve(image=tf.constant(images))["probabilities"].numpy(),
-        labels,
-        int(spec["image"].shape[1]),
-    )
+    forward, size, outputs = runtimes.saved_model_forward(folder)
+    _check_outputs(labels, outputs, folder)
+    return Run(folder.parent, forward, labels, size)
 
 
 def _load_tflite(path: Path) -> Run:
-    from trainer.export import tflite_forward
-
     if not path.is_file():
         raise InputError(f"--model: {path} not found")
     labels = _labels([path.with_name("labels.txt")], path)
     try:
-        forward = tflite_forward(path)
+        forward = runtimes.tflite_forward(path)
     except ValueError as error:
         raise InputError(f"--model: {path} is not a TensorFlow Lite model ({str(error).splitlines()[0]})") from None
     interpreter = forward.interpreter
