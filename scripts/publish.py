@@ -28,16 +28,17 @@ from pathlib import Path
 from scripts.archives import sha256_of
 from scripts.check import drive_folder, in_colab
 from scripts.steps import Context, Result, StepFailed, changed, ok
+from trainer import runfolder
 from trainer.atomic import exchange, remove_leftovers
 
 RECORD = "published.json"
 
 
 def latest_run(runs_dir: Path) -> Path:
-    runs = [p for p in runs_dir.iterdir() if p.is_dir() and (p / "model.keras").is_file()] if runs_dir.is_dir() else []
+    runs = [p for p in runs_dir.iterdir() if p.is_dir() and runfolder.is_run(p)] if runs_dir.is_dir() else []
     if not runs:
         raise StepFailed(f"no trained run in {runs_dir}", "run `invoke train` first, or pass --run RUN_DIR")
-    return max(runs, key=lambda p: (p / "model.keras").stat().st_mtime)
+    return max(runs, key=lambda p: (p / runfolder.MODEL).stat().st_mtime)
 
 
 def default_destination(ctx: Context, folder: str, local_folder: str) -> Path:
@@ -99,7 +100,7 @@ def publish(
     local_folder: str = "published",
 ) -> Result:
     run_dir = Path(run) if run else latest_run(ctx.root / runs_dir)
-    if not (run_dir / "model.keras").is_file():
+    if not runfolder.is_run(run_dir):
         raise StepFailed(f"--run: {run_dir} has no model.keras", "pass a run folder written by `invoke train`")
     current = Path(to) if to else default_destination(ctx, folder, local_folder)
     previous = current.with_name(f"{current.name}.previous")

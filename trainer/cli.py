@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 
-from trainer import device
+from trainer import device, runfolder
 from trainer.config import TrainConfig
 from trainer.errors import CheckFailed, InputError
 
@@ -267,11 +267,11 @@ def run(argv: list[str]) -> int:
         if args.check_only and not args.check:
             raise InputError("--check-only and --no-check together do nothing")
         export_run(args.run_dir, formats, args.check, write=not args.check_only)
-        if (Path(args.run_dir) / "report.html").is_file():
+        if (Path(args.run_dir) / runfolder.REPORT).is_file():
             from trainer.report import build
 
             build(args.run_dir)
-        print(Path(args.run_dir) / "exports.json")
+        print(Path(args.run_dir) / runfolder.EXPORTS)
         return 0
     if getattr(args, "batch_size", 1) < 1:
         raise InputError(f"--batch-size must be at least 1 (got {args.batch_size})")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from trainer import runfolder
 from trainer.errors import InputError
 
 
@@ -102,7 +103,7 @@ def evaluate_run(run_dir: str | Path, folder: str | None, file: str | None, stri
 
     run = predict.load_run(run_dir)
     if folder is None:
-        split_path = run.path / "split.csv"
+        split_path = run.path / runfolder.SPLIT
         if not split_path.is_file():
             raise InputError(f"{run.path}: no split.csv; give --folder with the images to evaluate on")
         rows = data.read_split(split_path)["test"]

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer import runtimes
+from trainer import runfolder, runtimes
 from trainer.atomic import replacing, staged_folder, write_atomically
 from trainer.errors import CheckFailed, InputError
 from trainer.predict import load_run
@@ -150,7 +150,7 @@ def check_images(run_dir: Path, count: int = CHECK_IMAGES) -> list[str]:
     """Up to `count` test images of the run (then validation, then training ones), still on disk."""
     from trainer import data
 
-    split = run_dir / "split.csv"
+    split = run_dir / runfolder.SPLIT
     if not split.is_file():
         raise InputError(f"{run_dir}: no split.csv, so no test images to check the exports with")
     parts = data.read_split(split)
@@ -307,7 +307,7 @@ def export_run(run_dir: str | Path, formats: tuple[str, ...] = FORMATS, check: b
     if not check:
         failed = [leg for leg in legs if leg.detail.startswith("export")]
     result["ok"] = not failed
-    write_atomically(run_dir / "exports.json", json.dumps(result, indent=2) + "\n")
+    write_atomically(run_dir / runfolder.EXPORTS, json.dumps(result, indent=2) + "\n")
     for leg in legs:
         if leg.max_difference is not None:
             log.info(

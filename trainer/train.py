@@ -16,7 +16,6 @@ disconnect resumes where it stopped.
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
 import json
 import logging
@@ -31,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer import data, multiworker, pipeline
+from trainer import data, multiworker, pipeline, runfolder
 from trainer.atomic import link_or_copy, staged_folder
 from trainer.config import TrainConfig, save_config
 from trainer.errors import CheckFailed, InputError
@@ -580,15 +579,6 @@ def _manifest(config, loaded, policy, weights_used, cache_key, fingerprint, seco
     }
 
 
-def _write_history(history: list[dict], path: Path) -> None:
-    keys = sorted({key for row in history for key in row if key not in ("phase", "epoch")})
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(["phase", "epoch", *keys])
-        for row in history:
-            writer.writerow([row["phase"], row["epoch"], *(f"{row[key]:.6f}" if key in row else "" for key in keys)])
-
-
 def _write_tensorboard(history: list[dict], folder: Path) -> None:
     """TensorBoard scalars from the history, laid out as Keras's callback lays them out
     (logs/train, logs/validation, epoch_loss and epoch_accuracy): `tensorboard --logdir RUN/logs`."""
@@ -623,19 +613,19 @@ def _write_run(
 
     export_error = None
     with staged_folder(run_dir) as staging:
-        model.save(staging / "model.keras")
-        link_or_copy(staging / "model.keras", staging / f"{config.model_name}.keras")
-        (staging / "labels.txt").write_text("\n".join(loaded.labels) + "\n", encoding="utf-8")
+        model.save(staging / runfolder.MODEL)
+        link_or_copy(staging / runfolder.MODEL, staging / f"{config.model_name}.keras")
+        runfolder.write_labels(staging / runfolder.LABELS, loaded.labels)
         save_config(
             config,
-            staging / "config.json",
+            staging / runfolder.CONFIG,
             weights_used=weights_used,
             labels=loaded.labels,
             folder_resolved=str(Path(config.folder).resolve()),
         )
-        data.write_split(loaded.parts, staging / "split.csv")
-        _write_history(history, staging / "history.csv")
-        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        data.write_split(loaded.parts, staging / runfolder.SPLIT)
+        runfolder.write_history(staging / runfolder.HISTORY, history)
+        runfolder.write_json(staging / runfolder.MANIFEST, manifest)
         write_metrics(
             {
                 **metrics["test"],
@@ -644,10 +634,10 @@ def _write_run(
                 "training_seconds": manifest["training_seconds"],
                 "data": loaded.report.to_dict(),
             },
-            staging / "metrics.json",
+            staging / runfolder.METRICS,
         )
-        report.write_predictions(
-            staging / "predictions.csv",
+        runfolder.write_predictions(
+            staging / runfolder.PREDICTIONS,
             loaded.labels,
             {
                 name: (loaded.paths(name), [row.label for row in loaded.parts[name]], p)
