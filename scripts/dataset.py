@@ -18,9 +18,9 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
-from scripts.archives import download, extract_into, fetch, sha256_of
+from scripts.archives import download, extract_into, fetch
 from scripts.steps import Context, Result, StepFailed, changed, ok
-from trainer.atomic import remove_leftovers, replacing, staged_folder, write_atomically
+from trainer.atomic import remove_leftovers, replacing, sha256_of, staged_folder, write_atomically
 
 MANIFEST = "dataset.json"
 SHIPPED = "concrete"

@@ -21,7 +21,7 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 
-from scripts.archives import download, extract_into, fetch, sha256_of
+from scripts.archives import download, extract_into, fetch
 from scripts.steps import (
     Context,
     Result,
@@ -32,7 +32,7 @@ from scripts.steps import (
     privileged,
     read,
 )
-from trainer.atomic import link_or_copy, remove_leftovers, temporary_name, write_atomically
+from trainer.atomic import link_or_copy, remove_leftovers, sha256_of, temporary_name, write_atomically
 
 STAMP = "share/libtensorflow/install.json"
 LDCONF = Path("/etc/ld.so.conf.d/libtensorflow.conf")

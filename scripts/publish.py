@@ -25,11 +25,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from scripts.archives import sha256_of
 from scripts.check import drive_folder, in_colab
 from scripts.steps import Context, Result, StepFailed, changed, ok
 from trainer import runfolder
-from trainer.atomic import exchange, remove_leftovers
+from trainer.atomic import exchange, remove_leftovers, sha256_of
 
 RECORD = "published.json"
 

@@ -12,8 +12,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scripts.archives import sha256_of
 from trainer import runfolder
+from trainer.atomic import sha256_of
 
 RECORD = "published.json"
 

@@ -14,6 +14,7 @@ import json
 from importlib import metadata
 from pathlib import Path
 
+from trainer.atomic import sha256_of
 from trainer.config import TrainConfig
 
 # Options that say where things go, not what is trained.
@@ -21,14 +22,6 @@ PLACES = ("folder", "file", "output", "runs_dir", "workspace", "weights_cache")
 # The packages whose versions change the model or its exports.
 STACK = ("tensorflow", "keras", "numpy", "pillow", "protobuf", "onnx", "tf2onnx", "onnxruntime")
 CODE = Path(__file__).resolve().parent
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def data_digest(config: TrainConfig) -> str:
@@ -40,7 +33,7 @@ def data_digest(config: TrainConfig) -> str:
     digest = hashlib.sha256()
     for row in rows:
         try:
-            content = _sha256(row.path)
+            content = sha256_of(row.path)
         except OSError:
             content = "unreadable"
         digest.update(json.dumps([row.written, row.label, content]).encode())
