@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -124,4 +123,4 @@ def evaluate_run(run_dir: str | Path, folder: str | None, file: str | None, stri
 
 
 def write_metrics(metrics: dict, path: Path) -> None:
-    path.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    runfolder.write_json(path, metrics)

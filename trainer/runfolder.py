@@ -20,7 +20,7 @@ import csv
 import json
 from pathlib import Path
 
-from trainer.atomic import replacing
+from trainer.atomic import replacing, write_atomically
 from trainer.errors import InputError
 
 MODEL = "model.keras"
@@ -49,7 +49,8 @@ def read_json(path: Path) -> dict:
 
 
 def write_json(path: Path, content: dict) -> None:
-    path.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
+    """Whole or not at all: `evaluate --output` writes where the user says, not into a staging folder."""
+    write_atomically(path, json.dumps(content, indent=2) + "\n")
 
 
 def read_labels(candidates: list[Path], model_path: Path) -> list[str]:
