@@ -468,7 +468,7 @@ def main(config: TrainConfig) -> Path:
         every_row = [row for name in data.SPLITS for row in loaded.parts[name]]
         featurize_batch = device.featurize_batch_size(batch_size, device.visible_devices(), onednn)
 
-        def featurized(rows, view: str = "id") -> np.ndarray:
+        def featurized(rows, views: tuple[str, ...] = ("id",)) -> np.ndarray:
             vectors = cached_features(
                 extractor,
                 rows,
@@ -476,7 +476,7 @@ def main(config: TrainConfig) -> Path:
                 featurize_batch,
                 workspace / "features" / cache_key,
                 jit_compile=policy.xla,
-                view=view,
+                views=views,
             )
             if not np.isfinite(vectors).all():
                 bad = int((~np.isfinite(vectors).all(axis=1)).sum())
@@ -494,7 +494,7 @@ def main(config: TrainConfig) -> Path:
         views = VIEWS[config.feature_augment]
         augmented = None
         if len(views) > 1:
-            augmented = np.concatenate([features["train"], *(featurized(loaded.parts["train"], v) for v in views[1:])])
+            augmented = np.concatenate([features["train"], featurized(loaded.parts["train"], views[1:])])
         log.info(
             "%s, weights %s: bottleneck mode, training the head on %d-dimensional features%s",
             config.backbone,
