@@ -36,6 +36,14 @@ def top_k_accuracy(y_true: np.ndarray, probabilities: np.ndarray, k: int) -> flo
     return float((top == np.asarray(y_true)[:, None]).any(axis=1).mean()) if len(y_true) else 0.0
 
 
+def log_loss(y_true: np.ndarray, probabilities: np.ndarray) -> float:
+    """The mean negative log of each true label's probability (clipped at 1e-7); 0 for no images."""
+    if not len(y_true):
+        return 0.0
+    chosen = np.clip(np.asarray(probabilities, dtype=np.float64)[np.arange(len(y_true)), y_true], 1e-7, 1.0)
+    return float(-np.log(chosen).mean())
+
+
 def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray, labels: list[str]) -> dict:
     """accuracy, per-class precision / recall / f1 / support, macro and support-weighted
     averages, the confusion matrix (rows: true label, columns: predicted, both in `labels`
@@ -61,8 +69,6 @@ def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray, labels
             "f1": float(f1),
             "support": int(actual),
         }
-    eps = 1e-7
-    chosen = np.clip(probabilities[np.arange(len(y_true)), y_true], eps, 1.0)
     support = np.array([values["support"] for values in per_class.values()], dtype=float)
     if n == 2:
         auc = roc_auc(y_true == 1, probabilities[:, 1]) if len(y_true) else None
@@ -85,7 +91,7 @@ def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray, labels
         **{f"top_{k}_accuracy": top_k_accuracy(y_true, probabilities, k) for k in (3, 5) if n > k},
         "confusion_matrix": confusion.tolist(),
         "labels": list(labels),
-        "log_loss": float(-np.log(chosen).mean()) if len(y_true) else 0.0,
+        "log_loss": log_loss(y_true, probabilities),
     }
 
 

@@ -32,7 +32,7 @@ from trainer import data
 from trainer.atomic import link_or_copy, staged_folder
 from trainer.config import TrainConfig, save_config
 from trainer.errors import CheckFailed, InputError
-from trainer.evaluate import classification_metrics, summary_line, write_metrics
+from trainer.evaluate import classification_metrics, log_loss, summary_line, write_metrics
 from trainer.fingerprint import request_key, training_request
 from trainer.predict import log_report
 
@@ -390,8 +390,8 @@ def _predict(model, dataset) -> np.ndarray:
 
 
 def _validation_loss(model, dataset, labels: np.ndarray) -> float:
-    probabilities = np.clip(_predict(model, dataset).astype(np.float64), 1e-12, 1.0)
-    return float(-np.mean(np.log(probabilities[np.arange(len(labels)), labels])))
+    """The log-loss metrics.json reports, for the fine-tuning guard."""
+    return log_loss(labels, _predict(model, dataset))
 
 
 def main(config: TrainConfig) -> Path:
