@@ -32,8 +32,22 @@ def top_k_accuracy(y_true: np.ndarray, probabilities: np.ndarray, k: int) -> flo
 
 
 def normalized(probabilities: np.ndarray) -> np.ndarray:
+    """Rows scaled to sum to 1: float32 softmax outputs miss by about 1e-7, past which
+    scikit-learn's log_loss warns and then renormalizes anyway."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
     totals = probabilities.sum(axis=1, keepdims=True)
     return probabilities / np.where(totals > 0, totals, 1.0)
+
+
+def log_loss(y_true: np.ndarray, probabilities: np.ndarray) -> float:
+    """scikit-learn's log-loss over every class of `probabilities`; 0 for no images. The one
+    metrics.json reports and the fine-tuning guard compares."""
+    from sklearn.metrics import log_loss as sk_log_loss
+
+    if not len(y_true):
+        return 0.0
+    classes = np.arange(np.shape(probabilities)[1])
+    return float(sk_log_loss(y_true, normalized(probabilities), labels=classes))
 
 
 def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray, labels: list[str]) -> dict:
@@ -81,9 +95,7 @@ def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray, labels
         **{f"top_{k}_accuracy": top_k_accuracy(y_true, probabilities, k) for k in (3, 5) if n > k},
         "confusion_matrix": confusion.tolist(),
         "labels": list(labels),
-        # float32 softmax outputs sum to 1 within about 1e-7; scikit-learn warns past that and
-        # then renormalizes, so renormalize first.
-        "log_loss": 0.0 if empty else float(sk.log_loss(y_true, normalized(probabilities), labels=classes)),
+        "log_loss": log_loss(y_true, probabilities),
     }
 
 

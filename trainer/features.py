@@ -167,29 +167,45 @@ def featurize_batches(
 
 
 def cached_features(
-    feature_model, rows, image_size: int, batch_size: int, folder: Path, jit_compile: bool = False, view: str = "id"
+    feature_model,
+    rows,
+    image_size: int,
+    batch_size: int,
+    folder: Path,
+    jit_compile: bool = False,
+    views: tuple[str, ...] = ("id",),
 ) -> np.ndarray:
-    """Features for rows (in order), seen as `view`: from the cache where present, featurized
-    and stored where not. A view other than the image itself is stored as "sha256:view"."""
+    """Features for rows (in order) seen in each of `views`, view after view: from the cache
+    where present, featurized and stored where not. The cache is read once for all the views.
+    A view other than the image itself is stored as "sha256:view"."""
     cache = FeatureCache(folder)
     known = cache.load()
-    identity = {row.sha256: row.sha256 if view == "id" else f"{row.sha256}:{view}" for row in rows}
-    missing = sorted({identity[row.sha256]: str(row.path) for row in rows if identity[row.sha256] not in known}.items())
-    reused = len(identity) - len(missing)
-    seen_as = "" if view == "id" else f" (seen as {view})"
-    log.info("feature cache %s: %d images%s reused, %d to featurize", folder, reused, seen_as, len(missing))
-    if missing:
-        hashes = [key for key, _ in missing]
-        pending: list[np.ndarray] = []
-        stored, last = 0, time.monotonic()
-        batches = featurize_batches(
-            feature_model, [path for _, path in missing], image_size, batch_size, jit_compile=jit_compile, view=view
-        )
-        for number, features in enumerate(batches, start=1):
-            pending.append(features)
-            if time.monotonic() - last >= SHARD_SECONDS or number * batch_size >= len(missing):
-                chunk = np.concatenate(pending).astype(np.float32)
-                cache.add(hashes[stored : stored + len(chunk)], chunk)
-                known.update(zip(hashes[stored : stored + len(chunk)], chunk, strict=True))
-                stored, pending, last = stored + len(chunk), [], time.monotonic()
-    return np.stack([known[identity[row.sha256]] for row in rows])
+    every = []
+    for view in views:
+        identity = {row.sha256: row.sha256 if view == "id" else f"{row.sha256}:{view}" for row in rows}
+        missing = sorted({key: str(row.path) for row in rows if (key := identity[row.sha256]) not in known}.items())
+        seen_as = "" if view == "id" else f" (seen as {view})"
+        log.info("feature cache %s: %d images%s reused, %d to featurize", folder, len(identity) - len(missing), seen_as,
+                 len(missing))  # fmt: skip
+        if missing:
+            _featurize_into(cache, known, missing, feature_model, image_size, batch_size, jit_compile, view)
+        every.append(np.stack([known[identity[row.sha256]] for row in rows]))
+    return np.concatenate(every)
+
+
+def _featurize_into(cache, known: dict, missing: list[tuple[str, str]], feature_model, image_size: int,
+                    batch_size: int, jit_compile: bool, view: str) -> None:  # fmt: skip
+    """Featurize the missing (key, path) pairs, storing a shard every SHARD_SECONDS and at the end."""
+    hashes = [key for key, _ in missing]
+    pending: list[np.ndarray] = []
+    stored, last = 0, time.monotonic()
+    batches = featurize_batches(
+        feature_model, [path for _, path in missing], image_size, batch_size, jit_compile=jit_compile, view=view
+    )
+    for number, features in enumerate(batches, start=1):
+        pending.append(features)
+        if time.monotonic() - last >= SHARD_SECONDS or number * batch_size >= len(missing):
+            chunk = np.concatenate(pending).astype(np.float32)
+            cache.add(hashes[stored : stored + len(chunk)], chunk)
+            known.update(zip(hashes[stored : stored + len(chunk)], chunk, strict=True))
+            stored, pending, last = stored + len(chunk), [], time.monotonic()

@@ -34,7 +34,7 @@ from trainer import data, multiworker, pipeline, runfolder
 from trainer.atomic import link_or_copy, staged_folder
 from trainer.config import TrainConfig, save_config
 from trainer.errors import CheckFailed, InputError
-from trainer.evaluate import classification_metrics, summary_line, write_metrics
+from trainer.evaluate import classification_metrics, log_loss, summary_line, write_metrics
 from trainer.fingerprint import request_key, training_request
 from trainer.predict import log_report
 
@@ -275,8 +275,8 @@ def _predict(model, dataset) -> np.ndarray:
 
 
 def _validation_loss(model, dataset, labels: np.ndarray) -> float:
-    probabilities = np.clip(_predict(model, dataset).astype(np.float64), 1e-12, 1.0)
-    return float(-np.mean(np.log(probabilities[np.arange(len(labels)), labels])))
+    """The log-loss metrics.json reports, for the fine-tuning guard."""
+    return log_loss(labels, _predict(model, dataset))
 
 
 @dataclass
@@ -361,10 +361,10 @@ def featurize(session: Session, backbone, weights_used: str, loaded: Data):
     extractor = feature_extractor(backbone, config.backbone)
     batch = device.featurize_batch_size(session.batch_size, device.visible_devices(), session.onednn)
 
-    def featurized(rows, view: str = "id") -> np.ndarray:
+    def featurized(rows, views: tuple[str, ...] = ("id",)) -> np.ndarray:
         folder = session.workspace / "features" / key
         vectors = cached_features(
-            extractor, rows, config.image_size, batch, folder, jit_compile=session.policy.xla, view=view
+            extractor, rows, config.image_size, batch, folder, jit_compile=session.policy.xla, views=views
         )
         if not np.isfinite(vectors).all():
             bad = int((~np.isfinite(vectors).all(axis=1)).sum())
@@ -382,7 +382,7 @@ def featurize(session: Session, backbone, weights_used: str, loaded: Data):
     views = VIEWS[config.feature_augment]
     augmented = None
     if len(views) > 1:
-        augmented = np.concatenate([features["train"], *(featurized(loaded.parts["train"], v) for v in views[1:])])
+        augmented = np.concatenate([features["train"], featurized(loaded.parts["train"], views[1:])])
     log.info(
         "%s, weights %s: bottleneck mode, training the head on %d-dimensional features%s",
         config.backbone,
