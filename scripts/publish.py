@@ -95,9 +95,10 @@ def publish(
     run: str | None = None,
     to: str | None = None,
     runs_dir: str = "runs",
-    folder: str = "ud-cd-classifier",
-    local_folder: str = "published",
+    folder: str | None = None,
+    local_folder: str | None = None,
 ) -> Result:
+    """`to`, or else invoke.yaml's publish.folder under MyDrive (or under local_folder off Colab)."""
     run_dir = Path(run) if run else latest_run(ctx.root / runs_dir)
     if not runfolder.is_run(run_dir):
         raise StepFailed(f"--run: {run_dir} has no model.keras", "pass a run folder written by `invoke train`")

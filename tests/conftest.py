@@ -27,9 +27,15 @@ def bundle_copy(tmp_path: Path) -> Path:
     copy.mkdir()
     for name in ("tasks.py", "invoke.yaml", "requirements.txt", "requirements-dev.txt"):
         shutil.copy2(ROOT / name, copy / name)
-    for folder in ("scripts", "trainer", "colab", ".ci", "datasets"):
+    for folder in ("scripts", "trainer", "colab", ".ci", "datasets", "docs"):
         shutil.copytree(ROOT / folder, copy / folder, ignore=shutil.ignore_patterns("__pycache__"))
     return copy
+
+
+def documented_options(root: Path) -> str:
+    """The option table in root's docs/trainer.md (trainer.config.reference() renders it)."""
+    text = (root / "docs" / "trainer.md").read_text(encoding="utf-8")
+    return text.split("<!-- options: begin -->\n", 1)[1].split("<!-- options: end -->", 1)[0]
 
 
 def invoke(cwd: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:

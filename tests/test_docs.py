@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, documented_options
 
 PAGES = sorted(
     [*ROOT.glob("*.md"), *(ROOT / "docs").glob("*.md"), *ROOT.glob("*/README.md"), *ROOT.glob("datasets/*/README.md")]
@@ -41,3 +41,9 @@ def test_every_relative_link_and_anchor_resolves(page):
 
 def test_the_readme_stays_short():
     assert len((ROOT / "README.md").read_bytes()) < 8 * 1024, "move reference material to docs/"
+
+
+def test_the_option_table_is_the_trainers_own():
+    from trainer.config import reference
+
+    assert documented_options(ROOT) == reference(), "paste trainer.config.reference() into docs/trainer.md"
