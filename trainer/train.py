@@ -348,7 +348,8 @@ def start_session(config: TrainConfig, loaded: Data, workspace: Path) -> Session
 
 def featurize(session: Session, backbone, weights_used: str, loaded: Data):
     """Every image's pooled features, from the cache where it has them: (features by split, the
-    training images' features in every --feature-augment view or None, the cache key)."""
+    training images' features in every --feature-augment view or None, what the cache did:
+    its key and, per view, how many images it had and how many went through the backbone)."""
     import keras
 
     from trainer import device
@@ -361,10 +362,19 @@ def featurize(session: Session, backbone, weights_used: str, loaded: Data):
     extractor = feature_extractor(backbone, config.backbone)
     batch = device.featurize_batch_size(session.batch_size, device.visible_devices(), session.onednn)
 
+    counts: dict[str, dict] = {}
+
     def featurized(rows, views: tuple[str, ...] = ("id",)) -> np.ndarray:
         folder = session.workspace / "features" / key
         vectors = cached_features(
-            extractor, rows, config.image_size, batch, folder, jit_compile=session.policy.xla, views=views
+            extractor,
+            rows,
+            config.image_size,
+            batch,
+            folder,
+            jit_compile=session.policy.xla,
+            views=views,
+            counts=counts,
         )
         if not np.isfinite(vectors).all():
             bad = int((~np.isfinite(vectors).all(axis=1)).sum())
@@ -390,7 +400,7 @@ def featurize(session: Session, backbone, weights_used: str, loaded: Data):
         features["train"].shape[1],
         f" of {len(views)} views of each training image ({config.feature_augment})" if len(views) > 1 else "",
     )
-    return features, augmented, key
+    return features, augmented, {"key": key, "dimensions": int(features["train"].shape[1]), "views": counts}
 
 
 def train_head(session: Session, loaded: Data, features: dict, augmented: np.ndarray | None):
@@ -434,7 +444,7 @@ def fine_tune(session: Session, model, backbone, loaded: Data):
         log.info("fine-tuning did not lower the validation loss (%.4f -> %.4f): kept the model before it",
                  before, after)  # fmt: skip
     outcome = {"validation_loss_before": round(before, 6), "validation_loss_after": round(after, 6)}
-    return images, phase, {**outcome, "kept": bool(after < before)}
+    return images, phase, {**outcome, "kept": bool(after < before), "layers": unfrozen}
 
 
 def train_images(session: Session, backbone, loaded: Data):
@@ -481,12 +491,12 @@ def main(config: TrainConfig) -> Path:
     from trainer.model import cut_backbone, float32_copy, load_backbone, make_model
 
     session = start_session(config, loaded, workspace)
-    started, phases, cache_key, head, fine_tuned = time.time(), {}, None, None, None
+    started, phases, cache, head, fine_tuned = time.time(), {}, None, None, None
     with session.strategy.scope():
         backbone, weights_used = load_backbone(config.backbone, config.image_size, config.weights)
         backbone = cut_backbone(backbone, config.feature_layer) if config.feature_layer else backbone
     if weights_used != "none":
-        features, augmented, cache_key = featurize(session, backbone, weights_used, loaded)
+        features, augmented, cache = featurize(session, backbone, weights_used, loaded)
         head, datasets, phases["head"] = train_head(session, loaded, features, augmented)
         with session.strategy.scope():
             model = make_model(backbone, config.backbone, len(loaded.labels), True, config.dropout, head)
@@ -505,7 +515,7 @@ def main(config: TrainConfig) -> Path:
         shutil.rmtree(session.checkpoint_root, ignore_errors=True)
         log.info("worker done; the chief writes the run folder")
         return run_dir
-    manifest = _manifest(config, loaded, session.policy, weights_used, cache_key, loaded.fingerprint(), seconds, phases)
+    manifest = _manifest(config, loaded, session.policy, weights_used, cache, loaded.fingerprint(), seconds, phases)
     manifest.update(
         request=request, request_key=request_key(request), **({"fine_tune": fine_tuned} if fine_tuned else {})
     )
@@ -537,7 +547,7 @@ def _join_history(phases: dict[str, Phase]) -> list[dict]:
     return rows
 
 
-def _manifest(config, loaded, policy, weights_used, cache_key, fingerprint, seconds, phases) -> dict:
+def _manifest(config, loaded, policy, weights_used, cache, fingerprint, seconds, phases) -> dict:
     import platform
     from importlib import metadata
 
@@ -573,7 +583,11 @@ def _manifest(config, loaded, policy, weights_used, cache_key, fingerprint, seco
             "hashes": "split.csv lists every image's SHA-256",
         },
         "weights_used": weights_used,
-        "feature_cache_key": cache_key,
+        # bottleneck: the head on cached features (then fine-tuning, if asked); whole: no
+        # pretrained weights, the whole network on images.
+        "mode": "whole" if cache is None else "bottleneck",
+        "feature_cache_key": None if cache is None else cache["key"],
+        "feature_cache": cache,
         "training_seconds": round(seconds, 2),
         "resumed_from_epoch": {name: phase.resumed_from for name, phase in phases.items() if phase.resumed_from},
     }
