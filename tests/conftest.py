@@ -202,3 +202,19 @@ def tar_member(name: str, kind=tarfile.REGTYPE, linkname: str = "") -> tarfile.T
     info.linkname = linkname
     info.mode = 0o644
     return info
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory, demo_dir) -> Path:
+    """One real run on the demo data, with every export, shared by the tests of what a run
+    leaves (report, evaluate, predict, export); a duplicated row and a missing file give the
+    report drops to show. Tests copy it before they change anything."""
+    out = tmp_path_factory.mktemp("report") / "run"
+    images = out.parent / "Images"
+    shutil.copytree(demo_dir / "Images", images)
+    lines = (images / "training_data.csv").read_text().splitlines()
+    lines += [lines[1], "CD/not-there.jpg,CD"]
+    (images / "training_data.csv").write_text("\n".join(lines) + "\n")
+    result = run_module(*train_args(images, epochs=3, output=out, workspace=out.parent / "ws"))
+    assert result.returncode == 0, result.stderr
+    return out
