@@ -17,7 +17,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from scripts.steps import StepFailed
-from trainer.atomic import replacing, sha256_of, staged_folder, write_atomically
+from trainer.atomic import partial_folder, replacing, sha256_of, write_atomically
 
 # A zip bomb's tell: far more bytes out than in. Real image archives are near 1:1 (JPEGs do not
 # compress); 200:1 is generous, and 20 GiB is more than any dataset this bundle is for.
@@ -114,13 +114,13 @@ def extract(archive: Path, target: Path) -> Path:
     """Extract into a new folder beside `target` that then takes its name (an existing `target`
     is replaced whole, see trainer.atomic). A refused archive writes nothing and leaves
     `target` as it was. Returns target."""
-    with staged_folder(target, replace=True) as staging:
-        extract_into(archive, staging)
+    with partial_folder(target, replace=True) as partial:
+        extract_into(archive, partial)
     return target
 
 
 def extract_into(archive: Path, folder: Path) -> None:
-    """Check every member, then extract into `folder` (a staging folder of the caller's, which
+    """Check every member, then extract into `folder` (a partial folder of the caller's, which
     makes the result appear whole); a refused archive writes nothing."""
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as handle:

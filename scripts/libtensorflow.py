@@ -190,14 +190,14 @@ def _header_closure(include: Path) -> list[Path]:
     return sorted(seen)
 
 
-def stage_from_wheel(version: str, staging: Path) -> None:
+def gather_from_wheel(version: str, partial: Path) -> None:
     package = _wheel_dir(version)
     include = package / "include"
     for header in _header_closure(include):
-        target = staging / "include" / header.relative_to(include)
+        target = partial / "include" / header.relative_to(include)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(header, target)
-    lib = staging / "lib"
+    lib = partial / "lib"
     lib.mkdir(parents=True)
     # The C library is copied (its SONAME is rewritten); the framework is hard-linked when the
     # prefix shares a filesystem with the wheel, which survives pip uninstalling the wheel.
@@ -210,24 +210,24 @@ def stage_from_wheel(version: str, staging: Path) -> None:
         os.symlink(f"{name}.so.2", lib / f"{name}.so")
 
 
-def stage_from_tarball(tarball: Path, staging: Path) -> None:
-    extract_into(tarball, staging)
-    if not (staging / "include/tensorflow/c/c_api.h").is_file() or not (staging / "lib/libtensorflow.so.2").exists():
+def gather_from_tarball(tarball: Path, partial: Path) -> None:
+    extract_into(tarball, partial)
+    if not (partial / "include/tensorflow/c/c_api.h").is_file() or not (partial / "lib/libtensorflow.so.2").exists():
         raise StepFailed(
             f"{tarball}: no include/tensorflow/c/c_api.h or lib/libtensorflow.so.2 inside",
             "use an official libtensorflow tarball",
         )
 
 
-def install_tree(staging: Path, prefix: Path) -> dict[str, int | None]:
-    """Move staged files into the prefix, each under a temporary name and renamed, so a reader
+def install_tree(partial: Path, prefix: Path) -> dict[str, int | None]:
+    """Move the gathered files into the prefix, each under a temporary name and renamed, so a reader
     never sees half a file. Returns the installed paths, relative to the prefix, with their
     sizes (None for a symlink)."""
     installed: dict[str, int | None] = {}
-    for source in sorted(staging.rglob("*")):
+    for source in sorted(partial.rglob("*")):
         if source.is_dir() and not source.is_symlink():
             continue
-        relative = source.relative_to(staging)
+        relative = source.relative_to(partial)
         target = prefix / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         temporary = temporary_name(target)
@@ -308,22 +308,22 @@ def libtensorflow(
         prefix_path.mkdir(parents=True, exist_ok=True)
         remove_leftovers(prefix_path, ".libtensorflow.partial-")
         remove_leftovers(prefix_path / "lib", ".libtensorflow")
-        # The new library is staged and verified on its own before anything in the prefix
+        # The new library is gathered and verified on its own before anything in the prefix
         # changes: a refused source (a missing, unsafe or damaged tarball, a checksum that
         # differs, a library of another version) leaves the installed one recorded and in place.
-        staging = Path(tempfile.mkdtemp(prefix=".libtensorflow.partial-", dir=prefix_path))
+        partial = Path(tempfile.mkdtemp(prefix=".libtensorflow.partial-", dir=prefix_path))
         try:
             if source == "wheel":
-                stage_from_wheel(version, staging)
+                gather_from_wheel(version, partial)
             else:
-                stage_from_tarball(_tarball(ctx, source, sha256, prefix_path), staging)
-            verify(staging, version, ctx)
+                gather_from_tarball(_tarball(ctx, source, sha256, prefix_path), partial)
+            verify(partial, version, ctx)
             # The stamp says "done": it goes before the prefix changes and comes back last
             # (see scripts/steps.py).
             (prefix_path / STAMP).unlink(missing_ok=True)
-            files = install_tree(staging, prefix_path)
+            files = install_tree(partial, prefix_path)
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            shutil.rmtree(partial, ignore_errors=True)
         actions.append(f"installed {len(files)} files")
         if register:
             if not _ldconfig_searches(prefix_path / "lib"):

@@ -203,14 +203,14 @@ def _hello(prefix: Path, work: Path) -> str | None:
 
 def _tarball_from_wheel(path: Path) -> Path:
     """An uncompressed libtensorflow tarball with the official layout, from the wheel's files."""
-    from scripts.libtensorflow import stage_from_wheel
+    from scripts.libtensorflow import gather_from_wheel
 
-    staged = path.parent / "staged"
-    stage_from_wheel(PIN, staged)
+    gathered = path.parent / "gathered"
+    gather_from_wheel(PIN, gathered)
     with tarfile.open(path, "w") as handle:
-        for item in sorted(staged.rglob("*")):
-            handle.add(item, arcname=str(item.relative_to(staged)), recursive=False)
-    shutil.rmtree(staged)
+        for item in sorted(gathered.rglob("*")):
+            handle.add(item, arcname=str(item.relative_to(gathered)), recursive=False)
+    shutil.rmtree(gathered)
     return path
 
 

@@ -47,7 +47,7 @@ def trained_run(demo_dir, tmp_path_factory):
 
 def test_run_folder_holds_every_artifact(trained_run):
     assert {p.name for p in trained_run.iterdir()} >= RUN_FILES
-    assert not list(trained_run.parent.glob(".*partial*")), "staging folder left behind"
+    assert not list(trained_run.parent.glob(".*partial*")), "partial folder left behind"
     assert (trained_run / "labels.txt").read_text() == "CD\nUD\n"
     config = json.loads((trained_run / "config.json").read_text())
     assert config["backbone"] == "tiny" and config["weights_used"] == "none" and config["image_size"] == 64

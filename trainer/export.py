@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from trainer import runfolder, runtimes
-from trainer.atomic import replacing, staged_folder, write_atomically
+from trainer.atomic import partial_folder, replacing, write_atomically
 from trainer.errors import CheckFailed, InputError
 from trainer.predict import load_run
 
@@ -110,8 +110,8 @@ def write_saved_model(model, destination: Path) -> None:
         fn=lambda image: {"probabilities": model(image, training=False)},
         input_signature=[tf.TensorSpec([None, *size, 3], tf.float32, name="image")],
     )
-    with staged_folder(destination, replace=True) as staging, _quiet():
-        archive.write_out(str(staging), verbose=False)
+    with partial_folder(destination, replace=True) as partial, _quiet():
+        archive.write_out(str(partial), verbose=False)
 
 
 def write_tflite(saved_model: Path, destination: Path, quantize: bool) -> None:

@@ -50,7 +50,7 @@ def draw_pictures(run_dir: Path) -> list[Path]:
 
 def build(run_dir: str | Path, name: str | None = None) -> Path:
     """Redraw the pictures and write report.html; returns the page's path. name: the run's
-    name in the title, when the folder is still being written under a staging name."""
+    name in the title, when the folder is still being written under a partial name."""
     run_dir = Path(run_dir)
     if not (run_dir / runfolder.METRICS).is_file():
         raise InputError(f"{run_dir}: no metrics.json; pass a run folder written by 'trainer train'")

@@ -49,7 +49,7 @@ def read_json(path: Path) -> dict:
 
 
 def write_json(path: Path, content: dict) -> None:
-    """Whole or not at all: `evaluate --output` writes where the user says, not into a staging folder."""
+    """Whole or not at all: `evaluate --output` writes where the user says, not into a partial folder."""
     write_atomically(path, json.dumps(content, indent=2) + "\n")
 
 

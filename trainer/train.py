@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from trainer import data, multiworker, pipeline, runfolder
-from trainer.atomic import link_or_copy, staged_folder
+from trainer.atomic import link_or_copy, partial_folder
 from trainer.config import TrainConfig, save_config
 from trainer.errors import CheckFailed, InputError
 from trainer.evaluate import classification_metrics, log_loss, summary_line, write_metrics
@@ -475,7 +475,7 @@ def evaluate_splits(config: TrainConfig, loaded: Data, predictor, datasets: dict
 
 
 def main(config: TrainConfig) -> Path:
-    """Train and evaluate; return the run folder. Everything is written to a hidden staging
+    """Train and evaluate; return the run folder. Everything is written to a hidden partial
     folder beside the run folder and renamed at the end, so a run folder is always complete."""
     config.check()
     request = training_request(config)  # before anything else reads the data: what this run is from
@@ -626,20 +626,20 @@ def _write_run(
     from trainer.export import export_run, parse_formats
 
     export_error = None
-    with staged_folder(run_dir) as staging:
-        model.save(staging / runfolder.MODEL)
-        link_or_copy(staging / runfolder.MODEL, staging / f"{config.model_name}.keras")
-        runfolder.write_labels(staging / runfolder.LABELS, loaded.labels)
+    with partial_folder(run_dir) as partial:
+        model.save(partial / runfolder.MODEL)
+        link_or_copy(partial / runfolder.MODEL, partial / f"{config.model_name}.keras")
+        runfolder.write_labels(partial / runfolder.LABELS, loaded.labels)
         save_config(
             config,
-            staging / runfolder.CONFIG,
+            partial / runfolder.CONFIG,
             weights_used=weights_used,
             labels=loaded.labels,
             folder_resolved=str(Path(config.folder).resolve()),
         )
-        data.write_split(loaded.parts, staging / runfolder.SPLIT)
-        runfolder.write_history(staging / runfolder.HISTORY, history)
-        runfolder.write_json(staging / runfolder.MANIFEST, manifest)
+        data.write_split(loaded.parts, partial / runfolder.SPLIT)
+        runfolder.write_history(partial / runfolder.HISTORY, history)
+        runfolder.write_json(partial / runfolder.MANIFEST, manifest)
         write_metrics(
             {
                 **metrics["test"],
@@ -648,22 +648,22 @@ def _write_run(
                 "training_seconds": manifest["training_seconds"],
                 "data": loaded.report.to_dict(),
             },
-            staging / runfolder.METRICS,
+            partial / runfolder.METRICS,
         )
         runfolder.write_predictions(
-            staging / runfolder.PREDICTIONS,
+            partial / runfolder.PREDICTIONS,
             loaded.labels,
             {
                 name: (loaded.paths(name), [row.label for row in loaded.parts[name]], p)
                 for name, p in probabilities.items()
             },
         )
-        _write_tensorboard(history, staging / "logs")
+        _write_tensorboard(history, partial / "logs")
         formats = parse_formats(config.export)
         if formats:
             try:
-                export_run(staging, formats)
+                export_run(partial, formats)
             except CheckFailed as error:
-                export_error = str(error).replace(str(staging), str(run_dir))
-        report.build(staging, run_dir.name)
+                export_error = str(error).replace(str(partial), str(run_dir))
+        report.build(partial, run_dir.name)
     return export_error
