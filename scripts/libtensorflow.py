@@ -268,6 +268,45 @@ def verify(prefix: Path, version: str, ctx: Context) -> str:
 # The step
 
 
+def install(
+    ctx: Context, prefix_path: Path, source: str, sha256: str | None, version: str, register: bool
+) -> list[str]:
+    """Gather the library beside the prefix, verify it there, move it in, register it with the
+    loader, verify it again where it now is, and record it; returns what was done."""
+    prefix_path.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(prefix_path, ".libtensorflow.partial-")
+    remove_leftovers(prefix_path / "lib", ".libtensorflow")
+    # The new library is gathered and verified on its own before anything in the prefix
+    # changes: a refused source (a missing, unsafe or damaged tarball, a checksum that
+    # differs, a library of another version) leaves the installed one recorded and in place.
+    with tempfile.TemporaryDirectory(
+        prefix=".libtensorflow.partial-", dir=prefix_path, ignore_cleanup_errors=True
+    ) as gathered:
+        partial = Path(gathered)
+        if source == "wheel":
+            gather_from_wheel(version, partial)
+        else:
+            gather_from_tarball(_tarball(ctx, source, sha256, prefix_path), partial)
+        verify(partial, version, ctx)
+        # The stamp says "done": it goes before the prefix changes and comes back last
+        # (see scripts/steps.py).
+        (prefix_path / STAMP).unlink(missing_ok=True)
+        files = install_tree(partial, prefix_path)
+    actions = [f"installed {len(files)} files"]
+    if register:
+        if not _ldconfig_searches(prefix_path / "lib"):
+            ctx.run(privileged(["tee", str(LDCONF)]), input=f"{prefix_path / 'lib'}\n", capture=True)
+            actions.append(f"added {LDCONF}")
+        ctx.run(privileged(["ldconfig"]))
+        actions.append("ran ldconfig")
+    printed = verify(prefix_path, version, ctx)
+    actions.append(f"TF_Version() = {printed}")
+    write_atomically(
+        prefix_path / STAMP, json.dumps({"version": version, "source": source, "files": files}, indent=2) + "\n"
+    )
+    return actions
+
+
 def libtensorflow(
     ctx: Context,
     prefix: str = "auto",
@@ -303,37 +342,7 @@ def libtensorflow(
     if not os.access(prefix_path if prefix_path.exists() else prefix_path.parent, os.W_OK):
         raise StepFailed(f"{prefix_path} is not writable", "rerun as root, or pass --prefix to a folder of yours")
 
-    actions = []
-    if not is_current:
-        prefix_path.mkdir(parents=True, exist_ok=True)
-        remove_leftovers(prefix_path, ".libtensorflow.partial-")
-        remove_leftovers(prefix_path / "lib", ".libtensorflow")
-        # The new library is gathered and verified on its own before anything in the prefix
-        # changes: a refused source (a missing, unsafe or damaged tarball, a checksum that
-        # differs, a library of another version) leaves the installed one recorded and in place.
-        partial = Path(tempfile.mkdtemp(prefix=".libtensorflow.partial-", dir=prefix_path))
-        try:
-            if source == "wheel":
-                gather_from_wheel(version, partial)
-            else:
-                gather_from_tarball(_tarball(ctx, source, sha256, prefix_path), partial)
-            verify(partial, version, ctx)
-            # The stamp says "done": it goes before the prefix changes and comes back last
-            # (see scripts/steps.py).
-            (prefix_path / STAMP).unlink(missing_ok=True)
-            files = install_tree(partial, prefix_path)
-        finally:
-            shutil.rmtree(partial, ignore_errors=True)
-        actions.append(f"installed {len(files)} files")
-        if register:
-            if not _ldconfig_searches(prefix_path / "lib"):
-                ctx.run(privileged(["tee", str(LDCONF)]), input=f"{prefix_path / 'lib'}\n", capture=True)
-                actions.append(f"added {LDCONF}")
-            ctx.run(privileged(["ldconfig"]))
-            actions.append("ran ldconfig")
-        printed = verify(prefix_path, version, ctx)
-        actions.append(f"TF_Version() = {printed}")
-        write_atomically(prefix_path / STAMP, json.dumps({**wanted, "files": files}, indent=2) + "\n")
+    actions = [] if is_current else install(ctx, prefix_path, source, sha256, version, register)
     if not env_ok:
         write_atomically(env_path, env_file_text(prefix_path))
         actions.append(f"wrote {env_path}")

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 import sys
@@ -222,44 +221,14 @@ def export_run(run_dir: str | Path, formats: tuple[str, ...] = FORMATS, check: b
     run = load_run(run_dir)
     if run.model is None:
         raise InputError(f"{run_dir}: pass a run folder (with model.keras) to export from")
-    model = run.model
     chosen = [runtime for runtime in RUNTIMES if runtime.format in formats]
-    legs: list[Leg] = []
-    written: list[Runtime] = []
-
-    def failed_export(runtime: Runtime, error: Exception) -> None:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        legs.append(
-            Leg(runtime.name, runtime.file, runtime.tolerance, detail=f"export failed: {type(error).__name__}: {first}")
-        )
-        log.error("export %s failed: %s", runtime.file, first)
-
-    saved_model = run_dir / "saved_model"
-    if not write:
+    if write:
+        written, legs = write_exports(run.model, run_dir, chosen)
+    else:
         for runtime in chosen:
             if not (run_dir / runtime.file).exists():
                 raise InputError(f"{run_dir / runtime.file}: not found; run 'python -m trainer export {run_dir}'")
-        written = chosen
-    else:
-        # TFLite converts from a SavedModel: the run's own, or one in a scratch folder.
-        with tempfile.TemporaryDirectory(prefix=".export-") as scratch:
-            source = saved_model if "saved_model" in formats else Path(scratch) / "saved_model"
-            source_error = None
-            if "saved_model" not in formats and "tflite" in formats:
-                try:
-                    write_saved_model(model, source)
-                except Exception as error:  # noqa: BLE001 - reported as the TFLite legs' failure
-                    source_error = error
-            for runtime in chosen:
-                try:
-                    if source_error is not None and runtime.format == "tflite":
-                        raise source_error
-                    runtime.write(model, run_dir / runtime.file, source)
-                except Exception as error:  # noqa: BLE001 - every failure becomes a failed leg, reported
-                    failed_export(runtime, error)
-                else:
-                    written.append(runtime)
-
+        written, legs = chosen, []
     result = {
         "serving": {
             "input": {"name": "image", "dtype": "float32", "shape": [None, run.image_size, run.image_size, 3]},
@@ -270,63 +239,85 @@ def export_run(run_dir: str | Path, formats: tuple[str, ...] = FORMATS, check: b
         "checked": check,
     }
     if check:
-        paths = check_images(run_dir)
-        images = np.concatenate([batch.numpy() for batch in _pixels(paths, run.image_size)])
-        reference = model.predict(images, verbose=0).astype(np.float64)
-        for runtime in written:
-            try:
-                with _quiet():
-                    values = runtime.run(run_dir / runtime.file, images)
-                leg = compare(runtime.name, runtime.file, reference, values, runtime.tolerance)
-                leg.enforced = runtime.enforced
-                if not leg.enforced and not leg.ok:
-                    # Quantization is lossy by design: how much it costs depends on the model
-                    # (deep nets with random weights lose everything), so it is reported and
-                    # warned about; the float legs are the parity check.
-                    log.warning(
-                        "WARNING: %s differs from Keras by up to %.2f in probability; "
-                        "quantization costs this model accuracy, so prefer model.tflite",
-                        runtime.file,
-                        leg.max_difference,
-                    )
-                legs.append(leg)
-            except Exception as error:  # noqa: BLE001
-                legs.append(Leg(runtime.name, runtime.file, runtime.tolerance, detail=f"could not run: {error}"))
-        if any(runtime.format == "saved_model" for runtime in written):
-            try:
-                values, library = runtimes.run_c_api(saved_model, images)
-                leg = compare("TensorFlow C library", "saved_model", reference, values, FLOAT_TOLERANCE)
-                leg.detail = library
-            except Exception as error:  # noqa: BLE001
-                leg = Leg("TensorFlow C library", "saved_model", FLOAT_TOLERANCE, detail=f"could not run: {error}")
-            legs.append(leg)
-        result["images"] = paths
+        result["images"] = check_images(run_dir)
+        images = np.concatenate([batch.numpy() for batch in _pixels(result["images"], run.image_size)])
+        reference = run.model.predict(images, verbose=0).astype(np.float64)
+        legs += check_exports(run_dir, written, images, reference)
         result["keras"] = reference.round(6).tolist()
     result["legs"] = [asdict(leg) for leg in legs]
-    failed = [leg for leg in legs if not leg.ok and (leg.enforced or leg.detail.startswith("export"))]
-    if not check:
-        failed = [leg for leg in legs if leg.detail.startswith("export")]
+    failed = [leg for leg in legs if leg.detail.startswith("export") or (check and leg.enforced and not leg.ok)]
     result["ok"] = not failed
-    write_atomically(run_dir / runfolder.EXPORTS, json.dumps(result, indent=2) + "\n")
+    runfolder.write_json(run_dir / runfolder.EXPORTS, result)
     for leg in legs:
         if leg.max_difference is not None:
-            log.info(
-                "export check %-21s max |difference| %.2e (tolerance %g), top class %s%s",
-                leg.name,
-                leg.max_difference,
-                leg.tolerance,
-                "agrees" if leg.top_class_agrees else "DIFFERS",
-                f" [{leg.detail}]" if leg.detail else "",
-            )
+            log.info("export check %-21s max |difference| %.2e (tolerance %g), top class %s%s", leg.name,
+                     leg.max_difference, leg.tolerance, "agrees" if leg.top_class_agrees else "DIFFERS",
+                     f" [{leg.detail}]" if leg.detail else "")  # fmt: skip
     if failed:
-        raise CheckFailed(
-            "export check failed: "
-            + "; ".join(
-                f"{leg.name} " + (_difference(leg) if leg.max_difference is not None else leg.detail) for leg in failed
-            )
-            + f" (details in {run_dir / 'exports.json'})"
-        )
+        reasons = [
+            f"{leg.name} " + (_difference(leg) if leg.max_difference is not None else leg.detail) for leg in failed
+        ]
+        raise CheckFailed(f"export check failed: {'; '.join(reasons)} (details in {run_dir / runfolder.EXPORTS})")
     return result
+
+
+def write_exports(model, run_dir: Path, chosen: list[Runtime]) -> tuple[list[Runtime], list[Leg]]:
+    """Write each chosen export: (those written, a failed leg for each that could not be)."""
+    written, failed = [], []
+    # TFLite converts from a SavedModel: the run's own, or one in a scratch folder.
+    with tempfile.TemporaryDirectory(prefix=".export-") as scratch:
+        formats = {runtime.format for runtime in chosen}
+        source = run_dir / "saved_model" if "saved_model" in formats else Path(scratch) / "saved_model"
+        source_error = None
+        if "saved_model" not in formats and "tflite" in formats:
+            try:
+                write_saved_model(model, source)
+            except Exception as error:  # noqa: BLE001 - reported as the TFLite legs' failure
+                source_error = error
+        for runtime in chosen:
+            try:
+                if source_error is not None and runtime.format == "tflite":
+                    raise source_error
+                runtime.write(model, run_dir / runtime.file, source)
+            except Exception as error:  # noqa: BLE001 - every failure becomes a failed leg, reported
+                first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                detail = f"export failed: {type(error).__name__}: {first}"
+                failed.append(Leg(runtime.name, runtime.file, runtime.tolerance, detail=detail))
+                log.error("export %s failed: %s", runtime.file, first)
+            else:
+                written.append(runtime)
+    return written, failed
+
+
+def check_exports(run_dir: Path, written: list[Runtime], images: np.ndarray, reference: np.ndarray) -> list[Leg]:
+    """Each written export run on `images` and compared with Keras's `reference` probabilities;
+    the SavedModel also through the TensorFlow C library."""
+    legs = []
+    for runtime in written:
+        try:
+            with _quiet():
+                values = runtime.run(run_dir / runtime.file, images)
+            leg = compare(runtime.name, runtime.file, reference, values, runtime.tolerance)
+        except Exception as error:  # noqa: BLE001
+            legs.append(Leg(runtime.name, runtime.file, runtime.tolerance, detail=f"could not run: {error}"))
+            continue
+        leg.enforced = runtime.enforced
+        if not leg.enforced and not leg.ok:
+            # Quantization is lossy by design: how much it costs depends on the model (deep nets
+            # with random weights lose everything), so it is reported and warned about; the
+            # float legs are the parity check.
+            log.warning("WARNING: %s differs from Keras by up to %.2f in probability; quantization costs this "
+                        "model accuracy, so prefer model.tflite", runtime.file, leg.max_difference)  # fmt: skip
+        legs.append(leg)
+    if any(runtime.format == "saved_model" for runtime in written):
+        try:
+            values, library = runtimes.run_c_api(run_dir / "saved_model", images)
+            leg = compare("TensorFlow C library", "saved_model", reference, values, FLOAT_TOLERANCE)
+            leg.detail = library
+        except Exception as error:  # noqa: BLE001
+            leg = Leg("TensorFlow C library", "saved_model", FLOAT_TOLERANCE, detail=f"could not run: {error}")
+        legs.append(leg)
+    return legs
 
 
 def _difference(leg: Leg) -> str:
