@@ -7,15 +7,17 @@ outcome. A failed step ends the run with exit code 1 and one line that says what
 
 from __future__ import annotations
 
+import inspect
 import shlex
 import subprocess
 import sys
 from pathlib import Path
 
-from invoke import Exit, task
+from invoke import Collection, Exit, task
 
-from scripts.settings import check_or_exit
+from scripts.settings import FALSE, TRUE, check_or_exit
 from scripts.steps import Context, Result, run_step, table, write_report
+from trainer.config import described, flag, options
 
 ROOT = Path(__file__).resolve().parent
 check_or_exit(ROOT)  # invoke.yaml and INVOKE_* checked before invoke reads them (scripts/settings.py)
@@ -24,6 +26,14 @@ SETUP_STEPS = ("check", "apt", "pins", "libtensorflow", "data", "stage")
 
 def _conf(c, section: str) -> dict:
     return dict(c.config.get(section, {}))
+
+
+def _setting(c, section: str, key: str):
+    """A bundle setting: invoke.yaml holds its default, and nothing else does."""
+    try:
+        return c.config[section][key]
+    except KeyError:
+        raise Exit(f"invoke: invoke.yaml has no {section}.{key}; restore it from the bundle's copy", code=2) from None
 
 
 def _pick(flag, configured):
@@ -35,33 +45,32 @@ def _step_options(c, name: str, **flags) -> tuple:
     """The function behind a setup step and its options, resolved from config and flags."""
     from scripts import apt, check, dataset, libtensorflow, pins, stage
 
-    conf = _conf(c, name)
+    def setting(key):
+        return _setting(c, name, key)
+
     if name == "check":
-        return check.check, {"require_gpu": bool(_pick(flags.get("require_gpu"), conf.get("require_gpu", False)))}
+        return check.check, {"require_gpu": bool(_pick(flags.get("require_gpu"), setting("require_gpu")))}
     if name == "apt":
-        packages = conf.get("packages") or ""
+        packages = setting("packages") or ""
         return apt.apt, {"packages": packages.split() if isinstance(packages, str) else list(packages)}
     if name == "pins":
-        return pins.pins, {
-            "requirements": conf.get("requirements", "requirements.txt"),
-            "constraints": conf.get("constraints", "colab/constraints.txt"),
-        }
+        return pins.pins, {"requirements": setting("requirements"), "constraints": setting("constraints")}
     if name == "libtensorflow":
         return libtensorflow.libtensorflow, {
-            "prefix": _pick(flags.get("prefix"), conf.get("prefix", "auto")),
-            "source": conf.get("source", "wheel"),
-            "sha256": conf.get("sha256") or None,
-            "env_file": conf.get("env_file", "libtensorflow.env"),
-            "ldconfig": conf.get("ldconfig", "auto"),
+            "prefix": _pick(flags.get("prefix"), setting("prefix")),
+            "source": setting("source"),
+            "sha256": setting("sha256") or None,
+            "env_file": setting("env_file"),
+            "ldconfig": setting("ldconfig"),
         }
     if name == "data":
         return dataset.dataset, {
-            "source": _pick(flags.get("source"), conf.get("source") or "concrete"),
-            "data_dir": conf.get("dir", "data"),
-            "sha256": _pick(flags.get("sha256"), conf.get("sha256")) or None,
-            "expect": _pick(flags.get("expect"), conf.get("expect")) or None,
-            "csv": conf.get("csv", "training_data.csv"),
-            "demo_per_class": int(conf.get("demo_per_class", 60)),
+            "source": _pick(flags.get("source"), setting("source")),
+            "data_dir": setting("dir"),
+            "sha256": _pick(flags.get("sha256"), setting("sha256")) or None,
+            "expect": _pick(flags.get("expect"), setting("expect")) or None,
+            "csv": setting("csv"),
+            "demo_per_class": int(setting("demo_per_class")),
         }
     if name == "stage":
         return stage.stage, {}
@@ -76,7 +85,7 @@ def _exclusive(c, dry_run: bool) -> None:
     if dry_run:
         return
     try:
-        acquire(ROOT, wait=float(_conf(c, "setup").get("lock_wait", 3600)))
+        acquire(ROOT, wait=float(_setting(c, "setup", "lock_wait")))
     except StepFailed as error:
         raise Exit(f"invoke: {error}", code=1) from None
 
@@ -119,14 +128,14 @@ def libtensorflow(c, prefix=None, dry_run=False):
     _run_one(c, "libtensorflow", dry_run, prefix=prefix)
 
 
-@task(
-    help={
-        "source": "concrete (the shipped photos), demo, a Google Drive id or link, an http(s) URL, or a local zip or folder",
-        "sha256": "expected SHA-256 of the downloaded or local file",
-        "expect": "expected images per class, e.g. CD=200,UD=200",
-        "dry_run": "change nothing",
-    }
-)
+DATA_HELP = {
+    "source": "concrete (the shipped photos), demo, a Google Drive id or link, an http(s) URL, or a local zip or folder",
+    "sha256": "expected SHA-256 of the downloaded or local file",
+    "expect": "expected images per class, e.g. CD=200,UD=200",
+}
+
+
+@task(help={**DATA_HELP, "dry_run": "change nothing"})
 def data(c, source=None, sha256=None, expect=None, dry_run=False):
     """Fetch and unpack the dataset into the data folder and count the images per class."""
     _run_one(c, "data", dry_run, source=source, sha256=sha256, expect=expect)
@@ -143,9 +152,7 @@ def stage(c, dry_run=False):
         "dry_run": "report what each step would do, change nothing",
         "report": "write the summary as JSON here (default runs/setup-report.json)",
         "require_gpu": "make 'no GPU' an error",
-        "source": "dataset source for the data step (concrete, demo, Drive id or link, URL, local zip or folder)",
-        "sha256": "expected SHA-256 of the dataset file",
-        "expect": "expected images per class, e.g. CD=200,UD=200",
+        **DATA_HELP,
         "prefix": "prefix for the TensorFlow C library",
     }
 )
@@ -162,7 +169,7 @@ def setup(c, dry_run=False, report=None, require_gpu=None, source=None, sha256=N
         function, options = _step_options(c, name, **flags)
         results.append(run_step(name, function, ctx, **options))
     print(table(results))
-    report_path = Path(report or _conf(c, "setup").get("report", "runs/setup-report.json"))
+    report_path = Path(report or _setting(c, "setup", "report"))
     if not dry_run:
         write_report(results, report_path if report_path.is_absolute() else ROOT / report_path)
     failed = [r for r in results if r.status == "failed"]
@@ -170,73 +177,80 @@ def setup(c, dry_run=False, report=None, require_gpu=None, source=None, sha256=N
         raise Exit(f"setup failed at {failed[0].name}: {failed[0].detail}", code=1)
 
 
-def _train_command(c, **flags) -> list[str]:
+def _trainer_value(option, given, configured):
+    """A flag given on the command line, else invoke.yaml's value (INVOKE_TRAIN_*), else None:
+    the trainer's default. A yes/no option given alone (`--strict`) is True."""
+    value = configured if given is None else given
+    if value in ("", None):
+        return None
+    if option.type == "bool" and not isinstance(value, bool) and str(value).strip().lower() not in TRUE + FALSE:
+        raise Exit(f"train: {flag(option.name)} must be yes or no (got {value!r})", code=2)
+    return _yes(value) if option.type == "bool" else value
+
+
+def _train_command(c, flags: dict) -> list[str]:
     """`python -m trainer train` with the options from invoke.yaml, overridden by flags."""
     from scripts.dataset import read_manifest
 
-    conf = {**_conf(c, "train"), **{key: value for key, value in flags.items() if value is not None}}
-    if not conf.get("folder"):
-        manifest = read_manifest(ROOT / _conf(c, "data").get("dir", "data"))
+    conf = _conf(c, "train")
+    values = {
+        option.name: _trainer_value(option, flags.get(option.name), conf.get(option.name)) for option in options()
+    }
+    if not values["folder"]:
+        manifest = read_manifest(ROOT / _setting(c, "data", "dir"))
         if manifest is None:
             raise Exit("train: no dataset yet; run `invoke data` (or `invoke setup`) first, or pass --folder", code=1)
-        conf["folder"] = manifest["folder"]
-        conf["file"] = conf.get("file") or manifest.get("file")
+        values["folder"] = manifest["folder"]
+        values["file"] = values["file"] or manifest.get("file")
     command = [sys.executable, "-m", "trainer", "train"]
-    for key in ("folder", "file", "backbone", "weights", "image_size", "epochs", "batch_size", "output", "model_name"):
-        if conf.get(key) not in (None, ""):
-            command += [f"--{key.replace('_', '-')}", str(conf[key])]
+    for option in options():
+        value = values[option.name]
+        if option.type == "bool":
+            if value is not None and value != option.default:
+                command.append(flag(option.name) if value else "--no-" + flag(option.name)[2:])
+        elif value not in (None, ""):
+            command += [flag(option.name), str(value)]
     command += shlex.split(conf.get("extra") or "")
     return command
 
 
-@task(
-    help={
-        "folder": "image folder (default: what `invoke data` fetched)",
-        "file": "CSV ImagePath,Label inside the folder",
-        "backbone": "resnet50_v2, resnet101_v2, inception_v3, mobilenet_v2, efficientnet_b0 or tiny",
-        "weights": "auto, imagenet, none or a weights file",
-        "image_size": "square input size in pixels",
-        "epochs": "maximum epochs",
-        "output": "run folder to create",
-        "force": "train even when the published model was trained from the same data, options and stack",
-        "publish": "copy the run to the Drive folder afterwards (default on)",
-        "dry_run": "print the trainer command, run nothing",
-    }
-)
-def train(
-    c,
-    folder=None,
-    file=None,
-    backbone=None,
-    weights=None,
-    image_size=None,
-    epochs=None,
-    output=None,
-    force=False,
-    publish=True,
-    dry_run=False,
-):
+def _with_trainer_options(function):
+    """`invoke train` takes every trainer option (trainer/config.py) as a flag; one left out
+    means invoke.yaml's value, and an empty one there the trainer's default."""
+    own = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=value) for name, value in TRAIN_FLAGS.items()
+    ]
+    trainer = [inspect.Parameter(option.name, inspect.Parameter.KEYWORD_ONLY, default=None) for option in options()]
+    context = inspect.Parameter("c", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    function.__signature__ = inspect.Signature([context, *trainer, *own])
+    return function
+
+
+TRAIN_FLAGS = {"force": False, "publish": True, "dry_run": False}
+TRAIN_HELP = {
+    **{option.name: described(option) for option in options()},
+    "folder": "image folder (default: what `invoke data` fetched)",
+    "force": "train even when the published model was trained from the same data, options and stack",
+    "publish": "copy the run to the Drive folder afterwards (default on)",
+    "dry_run": "print the trainer command, run nothing",
+}
+
+
+@task(help=TRAIN_HELP, auto_shortflags=False, optional=[option.name for option in options() if option.type == "bool"])
+@_with_trainer_options
+def train(c, *, force=False, publish=True, dry_run=False, **trainer_flags):
     """Train the classifier (options from invoke.yaml) unless the published model already is it; publish the run."""
     from scripts import training
     from scripts.check import installed_version
 
-    command = _train_command(
-        c,
-        folder=folder,
-        file=file,
-        backbone=backbone,
-        weights=weights,
-        image_size=image_size,
-        epochs=epochs,
-        output=output,
-    )
+    command = _train_command(c, trainer_flags)
     print("$ " + shlex.join(command), flush=True)
     if dry_run:
         return
     _exclusive(c, dry_run)
     if installed_version("tensorflow") is None:
         raise Exit("train: TensorFlow is not installed; run `invoke pins` (or `invoke setup`) first", code=1)
-    asked = None if force or _conf(c, "train").get("force") else training.request_of(command[4:], ROOT)
+    asked = None if force or _yes(_setting(c, "train", "force")) else training.request_of(command[4:], ROOT)
     if asked is not None:
         config, request = asked
         decision = training.decide(request, _published_folder(c) if publish else None, ROOT / config.runs_dir)
@@ -258,18 +272,19 @@ def train(
         _publish(c, run_dir, None, dry_run=False)
 
 
+def _yes(value) -> bool:
+    return value if isinstance(value, bool) else str(value).strip().lower() in TRUE
+
+
 def _published_folder(c) -> Path | None:
     """Where `invoke publish` puts the model, or None where that is not known (Colab without Drive)."""
     from scripts.publish import default_destination
     from scripts.steps import StepFailed
 
-    conf = _conf(c, "publish")
-    if conf.get("to"):
-        return Path(conf["to"])
+    if _setting(c, "publish", "to"):
+        return Path(_setting(c, "publish", "to"))
     try:
-        return default_destination(
-            Context(), conf.get("folder") or "ud-cd-classifier", conf.get("local_folder") or "published"
-        )
+        return default_destination(Context(), _setting(c, "publish", "folder"), _setting(c, "publish", "local_folder"))
     except StepFailed:
         return None
 
@@ -277,7 +292,7 @@ def _published_folder(c) -> Path | None:
 @task(
     help={
         "run": "run folder to publish (default: the latest under runs/)",
-        "to": "the folder to publish into (default: MyDrive/ud-cd-classifier when Drive is mounted, else published/ud-cd-classifier)",
+        "to": "the folder to publish into (default: MyDrive/<publish.folder> when Drive is mounted, else published/<publish.folder>)",
         "dry_run": "change nothing",
     }
 )
@@ -290,14 +305,15 @@ def _publish(c, run, to, dry_run: bool) -> None:
     from scripts.publish import publish as publish_run
 
     _exclusive(c, dry_run)
-    conf = _conf(c, "publish")
-    options = {
-        "run": run,
-        "to": to or conf.get("to") or None,
-        "folder": conf.get("folder") or "ud-cd-classifier",
-        "local_folder": conf.get("local_folder") or "published",
-    }
-    result = run_step("publish", publish_run, Context(dry_run=dry_run), **options)
+    result = run_step(
+        "publish",
+        publish_run,
+        Context(dry_run=dry_run),
+        run=run,
+        to=to or _setting(c, "publish", "to") or None,
+        folder=_setting(c, "publish", "folder"),
+        local_folder=_setting(c, "publish", "local_folder"),
+    )
     if result.status == "failed":
         raise Exit(f"publish failed: {result.detail}", code=1)
 
@@ -322,3 +338,11 @@ def bench(c, quick=False, report=None, only=None):
     result = subprocess.run(command, cwd=ROOT)
     if result.returncode != 0:
         raise Exit(f"bench: exited with {result.returncode}", code=result.returncode)
+
+
+# invoke reads an INVOKE_TRAIN_* variable only for a key its configuration already has: every
+# trainer option is one, empty (a yes/no option: its default), so invoke.yaml need not list them.
+ns = Collection.from_module(
+    sys.modules[__name__],
+    config={"train": {option.name: option.default if option.type == "bool" else "" for option in options()}},
+)

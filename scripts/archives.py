@@ -7,7 +7,6 @@ archive writes nothing at all.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import shutil
 import stat
@@ -18,7 +17,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from scripts.steps import StepFailed
-from trainer.atomic import replacing, staged_folder, write_atomically
+from trainer.atomic import partial_folder, replacing, sha256_of, write_atomically
 
 # A zip bomb's tell: far more bytes out than in. Real image archives are near 1:1 (JPEGs do not
 # compress); 200:1 is generous, and 20 GiB is more than any dataset this bundle is for.
@@ -115,13 +114,13 @@ def extract(archive: Path, target: Path) -> Path:
     """Extract into a new folder beside `target` that then takes its name (an existing `target`
     is replaced whole, see trainer.atomic). A refused archive writes nothing and leaves
     `target` as it was. Returns target."""
-    with staged_folder(target, replace=True) as staging:
-        extract_into(archive, staging)
+    with partial_folder(target, replace=True) as partial:
+        extract_into(archive, partial)
     return target
 
 
 def extract_into(archive: Path, folder: Path) -> None:
-    """Check every member, then extract into `folder` (a staging folder of the caller's, which
+    """Check every member, then extract into `folder` (a partial folder of the caller's, which
     makes the result appear whole); a refused archive writes nothing."""
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as handle:
@@ -138,14 +137,6 @@ def extract_into(archive: Path, folder: Path) -> None:
                 handle.extract(info, folder, filter="tar" if hasattr(tarfile, "data_filter") else None)
     else:
         raise StepFailed(f"{archive}: neither a zip nor a tar archive", "check the source")
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def checksum_file(path: Path) -> Path:

@@ -18,9 +18,9 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
-from scripts.archives import download, extract_into, fetch, sha256_of
+from scripts.archives import download, extract_into, fetch
 from scripts.steps import Context, Result, StepFailed, changed, ok
-from trainer.atomic import remove_leftovers, replacing, staged_folder, write_atomically
+from trainer.atomic import partial_folder, remove_leftovers, replacing, sha256_of, write_atomically
 
 MANIFEST = "dataset.json"
 SHIPPED = "concrete"
@@ -205,14 +205,14 @@ def dataset(
     # record until then: a source refused at any point (missing, unsafe, no images, counts
     # that differ from --expect) leaves the previous dataset recorded and in place.
     obtained = None if kind == "demo" else _obtain(kind, value, data_path / "downloads", ctx, sha256, gdrive_url)
-    with staged_folder(unpacked, replace=True) as staging:
+    with partial_folder(unpacked, replace=True) as partial:
         if obtained is None:
-            _make_demo(staging, demo_per_class, demo_seed)
+            _make_demo(partial, demo_per_class, demo_seed)
         elif obtained.is_dir():
-            shutil.copytree(obtained, staging, dirs_exist_ok=True)
+            shutil.copytree(obtained, partial, dirs_exist_ok=True)
         else:
-            extract_into(obtained, staging)
-        folder, csv_name = find_layout(staging, csv)
+            extract_into(obtained, partial)
+        folder, csv_name = find_layout(partial, csv)
         counts = count_images(folder)
         if not counts:
             raise StepFailed(
@@ -222,7 +222,7 @@ def dataset(
         # The manifest says "done": it goes just before the new folder replaces the old one and
         # comes back last, so a run killed in between leaves none, and the rerun does the work.
         (data_path / MANIFEST).unlink(missing_ok=True)
-    folder = unpacked / folder.relative_to(staging)
+    folder = unpacked / folder.relative_to(partial)
     manifest = {**settings, "folder": str(folder), "file": csv_name, "counts": counts, "tree": tree_state(unpacked)}
     write_atomically(data_path / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return changed(f"{_describe(manifest)} from {source}")

@@ -21,7 +21,7 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 
-from scripts.archives import download, extract_into, fetch, sha256_of
+from scripts.archives import download, extract_into, fetch
 from scripts.steps import (
     Context,
     Result,
@@ -32,7 +32,7 @@ from scripts.steps import (
     privileged,
     read,
 )
-from trainer.atomic import link_or_copy, remove_leftovers, temporary_name, write_atomically
+from trainer.atomic import link_or_copy, remove_leftovers, sha256_of, temporary_name, write_atomically
 
 STAMP = "share/libtensorflow/install.json"
 LDCONF = Path("/etc/ld.so.conf.d/libtensorflow.conf")
@@ -190,14 +190,14 @@ def _header_closure(include: Path) -> list[Path]:
     return sorted(seen)
 
 
-def stage_from_wheel(version: str, staging: Path) -> None:
+def gather_from_wheel(version: str, partial: Path) -> None:
     package = _wheel_dir(version)
     include = package / "include"
     for header in _header_closure(include):
-        target = staging / "include" / header.relative_to(include)
+        target = partial / "include" / header.relative_to(include)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(header, target)
-    lib = staging / "lib"
+    lib = partial / "lib"
     lib.mkdir(parents=True)
     # The C library is copied (its SONAME is rewritten); the framework is hard-linked when the
     # prefix shares a filesystem with the wheel, which survives pip uninstalling the wheel.
@@ -210,24 +210,24 @@ def stage_from_wheel(version: str, staging: Path) -> None:
         os.symlink(f"{name}.so.2", lib / f"{name}.so")
 
 
-def stage_from_tarball(tarball: Path, staging: Path) -> None:
-    extract_into(tarball, staging)
-    if not (staging / "include/tensorflow/c/c_api.h").is_file() or not (staging / "lib/libtensorflow.so.2").exists():
+def gather_from_tarball(tarball: Path, partial: Path) -> None:
+    extract_into(tarball, partial)
+    if not (partial / "include/tensorflow/c/c_api.h").is_file() or not (partial / "lib/libtensorflow.so.2").exists():
         raise StepFailed(
             f"{tarball}: no include/tensorflow/c/c_api.h or lib/libtensorflow.so.2 inside",
             "use an official libtensorflow tarball",
         )
 
 
-def install_tree(staging: Path, prefix: Path) -> dict[str, int | None]:
-    """Move staged files into the prefix, each under a temporary name and renamed, so a reader
+def install_tree(partial: Path, prefix: Path) -> dict[str, int | None]:
+    """Move the gathered files into the prefix, each under a temporary name and renamed, so a reader
     never sees half a file. Returns the installed paths, relative to the prefix, with their
     sizes (None for a symlink)."""
     installed: dict[str, int | None] = {}
-    for source in sorted(staging.rglob("*")):
+    for source in sorted(partial.rglob("*")):
         if source.is_dir() and not source.is_symlink():
             continue
-        relative = source.relative_to(staging)
+        relative = source.relative_to(partial)
         target = prefix / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         temporary = temporary_name(target)
@@ -268,6 +268,45 @@ def verify(prefix: Path, version: str, ctx: Context) -> str:
 # The step
 
 
+def install(
+    ctx: Context, prefix_path: Path, source: str, sha256: str | None, version: str, register: bool
+) -> list[str]:
+    """Gather the library beside the prefix, verify it there, move it in, register it with the
+    loader, verify it again where it now is, and record it; returns what was done."""
+    prefix_path.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(prefix_path, ".libtensorflow.partial-")
+    remove_leftovers(prefix_path / "lib", ".libtensorflow")
+    # The new library is gathered and verified on its own before anything in the prefix
+    # changes: a refused source (a missing, unsafe or damaged tarball, a checksum that
+    # differs, a library of another version) leaves the installed one recorded and in place.
+    with tempfile.TemporaryDirectory(
+        prefix=".libtensorflow.partial-", dir=prefix_path, ignore_cleanup_errors=True
+    ) as gathered:
+        partial = Path(gathered)
+        if source == "wheel":
+            gather_from_wheel(version, partial)
+        else:
+            gather_from_tarball(_tarball(ctx, source, sha256, prefix_path), partial)
+        verify(partial, version, ctx)
+        # The stamp says "done": it goes before the prefix changes and comes back last
+        # (see scripts/steps.py).
+        (prefix_path / STAMP).unlink(missing_ok=True)
+        files = install_tree(partial, prefix_path)
+    actions = [f"installed {len(files)} files"]
+    if register:
+        if not _ldconfig_searches(prefix_path / "lib"):
+            ctx.run(privileged(["tee", str(LDCONF)]), input=f"{prefix_path / 'lib'}\n", capture=True)
+            actions.append(f"added {LDCONF}")
+        ctx.run(privileged(["ldconfig"]))
+        actions.append("ran ldconfig")
+    printed = verify(prefix_path, version, ctx)
+    actions.append(f"TF_Version() = {printed}")
+    write_atomically(
+        prefix_path / STAMP, json.dumps({"version": version, "source": source, "files": files}, indent=2) + "\n"
+    )
+    return actions
+
+
 def libtensorflow(
     ctx: Context,
     prefix: str = "auto",
@@ -303,37 +342,7 @@ def libtensorflow(
     if not os.access(prefix_path if prefix_path.exists() else prefix_path.parent, os.W_OK):
         raise StepFailed(f"{prefix_path} is not writable", "rerun as root, or pass --prefix to a folder of yours")
 
-    actions = []
-    if not is_current:
-        prefix_path.mkdir(parents=True, exist_ok=True)
-        remove_leftovers(prefix_path, ".libtensorflow.partial-")
-        remove_leftovers(prefix_path / "lib", ".libtensorflow")
-        # The new library is staged and verified on its own before anything in the prefix
-        # changes: a refused source (a missing, unsafe or damaged tarball, a checksum that
-        # differs, a library of another version) leaves the installed one recorded and in place.
-        staging = Path(tempfile.mkdtemp(prefix=".libtensorflow.partial-", dir=prefix_path))
-        try:
-            if source == "wheel":
-                stage_from_wheel(version, staging)
-            else:
-                stage_from_tarball(_tarball(ctx, source, sha256, prefix_path), staging)
-            verify(staging, version, ctx)
-            # The stamp says "done": it goes before the prefix changes and comes back last
-            # (see scripts/steps.py).
-            (prefix_path / STAMP).unlink(missing_ok=True)
-            files = install_tree(staging, prefix_path)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        actions.append(f"installed {len(files)} files")
-        if register:
-            if not _ldconfig_searches(prefix_path / "lib"):
-                ctx.run(privileged(["tee", str(LDCONF)]), input=f"{prefix_path / 'lib'}\n", capture=True)
-                actions.append(f"added {LDCONF}")
-            ctx.run(privileged(["ldconfig"]))
-            actions.append("ran ldconfig")
-        printed = verify(prefix_path, version, ctx)
-        actions.append(f"TF_Version() = {printed}")
-        write_atomically(prefix_path / STAMP, json.dumps({**wanted, "files": files}, indent=2) + "\n")
+    actions = [] if is_current else install(ctx, prefix_path, source, sha256, version, register)
     if not env_ok:
         write_atomically(env_path, env_file_text(prefix_path))
         actions.append(f"wrote {env_path}")

@@ -19,25 +19,23 @@ would be), it says to mount it.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
-from scripts.archives import sha256_of
 from scripts.check import drive_folder, in_colab
 from scripts.steps import Context, Result, StepFailed, changed, ok
-from trainer.atomic import exchange, remove_leftovers
+from trainer import runfolder
+from trainer.atomic import partial_folder, remove_leftovers, sha256_of
 
 RECORD = "published.json"
 
 
 def latest_run(runs_dir: Path) -> Path:
-    runs = [p for p in runs_dir.iterdir() if p.is_dir() and (p / "model.keras").is_file()] if runs_dir.is_dir() else []
+    runs = [p for p in runs_dir.iterdir() if p.is_dir() and runfolder.is_run(p)] if runs_dir.is_dir() else []
     if not runs:
         raise StepFailed(f"no trained run in {runs_dir}", "run `invoke train` first, or pass --run RUN_DIR")
-    return max(runs, key=lambda p: (p / "model.keras").stat().st_mtime)
+    return max(runs, key=lambda p: (p / runfolder.MODEL).stat().st_mtime)
 
 
 def default_destination(ctx: Context, folder: str, local_folder: str) -> Path:
@@ -51,23 +49,6 @@ def default_destination(ctx: Context, folder: str, local_folder: str) -> Path:
             "Google Drive is not mounted", "run the notebook's first cell (drive.mount), or pass --to a folder"
         )
     return ctx.root / local_folder / folder
-
-
-def swap_in(staging: Path, current: Path, previous: Path) -> None:
-    """staging becomes current, current becomes previous, the old previous goes."""
-    trash = None
-    if previous.exists():
-        trash = previous.with_name(f".{current.name}.trash-{os.getpid()}")
-        previous.rename(trash)
-    if not current.exists():
-        staging.rename(current)
-    elif exchange(staging, current):
-        staging.rename(previous)  # staging now holds the old model
-    else:
-        current.rename(previous)
-        staging.rename(current)
-    if trash is not None:
-        shutil.rmtree(trash, ignore_errors=True)
 
 
 def is_published(current: Path, run_files: dict[str, str], run_dir: Path) -> bool:
@@ -95,11 +76,12 @@ def publish(
     run: str | None = None,
     to: str | None = None,
     runs_dir: str = "runs",
-    folder: str = "ud-cd-classifier",
-    local_folder: str = "published",
+    folder: str | None = None,
+    local_folder: str | None = None,
 ) -> Result:
+    """`to`, or else invoke.yaml's publish.folder under MyDrive (or under local_folder off Colab)."""
     run_dir = Path(run) if run else latest_run(ctx.root / runs_dir)
-    if not (run_dir / "model.keras").is_file():
+    if not runfolder.is_run(run_dir):
         raise StepFailed(f"--run: {run_dir} has no model.keras", "pass a run folder written by `invoke train`")
     current = Path(to) if to else default_destination(ctx, folder, local_folder)
     previous = current.with_name(f"{current.name}.previous")
@@ -118,49 +100,32 @@ def publish(
             f"mount Drive or create that folder; the run stays in {run_dir}; then rerun `invoke publish`",
         )
     try:
-        remove_leftovers(destination, f".{current.name}.partial-", f".{current.name}.trash-")
-        staging = Path(tempfile.mkdtemp(prefix=f".{current.name}.partial-", dir=destination))
+        remove_leftovers(destination, f".{current.name}.partial-", f".{current.name}.old-", f".{previous.name}.old-")
+        with partial_folder(current, replace=True, keep_as=previous) as partial:
+            for source in sorted(run_dir.rglob("*")):
+                target = partial / source.relative_to(run_dir)
+                if source.is_dir():
+                    target.mkdir(parents=True, exist_ok=True)
+                else:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(source, target)
+            copied = hashes(partial)
+            if copied != source_hashes:
+                bad = sorted(name for name in source_hashes if copied.get(name) != source_hashes[name])
+                raise StepFailed(
+                    f"the copy in {destination} differs from the run: {', '.join(bad)}", "rerun `invoke publish`"
+                )
+            record = {
+                "run": str(run_dir.resolve()),
+                "published": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "files": source_hashes,
+            }
+            (partial / RECORD).write_text(json.dumps(record, indent=2) + "\n")
     except OSError as error:
         raise StepFailed(
-            f"cannot write to {destination} ({error.strerror})",
+            f"cannot write to {destination} ({error.strerror or error})",
             f"the run stays in {run_dir}; fix the folder and rerun `invoke publish`",
         ) from None
-    try:
-        staging.chmod(0o755)
-        for source in sorted(run_dir.rglob("*")):
-            target = staging / source.relative_to(run_dir)
-            if source.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
-            else:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(source, target)
-        copied = hashes(staging)
-        if copied != source_hashes:
-            bad = sorted(name for name in source_hashes if copied.get(name) != source_hashes[name])
-            raise StepFailed(
-                f"the copy in {destination} differs from the run: {', '.join(bad)}", "rerun `invoke publish`"
-            )
-        (staging / RECORD).write_text(
-            json.dumps(
-                {
-                    "run": str(run_dir.resolve()),
-                    "published": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    "files": source_hashes,
-                },
-                indent=2,
-            )
-            + "\n"
-        )
-        swap_in(staging, current, previous)
-    except OSError as error:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise StepFailed(
-            f"publishing to {destination} failed ({error.strerror or error})",
-            f"the run stays in {run_dir}; fix the folder and rerun `invoke publish`",
-        ) from None
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return changed(
         f"{run_dir.name} -> {current}" + (f" (previous kept in {previous.name})" if previous.exists() else "")
     )

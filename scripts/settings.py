@@ -13,7 +13,10 @@ from __future__ import annotations
 import difflib
 import os
 import sys
+from dataclasses import Field
 from pathlib import Path
+
+from trainer.config import options
 
 TEXT, FLAG, WORDS = "text", "yes/no", "words"
 
@@ -40,19 +43,8 @@ SCHEMA: dict[str, dict[str, object]] = {
         "csv": TEXT,
         "demo_per_class": whole(3),
     },
-    "train": {
-        "folder": TEXT,
-        "file": TEXT,
-        "backbone": TEXT,
-        "weights": TEXT,
-        "image_size": whole(1),  # the trainer knows each backbone's minimum
-        "epochs": whole(1),
-        "batch_size": whole(1),
-        "output": TEXT,
-        "model_name": TEXT,
-        "extra": TEXT,
-        "force": FLAG,
-    },
+    # Every trainer option (trainer/config.py), and the step's own two:
+    "train": {**{option.name: option for option in options()}, "extra": TEXT, "force": FLAG},
     "publish": {"to": TEXT, "folder": TEXT, "local_folder": TEXT},
 }
 TRUE, FALSE = ("yes", "true", "on", "1"), ("no", "false", "off", "0", "")
@@ -85,9 +77,11 @@ def _check_value(where: str, kind, value):
         if isinstance(value, str) and value.strip().lower() in TRUE + FALSE:
             return value.strip().lower() in TRUE
         raise SettingError(f"{where} must be yes or no (got {value!r})")
+    if isinstance(kind, Field):
+        return _check_option(where, kind, value)
     name, minimum = kind
     if value is None or value == "":
-        return ""  # empty: the default of whatever reads it (the trainer's, for train.*)
+        return ""  # empty: the default of whatever reads it
     try:
         if isinstance(value, bool):
             raise ValueError
@@ -97,9 +91,24 @@ def _check_value(where: str, kind, value):
     except (TypeError, ValueError):
         what = "a whole number" if name == "whole" else "a number"
         raise SettingError(f"{where} must be {what} (got {value!r})") from None
-    if number < minimum:
+    if minimum is not None and number < minimum:
         raise SettingError(f"{where} must be at least {minimum} (got {value!r})")
     return number
+
+
+KINDS = {"str": TEXT, "str | None": TEXT, "bool": FLAG, "int": ("whole", None), "float": ("number", None)}
+
+
+def _check_option(where: str, option: Field, value):
+    """A trainer option's value: its type, then the values it accepts. Empty (or absent) means
+    the trainer's own default."""
+    if value is None or value == "":
+        return ""
+    checked = _check_value(where, KINDS[option.type], value)
+    accepts = option.metadata["accepts"]
+    if accepts is not None and not accepts.test(checked):
+        raise SettingError(f"{where} must be {accepts.words} (got {value!r})")
+    return checked
 
 
 def check_file(path: Path, invoke_sections=()) -> None:
@@ -154,6 +163,8 @@ def check_environment(environ) -> dict[str, str]:
             raise SettingError(f"{name} is not a setting{hint}; unset it")
         kind = SCHEMA[section][key]
         checked = _check_value(name, kind, value)
+        if isinstance(kind, Field) and kind.type == "bool":
+            kind, checked = FLAG, kind.default if checked == "" else checked
         if kind == FLAG:
             rewritten[name] = "1" if checked else ""
     return rewritten

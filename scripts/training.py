@@ -12,7 +12,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scripts.archives import sha256_of
+from trainer import runfolder
+from trainer.atomic import sha256_of
 
 RECORD = "published.json"
 
@@ -41,7 +42,7 @@ def request_of(trainer_args: list[str], cwd: Path):
 
 def recorded_request(folder: Path) -> dict | None:
     try:
-        return json.loads((folder / "manifest.json").read_text()).get("request")
+        return json.loads((folder / runfolder.MANIFEST).read_text()).get("request")
     except (OSError, ValueError, AttributeError):
         return None
 
@@ -57,8 +58,8 @@ def published_whole(folder: Path) -> bool:
 
 def finished_run(runs_dir: Path, request: dict) -> Path | None:
     """The newest complete run in runs_dir trained from this request."""
-    runs = [p for p in runs_dir.iterdir() if (p / "model.keras").is_file()] if runs_dir.is_dir() else []
-    for run in sorted(runs, key=lambda p: (p / "model.keras").stat().st_mtime, reverse=True):
+    runs = [p for p in runs_dir.iterdir() if runfolder.is_run(p)] if runs_dir.is_dir() else []
+    for run in sorted(runs, key=lambda p: (p / runfolder.MODEL).stat().st_mtime, reverse=True):
         if recorded_request(run) == request:
             return run
     return None

@@ -27,9 +27,15 @@ def bundle_copy(tmp_path: Path) -> Path:
     copy.mkdir()
     for name in ("tasks.py", "invoke.yaml", "requirements.txt", "requirements-dev.txt"):
         shutil.copy2(ROOT / name, copy / name)
-    for folder in ("scripts", "trainer", "colab", ".ci", "datasets"):
+    for folder in ("scripts", "trainer", "colab", ".ci", "datasets", "docs"):
         shutil.copytree(ROOT / folder, copy / folder, ignore=shutil.ignore_patterns("__pycache__"))
     return copy
+
+
+def documented_options(root: Path) -> str:
+    """The option table in root's docs/trainer.md (trainer.config.reference() renders it)."""
+    text = (root / "docs" / "trainer.md").read_text(encoding="utf-8")
+    return text.split("<!-- options: begin -->\n", 1)[1].split("<!-- options: end -->", 1)[0]
 
 
 def invoke(cwd: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -196,3 +202,19 @@ def tar_member(name: str, kind=tarfile.REGTYPE, linkname: str = "") -> tarfile.T
     info.linkname = linkname
     info.mode = 0o644
     return info
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory, demo_dir) -> Path:
+    """One real run on the demo data, with every export, shared by the tests of what a run
+    leaves (report, evaluate, predict, export); a duplicated row and a missing file give the
+    report drops to show. Tests copy it before they change anything."""
+    out = tmp_path_factory.mktemp("report") / "run"
+    images = out.parent / "Images"
+    shutil.copytree(demo_dir / "Images", images)
+    lines = (images / "training_data.csv").read_text().splitlines()
+    lines += [lines[1], "CD/not-there.jpg,CD"]
+    (images / "training_data.csv").write_text("\n".join(lines) + "\n")
+    result = run_module(*train_args(images, epochs=3, output=out, workspace=out.parent / "ws"))
+    assert result.returncode == 0, result.stderr
+    return out

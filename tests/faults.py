@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +33,7 @@ class Outcome:
     stdout: str
     stderr: str
     seconds: float
-    seen: dict  # marker -> seconds after the start when it first appeared on stderr
+    seen: dict  # condition -> seconds after the start when it first held
 
 
 def _launch(argv: list, cwd: Path, env: dict | None, logs: Path) -> tuple[subprocess.Popen, Path, Path]:
@@ -64,32 +65,30 @@ def run(
     logs: Path,
     *,
     kill_after: float | None = None,
-    marker: str | None = None,
-    watch: tuple = (),
+    after: Callable[[], bool] | None = None,
+    watch: dict[str, Callable[[], bool]] | None = None,
 ) -> Outcome:
     """Run argv to its end, or SIGKILL its group `kill_after` seconds after it starts (after
-    `marker` first appears on its stderr, when given); a command that ends first is not killed.
-    The times at which the `watch` markers first appear are recorded."""
+    `after()` first holds, when given: a state of the files, not a log line); a command that
+    ends first is not killed. The times at which each `watch` condition first holds are recorded."""
     started = time.monotonic()
     process, out, err = _launch(argv, cwd, env, logs)
+    conditions = {**(watch or {}), **({"after": after} if after else {})}
     seen: dict[str, float] = {}
-    wanted = set(watch) | ({marker} if marker else set())
     killed = False
     while process.poll() is None:
-        if wanted - seen.keys():
-            text = err.read_text(errors="replace")
-            for word in wanted - seen.keys():
-                if word in text:
-                    seen[word] = time.monotonic() - started
-        armed = kill_after is not None and (marker is None or marker in seen)
-        if armed and time.monotonic() - started - seen.get(marker, 0.0) >= kill_after:
+        for name in conditions.keys() - seen.keys():
+            if conditions[name]():
+                seen[name] = time.monotonic() - started
+        armed = kill_after is not None and (after is None or "after" in seen)
+        if armed and time.monotonic() - started - seen.get("after", 0.0) >= kill_after:
             _kill_group(process)
             killed = True
             break
         time.sleep(0.01)
     process.wait()
+    for name in conditions.keys() - seen.keys():
+        if conditions[name]():
+            seen[name] = time.monotonic() - started
     text = err.read_text(errors="replace")
-    for word in wanted - seen.keys():
-        if word in text:
-            seen[word] = time.monotonic() - started
     return Outcome(None if killed else process.returncode, out.read_text(), text, time.monotonic() - started, seen)

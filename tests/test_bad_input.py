@@ -32,13 +32,13 @@ def _one_line_error(result: subprocess.CompletedProcess, code: int, *parts: str)
 
 
 YAML_CASES = [
-    ('  epochs: ""', "  epoch: 50", "invoke.yaml: train.epoch is not a setting (did you mean epochs?)"),
-    ('  epochs: ""', "  epochs: ten", "invoke.yaml: train.epochs must be a whole number (got 'ten')"),
-    ('  epochs: ""', "  epochs: 0", "invoke.yaml: train.epochs must be at least 1 (got 0)"),
+    ("train:\n", "train:\n  epoch: 50", "invoke.yaml: train.epoch is not a setting (did you mean epochs?)"),
+    ("train:\n", "train:\n  epochs: ten", "invoke.yaml: train.epochs must be a whole number (got 'ten')"),
+    ("train:\n", "train:\n  epochs: 0", "invoke.yaml: train.epochs must be at least 1 (got 0)"),
     ("  require_gpu: false", "  require_gpu: maybe", "invoke.yaml: check.require_gpu must be yes or no (got 'maybe')"),
     ("  demo_per_class: 60", "  demo_per_class: [60]", "invoke.yaml: data.demo_per_class must be a whole number"),
     ("publish:", "publsh:", "invoke.yaml: 'publsh' is not a section (did you mean publish?)"),
-    ('  epochs: ""', "  epochs: [50", "invoke.yaml line "),
+    ("train:\n", "train:\n  epochs: [50", "invoke.yaml line "),
 ]
 
 
@@ -85,7 +85,7 @@ def test_a_yes_no_variable_means_what_it_says(tmp_path):
     "flags, message",
     [
         (["--epochs", "0"], "--epochs must be at least 1 (got 0)"),
-        (["--image-size", "7"], "--image-size must be between 32 and 1024 (got 7)"),
+        (["--image-size", "7"], "--image-size must be in [32, 1024] (got 7)"),
         (["--epochs", "-3"], "--epochs must be at least 1 (got -3)"),
     ],
 )

@@ -24,7 +24,7 @@ def test_every_command_has_help_text():
     "args, message",
     [
         (["train", "--epochs", "0"], "--epochs must be at least 1 (got 0)"),
-        (["train", "--image-size", "7"], "--image-size must be between 32 and 1024 (got 7)"),
+        (["train", "--image-size", "7"], "--image-size must be in [32, 1024] (got 7)"),
         (["train", "--batch-size", "-4"], "--batch-size must be at least 1 (got -4)"),
         (["train", "--backbone", "vgg99"], "--backbone must be one of efficientnet_lite0, resnet50_v2, resnet101_v2"),
         (
@@ -36,7 +36,7 @@ def test_every_command_has_help_text():
             "--weights: 'missing.h5' is not auto, imagenet, none or an existing weights file",
         ),
         (["train", "--weights", "imagenet", "--backbone", "tiny"], "backbone tiny has no ImageNet weights"),
-        (["train", "--test-fraction", "0.7"], "--test-fraction must be between 0 and 0.5 (got 0.7)"),
+        (["train", "--test-fraction", "0.7"], "--test-fraction must be in (0, 0.5) (got 0.7)"),
         (["train", "--epochs", "many"], "argument --epochs: invalid int value: 'many'"),
         (["train", "--folder", "/nonexistent/images"], "--folder: /nonexistent/images does not exist"),
         (["nonsense"], "invalid choice: 'nonsense'"),
@@ -46,7 +46,7 @@ def test_every_command_has_help_text():
         (["train", "--optimizer", "rmsprop"], "--optimizer must be adam or sgd (got 'rmsprop')"),
         (
             ["train", "--lr-schedule", "step"],
-            "--lr-schedule must be none | exponential | polynomial | cosine (got 'step')",
+            "--lr-schedule must be none, exponential, polynomial or cosine (got 'step')",
         ),
         (["train", "--decay-rate", "1.5"], "--decay-rate must be in (0, 1] (got 1.5)"),
         (["train", "--decay-epochs", "0"], "--decay-epochs must be positive (got 0.0)"),

@@ -97,6 +97,27 @@ def test_semicolon_delimited_csv_is_read(images):
     assert len(rows) == 8
 
 
+def test_tab_quotes_text_like_values_and_short_rows(images):
+    """Tabs as delimiter; a quoted path holding the delimiter; "NA" and "1e3" stay text; a row
+    with a missing cell is reported by its line, not read as NaN."""
+    cd = sorted((images / "CD").iterdir())
+    odd = cd[0].with_name("a\tb.png")
+    cd[0].rename(odd)
+    text = f'ImagePath\tLabel\n"CD/{odd.name}"\tNA\nCD/{cd[1].name}\t1e3\n\nCD/{cd[2].name}\n'
+    write_csv(images / "tabs.csv", text)
+    rows, report = data.load_rows(images, "tabs.csv")
+    assert [(row.path, row.label, row.line) for row in rows] == [(odd, "NA", 2), (cd[1], "1e3", 3)]
+    assert report.rows_read == 3 and report.problems == {"rows with an empty ImagePath or Label": ["line 5"]}
+
+
+def test_a_row_with_too_many_cells_is_one_line_naming_it(images):
+    write_csv(images / "wide.csv", "ImagePath,Label\nCD/a,b.png,CD\n")
+    with pytest.raises(
+        InputError, match=r"wide.csv: Expected 2 fields in line 2, saw 3; quote an ImagePath that holds ','"
+    ):
+        data.load_rows(images, "wide.csv")
+
+
 def test_non_utf8_csv_is_an_error_that_says_what_to_do(images):
     write_csv(images / "latin.csv", "ImagePath,Label\nCD/caf\u00e9.png,CD\n", encoding="utf-16")
     with pytest.raises(InputError, match="not UTF-8 text .* save it as UTF-8"):

@@ -46,20 +46,6 @@ def test_overrides_win():
     assert decide([CPU, K80], mixed_precision="float16").mixed_precision == "mixed_float16"
 
 
-@pytest.mark.parametrize(
-    "option, value, message",
-    [
-        ("mixed_precision", "yes", "--mixed-precision must be auto, on, off, float16 or bfloat16 (got 'yes')"),
-        ("mixed_precision", "fp16", "--mixed-precision must be auto, on, off, float16 or bfloat16 (got 'fp16')"),
-        ("xla", "maybe", "--xla must be auto, on or off (got 'maybe')"),
-    ],
-)
-def test_bad_override(option, value, message):
-    with pytest.raises(InputError) as raised:
-        decide([CPU], **{option: value})
-    assert str(raised.value) == message
-
-
 def test_batch_size_is_per_replica():
     assert global_batch_size(32, decide([CPU, T4, T4])) == 64
     assert global_batch_size(32, decide([CPU])) == 32

@@ -203,14 +203,14 @@ def _hello(prefix: Path, work: Path) -> str | None:
 
 def _tarball_from_wheel(path: Path) -> Path:
     """An uncompressed libtensorflow tarball with the official layout, from the wheel's files."""
-    from scripts.libtensorflow import stage_from_wheel
+    from scripts.libtensorflow import gather_from_wheel
 
-    staged = path.parent / "staged"
-    stage_from_wheel(PIN, staged)
+    gathered = path.parent / "gathered"
+    gather_from_wheel(PIN, gathered)
     with tarfile.open(path, "w") as handle:
-        for item in sorted(staged.rglob("*")):
-            handle.add(item, arcname=str(item.relative_to(staged)), recursive=False)
-    shutil.rmtree(staged)
+        for item in sorted(gathered.rglob("*")):
+            handle.add(item, arcname=str(item.relative_to(gathered)), recursive=False)
+    shutil.rmtree(gathered)
     return path
 
 
@@ -275,27 +275,39 @@ def test_featurization_killed_at_a_random_point_then_the_rerun_matches_an_uninte
     make_demo_data(tmp_path / "demo", per_class=60, seed=3, image_size=96)
     logs = tmp_path / "logs"
 
-    def train(workspace: Path, output: Path, kill_after=None, watch=()):
+    def featurizing(workspace: Path):
+        return lambda: any((workspace / "features").glob("*"))  # the cache's folder: featurizing begins
+
+    def head_training(workspace: Path):
+        return lambda: any((workspace / "checkpoints").glob("*"))  # featurizing is over
+
+    def train(workspace: Path, output: Path, kill_after=None, watch=None):
         argv = [sys.executable, "-m", "trainer", "train", "--folder", tmp_path / "demo" / "Images"]
         argv += ["--file", "training_data.csv", "--backbone", "mobilenet_v2", "--weights", mobilenet_weights]
         argv += ["--image-size", "96", "--epochs", "2", "--workspace", workspace, "--output", output]
         env = {"PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
-        return run(argv, tmp_path, env, logs, kill_after=kill_after, marker="to featurize", watch=watch)
+        return run(argv, tmp_path, env, logs, kill_after=kill_after, after=featurizing(workspace), watch=watch)
 
-    reference = train(tmp_path / "ws-reference", tmp_path / "reference", watch=("to featurize", "bottleneck mode"))
+    reference_ws = tmp_path / "ws-reference"
+    phases = {"featurizing": featurizing(reference_ws), "head": head_training(reference_ws)}
+    reference = train(reference_ws, tmp_path / "reference", watch=phases)
     assert reference.returncode == 0, reference.stderr
-    assert "0 images reused, 120 to featurize" in reference.stderr
-    # Featurizing lasts from its announcement to the line that follows it; kill inside that.
-    window = reference.seen["bottleneck mode"] - reference.seen["to featurize"]
+    assert json.loads((tmp_path / "reference" / "manifest.json").read_text())["feature_cache"]["views"]["id"] == {
+        "reused": 0,
+        "featurized": 120,
+    }
+    # Kill inside featurizing: between the cache's folder appearing and the head's checkpoints.
+    window = reference.seen["head"] - reference.seen["featurizing"]
     killed = train(tmp_path / "ws", tmp_path / "run", kill_after=rng.uniform(0.05, 0.9) * window)
     assert killed.returncode is None
     assert not (tmp_path / "run").exists()
+    shards = sorted((tmp_path / "ws" / "features").glob("*/shard-*.npz"))
+    kept = sum(len(FeatureCache(folder).load()) for folder in (tmp_path / "ws" / "features").iterdir())
+    assert sorted((tmp_path / "ws" / "features").glob("*/shard-*.npz")) == shards  # none was damaged
     rerun = train(tmp_path / "ws", tmp_path / "run")
     assert rerun.returncode == 0, rerun.stderr
-    assert "damaged feature cache shard" not in rerun.stderr
-    counts = next(line for line in rerun.stderr.splitlines() if "to featurize" in line)
-    reused, fresh = int(counts.split(":")[-1].split()[0]), int(counts.split(",")[-1].split()[0])
-    assert reused + fresh == 120
+    counts = json.loads((tmp_path / "run" / "manifest.json").read_text())["feature_cache"]["views"]["id"]
+    assert counts == {"reused": kept, "featurized": 120 - kept}  # what the killed run stored is used, whole
     ours = FeatureCache(next((tmp_path / "ws" / "features").iterdir())).load()
     theirs = FeatureCache(next((tmp_path / "ws-reference" / "features").iterdir())).load()
     assert ours.keys() == theirs.keys()

@@ -27,7 +27,7 @@ def quiet(root: Path) -> Context:
 def state_of(*paths: Path) -> dict:
     """Every file and link under paths: size and modification time, and the bytes of records
     (JSON) and small files. Folders count by their entries only: a folder's own time changes
-    when a staging folder comes and goes beside what it holds."""
+    when a partial folder comes and goes beside what it holds."""
     state = {}
     for path in paths:
         for item in [path, *path.rglob("*")] if path.is_dir() else [path]:
@@ -140,23 +140,23 @@ def installed(tmp_path_factory) -> tuple[Path, Path]:
 def _other_version_tarball(path: Path) -> Path:
     """An official-looking tarball whose library reports TensorFlow 2.18.0: the real C API
     headers, and a stub libtensorflow.so.2 that defines TF_Version()."""
-    staged = path.parent / "other-version"
+    gathered = path.parent / "other-version"
     include = _wheel_dir(VERSION) / "include"
     for header in _header_closure(include):
-        target = staged / "include" / header.relative_to(include)
+        target = gathered / "include" / header.relative_to(include)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(header, target)
-    (staged / "lib").mkdir()
-    stub = staged / "stub.c"
+    (gathered / "lib").mkdir()
+    stub = gathered / "stub.c"
     stub.write_text('const char* TF_Version(void) { return "2.18.0"; }\n')
-    library = staged / "lib" / "libtensorflow.so.2.18.0"
+    library = gathered / "lib" / "libtensorflow.so.2.18.0"
     subprocess.run(["gcc", "-shared", "-fPIC", "-Wl,-soname,libtensorflow.so.2", stub, "-o", library], check=True)
     stub.unlink()
-    (staged / "lib" / "libtensorflow.so.2").symlink_to("libtensorflow.so.2.18.0")
-    (staged / "lib" / "libtensorflow.so").symlink_to("libtensorflow.so.2")
+    (gathered / "lib" / "libtensorflow.so.2").symlink_to("libtensorflow.so.2.18.0")
+    (gathered / "lib" / "libtensorflow.so").symlink_to("libtensorflow.so.2")
     with tarfile.open(path, "w:gz") as handle:
-        for item in sorted(staged.rglob("*")):
-            handle.add(item, arcname=str(item.relative_to(staged)), recursive=False)
+        for item in sorted(gathered.rglob("*")):
+            handle.add(item, arcname=str(item.relative_to(gathered)), recursive=False)
     return path
 
 

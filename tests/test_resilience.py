@@ -61,15 +61,13 @@ def test_killed_training_resumes_from_its_last_epoch(demo_dir, tmp_path):
 
     rerun = run_module(*args)
     assert rerun.returncode == 0, rerun.stderr
-    resumed = [line for line in rerun.stderr.splitlines() if line.startswith("resuming from epoch")]
-    assert resumed and int(resumed[0].split()[3]) >= killed_at
     history = (tmp_path / "run" / "history.csv").read_text().splitlines()[1:]
     assert [int(line.split(",")[1]) for line in history] == list(range(1, 13))
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["resumed_from_epoch"]["train"] >= killed_at
-    # A fresh process chooses oneDNN before TensorFlow is imported, logs it and records it.
+    # A fresh process chooses oneDNN before TensorFlow is imported, and records it.
     if platform.machine() == "x86_64" and "TF_ENABLE_ONEDNN_OPTS" not in os.environ:
-        assert manifest["policy"]["onednn"] is True and "oneDNN on" in rerun.stderr
+        assert manifest["policy"]["onednn"] is True
     assert not list(workspace.glob("checkpoints/*")), "checkpoints are removed once the run folder is written"
 
 

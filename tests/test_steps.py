@@ -229,18 +229,22 @@ def test_publish_without_runs_says_what_to_run(tmp_path):
 
 def test_publish_goes_where_the_readme_says(tmp_path, monkeypatch):
     """MyDrive/ud-cd-classifier/ with Drive mounted (the previous model beside it), else
-    published/ud-cd-classifier/ in the bundle."""
+    published/ud-cd-classifier/ in the bundle: invoke.yaml's publish settings."""
+    from invoke.vendor import yaml
+
+    places = yaml.safe_load((ROOT / "invoke.yaml").read_text())["publish"]
+    places = {"folder": places["folder"], "local_folder": places["local_folder"]}
     ctx = Context(root=tmp_path / "bundle", echo=lambda message: None)
     _fake_run(tmp_path / "bundle" / "runs" / "a", "model A")
     monkeypatch.setattr(publish, "drive_folder", lambda: None)
-    assert publish.publish(ctx).status == "changed"
+    assert publish.publish(ctx, **places).status == "changed"
     assert (tmp_path / "bundle" / "published" / "ud-cd-classifier" / "model.keras").read_text() == "model A"
     my_drive = tmp_path / "content" / "drive" / "MyDrive"
     my_drive.mkdir(parents=True)
     monkeypatch.setattr(publish, "drive_folder", lambda: my_drive)
-    assert publish.publish(ctx).status == "changed"
+    assert publish.publish(ctx, **places).status == "changed"
     _fake_run(tmp_path / "bundle" / "runs" / "b", "model B")
-    assert publish.publish(ctx).status == "changed"
+    assert publish.publish(ctx, **places).status == "changed"
     assert sorted(p.name for p in my_drive.iterdir()) == ["ud-cd-classifier", "ud-cd-classifier.previous"]
     assert (my_drive / "ud-cd-classifier" / "model.keras").read_text() == "model B"
     assert (my_drive / "ud-cd-classifier.previous" / "model.keras").read_text() == "model A"
@@ -251,7 +255,7 @@ def test_publish_on_colab_without_drive_says_how_to_mount(tmp_path, monkeypatch)
     monkeypatch.setattr(publish, "in_colab", lambda: True)
     _fake_run(tmp_path / "runs" / "a", "m")
     with pytest.raises(StepFailed, match=r"Google Drive is not mounted.*drive.mount"):
-        publish.publish(Context(root=tmp_path))
+        publish.publish(Context(root=tmp_path), folder="models", local_folder="published")
 
 
 # libtensorflow --------------------------------------------------------------------------------

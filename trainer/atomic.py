@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import hashlib
 import os
 import shutil
 import tempfile
@@ -54,43 +55,55 @@ def write_atomically(path: Path, content: str | bytes) -> None:
 
 
 @contextmanager
-def staged_folder(target: Path, replace: bool = False) -> Iterator[Path]:
+def partial_folder(target: Path, replace: bool = False, keep_as: Path | None = None) -> Iterator[Path]:
     """Yield a new hidden folder beside `target` to fill. When the block ends without an error
     it becomes `target`; otherwise it is removed and `target` is untouched.
 
     Without `replace`, `target` may exist only as an empty folder (a run folder is never
-    overwritten). With it, an existing `target` is swapped out (see replace_folder)."""
+    overwritten). With it, an existing `target` is swapped out (see replace_folder), and kept
+    as `keep_as` when that is given."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}{PARTIAL}-", dir=target.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; these folders are for sharing
+    partial = Path(tempfile.mkdtemp(prefix=f".{target.name}{PARTIAL}-", dir=target.parent))
+    partial.chmod(0o755)  # mkdtemp makes it private; these folders are for sharing
     try:
-        yield staging
+        yield partial
         if replace:
-            replace_folder(staging, target)
+            replace_folder(partial, target, keep_as)
         else:
             if target.exists():
                 target.rmdir()  # empty, as callers check; rmdir refuses anything else
-            staging.rename(target)
+            partial.rename(target)
     except BaseException:
-        remove(staging)
+        remove(partial)
         raise
 
 
-def replace_folder(staging: Path, target: Path) -> None:
-    """`staging` becomes `target`; the old `target` is removed afterwards. Where the filesystem
-    can (renameat2's RENAME_EXCHANGE: ext4, xfs, btrfs, tmpfs) the two swap names in one step, so
-    `target` is never missing; elsewhere the old one is renamed aside first."""
+def replace_folder(partial: Path, target: Path, keep_as: Path | None = None) -> None:
+    """`partial` becomes `target`; the old `target` is removed afterwards, or becomes `keep_as`
+    (whose own old content goes). Where the filesystem can (renameat2's RENAME_EXCHANGE: ext4,
+    xfs, btrfs, tmpfs) the two swap names in one step, so `target` is never missing; elsewhere
+    the old one is renamed aside first."""
+    aside = None
+    if keep_as is not None and (keep_as.exists() or keep_as.is_symlink()):
+        aside = keep_as.with_name(f".{keep_as.name}.old-{os.getpid()}")
+        remove(aside)
+        keep_as.rename(aside)
     if not target.exists() and not target.is_symlink():
-        staging.rename(target)
-        return
-    if exchange(staging, target):
-        remove(staging)  # it now holds the old folder
-        return
-    old = target.with_name(f".{target.name}.old-{os.getpid()}")
-    remove(old)
-    target.rename(old)
-    staging.rename(target)
-    remove(old)
+        partial.rename(target)
+    elif exchange(partial, target):  # partial now holds the old folder
+        if keep_as is not None:
+            partial.rename(keep_as)
+        else:
+            remove(partial)
+    else:
+        old = keep_as or target.with_name(f".{target.name}.old-{os.getpid()}")
+        remove(old)
+        target.rename(old)
+        partial.rename(target)
+        if keep_as is None:
+            remove(old)
+    if aside is not None:
+        remove(aside)
 
 
 def exchange(a: Path, b: Path) -> bool:
@@ -136,3 +149,12 @@ def link_or_copy(source: Path, destination: Path) -> None:
         os.link(source, destination)
     except OSError:
         shutil.copy2(source, destination)
+
+
+def sha256_of(path: Path) -> str:
+    """A file's SHA-256, read in 1 MiB blocks: how a copy is proved whole."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

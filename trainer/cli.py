@@ -9,12 +9,11 @@ import logging
 import os
 import sys
 
-from trainer import device
-from trainer.config import TrainConfig
+from trainer import device, runfolder
+from trainer.config import TrainConfig, described, flag, options
 from trainer.errors import CheckFailed, InputError
 
 log = logging.getLogger("trainer")
-DEFAULTS = TrainConfig()
 
 
 class Parser(argparse.ArgumentParser):
@@ -24,153 +23,18 @@ class Parser(argparse.ArgumentParser):
         raise InputError(f"{message} (see '{self.prog} --help')")
 
 
+TYPES = {"str": str, "str | None": str, "int": int, "float": float, "bool": bool}
+
+
 def add_train_options(parser: argparse.ArgumentParser) -> None:
-    """The train options; launchers (invoke's `train` task) build the same flags from config."""
-    d = DEFAULTS
-    parser.add_argument(
-        "--folder", default=d.folder, help=f"image folder; without --file, one subfolder per class (default {d.folder})"
-    )
-    parser.add_argument(
-        "--file", default=d.file, help="CSV with ImagePath,Label; found in --folder or the working directory"
-    )
-    parser.add_argument("--backbone", default=d.backbone, help=f"network to transfer from (default {d.backbone})")
-    parser.add_argument(
-        "--weights", default=d.weights, help="auto | imagenet | none | PATH to a weights file (default auto)"
-    )
-    parser.add_argument(
-        "--image-size", type=int, default=d.image_size, help=f"square input size in pixels (default {d.image_size})"
-    )
-    parser.add_argument(
-        "--epochs",
-        type=int,
-        default=d.epochs,
-        help=f"maximum epochs; early stopping may end sooner (default {d.epochs})",
-    )
-    parser.add_argument("--batch-size", type=int, default=d.batch_size, help=f"(default {d.batch_size})")
-    parser.add_argument(
-        "--learning-rate", type=float, default=d.learning_rate, help=f"Adam's learning rate (default {d.learning_rate})"
-    )
-    parser.add_argument(
-        "--patience", type=int, default=d.patience, help=f"early-stopping patience in epochs (default {d.patience})"
-    )
-    parser.add_argument("--dropout", type=float, default=d.dropout, help=f"before the classifier (default {d.dropout})")
-    parser.add_argument(
-        "--feature-augment",
-        default=d.feature_augment,
-        help="bottleneck mode: the head also trains on the features of each training image flipped (flips: 4 "
-        "views) or flipped and transposed (dihedral: 8), each featurized once and cached; none: the images "
-        f"alone (default {d.feature_augment})",
-    )
-    parser.add_argument(
-        "--head-c",
-        type=float,
-        default=d.head_c,
-        help="inverse strength of the L2 penalty on the head trained on cached features, as scikit-learn's "
-        f"LogisticRegression C: smaller is stronger, 0 is none (default {d.head_c})",
-    )
-    parser.add_argument(
-        "--validation-fraction", type=float, default=d.validation_fraction, help=f"(default {d.validation_fraction})"
-    )
-    parser.add_argument("--test-fraction", type=float, default=d.test_fraction, help=f"(default {d.test_fraction})")
-    parser.add_argument("--seed", type=int, default=d.seed, help=f"split and initialisation seed (default {d.seed})")
-    parser.add_argument("--strict", action="store_true", help="fail on any unusable row instead of dropping it")
-    parser.add_argument(
-        "--feature-layer",
-        default=d.feature_layer,
-        help="pool features from this backbone layer, e.g. block4_pool (default: the last)",
-    )
-    parser.add_argument(
-        "--validation-file",
-        default=d.validation_file,
-        help="CSV of validation images, instead of --validation-fraction",
-    )
-    parser.add_argument("--optimizer", default=d.optimizer, help=f"adam or sgd (default {d.optimizer})")
-    parser.add_argument(
-        "--lr-schedule",
-        default=d.lr_schedule,
-        help=f"none, exponential, polynomial or cosine (default {d.lr_schedule})",
-    )
-    parser.add_argument(
-        "--decay-rate", type=float, default=d.decay_rate, help=f"exponential decay factor (default {d.decay_rate})"
-    )
-    parser.add_argument(
-        "--decay-epochs", type=float, default=d.decay_epochs, help=f"epochs per decay step (default {d.decay_epochs})"
-    )
-    parser.add_argument(
-        "--end-learning-rate",
-        type=float,
-        default=d.end_learning_rate,
-        help=f"polynomial and cosine: final rate (default {d.end_learning_rate})",
-    )
-    parser.add_argument(
-        "--early-stopping-metric",
-        default=d.early_stopping_metric,
-        help=f"validation loss or accuracy (default {d.early_stopping_metric})",
-    )
-    parser.add_argument(
-        "--min-delta", type=float, default=d.min_delta, help=f"smallest improvement that counts (default {d.min_delta})"
-    )
-    parser.add_argument(
-        "--class-weights", default=d.class_weights, help=f"auto, balanced or none (default {d.class_weights})"
-    )
-    parser.add_argument("--metrics-on-train", action="store_true", help="also report metrics on the training split")
-    parser.add_argument(
-        "--fine-tune-layers",
-        type=int,
-        default=d.fine_tune_layers,
-        help="unfreeze this many top backbone layers after the head (default 0: off)",
-    )
-    parser.add_argument(
-        "--fine-tune-epochs", type=int, default=d.fine_tune_epochs, help=f"(default {d.fine_tune_epochs})"
-    )
-    parser.add_argument(
-        "--fine-tune-learning-rate",
-        type=float,
-        default=d.fine_tune_learning_rate,
-        help=f"(default {d.fine_tune_learning_rate})",
-    )
-    parser.add_argument(
-        "--augment",
-        action=argparse.BooleanOptionalAction,
-        default=d.augment,
-        help="flips, rotation, zoom and contrast when training on images (default on)",
-    )
-    parser.add_argument(
-        "--mixed-precision",
-        default=d.mixed_precision,
-        help="auto, on, off, float16 or bfloat16 (default auto: float16 on GPUs with tensor cores, bfloat16 on TPUs)",
-    )
-    parser.add_argument("--xla", default=d.xla, help="auto, on or off (default auto: on for GPUs)")
-    parser.add_argument(
-        "--deterministic", action="store_true", help="reproducible op order: the same seed gives the same metrics"
-    )
-    parser.add_argument(
-        "--workspace",
-        default=d.workspace,
-        help="feature cache and checkpoints (default: on Drive when mounted, else ./workspace)",
-    )
-    parser.add_argument(
-        "--weights-cache",
-        default=d.weights_cache,
-        help="where downloaded ImageNet weights are kept (default: on Drive when mounted)",
-    )
-    parser.add_argument(
-        "--cache-megabytes",
-        type=int,
-        default=d.cache_megabytes,
-        help=f"memory for decoded images (default {d.cache_megabytes})",
-    )
-    parser.add_argument("--output", default=d.output, help="run folder to create (default runs/<time>-<backbone>)")
-    parser.add_argument("--runs-dir", default=d.runs_dir, help=f"where default run folders go (default {d.runs_dir})")
-    parser.add_argument(
-        "--export",
-        default=d.export,
-        help="all, none, or a comma list of saved_model, tflite, onnx; each export is checked against Keras "
-        f"(default {d.export})",
-    )
-    parser.add_argument(
-        "--model-name", default=d.model_name, help=f"the model is also saved as NAME.keras (default {d.model_name})"
-    )
+    """One flag per TrainConfig field, from its type, default and help (trainer/config.py)."""
+    for option in options():
+        kind = TYPES[option.type]
+        if kind is bool:
+            action = argparse.BooleanOptionalAction if option.default else "store_true"
+            parser.add_argument(flag(option.name), action=action, help=described(option))
+        else:
+            parser.add_argument(flag(option.name), type=kind, default=option.default, help=described(option))
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -267,11 +131,11 @@ def run(argv: list[str]) -> int:
         if args.check_only and not args.check:
             raise InputError("--check-only and --no-check together do nothing")
         export_run(args.run_dir, formats, args.check, write=not args.check_only)
-        if (Path(args.run_dir) / "report.html").is_file():
+        if (Path(args.run_dir) / runfolder.REPORT).is_file():
             from trainer.report import build
 
             build(args.run_dir)
-        print(Path(args.run_dir) / "exports.json")
+        print(Path(args.run_dir) / runfolder.EXPORTS)
         return 0
     if getattr(args, "batch_size", 1) < 1:
         raise InputError(f"--batch-size must be at least 1 (got {args.batch_size})")

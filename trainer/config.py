@@ -11,138 +11,162 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainer.device import MIXED_PRECISION, MIXED_PRECISION_TEXT
+from trainer.device import MIXED_PRECISION
 from trainer.errors import InputError
 
 SCHEDULES = ("none", "exponential", "polynomial", "cosine")
 
 
+@dataclass(frozen=True)
+class Accepts:
+    """The values an option takes: a test and the words an error says it with."""
+
+    test: Callable[[object], bool]
+    words: str
+
+
+def at_least(minimum: float) -> Accepts:
+    return Accepts(lambda value: value >= minimum, "0 or more" if minimum == 0 else f"at least {minimum}")
+
+
+def positive() -> Accepts:
+    return Accepts(lambda value: value > 0, "positive")
+
+
+def within(low: float, high: float, ends: str = "[]") -> Accepts:
+    """An interval; `ends` says which ends it holds, as in "(0, 1]"."""
+    above = (lambda value: low < value) if ends[0] == "(" else (lambda value: low <= value)
+    below = (lambda value: value < high) if ends[1] == ")" else (lambda value: value <= high)
+    return Accepts(lambda value: above(value) and below(value), f"in {ends[0]}{low}, {high}{ends[1]}")
+
+
+def one_of(*choices: str) -> Accepts:
+    return Accepts(lambda value: value in choices, ", ".join(choices[:-1]) + " or " + choices[-1])
+
+
+def option(default, help: str, accepts: Accepts | None = None, *, place: bool = False):
+    """A trainer option. Its default, help and accepted values live here alone: `python -m
+    trainer train`'s flags, invoke.yaml's train section, INVOKE_TRAIN_* and `invoke train`'s
+    flags are all made from these fields (trainer.cli, scripts.settings, tasks.py). A `place`
+    says where things are, not what is trained: changing it does not call for retraining."""
+    return field(default=default, metadata={"help": help, "accepts": accepts, "place": place})
+
+
 @dataclass
 class TrainConfig:
     # Data
-    folder: str = "Images"  # image folder; with no --file, one subfolder per class
-    file: str | None = None  # CSV ImagePath,Label; looked up in --folder, then the working dir
-    strict: bool = False  # any unusable row is an error instead of a warning
-    validation_fraction: float = 0.1  # of each class, at least one image
-    test_fraction: float = 0.1  # of each class, at least one image
-    seed: int = 42  # split, shuffling and weight initialisation
-    # Model
-    backbone: str = "efficientnet_lite0"  # see trainer.model.BACKBONES
-    weights: str = "auto"  # auto | imagenet | none | path to a weights file
-    image_size: int = 224  # pixels, square
-    feature_layer: str | None = None  # pool features from this backbone layer instead of the last
-    dropout: float = 0.2  # before the classification layer
-    head_c: float = 0.02  # the head's inverse L2 strength, as scikit-learn's LogisticRegression C (0: none)
-    feature_augment: str = "dihedral"  # none | flips | dihedral: the head also trains on flipped/transposed copies
-    validation_file: str | None = None  # a CSV of validation images instead of a fraction
-    # Training (ML.NET's names in brackets)
-    epochs: int = 50  # upper bound; early stopping usually ends sooner [Epoch]
-    batch_size: int = 32  # per device [BatchSize]
-    optimizer: str = "adam"  # adam | sgd (ML.NET trains its head with plain gradient descent)
-    learning_rate: float = 1e-3  # initial rate [LearningRate]
-    lr_schedule: str = "exponential"  # none | exponential | polynomial | cosine [LearningRateScheduler]
-    decay_rate: float = 0.94  # exponential: multiply by this every decay_epochs (ML.NET's default)
-    decay_epochs: float = 2.0  # exponential and polynomial: epochs per decay step
-    end_learning_rate: float = 1e-5  # polynomial: the rate it decays to
-    early_stopping_metric: str = "loss"  # loss | accuracy, on the validation split
-    min_delta: float = 0.0  # smallest improvement that counts [EarlyStoppingCriteria.MinDelta]
-    patience: int = 5  # epochs without improvement before stopping [EarlyStoppingCriteria.Patience]
-    class_weights: str = "auto"  # auto (when classes differ by 1.5x or more) | balanced | none
-    metrics_on_train: bool = False  # also report metrics on the training split [TestOnTrainSet]
-    # Fine-tuning, after the head, with pretrained weights only
-    fine_tune_layers: int = 0  # unfreeze this many top backbone layers (0: no fine-tuning)
-    fine_tune_epochs: int = 10
-    fine_tune_learning_rate: float = 1e-5
-    augment: bool = True  # flips, rotation, zoom, contrast when images are trained on
-    # Hardware
-    mixed_precision: str = "auto"  # auto | on | off | float16 | bfloat16
-    xla: str = "auto"  # auto | on | off
-    deterministic: bool = False  # reproducible op order (slower); same seed, same metrics
-    cache_megabytes: int = 2048  # decoded images are kept in memory up to this size
-    # Where things go
-    workspace: str | None = (
-        None  # bottleneck cache and checkpoints; default MyDrive/<model_name>-workspace, else ./workspace
+    folder: str = option("Images", "image folder; with no --file, one subfolder per class", place=True)
+    file: str | None = option(
+        None, "CSV ImagePath,Label; looked up in --folder, then the working directory", place=True
     )
-    weights_cache: str | None = None  # where Keras keeps downloaded ImageNet weights; default on Drive when mounted
-    output: str | None = None  # run folder; default runs/<time>-<backbone>
-    runs_dir: str = "runs"
-    model_name: str = "ud-cd-classifier"  # the model is also saved as <model_name>.keras
-    export: str = "all"  # all | none | a comma list of saved_model, tflite, onnx; each checked against Keras
+    strict: bool = option(False, "fail on any unusable row instead of dropping it with a warning")
+    validation_fraction: float = option(0.1, "of each class, at least one image", within(0, 0.5, "()"))
+    test_fraction: float = option(0.1, "of each class, at least one image", within(0, 0.5, "()"))
+    validation_file: str | None = option(None, "a CSV of validation images, instead of --validation-fraction")
+    seed: int = option(42, "split, shuffling and weight initialisation")
+    # Model
+    backbone: str = option("efficientnet_lite0", "the network to transfer from (trainer.model.BACKBONES)")
+    weights: str = option("auto", "auto | imagenet | none | a weights file")
+    image_size: int = option(224, "square input size in pixels", within(32, 1024))
+    feature_layer: str | None = option(
+        None, "pool features from this backbone layer, e.g. block4_pool (default: the last)"
+    )
+    dropout: float = option(0.2, "before the classification layer", within(0, 1, "[)"))
+    head_c: float = option(
+        0.02,
+        "inverse strength of the L2 penalty on a head trained on cached features, as scikit-learn's "
+        "LogisticRegression C: smaller is stronger, 0 is none",
+        at_least(0),
+    )
+    feature_augment: str = option(
+        "dihedral",
+        "bottleneck mode: the head also trains on the features of each training image flipped (flips: 4 views) "
+        "or flipped and transposed (dihedral: 8), each featurized once and cached; none: the images alone",
+        one_of("none", "flips", "dihedral"),
+    )
+    # Training (ML.NET's names in brackets)
+    epochs: int = option(50, "maximum epochs; early stopping usually ends sooner [Epoch]", at_least(1))
+    batch_size: int = option(32, "images per step on each device [BatchSize]", at_least(1))
+    optimizer: str = option("adam", "ML.NET trains its head with plain gradient descent (sgd)", one_of("adam", "sgd"))
+    learning_rate: float = option(1e-3, "initial rate [LearningRate]", positive())
+    lr_schedule: str = option("exponential", "[LearningRateScheduler]", one_of(*SCHEDULES))
+    decay_rate: float = option(
+        0.94, "exponential: the rate is multiplied by this every --decay-epochs", within(0, 1, "(]")
+    )
+    decay_epochs: float = option(2.0, "exponential and polynomial: epochs per decay step", positive())
+    end_learning_rate: float = option(1e-5, "polynomial and cosine: the rate it decays to (at most --learning-rate)")
+    early_stopping_metric: str = option("loss", "on the validation split", one_of("loss", "accuracy"))
+    min_delta: float = option(0.0, "smallest improvement that counts [EarlyStoppingCriteria.MinDelta]", at_least(0))
+    patience: int = option(
+        5, "epochs without improvement before stopping [EarlyStoppingCriteria.Patience]", at_least(0)
+    )
+    class_weights: str = option(
+        "auto", "auto: balanced when classes differ by 1.5x or more", one_of("auto", "balanced", "none")
+    )
+    metrics_on_train: bool = option(False, "also report metrics on the training split [TestOnTrainSet]")
+    # Fine-tuning, after the head, with pretrained weights only
+    fine_tune_layers: int = option(0, "unfreeze this many top backbone layers after the head (0: off)", at_least(0))
+    fine_tune_epochs: int = option(10, "at most, with early stopping", at_least(1))
+    fine_tune_learning_rate: float = option(1e-5, "the rate fine-tuning starts at", positive())
+    augment: bool = option(True, "flips, rotation, zoom and contrast when images are trained on")
+    # Hardware
+    mixed_precision: str = option(
+        "auto",
+        "auto: float16 on GPUs with tensor cores, bfloat16 on TPUs; float16 and bfloat16 apply on any device",
+        one_of(*MIXED_PRECISION),
+    )
+    xla: str = option("auto", "auto: on for GPUs", one_of("auto", "on", "off"))
+    deterministic: bool = option(False, "reproducible op order (slower): the same seed gives the same metrics")
+    cache_megabytes: int = option(2048, "memory for decoded images", at_least(0))
+    # Where things go
+    workspace: str | None = option(
+        None,
+        "feature cache and checkpoints (default: MyDrive/<model-name>-workspace when Drive is mounted, else ./workspace)",
+        place=True,
+    )
+    weights_cache: str | None = option(
+        None, "where downloaded ImageNet weights are kept (default: in the workspace when Drive is mounted)", place=True
+    )
+    output: str | None = option(None, "the run folder to create (default: <runs-dir>/<time>-<backbone>)", place=True)
+    runs_dir: str = option("runs", "where default run folders go", place=True)
+    model_name: str = option("ud-cd-classifier", "the model is also saved as NAME.keras")
+    export: str = option(
+        "all", "all, none, or a comma list of saved_model, tflite, onnx; each export is checked against Keras"
+    )
 
     def check(self) -> TrainConfig:
         """Raise InputError naming the first option that is out of range."""
-        from trainer.model import BACKBONES  # the registry imports TensorFlow lazily
+        from trainer.export import parse_formats
+        from trainer.model import BACKBONES, canonical_backbone  # the registry imports TensorFlow lazily
 
-        def need(ok: bool, option: str, what: str, value: object) -> None:
-            if not ok:
-                raise InputError(f"--{option.replace('_', '-')} must be {what} (got {value!r})")
-
-        from trainer.model import canonical_backbone
-
+        for option_field in dataclasses.fields(self):
+            accepts, value = option_field.metadata["accepts"], getattr(self, option_field.name)
+            if accepts is not None and not accepts.test(value):
+                raise InputError(f"{flag(option_field.name)} must be {accepts.words} (got {value!r})")
         self.backbone = canonical_backbone(self.backbone)
-        need(self.backbone in BACKBONES, "backbone", "one of " + ", ".join(BACKBONES), self.backbone)
-        need(32 <= self.image_size <= 1024, "image_size", "between 32 and 1024", self.image_size)
+        if self.backbone not in BACKBONES:
+            raise InputError(f"--backbone must be one of {', '.join(BACKBONES)} (got {self.backbone!r})")
         spec = BACKBONES[self.backbone]
-        need(
-            self.image_size >= spec.min_size,
-            "image_size",
-            f"at least {spec.min_size} for {self.backbone}",
-            self.image_size,
-        )
+        if self.image_size < spec.min_size:
+            raise InputError(
+                f"--image-size must be at least {spec.min_size} for {self.backbone} (got {self.image_size})"
+            )
         if self.weights == "imagenet" and not spec.has_imagenet:
             raise InputError(
                 f"--weights imagenet: backbone {self.backbone} has no ImageNet weights; use none or a file"
             )
-        need(self.epochs >= 1, "epochs", "at least 1", self.epochs)
-        need(self.batch_size >= 1, "batch_size", "at least 1", self.batch_size)
-        need(self.learning_rate > 0, "learning_rate", "positive", self.learning_rate)
-        need(self.patience >= 0, "patience", "0 or more", self.patience)
-        need(0 <= self.dropout < 1, "dropout", "in [0, 1)", self.dropout)
-        need(self.head_c >= 0, "head_c", "0 or more", self.head_c)
-        need(
-            self.feature_augment in ("none", "flips", "dihedral"),
-            "feature_augment",
-            "none, flips or dihedral",
-            self.feature_augment,
-        )
-        need(self.cache_megabytes >= 0, "cache_megabytes", "0 or more", self.cache_megabytes)
-        for option in ("validation_fraction", "test_fraction"):
-            value = getattr(self, option)
-            need(0 < value < 0.5, option, "between 0 and 0.5", value)
-        need(bool(self.model_name.strip()) and "/" not in self.model_name, "model_name", "a file name", self.model_name)
-        need(self.optimizer in ("adam", "sgd"), "optimizer", "adam or sgd", self.optimizer)
-        need(self.lr_schedule in SCHEDULES, "lr_schedule", " | ".join(SCHEDULES), self.lr_schedule)
-        need(0 < self.decay_rate <= 1, "decay_rate", "in (0, 1]", self.decay_rate)
-        need(self.decay_epochs > 0, "decay_epochs", "positive", self.decay_epochs)
-        need(
-            0 <= self.end_learning_rate <= self.learning_rate,
-            "end_learning_rate",
-            "between 0 and --learning-rate",
-            self.end_learning_rate,
-        )
-        need(
-            self.early_stopping_metric in ("loss", "accuracy"),
-            "early_stopping_metric",
-            "loss or accuracy",
-            self.early_stopping_metric,
-        )
-        need(self.min_delta >= 0, "min_delta", "0 or more", self.min_delta)
-        need(
-            self.class_weights in ("auto", "balanced", "none"),
-            "class_weights",
-            "auto, balanced or none",
-            self.class_weights,
-        )
-        need(self.fine_tune_layers >= 0, "fine_tune_layers", "0 or more", self.fine_tune_layers)
-        need(self.fine_tune_epochs >= 1, "fine_tune_epochs", "at least 1", self.fine_tune_epochs)
-        need(self.fine_tune_learning_rate > 0, "fine_tune_learning_rate", "positive", self.fine_tune_learning_rate)
-        need(self.mixed_precision in MIXED_PRECISION, "mixed_precision", MIXED_PRECISION_TEXT, self.mixed_precision)
-        need(self.xla in ("auto", "on", "off"), "xla", "auto, on or off", self.xla)
-        from trainer.export import parse_formats
-
+        if self.weights not in ("auto", "imagenet", "none") and not Path(self.weights).is_file():
+            raise InputError(f"--weights: {self.weights!r} is not auto, imagenet, none or an existing weights file")
+        if not 0 <= self.end_learning_rate <= self.learning_rate:
+            raise InputError(
+                f"--end-learning-rate must be between 0 and --learning-rate (got {self.end_learning_rate!r})"
+            )
+        if not self.model_name.strip() or "/" in self.model_name:
+            raise InputError(f"--model-name must be a file name (got {self.model_name!r})")
         parse_formats(self.export)
         if self.fine_tune_layers and self.weights == "none":
             raise InputError(
@@ -150,8 +174,6 @@ class TrainConfig:
             )
         if self.validation_file is not None and not self.validation_file.strip():
             raise InputError("--validation-file must name a CSV")
-        if self.weights not in ("auto", "imagenet", "none") and not Path(self.weights).is_file():
-            raise InputError(f"--weights: {self.weights!r} is not auto, imagenet, none or an existing weights file")
         return self
 
     def to_dict(self) -> dict:
@@ -168,3 +190,32 @@ class TrainConfig:
 
 def save_config(config: TrainConfig, path: Path, **resolved: object) -> None:
     path.write_text(json.dumps({**config.to_dict(), **resolved}, indent=2) + "\n", encoding="utf-8")
+
+
+def flag(name: str) -> str:
+    """An option's command-line flag: image_size -> --image-size."""
+    return "--" + name.replace("_", "-")
+
+
+def described(option: dataclasses.Field) -> str:
+    """An option's help with its default, as --help shows it."""
+    if option.default is None:
+        return option.metadata["help"]
+    default = ("on" if option.default else "off") if isinstance(option.default, bool) else option.default
+    return f"{option.metadata['help']} (default {default})"
+
+
+def reference() -> str:
+    """Every option as the Markdown table docs/trainer.md carries (tests/test_docs.py keeps the
+    two equal)."""
+    rows = ["| option | default | accepts | what it does |", "| --- | --- | --- | --- |"]
+    for option in options():
+        accepts = option.metadata["accepts"]
+        default = "" if option.default is None else f"`{described(option).rsplit('(default ', 1)[1][:-1]}`"
+        what = option.metadata["help"].replace("|", "\\|")
+        rows.append(f"| `{flag(option.name)}` | {default} | {accepts.words if accepts else ''} | {what} |")
+    return "\n".join(rows) + "\n"
+
+
+def options() -> tuple[dataclasses.Field, ...]:
+    return dataclasses.fields(TrainConfig)

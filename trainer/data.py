@@ -110,31 +110,34 @@ def read_csv_rows(csv_path: Path, image_folder: Path) -> tuple[list[Row], Report
         raise InputError(f"{csv_path}: not UTF-8 text (byte {error.start}); save it as UTF-8 CSV and retry") from None
     if not text.strip():
         raise InputError(f"{csv_path}: empty file; expected a header 'ImagePath,Label' and rows")
-    sample = text[:4096]
-    delimiter = ","
-    first_line = sample.splitlines()[0]
-    if "," not in first_line:
-        for candidate in (";", "\t", "|"):
-            if candidate in first_line:
-                delimiter = candidate
-                break
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    header = next(reader)
-    columns = {name.strip().lower(): index for index, name in enumerate(header)}
+    first_line = text.splitlines()[0]
+    delimiter = "," if "," in first_line else next((c for c in (";", "\t", "|") if c in first_line), ",")
+    import pandas as pd
+
+    try:
+        # Every cell as text ("NA" or "1e3" is a name, not a value); the header read as a row, so
+        # that a row with more cells than it is an error rather than an index column; blank
+        # lines kept, so that a row's position is its line in the file.
+        frame = pd.read_csv(
+            io.StringIO(text), sep=delimiter, header=None, dtype=str, keep_default_na=False, skip_blank_lines=False
+        ).fillna("")
+    except pd.errors.ParserError as error:
+        detail = str(error).strip().removeprefix("Error tokenizing data. C error: ")
+        raise InputError(f"{csv_path}: {detail}; quote an ImagePath that holds {delimiter!r}") from None
+    header = [str(name).strip() for name in frame.iloc[0]]
+    columns = {name.lower(): index for index, name in enumerate(header)}
     missing = [name for name in ("imagepath", "label") if name not in columns]
     if missing:
-        found = ", ".join(repr(h.strip()) for h in header) or "none"
+        found = ", ".join(repr(name) for name in header) or "none"
         wanted = " and ".join({"imagepath": "ImagePath", "label": "Label"}[m] for m in missing)
         raise InputError(f"{csv_path}: no {wanted} column (found {found}); the header must be ImagePath,Label")
-    path_col, label_col = columns["imagepath"], columns["label"]
     bases = [csv_path.parent, image_folder]
     rows = []
-    for line, record in enumerate(reader, start=2):
+    for line, record in enumerate(frame.iloc[1:].itertuples(index=False), start=2):
         if not any(cell.strip() for cell in record):
             continue
         report.rows_read += 1
-        written = record[path_col].strip() if path_col < len(record) else ""
-        label = record[label_col].strip() if label_col < len(record) else ""
+        written, label = record[columns["imagepath"]].strip(), record[columns["label"]].strip()
         if not written or not label:
             report.add("rows with an empty ImagePath or Label", f"line {line}")
             continue
@@ -222,74 +225,14 @@ def validate(
     The order of the checks matters: duplicate rows first (they are harmless), then files, then
     content, then labels, then class sizes, so that each row is blamed for its first problem.
     """
-    # Labels that differ only in case or whitespace are one class, spelled as most rows spell it.
-    spellings: dict[str, Counter] = defaultdict(Counter)
-    for row in rows:
-        spellings[" ".join(row.label.split()).casefold()][row.label] += 1
-    canonical = {}
-    for variants in spellings.values():
-        chosen = min(variants, key=lambda spelling: (-variants[spelling], spelling))  # ties: "CD" before "cd"
-        for variant in variants:
-            canonical[variant] = chosen
-        if len(variants) > 1:
-            report.add("labels differing only in case or whitespace", " = ".join(repr(v) for v in variants))
-    rows = [replace(row, label=canonical[row.label]) for row in rows]
-
-    # The same file listed twice with the same label is a duplicate row; with different labels
-    # it is a contradiction, and every row of that file goes.
-    by_path: dict[Path, list[Row]] = defaultdict(list)
-    for row in rows:
-        by_path[row.path].append(row)
-    unique = []
-    for _path, listed in by_path.items():
-        labels = {row.label for row in listed}
-        if len(labels) > 1:
-            report.add("files listed with different labels", f"{listed[0].written} as {sorted(labels)}")
-            continue
-        if len(listed) > 1:
-            report.add("duplicate rows", f"{_where(listed[1])} repeats line {listed[0].line}")
-        unique.append(listed[0])
-    if len(unique) < len(rows):
-        report.notes.append(f"{len(rows)} rows hold {len(unique)} distinct images")
-
-    results = _inspect_all([row.path for row in unique], workers)
-    readable, animated = [], []
-    for row, result in zip(unique, results, strict=True):
-        if isinstance(result, ImageError):
-            kind = "missing files" if "file not found" in str(result) else "unreadable or corrupt images"
-            report.add(kind, f"{_where(row)} ({str(result).split(': ', 1)[-1]})")
-        else:
-            readable.append(replace(row, sha256=result.sha256))
-            if result.frames > 1:
-                animated.append(f"{row.written} ({result.frames} frames)")
-    if animated:
-        report.notes.append(
-            f"WARNING: {len(animated)} animated image(s), e.g. {animated[0]}: only the first frame is used"
-        )
-
-    # Identical bytes under different paths would leak between the splits; keep the first copy.
-    by_content: dict[str, list[Row]] = defaultdict(list)
-    for row in readable:
-        by_content[row.sha256].append(row)
-    distinct = []
-    for copies in by_content.values():
-        labels = {row.label for row in copies}
-        if len(labels) > 1:
-            report.add(
-                "identical images with different labels",
-                " vs ".join(f"{row.written} ({row.label})" for row in copies[:2]),
-            )
-            continue
-        for extra in copies[1:]:
-            report.add("identical content under different paths", f"{extra.written} = {copies[0].written}")
-        distinct.append(copies[0])
-
+    rows = _one_spelling_per_label(rows, report)
+    unique = _one_row_per_file(rows, report)
+    distinct = _one_copy_per_content(_readable(unique, report, workers), report)
     counts = Counter(row.label for row in distinct)
     small = {label for label, count in counts.items() if count < min_class_size}
     for label in sorted(small):
         report.add(
-            "classes too small to split",
-            f"{label!r} has {counts[label]} image(s), needs at least {min_class_size}",
+            "classes too small to split", f"{label!r} has {counts[label]} image(s), needs at least {min_class_size}"
         )
     kept = [row for row in distinct if row.label not in small]
 
@@ -313,6 +256,76 @@ def validate(
             f"classes are imbalanced ({largest} vs {smallest} images); accuracy alone will flatter the model"
         )
     return sorted(kept, key=lambda row: (row.label, str(row.path)))
+
+
+def _one_spelling_per_label(rows: list[Row], report: Report) -> list[Row]:
+    """Labels that differ only in case or whitespace are one class, spelled as most rows spell it."""
+    spellings: dict[str, Counter] = defaultdict(Counter)
+    for row in rows:
+        spellings[" ".join(row.label.split()).casefold()][row.label] += 1
+    canonical = {}
+    for variants in spellings.values():
+        chosen = min(variants, key=lambda spelling: (-variants[spelling], spelling))  # ties: "CD" before "cd"
+        for variant in variants:
+            canonical[variant] = chosen
+        if len(variants) > 1:
+            report.add("labels differing only in case or whitespace", " = ".join(repr(v) for v in variants))
+    return [replace(row, label=canonical[row.label]) for row in rows]
+
+
+def _one_row_per_file(rows: list[Row], report: Report) -> list[Row]:
+    """The same file listed twice with the same label is a duplicate row; with different labels
+    it is a contradiction, and every row of that file goes."""
+    by_path: dict[Path, list[Row]] = defaultdict(list)
+    for row in rows:
+        by_path[row.path].append(row)
+    unique = []
+    for listed in by_path.values():
+        labels = {row.label for row in listed}
+        if len(labels) > 1:
+            report.add("files listed with different labels", f"{listed[0].written} as {sorted(labels)}")
+            continue
+        if len(listed) > 1:
+            report.add("duplicate rows", f"{_where(listed[1])} repeats line {listed[0].line}")
+        unique.append(listed[0])
+    if len(unique) < len(rows):
+        report.notes.append(f"{len(rows)} rows hold {len(unique)} distinct images")
+    return unique
+
+
+def _readable(rows: list[Row], report: Report, workers: int | None) -> list[Row]:
+    """The rows whose file decodes (checked in parallel), each with its content's SHA-256."""
+    readable, animated = [], []
+    for row, result in zip(rows, _inspect_all([row.path for row in rows], workers), strict=True):
+        if isinstance(result, ImageError):
+            kind = "missing files" if "file not found" in str(result) else "unreadable or corrupt images"
+            report.add(kind, f"{_where(row)} ({str(result).split(': ', 1)[-1]})")
+        else:
+            readable.append(replace(row, sha256=result.sha256))
+            if result.frames > 1:
+                animated.append(f"{row.written} ({result.frames} frames)")
+    if animated:
+        report.notes.append(
+            f"WARNING: {len(animated)} animated image(s), e.g. {animated[0]}: only the first frame is used"
+        )
+    return readable
+
+
+def _one_copy_per_content(rows: list[Row], report: Report) -> list[Row]:
+    """Identical bytes under different paths would leak between the splits; keep the first copy."""
+    by_content: dict[str, list[Row]] = defaultdict(list)
+    for row in rows:
+        by_content[row.sha256].append(row)
+    distinct = []
+    for copies in by_content.values():
+        if len({row.label for row in copies}) > 1:
+            pair = " vs ".join(f"{row.written} ({row.label})" for row in copies[:2])
+            report.add("identical images with different labels", pair)
+            continue
+        for extra in copies[1:]:
+            report.add("identical content under different paths", f"{extra.written} = {copies[0].written}")
+        distinct.append(copies[0])
+    return distinct
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from trainer.atomic import staged_folder
+from trainer.atomic import partial_folder
 from trainer.errors import InputError
 
 LABELS = ("CD", "UD")
@@ -108,15 +108,15 @@ def make_demo_data(out_dir: str | Path, per_class: int = 60, seed: int = 0, imag
     if out_dir.exists() and any(out_dir.iterdir()):
         raise InputError(f"{out_dir}: exists and is not empty; choose an empty or new folder")
 
-    with staged_folder(out_dir) as staging:
+    with partial_folder(out_dir) as partial:
         rng = np.random.default_rng(seed)
         lines = ["ImagePath,Label"]
         for label in LABELS:
-            (staging / "Images" / label).mkdir(parents=True)
+            (partial / "Images" / label).mkdir(parents=True)
             for index in range(1, per_class + 1):
                 name = f"demo-{label.lower()}-{index:04d}.jpg"
-                make_image(rng, label, image_size).save(staging / "Images" / label / name, quality=90)
+                make_image(rng, label, image_size).save(partial / "Images" / label / name, quality=90)
                 lines.append(f"../Images/{label}/{name},{label}")
-        (staging / "Images" / "training_data.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
-        (staging / "demo.json").write_text(json.dumps(settings) + "\n")
+        (partial / "Images" / "training_data.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        (partial / "demo.json").write_text(json.dumps(settings) + "\n")
     return csv_path

@@ -2,90 +2,94 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
+from trainer import runfolder
 from trainer.errors import InputError
 
 
 def roc_auc(positive: np.ndarray, scores: np.ndarray) -> float | None:
-    """Area under the ROC curve: the chance that a random positive scores above a random negative,
-    ties counting half (the Mann-Whitney statistic, from average ranks). None without both kinds."""
+    """Area under the ROC curve of one class against the rest (ties count half); None when the
+    labels hold only one kind, where it is undefined."""
+    from sklearn.metrics import roc_auc_score
+
     positive = np.asarray(positive, dtype=bool)
-    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-    if not n_pos or not n_neg:
+    if positive.all() or not positive.any():
         return None
-    order = np.argsort(scores, kind="mergesort")
-    sorted_scores = np.asarray(scores)[order]
-    ranks = np.empty(len(scores))
-    start = 0
-    while start < len(sorted_scores):
-        end = start
-        while end + 1 < len(sorted_scores) and sorted_scores[end + 1] == sorted_scores[start]:
-            end += 1
-        ranks[order[start : end + 1]] = (start + end) / 2 + 1
-        start = end + 1
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(roc_auc_score(positive, scores))
 
 
 def top_k_accuracy(y_true: np.ndarray, probabilities: np.ndarray, k: int) -> float:
     """How often the true label is among the k most probable."""
-    top = np.argsort(-probabilities, axis=1, kind="mergesort")[:, :k]
-    return float((top == np.asarray(y_true)[:, None]).any(axis=1).mean()) if len(y_true) else 0.0
+    from sklearn.metrics import top_k_accuracy_score
+
+    if not len(y_true):
+        return 0.0
+    labels = np.arange(probabilities.shape[1])
+    return float(top_k_accuracy_score(y_true, probabilities, k=k, labels=labels))
+
+
+def normalized(probabilities: np.ndarray) -> np.ndarray:
+    """Rows scaled to sum to 1: float32 softmax outputs miss by about 1e-7, past which
+    scikit-learn's log_loss warns and then renormalizes anyway."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    totals = probabilities.sum(axis=1, keepdims=True)
+    return probabilities / np.where(totals > 0, totals, 1.0)
 
 
 def log_loss(y_true: np.ndarray, probabilities: np.ndarray) -> float:
-    """The mean negative log of each true label's probability (clipped at 1e-7); 0 for no images."""
+    """scikit-learn's log-loss over every class of `probabilities`; 0 for no images. The one
+    metrics.json reports and the fine-tuning guard compares."""
+    from sklearn.metrics import log_loss as sk_log_loss
+
     if not len(y_true):
         return 0.0
-    chosen = np.clip(np.asarray(probabilities, dtype=np.float64)[np.arange(len(y_true)), y_true], 1e-7, 1.0)
-    return float(-np.log(chosen).mean())
+    classes = np.arange(np.shape(probabilities)[1])
+    return float(sk_log_loss(y_true, normalized(probabilities), labels=classes))
 
 
 def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray, labels: list[str]) -> dict:
     """accuracy, per-class precision / recall / f1 / support, macro and support-weighted
     averages, the confusion matrix (rows: true label, columns: predicted, both in `labels`
     order), log-loss, ROC AUC (two classes: of the second label's score; more: the mean of each
-    class against the rest) and, with more than three classes, top-3 and top-5 accuracy."""
+    class against the rest, over the classes present) and, with more than three classes, top-3
+    and top-5 accuracy. scikit-learn computes them; this decides their names and edge cases."""
+    from sklearn import metrics as sk
+
     y_true = np.asarray(y_true, dtype=int)
     probabilities = np.asarray(probabilities, dtype=np.float64)
     y_pred = probabilities.argmax(axis=1)
     n = len(labels)
-    confusion = np.zeros((n, n), dtype=int)
-    np.add.at(confusion, (y_true, y_pred), 1)
-    per_class = {}
-    for index, label in enumerate(labels):
-        true_positive = confusion[index, index]
-        predicted = confusion[:, index].sum()
-        actual = confusion[index, :].sum()
-        precision = true_positive / predicted if predicted else 0.0
-        recall = true_positive / actual if actual else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_class[label] = {
-            "precision": float(precision),
-            "recall": float(recall),
-            "f1": float(f1),
-            "support": int(actual),
+    classes = np.arange(n)
+    confusion = sk.confusion_matrix(y_true, y_pred, labels=classes)
+    precision, recall, f1, support = sk.precision_recall_fscore_support(
+        y_true, y_pred, labels=classes, zero_division=0.0
+    )
+    per_class = {
+        label: {
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
         }
-    support = np.array([values["support"] for values in per_class.values()], dtype=float)
+        for i, label in enumerate(labels)
+    }
     if n == 2:
-        auc = roc_auc(y_true == 1, probabilities[:, 1]) if len(y_true) else None
+        auc = roc_auc(y_true == 1, probabilities[:, 1])
     else:
-        per_class_auc = [roc_auc(y_true == i, probabilities[:, i]) for i in range(n)]
-        known = [value for value in per_class_auc if value is not None]
+        known = [value for value in (roc_auc(y_true == i, probabilities[:, i]) for i in classes) if value is not None]
         auc = float(np.mean(known)) if known else None
+    empty = not len(y_true)
     return {
         "count": int(len(y_true)),
-        "accuracy": float((y_pred == y_true).mean()) if len(y_true) else 0.0,
+        "accuracy": 0.0 if empty else float(sk.accuracy_score(y_true, y_pred)),
         "per_class": per_class,
-        "macro_avg": {
-            key: float(np.mean([values[key] for values in per_class.values()])) for key in ("precision", "recall", "f1")
-        },
+        "macro_avg": {"precision": float(precision.mean()), "recall": float(recall.mean()), "f1": float(f1.mean())},
         "weighted_avg": {
-            key: float(np.average([v[key] for v in per_class.values()], weights=support)) if support.sum() else 0.0
-            for key in ("precision", "recall", "f1")
+            key: float(np.average(values, weights=support)) if support.sum() else 0.0
+            for key, values in (("precision", precision), ("recall", recall), ("f1", f1))
         },
         "roc_auc": auc,
         **{f"top_{k}_accuracy": top_k_accuracy(y_true, probabilities, k) for k in (3, 5) if n > k},
@@ -110,7 +114,7 @@ def evaluate_run(run_dir: str | Path, folder: str | None, file: str | None, stri
 
     run = predict.load_run(run_dir)
     if folder is None:
-        split_path = run.path / "split.csv"
+        split_path = run.path / runfolder.SPLIT
         if not split_path.is_file():
             raise InputError(f"{run.path}: no split.csv; give --folder with the images to evaluate on")
         rows = data.read_split(split_path)["test"]
@@ -131,4 +135,4 @@ def evaluate_run(run_dir: str | Path, folder: str | None, file: str | None, stri
 
 
 def write_metrics(metrics: dict, path: Path) -> None:
-    path.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    runfolder.write_json(path, metrics)

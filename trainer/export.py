@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
-import subprocess
 import sys
 import tempfile
 import warnings
@@ -34,8 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.atomic import replacing, staged_folder, write_atomically
+from trainer import runfolder, runtimes
+from trainer.atomic import partial_folder, replacing, write_atomically
 from trainer.errors import CheckFailed, InputError
+from trainer.predict import load_run
 
 log = logging.getLogger("trainer")
 
@@ -109,19 +109,8 @@ def write_saved_model(model, destination: Path) -> None:
         fn=lambda image: {"probabilities": model(image, training=False)},
         input_signature=[tf.TensorSpec([None, *size, 3], tf.float32, name="image")],
     )
-    with staged_folder(destination, replace=True) as staging, _quiet():
-        archive.write_out(str(staging), verbose=False)
-
-
-def serving_tensors(saved_model: Path) -> tuple[str, str]:
-    """The graph tensor names behind serving_default's image input and probabilities output,
-    which is what a C-API caller feeds and fetches."""
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    message = saved_model_pb2.SavedModel()
-    message.ParseFromString((saved_model / "saved_model.pb").read_bytes())
-    signature = message.meta_graphs[0].signature_def["serving_default"]
-    return signature.inputs["image"].name, signature.outputs["probabilities"].name
+    with partial_folder(destination, replace=True) as partial, _quiet():
+        archive.write_out(str(partial), verbose=False)
 
 
 def write_tflite(saved_model: Path, destination: Path, quantize: bool) -> None:
@@ -152,73 +141,6 @@ def write_onnx(model, destination: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Running each export
-
-
-def run_saved_model(saved_model: Path, images: np.ndarray) -> np.ndarray:
-    import tensorflow as tf
-
-    serve = tf.saved_model.load(str(saved_model)).signatures["serving_default"]
-    return serve(image=tf.constant(images))["probabilities"].numpy()
-
-
-def tflite_forward(path: Path):
-    """A function from float32 pixels [n, size, size, 3] to probabilities, on one interpreter."""
-    import tensorflow as tf
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tf.lite.Interpreter's notice about LiteRT
-        interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=os.cpu_count())
-    source = interpreter.get_input_details()[0]["index"]
-    result = interpreter.get_output_details()[0]["index"]
-    shape: list[tuple] = [()]
-
-    def forward(images: np.ndarray) -> np.ndarray:
-        if shape[0] != images.shape:
-            interpreter.resize_tensor_input(source, images.shape)
-            interpreter.allocate_tensors()
-            shape[0] = images.shape
-        interpreter.set_tensor(source, np.ascontiguousarray(images, dtype=np.float32))
-        interpreter.invoke()
-        return interpreter.get_tensor(result).copy()
-
-    forward.interpreter = interpreter
-    return forward
-
-
-def run_tflite(path: Path, images: np.ndarray) -> np.ndarray:
-    return tflite_forward(path)(images)
-
-
-def run_onnx(path: Path, images: np.ndarray) -> np.ndarray:
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run(["probabilities"], {"image": images})[0]
-
-
-def run_c_api(saved_model: Path, images: np.ndarray) -> tuple[np.ndarray, str]:
-    """In a child process that loads libtensorflow.so.2 and never imports TensorFlow's Python."""
-    input_name, output_name = serving_tensors(saved_model)
-    with tempfile.TemporaryDirectory(prefix="capi-") as folder:
-        source, result = Path(folder) / "images.npy", Path(folder) / "probabilities.npy"
-        np.save(source, images)
-        environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-        completed = subprocess.run(
-            [sys.executable, "-m", "trainer.capi", str(saved_model.resolve()), str(source), str(result)]
-            + ["--input-op", input_name.split(":")[0], "--output-op", output_name.split(":")[0]],
-            capture_output=True,
-            text=True,
-            env=environment,
-            cwd=Path(__file__).resolve().parent.parent,
-            check=False,
-        )
-        if completed.returncode != 0:
-            lines = [line for line in completed.stderr.splitlines() if "error" in line.lower()] or ["no output"]
-            raise RuntimeError(lines[-1])
-        return np.load(result), completed.stdout.strip()
-
-
 # ---------------------------------------------------------------------------------------------
 # The check
 
@@ -227,7 +149,7 @@ def check_images(run_dir: Path, count: int = CHECK_IMAGES) -> list[str]:
     """Up to `count` test images of the run (then validation, then training ones), still on disk."""
     from trainer import data
 
-    split = run_dir / "split.csv"
+    split = run_dir / runfolder.SPLIT
     if not split.is_file():
         raise InputError(f"{run_dir}: no split.csv, so no test images to check the exports with")
     parts = data.read_split(split)
@@ -274,19 +196,19 @@ class Runtime:
 RUNTIMES = (
     Runtime(
         "SavedModel", "saved_model", "saved_model", FLOAT_TOLERANCE, True,
-        lambda model, path, source: write_saved_model(model, path), lambda path, images: run_saved_model(path, images),
+        lambda model, path, source: write_saved_model(model, path), lambda path, images: runtimes.saved_model_forward(path)[0](images),
     ),
     Runtime(
         "TFLite", "model.tflite", "tflite", FLOAT_TOLERANCE, True,
-        lambda model, path, source: write_tflite(source, path, False), lambda path, images: run_tflite(path, images),
+        lambda model, path, source: write_tflite(source, path, False), lambda path, images: runtimes.tflite_forward(path)(images),
     ),
     Runtime(
         "TFLite int8", "model_int8.tflite", "tflite", QUANTIZED_TOLERANCE, False,
-        lambda model, path, source: write_tflite(source, path, True), lambda path, images: run_tflite(path, images),
+        lambda model, path, source: write_tflite(source, path, True), lambda path, images: runtimes.tflite_forward(path)(images),
     ),
     Runtime(
         "ONNX Runtime", "model.onnx", "onnx", FLOAT_TOLERANCE, True,
-        lambda model, path, source: write_onnx(model, path), lambda path, images: run_onnx(path, images),
+        lambda model, path, source: write_onnx(model, path), lambda path, images: runtimes.onnx_forward(path)(images),
     ),
 )  # fmt: skip
 
@@ -295,50 +217,18 @@ def export_run(run_dir: str | Path, formats: tuple[str, ...] = FORMATS, check: b
     """(Re)write the run's exports and check them; writes and returns exports.json's content.
     write=False checks the exports already in the folder (after copying them, say).
     Raises CheckFailed when any leg disagrees or fails, after writing exports.json."""
-    from trainer.predict import load_run
-
     run_dir = Path(run_dir)
     run = load_run(run_dir)
     if run.model is None:
         raise InputError(f"{run_dir}: pass a run folder (with model.keras) to export from")
-    model = run.model
     chosen = [runtime for runtime in RUNTIMES if runtime.format in formats]
-    legs: list[Leg] = []
-    written: list[Runtime] = []
-
-    def failed_export(runtime: Runtime, error: Exception) -> None:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        legs.append(
-            Leg(runtime.name, runtime.file, runtime.tolerance, detail=f"export failed: {type(error).__name__}: {first}")
-        )
-        log.error("export %s failed: %s", runtime.file, first)
-
-    saved_model = run_dir / "saved_model"
-    if not write:
+    if write:
+        written, legs = write_exports(run.model, run_dir, chosen)
+    else:
         for runtime in chosen:
             if not (run_dir / runtime.file).exists():
                 raise InputError(f"{run_dir / runtime.file}: not found; run 'python -m trainer export {run_dir}'")
-        written = chosen
-    else:
-        # TFLite converts from a SavedModel: the run's own, or one in a scratch folder.
-        with tempfile.TemporaryDirectory(prefix=".export-") as scratch:
-            source = saved_model if "saved_model" in formats else Path(scratch) / "saved_model"
-            source_error = None
-            if "saved_model" not in formats and "tflite" in formats:
-                try:
-                    write_saved_model(model, source)
-                except Exception as error:  # noqa: BLE001 - reported as the TFLite legs' failure
-                    source_error = error
-            for runtime in chosen:
-                try:
-                    if source_error is not None and runtime.format == "tflite":
-                        raise source_error
-                    runtime.write(model, run_dir / runtime.file, source)
-                except Exception as error:  # noqa: BLE001 - every failure becomes a failed leg, reported
-                    failed_export(runtime, error)
-                else:
-                    written.append(runtime)
-
+        written, legs = chosen, []
     result = {
         "serving": {
             "input": {"name": "image", "dtype": "float32", "shape": [None, run.image_size, run.image_size, 3]},
@@ -349,63 +239,85 @@ def export_run(run_dir: str | Path, formats: tuple[str, ...] = FORMATS, check: b
         "checked": check,
     }
     if check:
-        paths = check_images(run_dir)
-        images = np.concatenate([batch.numpy() for batch in _pixels(paths, run.image_size)])
-        reference = model.predict(images, verbose=0).astype(np.float64)
-        for runtime in written:
-            try:
-                with _quiet():
-                    values = runtime.run(run_dir / runtime.file, images)
-                leg = compare(runtime.name, runtime.file, reference, values, runtime.tolerance)
-                leg.enforced = runtime.enforced
-                if not leg.enforced and not leg.ok:
-                    # Quantization is lossy by design: how much it costs depends on the model
-                    # (deep nets with random weights lose everything), so it is reported and
-                    # warned about; the float legs are the parity check.
-                    log.warning(
-                        "WARNING: %s differs from Keras by up to %.2f in probability; "
-                        "quantization costs this model accuracy, so prefer model.tflite",
-                        runtime.file,
-                        leg.max_difference,
-                    )
-                legs.append(leg)
-            except Exception as error:  # noqa: BLE001
-                legs.append(Leg(runtime.name, runtime.file, runtime.tolerance, detail=f"could not run: {error}"))
-        if any(runtime.format == "saved_model" for runtime in written):
-            try:
-                values, library = run_c_api(saved_model, images)
-                leg = compare("TensorFlow C library", "saved_model", reference, values, FLOAT_TOLERANCE)
-                leg.detail = library
-            except Exception as error:  # noqa: BLE001
-                leg = Leg("TensorFlow C library", "saved_model", FLOAT_TOLERANCE, detail=f"could not run: {error}")
-            legs.append(leg)
-        result["images"] = paths
+        result["images"] = check_images(run_dir)
+        images = np.concatenate([batch.numpy() for batch in _pixels(result["images"], run.image_size)])
+        reference = run.model.predict(images, verbose=0).astype(np.float64)
+        legs += check_exports(run_dir, written, images, reference)
         result["keras"] = reference.round(6).tolist()
     result["legs"] = [asdict(leg) for leg in legs]
-    failed = [leg for leg in legs if not leg.ok and (leg.enforced or leg.detail.startswith("export"))]
-    if not check:
-        failed = [leg for leg in legs if leg.detail.startswith("export")]
+    failed = [leg for leg in legs if leg.detail.startswith("export") or (check and leg.enforced and not leg.ok)]
     result["ok"] = not failed
-    write_atomically(run_dir / "exports.json", json.dumps(result, indent=2) + "\n")
+    runfolder.write_json(run_dir / runfolder.EXPORTS, result)
     for leg in legs:
         if leg.max_difference is not None:
-            log.info(
-                "export check %-21s max |difference| %.2e (tolerance %g), top class %s%s",
-                leg.name,
-                leg.max_difference,
-                leg.tolerance,
-                "agrees" if leg.top_class_agrees else "DIFFERS",
-                f" [{leg.detail}]" if leg.detail else "",
-            )
+            log.info("export check %-21s max |difference| %.2e (tolerance %g), top class %s%s", leg.name,
+                     leg.max_difference, leg.tolerance, "agrees" if leg.top_class_agrees else "DIFFERS",
+                     f" [{leg.detail}]" if leg.detail else "")  # fmt: skip
     if failed:
-        raise CheckFailed(
-            "export check failed: "
-            + "; ".join(
-                f"{leg.name} " + (_difference(leg) if leg.max_difference is not None else leg.detail) for leg in failed
-            )
-            + f" (details in {run_dir / 'exports.json'})"
-        )
+        reasons = [
+            f"{leg.name} " + (_difference(leg) if leg.max_difference is not None else leg.detail) for leg in failed
+        ]
+        raise CheckFailed(f"export check failed: {'; '.join(reasons)} (details in {run_dir / runfolder.EXPORTS})")
     return result
+
+
+def write_exports(model, run_dir: Path, chosen: list[Runtime]) -> tuple[list[Runtime], list[Leg]]:
+    """Write each chosen export: (those written, a failed leg for each that could not be)."""
+    written, failed = [], []
+    # TFLite converts from a SavedModel: the run's own, or one in a scratch folder.
+    with tempfile.TemporaryDirectory(prefix=".export-") as scratch:
+        formats = {runtime.format for runtime in chosen}
+        source = run_dir / "saved_model" if "saved_model" in formats else Path(scratch) / "saved_model"
+        source_error = None
+        if "saved_model" not in formats and "tflite" in formats:
+            try:
+                write_saved_model(model, source)
+            except Exception as error:  # noqa: BLE001 - reported as the TFLite legs' failure
+                source_error = error
+        for runtime in chosen:
+            try:
+                if source_error is not None and runtime.format == "tflite":
+                    raise source_error
+                runtime.write(model, run_dir / runtime.file, source)
+            except Exception as error:  # noqa: BLE001 - every failure becomes a failed leg, reported
+                first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                detail = f"export failed: {type(error).__name__}: {first}"
+                failed.append(Leg(runtime.name, runtime.file, runtime.tolerance, detail=detail))
+                log.error("export %s failed: %s", runtime.file, first)
+            else:
+                written.append(runtime)
+    return written, failed
+
+
+def check_exports(run_dir: Path, written: list[Runtime], images: np.ndarray, reference: np.ndarray) -> list[Leg]:
+    """Each written export run on `images` and compared with Keras's `reference` probabilities;
+    the SavedModel also through the TensorFlow C library."""
+    legs = []
+    for runtime in written:
+        try:
+            with _quiet():
+                values = runtime.run(run_dir / runtime.file, images)
+            leg = compare(runtime.name, runtime.file, reference, values, runtime.tolerance)
+        except Exception as error:  # noqa: BLE001
+            legs.append(Leg(runtime.name, runtime.file, runtime.tolerance, detail=f"could not run: {error}"))
+            continue
+        leg.enforced = runtime.enforced
+        if not leg.enforced and not leg.ok:
+            # Quantization is lossy by design: how much it costs depends on the model (deep nets
+            # with random weights lose everything), so it is reported and warned about; the
+            # float legs are the parity check.
+            log.warning("WARNING: %s differs from Keras by up to %.2f in probability; quantization costs this "
+                        "model accuracy, so prefer model.tflite", runtime.file, leg.max_difference)  # fmt: skip
+        legs.append(leg)
+    if any(runtime.format == "saved_model" for runtime in written):
+        try:
+            values, library = runtimes.run_c_api(run_dir / "saved_model", images)
+            leg = compare("TensorFlow C library", "saved_model", reference, values, FLOAT_TOLERANCE)
+            leg.detail = library
+        except Exception as error:  # noqa: BLE001
+            leg = Leg("TensorFlow C library", "saved_model", FLOAT_TOLERANCE, detail=f"could not run: {error}")
+        legs.append(leg)
+    return legs
 
 
 def _difference(leg: Leg) -> str:

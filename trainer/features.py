@@ -174,12 +174,15 @@ def cached_features(
     folder: Path,
     jit_compile: bool = False,
     views: tuple[str, ...] = ("id",),
+    counts: dict | None = None,
 ) -> np.ndarray:
     """Features for rows (in order) seen in each of `views`, view after view: from the cache
     where present, featurized and stored where not. The cache is read once for all the views.
-    A view other than the image itself is stored as "sha256:view"."""
+    A view other than the image itself is stored as "sha256:view". `counts`, when given, gets
+    {view: {"reused": n, "featurized": m}} (distinct images) for the run's manifest."""
     cache = FeatureCache(folder)
     known = cache.load()
+    folder.mkdir(parents=True, exist_ok=True)  # where the shards will go: featurizing has begun
     every = []
     for view in views:
         identity = {row.sha256: row.sha256 if view == "id" else f"{row.sha256}:{view}" for row in rows}
@@ -187,6 +190,8 @@ def cached_features(
         seen_as = "" if view == "id" else f" (seen as {view})"
         log.info("feature cache %s: %d images%s reused, %d to featurize", folder, len(identity) - len(missing), seen_as,
                  len(missing))  # fmt: skip
+        if counts is not None:
+            counts[view] = {"reused": len(identity) - len(missing), "featurized": len(missing)}
         if missing:
             _featurize_into(cache, known, missing, feature_model, image_size, batch_size, jit_compile, view)
         every.append(np.stack([known[identity[row.sha256]] for row in rows]))

@@ -14,21 +14,14 @@ import json
 from importlib import metadata
 from pathlib import Path
 
+from trainer.atomic import sha256_of
 from trainer.config import TrainConfig
+from trainer.config import options as config_options
 
 # Options that say where things go, not what is trained.
-PLACES = ("folder", "file", "output", "runs_dir", "workspace", "weights_cache")
 # The packages whose versions change the model or its exports.
 STACK = ("tensorflow", "keras", "numpy", "pillow", "protobuf", "onnx", "tf2onnx", "onnxruntime")
 CODE = Path(__file__).resolve().parent
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def data_digest(config: TrainConfig) -> str:
@@ -40,7 +33,7 @@ def data_digest(config: TrainConfig) -> str:
     digest = hashlib.sha256()
     for row in rows:
         try:
-            content = _sha256(row.path)
+            content = sha256_of(row.path)
         except OSError:
             content = "unreadable"
         digest.update(json.dumps([row.written, row.label, content]).encode())
@@ -71,12 +64,17 @@ def stack() -> dict[str, str | None]:
 def training_request(config: TrainConfig) -> dict:
     """{"data", "options", "stack", "code"}: each part compared on its own, so that a rerun can
     say what changed."""
+    return {"data": data_digest(config), "options": compared_options(config), "stack": stack(), "code": code_digest()}
+
+
+def compared_options(config: TrainConfig) -> dict:
+    """The options that make the model: every one but the places (trainer/config.py)."""
     from trainer.features import weights_identity
 
-    options = {key: value for key, value in config.to_dict().items() if key not in PLACES}
+    options = {option.name: getattr(config, option.name) for option in config_options() if not option.metadata["place"]}
     if options["weights"] not in ("auto", "imagenet", "none"):
         options["weights"] = weights_identity(options["weights"])  # the file's content, not its path
-    return {"data": data_digest(config), "options": options, "stack": stack(), "code": code_digest()}
+    return options
 
 
 def request_key(request: dict) -> str:

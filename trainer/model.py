@@ -137,9 +137,7 @@ def load_backbone(name: str, image_size: int, weights: str) -> tuple[object, str
     `auto` means ImageNet weights when Keras has them cached or can download them, otherwise
     none, with a warning that says what that costs.
     """
-    spec = BACKBONES[name]
-    if image_size < spec.min_size:
-        raise InputError(f"--image-size must be at least {spec.min_size} for {name} (got {image_size})")
+    spec = BACKBONES[name]  # TrainConfig.check has held image_size against spec.min_size
     if weights == "none":
         return build_backbone(name, image_size, None), "none"
     if weights in ("auto", "imagenet") and spec.imagenet_offline:

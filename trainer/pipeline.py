@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from trainer.data import SPLITS
 from trainer.images import load_image
 
 PARALLEL = os.cpu_count() or 2  # decoding threads
@@ -120,3 +121,60 @@ def _random_transpose_layer():
 
 def fits_in_memory(count: int, image_size: int, megabytes: int) -> bool:
     return count * image_size * image_size * 3 <= megabytes * 1024 * 1024
+
+
+def feature_datasets(
+    features: dict[str, np.ndarray],
+    labels: dict[str, np.ndarray],
+    batch_size: int,
+    seed: int,
+    augmented: np.ndarray | None = None,
+) -> dict:
+    """Batches of cached features per split, plus `train_eval` (the training images in order,
+    for --metrics-on-train); `augmented` stacks the training images' features seen in every
+    --feature-augment view (the identity first), which the head trains on."""
+    import tensorflow as tf
+
+    out = {}
+    for name in SPLITS:
+        values, targets = features[name], labels[name]
+        if name == "train" and augmented is not None:
+            values, targets = augmented, np.tile(targets, len(augmented) // len(targets))
+        dataset = tf.data.Dataset.from_tensor_slices((values, targets))
+        if name == "train":
+            dataset = dataset.shuffle(len(values), seed=seed, reshuffle_each_iteration=True)
+        out[name] = distributable(prefetched(dataset.batch(batch_size)))
+    out["train_eval"] = tf.data.Dataset.from_tensor_slices((features["train"], labels["train"])).batch(batch_size)
+    return out
+
+
+def image_datasets(paths: dict[str, list[str]], labels: dict[str, np.ndarray], config, batch_size: int) -> dict:
+    """Batches of decoded images per split (augmented for training when config.augment), plus
+    `train_eval`; held in memory when they fit in config.cache_megabytes."""
+    total = sum(map(len, paths.values()))
+    cache = fits_in_memory(total, config.image_size, config.cache_megabytes)
+    out = {}
+    for name in SPLITS:
+        out[name] = distributable(
+            make_dataset(
+                paths[name],
+                labels[name],
+                config.image_size,
+                batch_size,
+                shuffle=name == "train",
+                seed=config.seed,
+                cache=cache and name != "test",
+                augment=augmentation(config.seed) if config.augment and name == "train" else None,
+            )
+        )
+    out["train_eval"] = make_dataset(paths["train"], labels["train"], config.image_size, batch_size)
+    return out
+
+
+def distributable(dataset):
+    """Shard by element, not by file: the pipelines start from in-memory lists."""
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)

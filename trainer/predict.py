@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import sys
 from dataclasses import dataclass
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer import data
+from trainer import data, runfolder, runtimes
 from trainer.atomic import replacing
 from trainer.errors import InputError
 from trainer.images import is_image_file
@@ -39,16 +38,6 @@ class Run:
         return np.concatenate([np.asarray(self.forward(batch.numpy())) for batch in dataset])
 
 
-def _labels(candidates: list[Path], model_path: Path) -> list[str]:
-    for path in candidates:
-        if path.is_file():
-            labels = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-            if labels:
-                return labels
-            raise InputError(f"{path}: no labels in this file")
-    raise InputError(f"--model: no labels.txt beside {model_path}; copy the run's labels.txt there")
-
-
 def load_run(location: str | Path) -> Run:
     """A run folder (model.keras + labels.txt), a .keras file, a SavedModel folder or a .tflite
     file, with labels.txt beside the file, or in or beside the SavedModel folder."""
@@ -58,18 +47,18 @@ def load_run(location: str | Path) -> Run:
     if location.suffix == ".tflite":
         return _load_tflite(location)
     run_dir = location.parent if location.suffix == ".keras" else location
-    model_path = location if location.suffix == ".keras" else location / "model.keras"
+    model_path = location if location.suffix == ".keras" else location / runfolder.MODEL
     if not model_path.is_file():
         raise InputError(
             f"--model: {model_path} not found; pass a run folder, a .keras file, a SavedModel folder or a .tflite file"
         )
-    if not (run_dir / "labels.txt").is_file():
-        raise InputError(f"--model: {run_dir / 'labels.txt'} not found; the run folder is incomplete")
+    if not (run_dir / runfolder.LABELS).is_file():
+        raise InputError(f"--model: {run_dir / runfolder.LABELS} not found; the run folder is incomplete")
     import keras
 
     model = keras.models.load_model(model_path, compile=False)
-    labels = _labels([run_dir / "labels.txt"], model_path)
-    _check_outputs(labels, model.output_shape[-1], run_dir / "labels.txt")
+    labels = runfolder.read_labels([run_dir / runfolder.LABELS], model_path)
+    _check_outputs(labels, model.output_shape[-1], run_dir / runfolder.LABELS)
     return Run(run_dir, lambda images: model.predict(images, verbose=0), labels, int(model.input_shape[1]), model)
 
 
@@ -79,33 +68,18 @@ def _check_outputs(labels: list[str], outputs: int, labels_path: Path) -> None:
 
 
 def _load_saved_model(folder: Path) -> Run:
-    import tensorflow as tf
-
-    labels = _labels([folder / "labels.txt", folder.parent / "labels.txt"], folder)
-    signatures = tf.saved_model.load(str(folder)).signatures
-    if "serving_default" not in signatures:
-        raise InputError(f"--model: {folder} has no serving_default signature")
-    serve = signatures["serving_default"]
-    spec = serve.structured_input_signature[1]
-    if list(spec) != ["image"]:
-        raise InputError(f"--model: {folder}'s serving signature takes {', '.join(spec)}, not image")
-    _check_outputs(labels, int(serve.structured_outputs["probabilities"].shape[-1]), folder)
-    return Run(
-        folder.parent,
-        lambda images: serve(image=tf.constant(images))["probabilities"].numpy(),
-        labels,
-        int(spec["image"].shape[1]),
-    )
+    labels = runfolder.read_labels([folder / runfolder.LABELS, folder.parent / runfolder.LABELS], folder)
+    forward, size, outputs = runtimes.saved_model_forward(folder)
+    _check_outputs(labels, outputs, folder)
+    return Run(folder.parent, forward, labels, size)
 
 
 def _load_tflite(path: Path) -> Run:
-    from trainer.export import tflite_forward
-
     if not path.is_file():
         raise InputError(f"--model: {path} not found")
-    labels = _labels([path.with_name("labels.txt")], path)
+    labels = runfolder.read_labels([path.with_name(runfolder.LABELS)], path)
     try:
-        forward = tflite_forward(path)
+        forward = runtimes.tflite_forward(path)
     except ValueError as error:
         raise InputError(f"--model: {path} is not a TensorFlow Lite model ({str(error).splitlines()[0]})") from None
     interpreter = forward.interpreter
@@ -166,8 +140,3 @@ def _write_rows(handle, results) -> None:
     writer.writerow(["ImagePath", "PredictedLabel", "Score"])
     for path, label, score in results:
         writer.writerow([path, label, f"{score:.6f}"])
-
-
-def read_config(run: Run) -> dict:
-    path = run.path / "config.json"
-    return json.loads(path.read_text()) if path.is_file() else {}

@@ -19,9 +19,10 @@ import json
 import time
 from pathlib import Path
 
-from trainer import pictures
-from trainer.atomic import replacing, write_atomically
+from trainer import pictures, runfolder
+from trainer.atomic import write_atomically
 from trainer.errors import InputError
+from trainer.runfolder import read_json
 
 PICTURES = {
     "learning_curves.png": "Learning curves",
@@ -30,80 +31,32 @@ PICTURES = {
 }
 
 
-def write_predictions(path: Path, labels: list[str], parts: dict[str, tuple[list, list, object]]) -> None:
-    """parts: split name -> (image paths, true labels, probabilities [n, classes])."""
-    with replacing(path) as temporary, temporary.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(
-            ["ImagePath", "Label", "Split", "PredictedLabel", "Score", *(f"P({label})" for label in labels)]
-        )
-        for split, (paths, true_labels, probabilities) in parts.items():
-            for image, label, p in zip(paths, true_labels, probabilities, strict=True):
-                best = int(p.argmax())
-                writer.writerow([image, label, split, labels[best], f"{p[best]:.6f}", *(f"{v:.6f}" for v in p)])
-
-
-def read_predictions(path: Path, split: str = "test") -> list[dict]:
-    if not path.is_file():
-        return []
-    out = []
-    with path.open(newline="", encoding="utf-8") as handle:
-        for record in csv.DictReader(handle):
-            if record["Split"] != split:
-                continue
-            out.append(
-                {
-                    "path": record["ImagePath"],
-                    "label": record["Label"],
-                    "predicted": record["PredictedLabel"],
-                    "score": float(record["Score"]),
-                    "true_probability": float(record.get(f"P({record['Label']})") or 0.0),
-                }
-            )
-    return out
-
-
-def read_history(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    rows = []
-    with path.open(newline="", encoding="utf-8") as handle:
-        for record in csv.DictReader(handle):
-            row = {"phase": record.pop("phase"), "epoch": int(record.pop("epoch"))}
-            row.update({key: float(value) for key, value in record.items() if value not in ("", None)})
-            rows.append(row)
-    return rows
-
-
-def _json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except json.JSONDecodeError as error:
-        raise InputError(f"{path}: not valid JSON ({error}); the run folder is damaged") from None
-
-
 def draw_pictures(run_dir: Path) -> list[Path]:
-    metrics = _json(run_dir / "metrics.json")
-    drawn = [pictures.learning_curves(read_history(run_dir / "history.csv"), run_dir / "learning_curves.png")]
+    metrics = read_json(run_dir / runfolder.METRICS)
+    drawn = [
+        pictures.learning_curves(runfolder.read_history(run_dir / runfolder.HISTORY), run_dir / "learning_curves.png")
+    ]
     if metrics.get("confusion_matrix"):
         drawn.append(
             pictures.confusion_matrix(metrics["confusion_matrix"], metrics["labels"], run_dir / "confusion_matrix.png")
         )
     drawn.append(
-        pictures.worst_images(read_predictions(run_dir / "predictions.csv"), run_dir / "worst_test_images.png")
+        pictures.worst_images(
+            runfolder.read_predictions(run_dir / runfolder.PREDICTIONS), run_dir / "worst_test_images.png"
+        )
     )
     return drawn
 
 
 def build(run_dir: str | Path, name: str | None = None) -> Path:
     """Redraw the pictures and write report.html; returns the page's path. name: the run's
-    name in the title, when the folder is still being written under a staging name."""
+    name in the title, when the folder is still being written under a partial name."""
     run_dir = Path(run_dir)
-    if not (run_dir / "metrics.json").is_file():
+    if not (run_dir / runfolder.METRICS).is_file():
         raise InputError(f"{run_dir}: no metrics.json; pass a run folder written by 'trainer train'")
     draw_pictures(run_dir)
     page = render(run_dir, name or run_dir.name)
-    destination = run_dir / "report.html"
+    destination = run_dir / runfolder.REPORT
     write_atomically(destination, page)
     return destination
 
@@ -176,7 +129,7 @@ def _data_section(metrics: dict, split_counts: dict) -> str:
 
 
 def _split_counts(run_dir: Path) -> dict:
-    path = run_dir / "split.csv"
+    path = run_dir / runfolder.SPLIT
     counts: dict[str, dict[str, int]] = {}
     if path.is_file():
         with path.open(newline="", encoding="utf-8") as handle:
@@ -220,10 +173,10 @@ code { background: #f4f4f4; padding: 1px 4px; }
 
 
 def render(run_dir: Path, name: str) -> str:
-    metrics = _json(run_dir / "metrics.json")
-    config = _json(run_dir / "config.json")
-    manifest = _json(run_dir / "manifest.json")
-    exports = _json(run_dir / "exports.json")
+    metrics = read_json(run_dir / runfolder.METRICS)
+    config = read_json(run_dir / runfolder.CONFIG)
+    manifest = read_json(run_dir / runfolder.MANIFEST)
+    exports = read_json(run_dir / runfolder.EXPORTS)
     title = f"{name}: {config.get('backbone', '?')} classifier"
     headline = (
         f"Test accuracy <b>{metrics['accuracy']:.3f}</b> on {metrics['count']} images"

@@ -1,10 +1,13 @@
 """Training, from a validated image list to a complete run folder.
 
-    load_data     rows validated and split (or an explicit validation CSV)
-    train_head    pretrained weights: features cached once, the head trained on them
-    fine_tune     optionally, the top of the backbone trained on images at a low rate
-    train_images  no pretrained weights: the whole network trained on images
-    main          evaluation, and the run folder written whole or not at all
+    load_data        rows validated and split (or an explicit validation CSV)
+    start_session    seeds, the GPU policy, the distribution strategy, checkpoint places
+    featurize        pretrained weights: every image's features, computed once and cached
+    train_head       the classifier trained on the cached features
+    fine_tune        optionally, the top of the backbone trained on images at a low rate
+    train_images     no pretrained weights: the whole network trained on images
+    evaluate_splits  metrics on the held-out splits
+    main             the phases in order, and the run folder written whole or not at all
 
 Every phase checkpoints each epoch (trainer.resume), so rerunning the same command after a
 disconnect resumes where it stopped.
@@ -13,7 +16,6 @@ disconnect resumes where it stopped.
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
 import json
 import logging
@@ -28,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer import data
-from trainer.atomic import link_or_copy, staged_folder
+from trainer import data, multiworker, pipeline, runfolder
+from trainer.atomic import link_or_copy, partial_folder
 from trainer.config import TrainConfig, save_config
 from trainer.errors import CheckFailed, InputError
 from trainer.evaluate import classification_metrics, log_loss, summary_line, write_metrics
@@ -52,6 +54,12 @@ class Data:
 
     def paths(self, name: str) -> list[str]:
         return [str(row.path) for row in self.parts[name]]
+
+    def labels_by_split(self) -> dict[str, np.ndarray]:
+        return {name: self.y(name) for name in data.SPLITS}
+
+    def paths_by_split(self) -> dict[str, list[str]]:
+        return {name: self.paths(name) for name in data.SPLITS}
 
     def fingerprint(self) -> str:
         """One hash of every image's content, label and split: what the run was trained on."""
@@ -189,7 +197,7 @@ def _fit(
 
     strategy = model.distribute_strategy
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return _fit_multi_worker(model, strategy, config, train, validation, epochs=epochs, weights=weights)
+        return Phase(multiworker.fit(model, strategy, config, train, validation, epochs=epochs, weights=weights))
 
     monitor = "val_" + config.early_stopping_metric
     stopper = keras.callbacks.EarlyStopping(
@@ -262,129 +270,6 @@ def _compile_and_fit(
     )
 
 
-def _fit_multi_worker(model, strategy, config: TrainConfig, train, validation, *, epochs: int, weights) -> Phase:
-    """Keras 3's fit does not run under MultiWorkerMirroredStrategy (keras-team/keras#20585), so
-    several workers train with this loop: strategy.run per batch, gradients all-reduced, early
-    stopping on the validation loss or accuracy. It keeps no per-epoch checkpoints."""
-    import keras
-    import tensorflow as tf
-
-    class_weight = tf.constant([weights[i] for i in sorted(weights)] if weights else [1.0] * model.output_shape[-1])
-
-    def replica_step(images, labels, training: bool):
-        with tf.GradientTape() as tape:
-            probabilities = model(images, training=training)
-            per_example = keras.losses.sparse_categorical_crossentropy(labels, probabilities)
-            weighted = per_example * tf.gather(class_weight, labels) if training else per_example
-            loss = tf.nn.compute_average_loss(weighted, global_batch_size=global_batch)
-        if training:
-            gradients = tape.gradient(loss, model.trainable_variables)
-            model.optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
-        correct = tf.reduce_sum(
-            tf.cast(tf.equal(tf.argmax(probabilities, 1, output_type=tf.int32), labels), tf.float32)
-        )
-        return tf.reduce_sum(per_example), correct, tf.cast(tf.size(labels), tf.float32)
-
-    @tf.function
-    def step(batch, training: bool):
-        totals = strategy.run(replica_step, args=(*batch, training))
-        return [strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None) for value in totals]
-
-    def run_epoch(dataset, training: bool) -> tuple[float, float]:
-        loss = correct = count = 0.0
-        for batch in dataset:
-            batch_loss, batch_correct, batch_count = step(batch, training)
-            loss, correct, count = loss + float(batch_loss), correct + float(batch_correct), count + float(batch_count)
-        return loss / max(count, 1.0), correct / max(count, 1.0)
-
-    global_batch = config.batch_size * strategy.num_replicas_in_sync
-    train_dist = strategy.experimental_distribute_dataset(train)
-    validation_dist = strategy.experimental_distribute_dataset(validation)
-    history: dict[str, list[float]] = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
-    sign = 1.0 if config.early_stopping_metric == "loss" else -1.0
-    best, best_weights, wait = float("inf"), None, 0
-    for epoch in range(epochs):
-        loss, accuracy = run_epoch(train_dist, True)
-        val_loss, val_accuracy = run_epoch(validation_dist, False)
-        for key, value in zip(history, (loss, accuracy, val_loss, val_accuracy), strict=True):
-            history[key].append(value)
-        log.info(
-            "epoch %d/%d - loss %.4f - accuracy %.4f - val_loss %.4f - val_accuracy %.4f",
-            epoch + 1,
-            epochs,
-            loss,
-            accuracy,
-            val_loss,
-            val_accuracy,
-        )
-        score = sign * (val_loss if config.early_stopping_metric == "loss" else val_accuracy)
-        if score < best - config.min_delta:
-            best, best_weights, wait = score, model.get_weights(), 0
-        else:
-            wait += 1
-            if wait > config.patience:
-                log.info("epoch %d: early stopping", epoch + 1)
-                break
-    if best_weights is not None:
-        model.set_weights(best_weights)
-    return Phase(history, 0)
-
-
-def _feature_datasets(
-    features: dict[str, np.ndarray], loaded: Data, batch_size: int, seed: int, augmented: np.ndarray | None = None
-):
-    """tf.data over cached features; `augmented` stacks the training images' features seen in
-    every --feature-augment view (the identity first), which the head trains on."""
-    import tensorflow as tf
-
-    from trainer.pipeline import prefetched
-
-    out = {}
-    for name in data.SPLITS:
-        values, labels = features[name], loaded.y(name)
-        if name == "train" and augmented is not None:
-            values, labels = augmented, np.tile(labels, len(augmented) // len(labels))
-        dataset = tf.data.Dataset.from_tensor_slices((values, labels))
-        if name == "train":
-            dataset = dataset.shuffle(len(values), seed=seed, reshuffle_each_iteration=True)
-        out[name] = _distributable(prefetched(dataset.batch(batch_size)))
-    out["train_eval"] = tf.data.Dataset.from_tensor_slices((features["train"], loaded.y("train"))).batch(batch_size)
-    return out
-
-
-def _image_datasets(config: TrainConfig, loaded: Data, batch_size: int, augment: bool):
-    from trainer.pipeline import augmentation, fits_in_memory, make_dataset
-
-    total = sum(map(len, loaded.parts.values()))
-    cache = fits_in_memory(total, config.image_size, config.cache_megabytes)
-    out = {}
-    for name in data.SPLITS:
-        out[name] = _distributable(
-            make_dataset(
-                loaded.paths(name),
-                loaded.y(name),
-                config.image_size,
-                batch_size,
-                shuffle=name == "train",
-                seed=config.seed,
-                cache=cache and name != "test",
-                augment=augmentation(config.seed) if augment and name == "train" else None,
-            )
-        )
-    # The training images in order, unaugmented: for --metrics-on-train.
-    out["train_eval"] = make_dataset(loaded.paths("train"), loaded.y("train"), config.image_size, batch_size)
-    return out
-
-
-def _distributable(dataset):
-    """Shard by element, not by file: the pipelines start from in-memory lists."""
-    import tensorflow as tf
-
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return dataset.with_options(options)
-
-
 def _predict(model, dataset) -> np.ndarray:
     return model.predict(dataset, verbose=0)
 
@@ -394,32 +279,43 @@ def _validation_loss(model, dataset, labels: np.ndarray) -> float:
     return log_loss(labels, _predict(model, dataset))
 
 
-def main(config: TrainConfig) -> Path:
-    """Train and evaluate; return the run folder. Everything is written to a hidden staging
-    folder beside the run folder and renamed at the end, so a run folder is always complete."""
-    config.check()
-    request = training_request(config)  # before anything else reads the data: what this run is from
-    run_dir = _run_dir(config)
-    workspace = default_workspace(config)
-    cache_dir = weights_cache_dir(config)
-    if cache_dir is not None:
-        # Keras reads KERAS_HOME when it downloads: ImageNet weights on Drive survive a reset.
-        os.environ["KERAS_HOME"] = str(cache_dir)
-    loaded = load_data(config)
+@dataclass
+class Session:
+    """What every phase shares: the options, the device's decisions and where checkpoints go."""
 
+    config: TrainConfig
+    strategy: object
+    policy: object  # trainer.device.Policy
+    onednn: bool
+    batch_size: int  # global: per replica times replicas
+    jit_compile: bool  # XLA for Keras's training step; Keras turns it off under a strategy
+    workspace: Path
+    checkpoint_root: Path
+    class_weights: dict[int, float] | None
+
+    def fit(self, model, datasets: dict, *, phase: str, epochs: int, images: int, learning_rate=None) -> Phase:
+        steps = math.ceil(images / self.batch_size)
+        return _compile_and_fit(
+            model,
+            self.strategy,
+            self.config,
+            datasets,
+            phase=phase,
+            epochs=epochs,
+            steps=steps,
+            checkpoint_root=self.checkpoint_root,
+            weights=self.class_weights,
+            jit_compile=self.jit_compile,
+            learning_rate=learning_rate,
+        )
+
+
+def start_session(config: TrainConfig, loaded: Data, workspace: Path) -> Session:
+    """Seeds, determinism, the GPU policy and the distribution strategy, decided once."""
     import keras
     import tensorflow as tf
 
     from trainer import device
-    from trainer.model import (
-        cut_backbone,
-        feature_extractor,
-        float32_copy,
-        load_backbone,
-        make_head,
-        make_model,
-        unfreeze_top,
-    )
 
     workers = device.workers_from_tf_config()
     # Collective ops must be configured before TensorFlow runs anything else.
@@ -433,179 +329,199 @@ def main(config: TrainConfig) -> Path:
     if policy.mixed_precision:
         keras.mixed_precision.set_global_policy(policy.mixed_precision)
     tf.config.optimizer.set_jit(policy.xla)
-    strategy = multi_worker or device.make_strategy(policy)
-    # Keras turns XLA off under a distribution strategy; one device follows the policy.
-    jit_compile = policy.xla and policy.replicas == 1
-    batch_size = device.global_batch_size(config.batch_size, policy)
-    fingerprint = loaded.fingerprint()
-    checkpoint_root = workspace / "checkpoints" / _resume_key(config, fingerprint)
+    checkpoint_root = workspace / "checkpoints" / _resume_key(config, loaded.fingerprint())
     if not device.is_chief():
         kind, index = device.task()
         checkpoint_root = checkpoint_root.with_name(f"{checkpoint_root.name}-{kind}{index}")
-    weights = class_weights(config, loaded.y("train"), len(loaded.labels))
-    started = time.time()
-    phases: dict[str, Phase] = {}
-    cache_key = None
-    fine_tune_outcome = None
+    return Session(
+        config,
+        multi_worker or device.make_strategy(policy),
+        policy,
+        onednn,
+        device.global_batch_size(config.batch_size, policy),
+        policy.xla and policy.replicas == 1,
+        workspace,
+        checkpoint_root,
+        class_weights(config, loaded.y("train"), len(loaded.labels)),
+    )
 
-    with strategy.scope():
-        backbone, weights_used = load_backbone(config.backbone, config.image_size, config.weights)
-        if config.feature_layer:
-            backbone = cut_backbone(backbone, config.feature_layer)
-    pretrained = weights_used != "none"
-    if pretrained:
-        from trainer.features import VIEWS, cached_features
-        from trainer.features import cache_key as make_cache_key
 
-        cache_key = make_cache_key(
-            config.backbone,
+def featurize(session: Session, backbone, weights_used: str, loaded: Data):
+    """Every image's pooled features, from the cache where it has them: (features by split, the
+    training images' features in every --feature-augment view or None, what the cache did:
+    its key and, per view, how many images it had and how many went through the backbone)."""
+    import keras
+
+    from trainer import device
+    from trainer.features import VIEWS, cache_key, cached_features
+    from trainer.model import feature_extractor
+
+    config = session.config
+    policy_name = keras.mixed_precision.global_policy()
+    key = cache_key(config.backbone, config.image_size, weights_used, config.feature_layer, policy_name)
+    extractor = feature_extractor(backbone, config.backbone)
+    batch = device.featurize_batch_size(session.batch_size, device.visible_devices(), session.onednn)
+
+    counts: dict[str, dict] = {}
+
+    def featurized(rows, views: tuple[str, ...] = ("id",)) -> np.ndarray:
+        folder = session.workspace / "features" / key
+        vectors = cached_features(
+            extractor,
+            rows,
             config.image_size,
-            weights_used,
-            config.feature_layer,
-            keras.mixed_precision.global_policy(),
+            batch,
+            folder,
+            jit_compile=session.policy.xla,
+            views=views,
+            counts=counts,
         )
-        extractor = feature_extractor(backbone, config.backbone)
-        every_row = [row for name in data.SPLITS for row in loaded.parts[name]]
-        featurize_batch = device.featurize_batch_size(batch_size, device.visible_devices(), onednn)
-
-        def featurized(rows, views: tuple[str, ...] = ("id",)) -> np.ndarray:
-            vectors = cached_features(
-                extractor,
-                rows,
-                config.image_size,
-                featurize_batch,
-                workspace / "features" / cache_key,
-                jit_compile=policy.xla,
-                views=views,
+        if not np.isfinite(vectors).all():
+            bad = int((~np.isfinite(vectors).all(axis=1)).sum())
+            raise CheckFailed(
+                f"{config.backbone}: the features of {bad} image(s) are not finite under "
+                f"{policy_name.name}; rerun with --mixed-precision off"
             )
-            if not np.isfinite(vectors).all():
-                bad = int((~np.isfinite(vectors).all(axis=1)).sum())
-                raise CheckFailed(
-                    f"{config.backbone}: the features of {bad} image(s) are not finite under "
-                    f"{keras.mixed_precision.global_policy().name}; rerun with --mixed-precision off"
-                )
-            return vectors
+        return vectors
 
-        vectors = featurized(every_row)
-        features, start = {}, 0
-        for name in data.SPLITS:
-            features[name] = vectors[start : start + len(loaded.parts[name])]
-            start += len(loaded.parts[name])
-        views = VIEWS[config.feature_augment]
-        augmented = None
-        if len(views) > 1:
-            augmented = np.concatenate([features["train"], featurized(loaded.parts["train"], views[1:])])
-        log.info(
-            "%s, weights %s: bottleneck mode, training the head on %d-dimensional features%s",
-            config.backbone,
-            weights_used,
-            features["train"].shape[1],
-            f" of {len(views)} views of each training image ({config.feature_augment})" if len(views) > 1 else "",
-        )
-        datasets = _feature_datasets(features, loaded, batch_size, config.seed, augmented)
-        train_features = features["train"] if augmented is None else augmented
-        steps = math.ceil(len(train_features) / batch_size)
-        with strategy.scope():
-            head = make_head(train_features, len(loaded.labels), config.dropout, config.head_c, len(features["train"]))
-        phases["head"] = _compile_and_fit(
-            head,
-            strategy,
-            config,
-            datasets,
-            phase="head",
-            epochs=config.epochs,
-            steps=steps,
-            checkpoint_root=checkpoint_root,
-            weights=weights,
-            jit_compile=jit_compile,
-        )
-        with strategy.scope():
-            model = make_model(backbone, config.backbone, len(loaded.labels), True, config.dropout, head)
-        if config.fine_tune_layers:
-            images = _image_datasets(config, loaded, batch_size, config.augment)
-            before = _validation_loss(model, images["validation"], loaded.y("validation"))
-            head_only = model.get_weights()
-            with strategy.scope():
-                unfrozen = unfreeze_top(backbone, config.fine_tune_layers)
-            log.info(
-                "fine-tuning the top %d backbone layers at learning rate %g", unfrozen, config.fine_tune_learning_rate
-            )
-            phases["fine_tune"] = _compile_and_fit(
-                model,
-                strategy,
-                config,
-                images,
-                phase="fine_tune",
-                epochs=config.fine_tune_epochs,
-                steps=math.ceil(len(loaded.parts["train"]) / batch_size),
-                checkpoint_root=checkpoint_root,
-                weights=weights,
-                jit_compile=jit_compile,
-                learning_rate=config.fine_tune_learning_rate,
-            )
-            after = _validation_loss(model, images["validation"], loaded.y("validation"))
-            fine_tune_outcome = {"validation_loss_before": round(before, 6), "validation_loss_after": round(after, 6)}
-            # Fine-tuning a few hundred images can make the model worse; early stopping only picks
-            # the best of its own epochs, so the model before it is one more candidate.
-            if not after < before:
-                model.set_weights(head_only)
-                log.info("fine-tuning did not lower the validation loss (%.4f -> %.4f): kept the model before it",
-                         before, after)  # fmt: skip
-            fine_tune_outcome["kept"] = bool(after < before)
-    else:
-        images = _image_datasets(config, loaded, batch_size, config.augment)
-        steps = math.ceil(len(loaded.parts["train"]) / batch_size)
-        with strategy.scope():
-            model = make_model(backbone, config.backbone, len(loaded.labels), False, config.dropout)
-        log.info(
-            "%s, weights none: training the whole network, %s trainable parameters",
-            config.backbone,
-            f"{sum(int(np.prod(w.shape)) for w in model.trainable_weights):,}",
-        )
-        phases["train"] = _compile_and_fit(
-            model,
-            strategy,
-            config,
-            images,
-            phase="train",
-            epochs=config.epochs,
-            steps=steps,
-            checkpoint_root=checkpoint_root,
-            weights=weights,
-            jit_compile=jit_compile,
-        )
-    seconds = time.time() - started
-    if policy.mixed_precision:
-        # What is evaluated, saved and exported computes in float32 (see model.float32_copy).
-        keras.mixed_precision.set_global_policy("float32")
-        model = float32_copy(model)
-        if pretrained:
-            head = float32_copy(head)
-    if pretrained and not config.fine_tune_layers:
-        evaluate_on = {name: (head, datasets[name]) for name in ("test", "validation", "train_eval")}
-    else:
-        evaluate_on = {name: (model, images[name]) for name in ("test", "validation", "train_eval")}
+    vectors = featurized([row for name in data.SPLITS for row in loaded.parts[name]])
+    features, start = {}, 0
+    for name in data.SPLITS:
+        features[name] = vectors[start : start + len(loaded.parts[name])]
+        start += len(loaded.parts[name])
+    views = VIEWS[config.feature_augment]
+    augmented = None
+    if len(views) > 1:
+        augmented = np.concatenate([features["train"], featurized(loaded.parts["train"], views[1:])])
+    log.info(
+        "%s, weights %s: bottleneck mode, training the head on %d-dimensional features%s",
+        config.backbone,
+        weights_used,
+        features["train"].shape[1],
+        f" of {len(views)} views of each training image ({config.feature_augment})" if len(views) > 1 else "",
+    )
+    return features, augmented, {"key": key, "dimensions": int(features["train"].shape[1]), "views": counts}
 
+
+def train_head(session: Session, loaded: Data, features: dict, augmented: np.ndarray | None):
+    """The classifier alone on cached features: (head, its datasets, the phase)."""
+    from trainer.model import make_head
+
+    config = session.config
+    datasets = pipeline.feature_datasets(features, loaded.labels_by_split(), session.batch_size, config.seed, augmented)
+    train_features = features["train"] if augmented is None else augmented
+    with session.strategy.scope():
+        head = make_head(train_features, len(loaded.labels), config.dropout, config.head_c, len(features["train"]))
+    phase = session.fit(head, datasets, phase="head", epochs=config.epochs, images=len(train_features))
+    return head, datasets, phase
+
+
+def fine_tune(session: Session, model, backbone, loaded: Data):
+    """The top of the backbone trained on images at a low rate, kept only if it lowered the
+    validation loss: (the image datasets, the phase, before/after/kept for the manifest)."""
+    from trainer.model import unfreeze_top
+
+    config = session.config
+    images = pipeline.image_datasets(loaded.paths_by_split(), loaded.labels_by_split(), config, session.batch_size)
+    before = _validation_loss(model, images["validation"], loaded.y("validation"))
+    head_only = model.get_weights()
+    with session.strategy.scope():
+        unfrozen = unfreeze_top(backbone, config.fine_tune_layers)
+    log.info("fine-tuning the top %d backbone layers at learning rate %g", unfrozen, config.fine_tune_learning_rate)
+    phase = session.fit(
+        model,
+        images,
+        phase="fine_tune",
+        epochs=config.fine_tune_epochs,
+        images=len(loaded.parts["train"]),
+        learning_rate=config.fine_tune_learning_rate,
+    )
+    after = _validation_loss(model, images["validation"], loaded.y("validation"))
+    # Fine-tuning a few hundred images can make the model worse; early stopping only picks the
+    # best of its own epochs, so the model before it is one more candidate.
+    if not after < before:
+        model.set_weights(head_only)
+        log.info("fine-tuning did not lower the validation loss (%.4f -> %.4f): kept the model before it",
+                 before, after)  # fmt: skip
+    outcome = {"validation_loss_before": round(before, 6), "validation_loss_after": round(after, 6)}
+    return images, phase, {**outcome, "kept": bool(after < before), "layers": unfrozen}
+
+
+def train_images(session: Session, backbone, loaded: Data):
+    """No pretrained weights: the whole network trained on images: (model, datasets, phase)."""
+    from trainer.model import make_model
+
+    config = session.config
+    images = pipeline.image_datasets(loaded.paths_by_split(), loaded.labels_by_split(), config, session.batch_size)
+    with session.strategy.scope():
+        model = make_model(backbone, config.backbone, len(loaded.labels), False, config.dropout)
+    parameters = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    log.info("%s, weights none: training the whole network, %s trainable parameters", config.backbone,
+             f"{parameters:,}")  # fmt: skip
+    phase = session.fit(model, images, phase="train", epochs=config.epochs, images=len(loaded.parts["train"]))
+    return model, images, phase
+
+
+def evaluate_splits(config: TrainConfig, loaded: Data, predictor, datasets: dict):
+    """Metrics and probabilities on test and validation (and train, --metrics-on-train)."""
     metrics, probabilities = {}, {}
     for name in ("test", "validation", "train") if config.metrics_on_train else ("test", "validation"):
-        predictor, dataset = evaluate_on["train_eval" if name == "train" else name]
-        probabilities[name] = _predict(predictor, dataset)
+        probabilities[name] = _predict(predictor, datasets["train_eval" if name == "train" else name])
         metrics[name] = classification_metrics(loaded.y(name), probabilities[name], loaded.labels)
     log.info("test: %s", summary_line(metrics["test"]))
     if config.metrics_on_train:
         log.info("train: %s", summary_line(metrics["train"]))
+    return metrics, probabilities
 
+
+def main(config: TrainConfig) -> Path:
+    """Train and evaluate; return the run folder. Everything is written to a hidden partial
+    folder beside the run folder and renamed at the end, so a run folder is always complete."""
+    config.check()
+    request = training_request(config)  # before anything else reads the data: what this run is from
+    run_dir, workspace, cache_dir = _run_dir(config), default_workspace(config), weights_cache_dir(config)
+    if cache_dir is not None:
+        # Keras reads KERAS_HOME when it downloads: ImageNet weights on Drive survive a reset.
+        os.environ["KERAS_HOME"] = str(cache_dir)
+    loaded = load_data(config)
+
+    import keras
+
+    from trainer import device
+    from trainer.model import cut_backbone, float32_copy, load_backbone, make_model
+
+    session = start_session(config, loaded, workspace)
+    started, phases, cache, head, fine_tuned = time.time(), {}, None, None, None
+    with session.strategy.scope():
+        backbone, weights_used = load_backbone(config.backbone, config.image_size, config.weights)
+        backbone = cut_backbone(backbone, config.feature_layer) if config.feature_layer else backbone
+    if weights_used != "none":
+        features, augmented, cache = featurize(session, backbone, weights_used, loaded)
+        head, datasets, phases["head"] = train_head(session, loaded, features, augmented)
+        with session.strategy.scope():
+            model = make_model(backbone, config.backbone, len(loaded.labels), True, config.dropout, head)
+        if config.fine_tune_layers:
+            datasets, phases["fine_tune"], fine_tuned = fine_tune(session, model, backbone, loaded)
+    else:
+        model, datasets, phases["train"] = train_images(session, backbone, loaded)
+    seconds = time.time() - started
+    if session.policy.mixed_precision:
+        # What is evaluated, saved and exported computes in float32 (see model.float32_copy).
+        keras.mixed_precision.set_global_policy("float32")
+        model, head = float32_copy(model), None if head is None else float32_copy(head)
+    on_features = head is not None and not config.fine_tune_layers
+    metrics, probabilities = evaluate_splits(config, loaded, head if on_features else model, datasets)
     if not device.is_chief():
-        shutil.rmtree(checkpoint_root, ignore_errors=True)
+        shutil.rmtree(session.checkpoint_root, ignore_errors=True)
         log.info("worker done; the chief writes the run folder")
         return run_dir
+    manifest = _manifest(config, loaded, session.policy, weights_used, cache, loaded.fingerprint(), seconds, phases)
+    manifest.update(
+        request=request, request_key=request_key(request), **({"fine_tune": fine_tuned} if fine_tuned else {})
+    )
     history = _join_history(phases)
-    manifest = _manifest(config, loaded, policy, weights_used, cache_key, fingerprint, seconds, phases)
-    manifest.update(request=request, request_key=request_key(request))
-    if fine_tune_outcome is not None:
-        manifest["fine_tune"] = fine_tune_outcome
     export_error = _write_run(run_dir, config, model, loaded, metrics, probabilities, history, manifest, weights_used)
-    shutil.rmtree(checkpoint_root, ignore_errors=True)
+    shutil.rmtree(session.checkpoint_root, ignore_errors=True)
     log.info("run folder: %s", run_dir)
     if export_error:
         raise CheckFailed(f"{export_error}; the run folder is complete otherwise")
@@ -631,7 +547,7 @@ def _join_history(phases: dict[str, Phase]) -> list[dict]:
     return rows
 
 
-def _manifest(config, loaded, policy, weights_used, cache_key, fingerprint, seconds, phases) -> dict:
+def _manifest(config, loaded, policy, weights_used, cache, fingerprint, seconds, phases) -> dict:
     import platform
     from importlib import metadata
 
@@ -667,19 +583,14 @@ def _manifest(config, loaded, policy, weights_used, cache_key, fingerprint, seco
             "hashes": "split.csv lists every image's SHA-256",
         },
         "weights_used": weights_used,
-        "feature_cache_key": cache_key,
+        # bottleneck: the head on cached features (then fine-tuning, if asked); whole: no
+        # pretrained weights, the whole network on images.
+        "mode": "whole" if cache is None else "bottleneck",
+        "feature_cache_key": None if cache is None else cache["key"],
+        "feature_cache": cache,
         "training_seconds": round(seconds, 2),
         "resumed_from_epoch": {name: phase.resumed_from for name, phase in phases.items() if phase.resumed_from},
     }
-
-
-def _write_history(history: list[dict], path: Path) -> None:
-    keys = sorted({key for row in history for key in row if key not in ("phase", "epoch")})
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(["phase", "epoch", *keys])
-        for row in history:
-            writer.writerow([row["phase"], row["epoch"], *(f"{row[key]:.6f}" if key in row else "" for key in keys)])
 
 
 def _write_tensorboard(history: list[dict], folder: Path) -> None:
@@ -715,20 +626,20 @@ def _write_run(
     from trainer.export import export_run, parse_formats
 
     export_error = None
-    with staged_folder(run_dir) as staging:
-        model.save(staging / "model.keras")
-        link_or_copy(staging / "model.keras", staging / f"{config.model_name}.keras")
-        (staging / "labels.txt").write_text("\n".join(loaded.labels) + "\n", encoding="utf-8")
+    with partial_folder(run_dir) as partial:
+        model.save(partial / runfolder.MODEL)
+        link_or_copy(partial / runfolder.MODEL, partial / f"{config.model_name}.keras")
+        runfolder.write_labels(partial / runfolder.LABELS, loaded.labels)
         save_config(
             config,
-            staging / "config.json",
+            partial / runfolder.CONFIG,
             weights_used=weights_used,
             labels=loaded.labels,
             folder_resolved=str(Path(config.folder).resolve()),
         )
-        data.write_split(loaded.parts, staging / "split.csv")
-        _write_history(history, staging / "history.csv")
-        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        data.write_split(loaded.parts, partial / runfolder.SPLIT)
+        runfolder.write_history(partial / runfolder.HISTORY, history)
+        runfolder.write_json(partial / runfolder.MANIFEST, manifest)
         write_metrics(
             {
                 **metrics["test"],
@@ -737,22 +648,22 @@ def _write_run(
                 "training_seconds": manifest["training_seconds"],
                 "data": loaded.report.to_dict(),
             },
-            staging / "metrics.json",
+            partial / runfolder.METRICS,
         )
-        report.write_predictions(
-            staging / "predictions.csv",
+        runfolder.write_predictions(
+            partial / runfolder.PREDICTIONS,
             loaded.labels,
             {
                 name: (loaded.paths(name), [row.label for row in loaded.parts[name]], p)
                 for name, p in probabilities.items()
             },
         )
-        _write_tensorboard(history, staging / "logs")
+        _write_tensorboard(history, partial / "logs")
         formats = parse_formats(config.export)
         if formats:
             try:
-                export_run(staging, formats)
+                export_run(partial, formats)
             except CheckFailed as error:
-                export_error = str(error).replace(str(staging), str(run_dir))
-        report.build(staging, run_dir.name)
+                export_error = str(error).replace(str(partial), str(run_dir))
+        report.build(partial, run_dir.name)
     return export_error

@@ -1,0 +1,123 @@
+"""Every file a run leaves, by name, with its reader and writer: train writes them, evaluate,
+predict, report, export and the setup steps read them. Standard library only, so that the setup
+steps can ask what a run holds without importing the trainer's stack.
+
+    model.keras          the trained model (and <model name>.keras, the same file)
+    labels.txt           class names in the model's output order
+    config.json          every resolved option
+    split.csv            ImagePath,Label,Split,Sha256 for every image used
+    history.csv          loss and accuracy per epoch and phase
+    manifest.json        versions, hardware, policy, data fingerprint, what it was trained from
+    metrics.json         test and validation metrics, and the data report
+    predictions.csv      every test and validation image's prediction
+    exports.json         the exports' parity check
+    report.html          the page that shows it all
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from trainer.atomic import replacing, write_atomically
+from trainer.errors import InputError
+
+MODEL = "model.keras"
+LABELS = "labels.txt"
+CONFIG = "config.json"
+SPLIT = "split.csv"
+HISTORY = "history.csv"
+MANIFEST = "manifest.json"
+METRICS = "metrics.json"
+PREDICTIONS = "predictions.csv"
+EXPORTS = "exports.json"
+REPORT = "report.html"
+
+
+def is_run(folder: Path) -> bool:
+    """A finished run folder: one with a model in it."""
+    return (folder / MODEL).is_file()
+
+
+def read_json(path: Path) -> dict:
+    """A run's JSON file, or {} when it is not there (an older run, exports turned off)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except json.JSONDecodeError as error:
+        raise InputError(f"{path}: not valid JSON ({error}); the run folder is damaged") from None
+
+
+def write_json(path: Path, content: dict) -> None:
+    """Whole or not at all: `evaluate --output` writes where the user says, not into a partial folder."""
+    write_atomically(path, json.dumps(content, indent=2) + "\n")
+
+
+def read_labels(candidates: list[Path], model_path: Path) -> list[str]:
+    """The first labels.txt of the candidates that exists; it must name at least one class."""
+    for path in candidates:
+        if path.is_file():
+            labels = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            if labels:
+                return labels
+            raise InputError(f"{path}: no labels in this file")
+    raise InputError(f"--model: no {LABELS} beside {model_path}; copy the run's {LABELS} there")
+
+
+def write_labels(path: Path, labels: list[str]) -> None:
+    path.write_text("\n".join(labels) + "\n", encoding="utf-8")
+
+
+def read_history(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    rows = []
+    with path.open(newline="", encoding="utf-8") as handle:
+        for record in csv.DictReader(handle):
+            row = {"phase": record.pop("phase"), "epoch": int(record.pop("epoch"))}
+            row.update({key: float(value) for key, value in record.items() if value not in ("", None)})
+            rows.append(row)
+    return rows
+
+
+def write_history(path: Path, history: list[dict]) -> None:
+    keys = sorted({key for row in history for key in row if key not in ("phase", "epoch")})
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["phase", "epoch", *keys])
+        for row in history:
+            writer.writerow([row["phase"], row["epoch"], *(f"{row[key]:.6f}" if key in row else "" for key in keys)])
+
+
+def read_predictions(path: Path, split: str = "test") -> list[dict]:
+    """One split's rows of predictions.csv: path, label, predicted, score, true_probability."""
+    if not path.is_file():
+        return []
+    out = []
+    with path.open(newline="", encoding="utf-8") as handle:
+        for record in csv.DictReader(handle):
+            if record["Split"] != split:
+                continue
+            out.append(
+                {
+                    "path": record["ImagePath"],
+                    "label": record["Label"],
+                    "predicted": record["PredictedLabel"],
+                    "score": float(record["Score"]),
+                    "true_probability": float(record.get(f"P({record['Label']})") or 0.0),
+                }
+            )
+    return out
+
+
+def write_predictions(path: Path, labels: list[str], parts: dict[str, tuple[list, list, object]]) -> None:
+    """parts: split name -> (image paths, true labels, probabilities [n, classes])."""
+    with replacing(path) as temporary, temporary.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(
+            ["ImagePath", "Label", "Split", "PredictedLabel", "Score", *(f"P({label})" for label in labels)]
+        )
+        for split, (paths, true_labels, probabilities) in parts.items():
+            for image, label, p in zip(paths, true_labels, probabilities, strict=True):
+                best = int(p.argmax())
+                writer.writerow([image, label, split, labels[best], f"{p[best]:.6f}", *(f"{v:.6f}" for v in p)])
