@@ -60,6 +60,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     predict.add_argument("--output", help="CSV to write (default: standard output)")
     predict.add_argument("--batch-size", type=int, default=32)
 
+    explain = commands.add_parser("explain", help="heatmaps of where the model looks in any images")
+    explain.add_argument("--model", required=True, help="run folder written by 'train', or its .keras file")
+    explain.add_argument("paths", nargs="+", metavar="IMAGE", help="image files or folders of images")
+    explain.add_argument("--output", default="heatmaps", help="folder for NAME.heatmap.png (default heatmaps)")
+
     export = commands.add_parser("export", help="(re)write a run's exports and check them against Keras")
     export.add_argument("run_dir", metavar="RUN_DIR")
     export.add_argument(
@@ -150,6 +155,17 @@ def run(argv: list[str]) -> int:
         if args.output:
             write_metrics(metrics, Path(args.output))
         print(json.dumps(metrics, indent=2))
+        return 0
+    if args.command == "explain":
+        from pathlib import Path
+
+        from trainer.explain import explain_images
+        from trainer.predict import collect_images, load_run
+
+        rows = explain_images(load_run(args.model), collect_images(args.paths), Path(args.output))
+        print("ImagePath,PredictedLabel,Score,Heatmap")
+        for row in rows:
+            print(f"{row['path']},{row['predicted']},{row['score']:.6f},{row['heatmap']}")
         return 0
     if args.command == "predict":
         from trainer.predict import load_run, predict_images

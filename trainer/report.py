@@ -28,6 +28,7 @@ PICTURES = {
     "learning_curves.png": "Learning curves",
     "confusion_matrix.png": "Confusion matrix",
     "worst_test_images.png": "Worst-classified test images",
+    "heatmaps.png": "Where the model looks: the evidence for the predicted class (class activation maps)",
 }
 
 

@@ -11,6 +11,8 @@ steps can ask what a run holds without importing the trainer's stack.
     metrics.json         test and validation metrics, and the data report
     predictions.csv      every test and validation image's prediction
     exports.json         the exports' parity check
+    heatmaps.png         where the model looks: class activation maps over test images
+    audit.csv            labels to check: unlikely labels, near-duplicates, outliers
     report.html          the page that shows it all
 """
 
@@ -33,6 +35,8 @@ METRICS = "metrics.json"
 PREDICTIONS = "predictions.csv"
 EXPORTS = "exports.json"
 REPORT = "report.html"
+HEATMAPS = "heatmaps.png"
+AUDIT = "audit.csv"
 
 
 def is_run(folder: Path) -> bool:

@@ -623,6 +623,7 @@ def _write_run(
     """Everything the run leaves, written whole or not at all. Returns the export check's
     message when an export disagrees: the run folder is still written, since the model is good."""
     from trainer import report
+    from trainer.explain import heatmap_sheet
     from trainer.export import export_run, parse_formats
 
     export_error = None
@@ -659,6 +660,8 @@ def _write_run(
             },
         )
         _write_tensorboard(history, partial / "logs")
+        test = runfolder.read_predictions(partial / runfolder.PREDICTIONS)
+        heatmap_sheet(model, test, loaded.labels, config.image_size, partial / runfolder.HEATMAPS)
         formats = parse_formats(config.export)
         if formats:
             try:
