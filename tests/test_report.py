@@ -47,9 +47,22 @@ def test_the_report_is_self_contained_and_says_what_the_run_did(run_dir):
     page = (run_dir / "report.html").read_text()
     assert run_dir.name in page and "partial" not in page
     assert not re.search(r"""(src|href)=['"](?!data:)""", page), "the page must not load anything from elsewhere"
-    assert len(re.findall(r"<img src='data:image/png;base64,", page)) == 3
+    assert len(re.findall(r"<img src='data:image/png;base64,", page)) == 4  # curves, confusion, worst, heatmaps
     for fact in ("ROC AUC", "weighted f1", "tensorflow", "cpu_count", "duplicate", "missing", "TensorFlow C library"):
         assert fact in page or fact in page.lower(), fact
+
+
+def test_the_label_audit_is_in_the_run_and_its_report(run_dir):
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    split = (run_dir / "split.csv").read_text().splitlines()[1:]
+    assert manifest["audit"]["images"] == len(split) and set(manifest["audit"]["flagged"]) == {
+        "label", "near-duplicate", "outlier"
+    }  # fmt: skip
+    audit = (run_dir / "audit.csv").read_text().splitlines()
+    assert audit[0] == "ImagePath,Label,SuggestedLabel,Score,Reason"
+    assert len(audit) - 1 == sum(manifest["audit"]["flagged"].values())
+    page = (run_dir / "report.html").read_text()
+    assert "Labels to check" in page and f"{len(audit) - 1} images to look at" in page
 
 
 def _chromium() -> str | None:
@@ -80,9 +93,16 @@ def test_every_picture_loads_in_a_real_headless_browser(run_dir, tmp_path):
     found = re.search(r'<pre id="probe">(.*?)</pre>', result.stdout)
     assert found, result.stderr[-2000:]
     images = json.loads(found.group(1).replace("&quot;", '"'))
-    assert [alt for alt, *_ in images] == ["Learning curves", "Confusion matrix", "Worst-classified test images"]
-    for alt, complete, width, height in images:
+    from trainer.report import PICTURES
+
+    pictures, thumbnails = images[: len(PICTURES)], images[len(PICTURES) :]
+    assert [alt for alt, *_ in pictures] == list(PICTURES.values())
+    for alt, complete, width, height in pictures:
         assert complete and width > 100 and height > 100, alt
+    flagged = len((run_dir / "audit.csv").read_text().splitlines()) - 1
+    assert len(thumbnails) == min(flagged, 40)  # the audit's, one per image it lists
+    for alt, complete, width, height in thumbnails:
+        assert complete and 0 < max(width, height) <= 96, alt
 
 
 def test_report_rebuilds_the_page_and_pictures(run_dir, tmp_path):

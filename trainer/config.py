@@ -88,6 +88,11 @@ class TrainConfig:
         "or flipped and transposed (dihedral: 8), each featurized once and cached; none: the images alone",
         one_of("none", "flips", "dihedral"),
     )
+    audit: bool = option(
+        True,
+        "check the labels before trusting them: unlikely labels, near-duplicates and outliers, from pretrained "
+        "features (audit.csv, and a section of the report)",
+    )
     # Training (ML.NET's names in brackets)
     epochs: int = option(50, "maximum epochs; early stopping usually ends sooner [Epoch]", at_least(1))
     batch_size: int = option(32, "images per step on each device [BatchSize]", at_least(1))

@@ -93,6 +93,24 @@ def write_history(path: Path, history: list[dict]) -> None:
             writer.writerow([row["phase"], row["epoch"], *(f"{row[key]:.6f}" if key in row else "" for key in keys)])
 
 
+AUDIT_COLUMNS = ["ImagePath", "Label", "SuggestedLabel", "Score", "Reason"]
+
+
+def write_audit(path: Path, records: list[dict]) -> None:
+    with replacing(path) as temporary, temporary.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, AUDIT_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(records)
+
+
+def read_audit(path: Path) -> list[dict]:
+    """audit.csv's rows as dicts (ImagePath, Label, SuggestedLabel, Score, Reason); [] without one."""
+    if not path.is_file():
+        return []
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
 def read_predictions(path: Path, split: str = "test") -> list[dict]:
     """One split's rows of predictions.csv: path, label, predicted, score, true_probability."""
     if not path.is_file():
