@@ -179,6 +179,21 @@ def _thumbnail(path: str, side: int = 96) -> str:
     return f"<img src='data:image/jpeg;base64,{encoded}' alt='{html.escape(Path(path).name)}'>"
 
 
+def _ranking_section(ranking: list[dict] | None) -> str:
+    """--backbone auto: the candidates as they were ranked."""
+    if not ranking:
+        return ""
+    rows = [
+        [entry["backbone"], entry["weights"], entry["cv_accuracy"], entry["cv_log_loss"], entry["featurize_seconds"]]
+        for entry in ranking
+    ]
+    return (
+        "<h2>Backbone chosen (--backbone auto)</h2><p>Each candidate featurized the training images once; a "
+        "head's 5-fold cross-validated accuracy on those features ranked them, the best first.</p>"
+        + _table(rows, ["backbone", "weights", "CV accuracy", "CV log-loss", "featurize s"])
+    )
+
+
 def _audit_section(path: Path, summary: dict | None, shown: int = 40) -> str:
     if not path.is_file():
         return "<p>No label audit in this run (--no-audit).</p>"
@@ -228,6 +243,7 @@ def render(run_dir: Path, name: str) -> str:
     )
     sections = [
         f"<h1>{html.escape(title)}</h1><p>{headline}</p>",
+        _ranking_section(config.get("backbone_ranking")),
         "<h2>Metrics</h2>",
         _metrics_section("test", metrics),
         _metrics_section("validation", metrics.get("validation", {})),

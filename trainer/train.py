@@ -488,10 +488,12 @@ def main(config: TrainConfig) -> Path:
     import keras
 
     from trainer import device
+    from trainer.choose import choose
     from trainer.model import cut_backbone, float32_copy, load_backbone, make_model
 
     session = start_session(config, loaded, workspace)
     started, phases, cache, head, fine_tuned, features = time.time(), {}, None, None, None, None
+    chosen = choose(session, loaded) if config.backbone == "auto" else None  # sets config.backbone
     with session.strategy.scope():
         backbone, weights_used = load_backbone(config.backbone, config.image_size, config.weights)
         backbone = cut_backbone(backbone, config.feature_layer) if config.feature_layer else backbone
@@ -519,6 +521,7 @@ def main(config: TrainConfig) -> Path:
     manifest.update(
         request=request, request_key=request_key(request), **({"fine_tune": fine_tuned} if fine_tuned else {})
     )
+    manifest.update({"backbone_auto": chosen} if chosen else {})
     audited = None
     if config.audit:
         from trainer.audit import audit_splits
@@ -646,6 +649,7 @@ def _write_run(
             partial / runfolder.CONFIG,
             weights_used=weights_used,
             labels=loaded.labels,
+            **({"backbone_ranking": manifest["backbone_auto"]["ranking"]} if "backbone_auto" in manifest else {}),
             folder_resolved=str(Path(config.folder).resolve()),
         )
         data.write_split(loaded.parts, partial / runfolder.SPLIT)
