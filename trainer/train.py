@@ -675,7 +675,10 @@ def _write_run(
         )
         _write_tensorboard(history, partial / "logs")
         test = runfolder.read_predictions(partial / runfolder.PREDICTIONS)
-        heatmap_sheet(model, test, loaded.labels, config.image_size, partial / runfolder.HEATMAPS)
+        try:
+            heatmap_sheet(model, test, loaded.labels, config.image_size, partial / runfolder.HEATMAPS)
+        except InputError as error:  # a model these maps cannot split: the run is good without them
+            log.warning("WARNING: no heatmaps: %s", error)
         if audited is not None:
             runfolder.write_audit(partial / runfolder.AUDIT, records(audited[1], audited[0], loaded.labels))
         formats = parse_formats(config.export)
