@@ -278,36 +278,36 @@ def test_featurization_killed_at_a_random_point_then_the_rerun_matches_an_uninte
     def featurizing(workspace: Path):
         return lambda: any((workspace / "features").glob("*"))  # the cache's folder: featurizing begins
 
-    def head_training(workspace: Path):
-        return lambda: any((workspace / "checkpoints").glob("*"))  # featurizing is over
-
-    def train(workspace: Path, output: Path, kill_after=None, watch=None):
+    def train(workspace: Path, output: Path, kill_after=None):
         argv = [sys.executable, "-m", "trainer", "train", "--folder", tmp_path / "demo" / "Images"]
         argv += ["--file", "training_data.csv", "--backbone", "mobilenet_v2", "--weights", mobilenet_weights]
         argv += ["--image-size", "96", "--epochs", "2", "--workspace", workspace, "--output", output]
         env = {"PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
-        return run(argv, tmp_path, env, logs, kill_after=kill_after, after=featurizing(workspace), watch=watch)
+        return run(argv, tmp_path, env, logs, kill_after=kill_after, after=featurizing(workspace))
 
-    reference_ws = tmp_path / "ws-reference"
-    phases = {"featurizing": featurizing(reference_ws), "head": head_training(reference_ws)}
-    reference = train(reference_ws, tmp_path / "reference", watch=phases)
+    def cache_record(run_dir: Path) -> dict:
+        return json.loads((run_dir / "manifest.json").read_text())["feature_cache"]
+
+    reference = train(tmp_path / "ws-reference", tmp_path / "reference")
     assert reference.returncode == 0, reference.stderr
-    assert json.loads((tmp_path / "reference" / "manifest.json").read_text())["feature_cache"]["views"]["id"] == {
-        "reused": 0,
-        "featurized": 120,
-    }
-    # Kill inside featurizing: between the cache's folder appearing and the head's checkpoints.
-    window = reference.seen["head"] - reference.seen["featurizing"]
-    killed = train(tmp_path / "ws", tmp_path / "run", kill_after=rng.uniform(0.05, 0.9) * window)
+    wanted = cache_record(tmp_path / "reference")  # every view of the images, all featurized
+    assert wanted["views"]["id"] == {"reused": 0, "featurized": 120} and len(wanted["views"]) == 8
+    # Kill inside featurizing: after the cache's folder appears, within the time the reference
+    # run took to featurize every view (its manifest says how long).
+    killed = train(tmp_path / "ws", tmp_path / "run", kill_after=rng.uniform(0.05, 0.9) * wanted["seconds"])
     assert killed.returncode is None
     assert not (tmp_path / "run").exists()
     shards = sorted((tmp_path / "ws" / "features").glob("*/shard-*.npz"))
-    kept = sum(len(FeatureCache(folder).load()) for folder in (tmp_path / "ws" / "features").iterdir())
+    stored = [key for folder in (tmp_path / "ws" / "features").iterdir() for key in FeatureCache(folder).load()]
     assert sorted((tmp_path / "ws" / "features").glob("*/shard-*.npz")) == shards  # none was damaged
     rerun = train(tmp_path / "ws", tmp_path / "run")
     assert rerun.returncode == 0, rerun.stderr
-    counts = json.loads((tmp_path / "run" / "manifest.json").read_text())["feature_cache"]["views"]["id"]
-    assert counts == {"reused": kept, "featurized": 120 - kept}  # what the killed run stored is used, whole
+    # What the killed run stored is used, whole, view by view ("sha256:view" keys; the image itself: "sha256").
+    for view, wanted_counts in wanted["views"].items():
+        kept = sum((key.partition(":")[2] or "id") == view for key in stored)
+        assert cache_record(tmp_path / "run")["views"][view] == {
+            "reused": kept, "featurized": wanted_counts["featurized"] - kept
+        }, view  # fmt: skip
     ours = FeatureCache(next((tmp_path / "ws" / "features").iterdir())).load()
     theirs = FeatureCache(next((tmp_path / "ws-reference" / "features").iterdir())).load()
     assert ours.keys() == theirs.keys()

@@ -349,14 +349,15 @@ def start_session(config: TrainConfig, loaded: Data, workspace: Path) -> Session
 def featurize(session: Session, backbone, weights_used: str, loaded: Data):
     """Every image's pooled features, from the cache where it has them: (features by split, the
     training images' features in every --feature-augment view or None, what the cache did:
-    its key and, per view, how many images it had and how many went through the backbone)."""
+    its key, per view how many images it had and how many went through the backbone, and the
+    seconds it all took)."""
     import keras
 
     from trainer import device
     from trainer.features import VIEWS, cache_key, cached_features
     from trainer.model import feature_extractor
 
-    config = session.config
+    config, started = session.config, time.perf_counter()
     policy_name = keras.mixed_precision.global_policy()
     key = cache_key(config.backbone, config.image_size, weights_used, config.feature_layer, policy_name)
     extractor = feature_extractor(backbone, config.backbone)
@@ -400,7 +401,9 @@ def featurize(session: Session, backbone, weights_used: str, loaded: Data):
         features["train"].shape[1],
         f" of {len(views)} views of each training image ({config.feature_augment})" if len(views) > 1 else "",
     )
-    return features, augmented, {"key": key, "dimensions": int(features["train"].shape[1]), "views": counts}
+    seconds = round(time.perf_counter() - started, 2)
+    return features, augmented, {"key": key, "dimensions": int(features["train"].shape[1]), "views": counts,
+                                 "seconds": seconds}  # fmt: skip
 
 
 def train_head(session: Session, loaded: Data, features: dict, augmented: np.ndarray | None):
