@@ -13,6 +13,16 @@ from tests.conftest import bundle_copy, documented_options, invoke
 MADE_UP = '    sharpness: float = option(0.5, "a made-up option", within(0, 1))\n'
 
 
+def test_the_command_line_without_flags_is_the_dataclass_defaults():
+    """A yes/no option that defaults to on (--augment / --no-augment) must parse to True, not None."""
+    from trainer.cli import train_config
+    from trainer.config import TrainConfig
+
+    parsed = train_config(["--folder", "Images"])
+    assert parsed.to_dict() == TrainConfig().check().to_dict()
+    assert parsed.augment is True and train_config(["--no-augment"]).augment is False
+
+
 def _python(copy, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], cwd=copy, capture_output=True, text=True, timeout=300)
 

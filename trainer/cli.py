@@ -32,7 +32,7 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
         kind = TYPES[option.type]
         if kind is bool:
             action = argparse.BooleanOptionalAction if option.default else "store_true"
-            parser.add_argument(flag(option.name), action=action, help=described(option))
+            parser.add_argument(flag(option.name), action=action, default=option.default, help=described(option))
         else:
             parser.add_argument(flag(option.name), type=kind, default=option.default, help=described(option))
 
