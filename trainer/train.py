@@ -33,6 +33,7 @@ import numpy as np
 from trainer import data, multiworker, pipeline, runfolder
 from trainer.atomic import link_or_copy, partial_folder
 from trainer.config import TrainConfig, save_config
+from trainer.config import options as config_options
 from trainer.errors import CheckFailed, InputError
 from trainer.evaluate import classification_metrics, log_loss, summary_line, write_metrics
 from trainer.fingerprint import request_key, training_request
@@ -543,11 +544,12 @@ def main(config: TrainConfig) -> Path:
 
 
 def _resume_key(config: TrainConfig, fingerprint: str) -> str:
-    """The same command on the same data gives the same key, whatever its output folder."""
+    """The same command on the same data gives the same key, wherever its files are: the
+    options but the places (trainer/config.py) and --export, which does not change training."""
     options = {
-        k: v
-        for k, v in config.to_dict().items()
-        if k not in ("output", "runs_dir", "workspace", "weights_cache", "export")
+        option.name: getattr(config, option.name)
+        for option in config_options()
+        if not option.metadata["place"] and option.name != "export"
     }
     return hashlib.sha256(json.dumps([options, fingerprint], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
