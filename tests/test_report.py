@@ -4,9 +4,11 @@ TensorBoard logs."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -69,7 +71,9 @@ def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
-def test_every_picture_loads_in_a_real_headless_browser(run_dir, tmp_path):
+def _images_in_a_browser(report: Path, tmp_path: Path) -> list:
+    """[alt, complete, naturalWidth, naturalHeight] of each image of the page, as a real headless
+    chromium loaded it."""
     browser = _chromium()
     if browser is None:
         if IN_CI:
@@ -82,7 +86,7 @@ def test_every_picture_loads_in_a_real_headless_browser(run_dir, tmp_path):
         "i => [i.alt, i.complete, i.naturalWidth, i.naturalHeight])); document.body.appendChild(p); });</script>"
     )
     page = tmp_path / "probe.html"
-    page.write_text((run_dir / "report.html").read_text().replace("</body>", probe + "</body>"))
+    page.write_text(report.read_text().replace("</body>", probe + "</body>"))
     result = subprocess.run(
         [browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", "--virtual-time-budget=10000"]
         + [page.as_uri()],
@@ -92,17 +96,41 @@ def test_every_picture_loads_in_a_real_headless_browser(run_dir, tmp_path):
     )
     found = re.search(r'<pre id="probe">(.*?)</pre>', result.stdout)
     assert found, result.stderr[-2000:]
-    images = json.loads(found.group(1).replace("&quot;", '"'))
+    return json.loads(found.group(1).replace("&quot;", '"'))
+
+
+def _pictures_and_thumbnails_load(run: Path, tmp_path: Path) -> None:
     from trainer.report import PICTURES
 
+    images = _images_in_a_browser(run / "report.html", tmp_path)
     pictures, thumbnails = images[: len(PICTURES)], images[len(PICTURES) :]
     assert [alt for alt, *_ in pictures] == list(PICTURES.values())
     for alt, complete, width, height in pictures:
         assert complete and width > 100 and height > 100, alt
-    flagged = len((run_dir / "audit.csv").read_text().splitlines()) - 1
+    flagged = len((run / "audit.csv").read_text().splitlines()) - 1
     assert len(thumbnails) == min(flagged, 40)  # the audit's, one per image it lists
     for alt, complete, width, height in thumbnails:
         assert complete and 0 < max(width, height) <= 96, alt
+
+
+def test_every_picture_loads_in_a_real_headless_browser(run_dir, tmp_path):
+    _pictures_and_thumbnails_load(run_dir, tmp_path)
+
+
+def test_the_main_jobs_report_shows_where_it_looks_and_the_labels_to_check(tmp_path):
+    """The README's main job (a default run on the 400 concrete photos): .ci/run names its
+    published folder in TRAINER_MAIN_JOB_RUN before it runs the tests."""
+    folder = os.environ.get("TRAINER_MAIN_JOB_RUN")
+    if not folder:
+        if IN_CI:
+            pytest.fail("TRAINER_MAIN_JOB_RUN is not set; .ci/run sets it after the README's main job")
+        pytest.skip("TRAINER_MAIN_JOB_RUN is not set (the README's main job's run folder)")
+    run = Path(folder)
+    page = (run / "report.html").read_text()
+    assert "<h2>Labels to check</h2>" in page and "Where the model looks" in page
+    audit = (run / "audit.csv").read_text().splitlines()
+    assert audit[0] == "ImagePath,Label,SuggestedLabel,Score,Reason" and len(audit) > 1
+    _pictures_and_thumbnails_load(run, tmp_path)
 
 
 def test_report_rebuilds_the_page_and_pictures(run_dir, tmp_path):
