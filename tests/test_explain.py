@@ -7,9 +7,15 @@ import pytest
 from PIL import Image, ImageFilter
 
 from tests.conftest import run_module, train_args
+from trainer.model import BACKBONES
+
+# Every backbone the trainer offers; the big ones take a few seconds each to build, so they run
+# with the slow tests.
+QUICK = ("tiny", "efficientnet_lite0")
+EVERY_BACKBONE = [name if name in QUICK else pytest.param(name, marks=pytest.mark.slow) for name in BACKBONES]
 
 
-@pytest.mark.parametrize("backbone", ["tiny", "efficientnet_lite0"])
+@pytest.mark.parametrize("backbone", EVERY_BACKBONE)
 def test_the_maps_mean_is_the_logit(backbone):
     """softmax(mean of each class's map + bias) is the model's output: the maps decompose it."""
     from trainer.explain import ClassMaps
