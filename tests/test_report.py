@@ -4,9 +4,11 @@ TensorBoard logs."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -47,16 +49,31 @@ def test_the_report_is_self_contained_and_says_what_the_run_did(run_dir):
     page = (run_dir / "report.html").read_text()
     assert run_dir.name in page and "partial" not in page
     assert not re.search(r"""(src|href)=['"](?!data:)""", page), "the page must not load anything from elsewhere"
-    assert len(re.findall(r"<img src='data:image/png;base64,", page)) == 3
+    assert len(re.findall(r"<img src='data:image/png;base64,", page)) == 4  # curves, confusion, worst, heatmaps
     for fact in ("ROC AUC", "weighted f1", "tensorflow", "cpu_count", "duplicate", "missing", "TensorFlow C library"):
         assert fact in page or fact in page.lower(), fact
+
+
+def test_the_label_audit_is_in_the_run_and_its_report(run_dir):
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    split = (run_dir / "split.csv").read_text().splitlines()[1:]
+    assert manifest["audit"]["images"] == len(split) and set(manifest["audit"]["flagged"]) == {
+        "label", "near-duplicate", "outlier"
+    }  # fmt: skip
+    audit = (run_dir / "audit.csv").read_text().splitlines()
+    assert audit[0] == "ImagePath,Label,SuggestedLabel,Score,Reason"
+    assert len(audit) - 1 == sum(manifest["audit"]["flagged"].values())
+    page = (run_dir / "report.html").read_text()
+    assert "Labels to check" in page and f"{len(audit) - 1} images to look at" in page
 
 
 def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
-def test_every_picture_loads_in_a_real_headless_browser(run_dir, tmp_path):
+def _images_in_a_browser(report: Path, tmp_path: Path) -> list:
+    """[alt, complete, naturalWidth, naturalHeight] of each image of the page, as a real headless
+    chromium loaded it."""
     browser = _chromium()
     if browser is None:
         if IN_CI:
@@ -69,7 +86,7 @@ def test_every_picture_loads_in_a_real_headless_browser(run_dir, tmp_path):
         "i => [i.alt, i.complete, i.naturalWidth, i.naturalHeight])); document.body.appendChild(p); });</script>"
     )
     page = tmp_path / "probe.html"
-    page.write_text((run_dir / "report.html").read_text().replace("</body>", probe + "</body>"))
+    page.write_text(report.read_text().replace("</body>", probe + "</body>"))
     result = subprocess.run(
         [browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", "--virtual-time-budget=10000"]
         + [page.as_uri()],
@@ -79,10 +96,41 @@ def test_every_picture_loads_in_a_real_headless_browser(run_dir, tmp_path):
     )
     found = re.search(r'<pre id="probe">(.*?)</pre>', result.stdout)
     assert found, result.stderr[-2000:]
-    images = json.loads(found.group(1).replace("&quot;", '"'))
-    assert [alt for alt, *_ in images] == ["Learning curves", "Confusion matrix", "Worst-classified test images"]
-    for alt, complete, width, height in images:
+    return json.loads(found.group(1).replace("&quot;", '"'))
+
+
+def _pictures_and_thumbnails_load(run: Path, tmp_path: Path) -> None:
+    from trainer.report import PICTURES
+
+    images = _images_in_a_browser(run / "report.html", tmp_path)
+    pictures, thumbnails = images[: len(PICTURES)], images[len(PICTURES) :]
+    assert [alt for alt, *_ in pictures] == list(PICTURES.values())
+    for alt, complete, width, height in pictures:
         assert complete and width > 100 and height > 100, alt
+    flagged = len((run / "audit.csv").read_text().splitlines()) - 1
+    assert len(thumbnails) == min(flagged, 40)  # the audit's, one per image it lists
+    for alt, complete, width, height in thumbnails:
+        assert complete and 0 < max(width, height) <= 96, alt
+
+
+def test_every_picture_loads_in_a_real_headless_browser(run_dir, tmp_path):
+    _pictures_and_thumbnails_load(run_dir, tmp_path)
+
+
+def test_the_main_jobs_report_shows_where_it_looks_and_the_labels_to_check(tmp_path):
+    """The README's main job (a default run on the 400 concrete photos): .ci/run names its
+    published folder in TRAINER_MAIN_JOB_RUN before it runs the tests."""
+    folder = os.environ.get("TRAINER_MAIN_JOB_RUN")
+    if not folder:
+        if IN_CI:
+            pytest.fail("TRAINER_MAIN_JOB_RUN is not set; .ci/run sets it after the README's main job")
+        pytest.skip("TRAINER_MAIN_JOB_RUN is not set (the README's main job's run folder)")
+    run = Path(folder)
+    page = (run / "report.html").read_text()
+    assert "<h2>Labels to check</h2>" in page and "Where the model looks" in page
+    audit = (run / "audit.csv").read_text().splitlines()
+    assert audit[0] == "ImagePath,Label,SuggestedLabel,Score,Reason" and len(audit) > 1
+    _pictures_and_thumbnails_load(run, tmp_path)
 
 
 def test_report_rebuilds_the_page_and_pictures(run_dir, tmp_path):

@@ -60,6 +60,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     predict.add_argument("--output", help="CSV to write (default: standard output)")
     predict.add_argument("--batch-size", type=int, default=32)
 
+    explain = commands.add_parser("explain", help="heatmaps of where the model looks in any images")
+    explain.add_argument("--model", required=True, help="run folder written by 'train', or its .keras file")
+    explain.add_argument("paths", nargs="+", metavar="IMAGE", help="image files or folders of images")
+    explain.add_argument("--output", default="heatmaps", help="folder for NAME.heatmap.png (default heatmaps)")
+
+    audit = commands.add_parser("audit", help="labels to check: unlikely labels, near-duplicates, outliers")
+    audit.add_argument("--folder", required=True, help="image folder; without --file, one subfolder per class")
+    audit.add_argument("--file", help="CSV with ImagePath,Label, found in --folder or the working directory")
+    audit.add_argument("--workspace", default="workspace", help="the feature cache (default ./workspace)")
+    audit.add_argument("--output", default="audit.csv", help="the list to write (default audit.csv)")
+    audit.add_argument("--seed", type=int, default=0, help="for the held-out folds (default 0)")
+
     export = commands.add_parser("export", help="(re)write a run's exports and check them against Keras")
     export.add_argument("run_dir", metavar="RUN_DIR")
     export.add_argument(
@@ -150,6 +162,37 @@ def run(argv: list[str]) -> int:
         if args.output:
             write_metrics(metrics, Path(args.output))
         print(json.dumps(metrics, indent=2))
+        return 0
+    if args.command == "audit":
+        from pathlib import Path
+
+        from trainer import data
+        from trainer.audit import audit_splits, records
+        from trainer.predict import log_report
+
+        rows, report = data.load_rows(args.folder, args.file)
+        rows = data.validate(rows, report)
+        log_report(report)
+        labels = sorted({row.label for row in rows})
+        rows, findings, summary = audit_splits({"all": rows}, labels, None, args.workspace, args.seed)
+        runfolder.write_audit(Path(args.output), records(findings, rows, labels))
+        log.info(
+            "audit of %d images: %s",
+            summary["images"],
+            ", ".join(f"{n} {kind}" for kind, n in summary["flagged"].items()),
+        )
+        print(args.output)
+        return 0
+    if args.command == "explain":
+        from pathlib import Path
+
+        from trainer.explain import explain_images
+        from trainer.predict import collect_images, load_run
+
+        rows = explain_images(load_run(args.model), collect_images(args.paths), Path(args.output))
+        print("ImagePath,PredictedLabel,Score,Heatmap")
+        for row in rows:
+            print(f"{row['path']},{row['predicted']},{row['score']:.6f},{row['heatmap']}")
         return 0
     if args.command == "predict":
         from trainer.predict import load_run, predict_images

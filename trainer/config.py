@@ -69,7 +69,16 @@ class TrainConfig:
     validation_file: str | None = option(None, "a CSV of validation images, instead of --validation-fraction")
     seed: int = option(42, "split, shuffling and weight initialisation")
     # Model
-    backbone: str = option("efficientnet_lite0", "the network to transfer from (trainer.model.BACKBONES)")
+    backbone: str = option(
+        "efficientnet_lite0",
+        "the network to transfer from (trainer.model.BACKBONES), or auto: the candidates ranked by a head's "
+        "cross-validated accuracy on their cached features, the best kept",
+    )
+    candidates: str | None = option(
+        None,
+        "--backbone auto: the backbones to rank, comma-separated, each NAME or NAME=WEIGHTS_FILE "
+        "(default: efficientnet_lite0,mobilenet_v2 on a CPU; also efficientnet_b0, resnet50_v2, inception_v3 on a GPU)",
+    )
     weights: str = option("auto", "auto | imagenet | none | a weights file")
     image_size: int = option(224, "square input size in pixels", within(32, 1024))
     feature_layer: str | None = option(
@@ -87,6 +96,11 @@ class TrainConfig:
         "bottleneck mode: the head also trains on the features of each training image flipped (flips: 4 views) "
         "or flipped and transposed (dihedral: 8), each featurized once and cached; none: the images alone",
         one_of("none", "flips", "dihedral"),
+    )
+    audit: bool = option(
+        True,
+        "check the labels before trusting them: unlikely labels, near-duplicates and outliers, from pretrained "
+        "features (audit.csv, and a section of the report)",
     )
     # Training (ML.NET's names in brackets)
     epochs: int = option(50, "maximum epochs; early stopping usually ends sooner [Epoch]", at_least(1))
@@ -141,26 +155,19 @@ class TrainConfig:
     def check(self) -> TrainConfig:
         """Raise InputError naming the first option that is out of range."""
         from trainer.export import parse_formats
-        from trainer.model import BACKBONES, canonical_backbone  # the registry imports TensorFlow lazily
+        from trainer.model import canonical_backbone
 
         for option_field in dataclasses.fields(self):
             accepts, value = option_field.metadata["accepts"], getattr(self, option_field.name)
             if accepts is not None and not accepts.test(value):
                 raise InputError(f"{flag(option_field.name)} must be {accepts.words} (got {value!r})")
         self.backbone = canonical_backbone(self.backbone)
-        if self.backbone not in BACKBONES:
-            raise InputError(f"--backbone must be one of {', '.join(BACKBONES)} (got {self.backbone!r})")
-        spec = BACKBONES[self.backbone]
-        if self.image_size < spec.min_size:
-            raise InputError(
-                f"--image-size must be at least {spec.min_size} for {self.backbone} (got {self.image_size})"
-            )
-        if self.weights == "imagenet" and not spec.has_imagenet:
-            raise InputError(
-                f"--weights imagenet: backbone {self.backbone} has no ImageNet weights; use none or a file"
-            )
-        if self.weights not in ("auto", "imagenet", "none") and not Path(self.weights).is_file():
-            raise InputError(f"--weights: {self.weights!r} is not auto, imagenet, none or an existing weights file")
+        if self.backbone == "auto":
+            from trainer.choose import candidates
+
+            candidates(self.candidates, accelerated=True)  # the names; the device picks the default later
+        else:
+            self._check_backbone()
         if not 0 <= self.end_learning_rate <= self.learning_rate:
             raise InputError(
                 f"--end-learning-rate must be between 0 and --learning-rate (got {self.end_learning_rate!r})"
@@ -175,6 +182,23 @@ class TrainConfig:
         if self.validation_file is not None and not self.validation_file.strip():
             raise InputError("--validation-file must name a CSV")
         return self
+
+    def _check_backbone(self) -> None:
+        from trainer.model import BACKBONES  # the registry imports TensorFlow lazily
+
+        if self.backbone not in BACKBONES:
+            raise InputError(f"--backbone must be one of {', '.join(BACKBONES)} or auto (got {self.backbone!r})")
+        spec = BACKBONES[self.backbone]
+        if self.image_size < spec.min_size:
+            raise InputError(
+                f"--image-size must be at least {spec.min_size} for {self.backbone} (got {self.image_size})"
+            )
+        if self.weights == "imagenet" and not spec.has_imagenet:
+            raise InputError(
+                f"--weights imagenet: backbone {self.backbone} has no ImageNet weights; use none or a file"
+            )
+        if self.weights not in ("auto", "imagenet", "none") and not Path(self.weights).is_file():
+            raise InputError(f"--weights: {self.weights!r} is not auto, imagenet, none or an existing weights file")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -3,6 +3,7 @@
     OUT/Images/CD/demo-cd-0001.jpg ...     cracked deck: thin, dark, jagged lines
     OUT/Images/UD/demo-ud-0001.jpg ...     uncracked deck: the same textures, stains, no cracks
     OUT/Images/training_data.csv           ImagePath,Label with ../Images/CD/... paths
+    OUT/cracks/CD/demo-cd-0001.png ...     where the generator drew each crack (black on white)
 
 It is the offline default that lets the main job run anywhere. The same seed gives the same
 pixels; the folder is written under a temporary name and renamed, so it is whole or absent.
@@ -39,8 +40,9 @@ def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
     return np.clip(gray[..., None] + tint, 0, 255).astype(np.uint8)
 
 
-def _crack(draw: ImageDraw.ImageDraw, rng: np.random.Generator, size: int) -> None:
-    """A jagged random walk from one edge towards the opposite one, sometimes branching."""
+def _crack(draws: list[ImageDraw.ImageDraw], rng: np.random.Generator, size: int) -> None:
+    """A jagged random walk from one edge towards the opposite one, sometimes branching; drawn
+    alike on each of `draws` (the image's marks, and the mask that records where cracks are)."""
     if rng.random() < 0.5:
         x, y, heading = 0.0, rng.uniform(0.2, 0.8) * size, 0.0
     else:
@@ -62,8 +64,12 @@ def _crack(draw: ImageDraw.ImageDraw, rng: np.random.Generator, size: int) -> No
                 bx += step * 0.8 * np.cos(branch_heading)
                 by += step * 0.8 * np.sin(branch_heading)
                 branch.append((bx, by))
-            draw.line(branch, fill=int(rng.uniform(40, 80)), width=1)
-    draw.line(points, fill=int(rng.uniform(25, 70)), width=int(rng.integers(1, 4)), joint="curve")
+            fill = int(rng.uniform(40, 80))
+            for draw in draws:
+                draw.line(branch, fill=fill, width=1)
+    fill, width = int(rng.uniform(25, 70)), int(rng.integers(1, 4))
+    for draw in draws:
+        draw.line(points, fill=fill, width=width, joint="curve")
 
 
 def _stain(draw: ImageDraw.ImageDraw, rng: np.random.Generator, size: int) -> None:
@@ -74,9 +80,15 @@ def _stain(draw: ImageDraw.ImageDraw, rng: np.random.Generator, size: int) -> No
 
 
 def make_image(rng: np.random.Generator, label: str, size: int = DEFAULT_SIZE) -> Image.Image:
+    return make_image_and_mask(rng, label, size)[0]
+
+
+def make_image_and_mask(rng: np.random.Generator, label: str, size: int = DEFAULT_SIZE):
+    """The image, and a mask of where its cracks are (black on white; all white for UD)."""
     pixels = _texture(rng, size)
     image = Image.fromarray(pixels)
     marks = Image.new("L", (size, size), 255)
+    mask = Image.new("L", (size, size), 255)
     draw = ImageDraw.Draw(marks)
     if rng.random() < 0.4:
         _stain(draw, rng, size)
@@ -84,11 +96,11 @@ def make_image(rng: np.random.Generator, label: str, size: int = DEFAULT_SIZE) -
         draw = ImageDraw.Draw(marks)
     if label == "CD":
         for _ in range(int(rng.integers(1, 3))):
-            _crack(draw, rng, size)
+            _crack([draw, ImageDraw.Draw(mask)], rng, size)
     marks = marks.filter(ImageFilter.GaussianBlur(0.6))
     # Multiply: marks darken the texture in proportion, as a shadowed crack does.
     darkened = np.asarray(image, dtype=np.float32) * (np.asarray(marks, dtype=np.float32)[..., None] / 255.0)
-    return Image.fromarray(darkened.astype(np.uint8))
+    return Image.fromarray(darkened.astype(np.uint8)), mask
 
 
 def make_demo_data(out_dir: str | Path, per_class: int = 60, seed: int = 0, image_size: int = DEFAULT_SIZE) -> Path:
@@ -113,9 +125,12 @@ def make_demo_data(out_dir: str | Path, per_class: int = 60, seed: int = 0, imag
         lines = ["ImagePath,Label"]
         for label in LABELS:
             (partial / "Images" / label).mkdir(parents=True)
+            (partial / "cracks" / label).mkdir(parents=True)
             for index in range(1, per_class + 1):
                 name = f"demo-{label.lower()}-{index:04d}.jpg"
-                make_image(rng, label, image_size).save(partial / "Images" / label / name, quality=90)
+                image, mask = make_image_and_mask(rng, label, image_size)
+                image.save(partial / "Images" / label / name, quality=90)
+                mask.save(partial / "cracks" / label / name.replace(".jpg", ".png"))
                 lines.append(f"../Images/{label}/{name},{label}")
         (partial / "Images" / "training_data.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
         (partial / "demo.json").write_text(json.dumps(settings) + "\n")

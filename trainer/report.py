@@ -28,6 +28,7 @@ PICTURES = {
     "learning_curves.png": "Learning curves",
     "confusion_matrix.png": "Confusion matrix",
     "worst_test_images.png": "Worst-classified test images",
+    "heatmaps.png": "Where the model looks: the evidence for the predicted class (class activation maps)",
 }
 
 
@@ -160,6 +161,62 @@ def _exports_section(exports: dict) -> str:
     )
 
 
+def _thumbnail(path: str, side: int = 96) -> str:
+    """An <img> of the photo, JPEG, `side` pixels at most: the page stays one file."""
+    import io
+
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as image:
+            photo = ImageOps.exif_transpose(image).convert("RGB")
+    except (OSError, ValueError):
+        return "(image not found)"
+    photo.thumbnail((side, side))
+    buffer = io.BytesIO()
+    photo.save(buffer, format="JPEG", quality=80)
+    encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return f"<img src='data:image/jpeg;base64,{encoded}' alt='{html.escape(Path(path).name)}'>"
+
+
+def _ranking_section(ranking: list[dict] | None) -> str:
+    """--backbone auto: the candidates as they were ranked."""
+    if not ranking:
+        return ""
+    rows = [
+        [entry["backbone"], entry["weights"], entry["cv_accuracy"], entry["cv_log_loss"], entry["featurize_seconds"]]
+        for entry in ranking
+    ]
+    return (
+        "<h2>Backbone chosen (--backbone auto)</h2><p>Each candidate featurized the training images once; a "
+        "head's 5-fold cross-validated accuracy on those features ranked them, the best first.</p>"
+        + _table(rows, ["backbone", "weights", "CV accuracy", "CV log-loss", "featurize s"])
+    )
+
+
+def _audit_section(path: Path, summary: dict | None, shown: int = 40) -> str:
+    if not path.is_file():
+        return "<p>No label audit in this run (--no-audit).</p>"
+    rows = runfolder.read_audit(path)
+    flagged = (summary or {}).get("flagged", {})
+    counts = ", ".join(f"{count} {kind}" for kind, count in flagged.items()) or f"{len(rows)} images"
+    intro = (
+        f"<p>{len(rows)} images to look at ({html.escape(counts)}), from {html.escape((summary or {}).get('features', 'pretrained features'))}: "
+        "a label that held-out heads find unlikely, an image nearly identical to one under another label or in another "
+        f"split, or one unlike all others. The list is <code>{runfolder.AUDIT}</code>; the first {shown} are here.</p>"
+    )
+    if not rows:
+        return intro
+    cells = "".join(
+        f"<tr><td>{_thumbnail(row['ImagePath'])}</td><td>{html.escape(Path(row['ImagePath']).name)}</td>"
+        f"<td>{html.escape(row['Label'])}</td><td>{html.escape(row['SuggestedLabel'])}</td>"
+        f"<td>{float(row['Score']):.3f}</td><td>{html.escape(row['Reason'])}</td></tr>"
+        for row in rows[:shown]
+    )
+    header = "<tr><th></th><th>image</th><th>label</th><th>suggested</th><th>score</th><th>why</th></tr>"
+    return f"{intro}<table>{header}{cells}</table>"
+
+
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
 table { border-collapse: collapse; margin: 0.5em 1.5em 1em 0; }
@@ -186,6 +243,7 @@ def render(run_dir: Path, name: str) -> str:
     )
     sections = [
         f"<h1>{html.escape(title)}</h1><p>{headline}</p>",
+        _ranking_section(config.get("backbone_ranking")),
         "<h2>Metrics</h2>",
         _metrics_section("test", metrics),
         _metrics_section("validation", metrics.get("validation", {})),
@@ -194,6 +252,8 @@ def render(run_dir: Path, name: str) -> str:
         *(_picture(run_dir / name, caption) for name, caption in PICTURES.items()),
         "<h2>Data</h2>",
         _data_section(metrics, _split_counts(run_dir)),
+        "<h2>Labels to check</h2>",
+        _audit_section(run_dir / runfolder.AUDIT, manifest.get("audit")),
         "<h2>Exports</h2>",
         _exports_section(exports),
         "<h2>Configuration</h2>",

@@ -11,6 +11,8 @@ steps can ask what a run holds without importing the trainer's stack.
     metrics.json         test and validation metrics, and the data report
     predictions.csv      every test and validation image's prediction
     exports.json         the exports' parity check
+    heatmaps.png         where the model looks: class activation maps over test images
+    audit.csv            labels to check: unlikely labels, near-duplicates, outliers
     report.html          the page that shows it all
 """
 
@@ -33,6 +35,8 @@ METRICS = "metrics.json"
 PREDICTIONS = "predictions.csv"
 EXPORTS = "exports.json"
 REPORT = "report.html"
+HEATMAPS = "heatmaps.png"
+AUDIT = "audit.csv"
 
 
 def is_run(folder: Path) -> bool:
@@ -87,6 +91,24 @@ def write_history(path: Path, history: list[dict]) -> None:
         writer.writerow(["phase", "epoch", *keys])
         for row in history:
             writer.writerow([row["phase"], row["epoch"], *(f"{row[key]:.6f}" if key in row else "" for key in keys)])
+
+
+AUDIT_COLUMNS = ["ImagePath", "Label", "SuggestedLabel", "Score", "Reason"]
+
+
+def write_audit(path: Path, records: list[dict]) -> None:
+    with replacing(path) as temporary, temporary.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, AUDIT_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(records)
+
+
+def read_audit(path: Path) -> list[dict]:
+    """audit.csv's rows as dicts (ImagePath, Label, SuggestedLabel, Score, Reason); [] without one."""
+    if not path.is_file():
+        return []
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
 
 
 def read_predictions(path: Path, split: str = "test") -> list[dict]:

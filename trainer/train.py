@@ -492,10 +492,12 @@ def main(config: TrainConfig) -> Path:
     import keras
 
     from trainer import device
+    from trainer.choose import choose
     from trainer.model import cut_backbone, float32_copy, load_backbone, make_model
 
     session = start_session(config, loaded, workspace)
-    started, phases, cache, head, fine_tuned = time.time(), {}, None, None, None
+    started, phases, cache, head, fine_tuned, features = time.time(), {}, None, None, None, None
+    chosen = choose(session, loaded) if config.backbone == "auto" else None  # sets config.backbone
     with session.strategy.scope():
         backbone, weights_used = load_backbone(config.backbone, config.image_size, config.weights)
         backbone = cut_backbone(backbone, config.feature_layer) if config.feature_layer else backbone
@@ -523,8 +525,17 @@ def main(config: TrainConfig) -> Path:
     manifest.update(
         request=request, request_key=request_key(request), **({"fine_tune": fine_tuned} if fine_tuned else {})
     )
+    manifest.update({"backbone_auto": chosen} if chosen else {})
+    audited = None
+    if config.audit:
+        from trainer.audit import audit_splits
+
+        audited = audit_splits(loaded.parts, loaded.labels, features, workspace, config.seed)
+        manifest["audit"] = audited[2]
     history = _join_history(phases)
-    export_error = _write_run(run_dir, config, model, loaded, metrics, probabilities, history, manifest, weights_used)
+    export_error = _write_run(
+        run_dir, config, model, loaded, (metrics, probabilities, audited), history, manifest, weights_used
+    )
     shutil.rmtree(session.checkpoint_root, ignore_errors=True)
     log.info("run folder: %s", run_dir)
     if export_error:
@@ -619,17 +630,20 @@ def _write_run(
     config,
     model,
     loaded: Data,
-    metrics: dict,
-    probabilities: dict,
+    results: tuple,
     history: list[dict],
     manifest: dict,
     weights_used: str,
 ) -> str | None:
-    """Everything the run leaves, written whole or not at all. Returns the export check's
-    message when an export disagrees: the run folder is still written, since the model is good."""
+    """Everything the run leaves, written whole or not at all. results: the metrics and
+    probabilities by split, and the label audit or None. Returns the export check's message
+    when an export disagrees: the run folder is still written, since the model is good."""
     from trainer import report
+    from trainer.audit import records
+    from trainer.explain import heatmap_sheet
     from trainer.export import export_run, parse_formats
 
+    metrics, probabilities, audited = results
     export_error = None
     with partial_folder(run_dir) as partial:
         model.save(partial / runfolder.MODEL)
@@ -640,6 +654,7 @@ def _write_run(
             partial / runfolder.CONFIG,
             weights_used=weights_used,
             labels=loaded.labels,
+            **({"backbone_ranking": manifest["backbone_auto"]["ranking"]} if "backbone_auto" in manifest else {}),
             folder_resolved=str(Path(config.folder).resolve()),
         )
         data.write_split(loaded.parts, partial / runfolder.SPLIT)
@@ -664,6 +679,13 @@ def _write_run(
             },
         )
         _write_tensorboard(history, partial / "logs")
+        test = runfolder.read_predictions(partial / runfolder.PREDICTIONS)
+        try:
+            heatmap_sheet(model, test, loaded.labels, config.image_size, partial / runfolder.HEATMAPS)
+        except InputError as error:  # a model these maps cannot split: the run is good without them
+            log.warning("WARNING: no heatmaps: %s", error)
+        if audited is not None:
+            runfolder.write_audit(partial / runfolder.AUDIT, records(audited[1], audited[0], loaded.labels))
         formats = parse_formats(config.export)
         if formats:
             try:

@@ -1,0 +1,93 @@
+"""trainer/audit.py: unlikely labels (out-of-fold heads, confident learning's cut), near-duplicates
+and outliers, from pretrained features."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import run_module
+from trainer import audit
+
+
+def test_the_confident_joint_estimates_how_many_labels_are_wrong():
+    """Class 0: 8 images sure of 0, 2 sure of 1; class 1: 9 sure of 1, 1 sure of 0."""
+    probabilities = np.array([[0.9, 0.1]] * 8 + [[0.1, 0.9]] * 2 + [[0.2, 0.8]] * 9 + [[0.95, 0.05]])
+    labels = np.array([0] * 10 + [1] * 10)
+    assert audit.estimated_errors(probabilities, labels).tolist() == [2, 1]
+    flagged = audit.unlikely_labels(probabilities, labels)
+    assert sorted(finding.index for finding in flagged) == [8, 9, 19]
+    assert {finding.index: finding.suggested for finding in flagged} == {8: 1, 9: 1, 19: 0}
+
+
+def test_near_duplicates_across_labels_or_splits_and_outliers():
+    rng = np.random.default_rng(0)
+    features = rng.normal(0, 1, (60, 32))
+    features[1] = features[0] + rng.normal(0, 0.01, 32)  # a re-encode of image 0, under another label
+    features[3] = features[2] + rng.normal(0, 0.01, 32)  # same label, same split: not a finding
+    features[5] = features[4] + rng.normal(0, 0.01, 32)  # same label, another split: a leak
+    features[59] = 40 * rng.normal(0, 1, 32)  # unlike anything
+    labels = np.array([0, 1] + [0] * 58)
+    groups = ["train"] * 5 + ["test"] + ["train"] * 54
+    found = audit.near_duplicates(features, audit._unit(features), labels, groups)  # features as thumbnails too
+    assert sorted(finding.index for finding in found) == [0, 1, 4, 5]
+    assert all(finding.score >= audit.SAME_LAYOUT for finding in found)
+    assert [finding.index for finding in audit.outliers(features, labels)] == [59]
+
+
+@pytest.fixture(scope="module")
+def flippable(tmp_path_factory):
+    """200 synthetic photos and their ImageNet features (EfficientNet-Lite0, from PyPI)."""
+    from trainer import data
+    from trainer.demo import make_demo_data
+
+    folder = tmp_path_factory.mktemp("audit")
+    make_demo_data(folder / "demo", per_class=100, seed=11)
+    rows, report = data.load_rows(folder / "demo" / "Images", "training_data.csv")
+    rows = data.validate(rows, report)
+    labels = np.array([("CD", "UD").index(row.label) for row in rows])
+    return folder, rows, labels, audit.pretrained_features(rows, folder / "workspace")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_audit_finds_flipped_labels(flippable, seed):
+    """10% of the labels flipped at random: at least 80% of them found, at least 70% of what is
+    flagged flipped."""
+    _, _, labels, features = flippable
+    rng = np.random.default_rng(seed)
+    flipped = set(rng.choice(len(labels), len(labels) // 10, replace=False).tolist())
+    noisy = np.array([1 - label if index in flipped else label for index, label in enumerate(labels)])
+    findings = audit.audit(features, None, noisy, 2, ["train"] * len(labels))
+    flagged = {finding.index for finding in findings if finding.reason == "label"}
+    found = len(flagged & flipped)
+    print(
+        f"seed {seed}: {len(flagged)} flagged, recall {found / len(flipped):.2f}, precision {found / len(flagged):.2f}"
+    )
+    assert found >= 0.8 * len(flipped) and found >= 0.7 * len(flagged)
+
+
+@pytest.mark.slow
+def test_the_audit_command_lists_a_re_encoded_copy_under_the_other_label(flippable, tmp_path):
+    folder, _, _, _ = flippable
+    images = tmp_path / "Images"
+    shutil.copytree(folder / "demo" / "Images", images)
+    original = images / "CD" / "demo-cd-0007.jpg"
+    with Image.open(original) as photo:
+        photo.resize((150, 150)).save(images / "UD" / "copy.jpg", quality=70)  # other bytes, the same picture
+    with (images / "training_data.csv").open("a") as handle:
+        handle.write("../Images/UD/copy.jpg,UD\n")
+    result = run_module(
+        "audit", "--folder", images, "--file", "training_data.csv", "--workspace", folder / "workspace",
+        "--output", tmp_path / "audit.csv",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    with (tmp_path / "audit.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    duplicates = {row["ImagePath"]: row["Reason"] for row in rows if row["Reason"].startswith("near-duplicate")}
+    assert duplicates[str(images / "UD" / "copy.jpg")] == f"near-duplicate of {original}"
+    assert str(original) in duplicates
