@@ -33,7 +33,6 @@ import numpy as np
 from trainer import data, multiworker, pipeline, runfolder
 from trainer.atomic import link_or_copy, partial_folder
 from trainer.config import TrainConfig, save_config
-from trainer.config import options as config_options
 from trainer.errors import CheckFailed, InputError
 from trainer.evaluate import classification_metrics, log_loss, summary_line, write_metrics
 from trainer.fingerprint import request_key, training_request
@@ -311,8 +310,9 @@ class Session:
         )
 
 
-def start_session(config: TrainConfig, loaded: Data, workspace: Path) -> Session:
-    """Seeds, determinism, the GPU policy and the distribution strategy, decided once."""
+def start_session(config: TrainConfig, loaded: Data, workspace: Path, options: dict) -> Session:
+    """Seeds, determinism, the GPU policy and the distribution strategy, decided once; `options`
+    are the request's compared options, which key the checkpoints."""
     import keras
     import tensorflow as tf
 
@@ -330,7 +330,7 @@ def start_session(config: TrainConfig, loaded: Data, workspace: Path) -> Session
     if policy.mixed_precision:
         keras.mixed_precision.set_global_policy(policy.mixed_precision)
     tf.config.optimizer.set_jit(policy.xla)
-    checkpoint_root = workspace / "checkpoints" / _resume_key(config, loaded.fingerprint())
+    checkpoint_root = workspace / "checkpoints" / _resume_key(options, loaded.fingerprint())
     if not device.is_chief():
         kind, index = device.task()
         checkpoint_root = checkpoint_root.with_name(f"{checkpoint_root.name}-{kind}{index}")
@@ -495,7 +495,7 @@ def main(config: TrainConfig) -> Path:
     from trainer.choose import choose
     from trainer.model import cut_backbone, float32_copy, load_backbone, make_model
 
-    session = start_session(config, loaded, workspace)
+    session = start_session(config, loaded, workspace, request["options"])
     started, phases, cache, head, fine_tuned, features = time.time(), {}, None, None, None, None
     chosen = choose(session, loaded) if config.backbone == "auto" else None  # sets config.backbone
     with session.strategy.scope():
@@ -543,15 +543,12 @@ def main(config: TrainConfig) -> Path:
     return run_dir
 
 
-def _resume_key(config: TrainConfig, fingerprint: str) -> str:
+def _resume_key(options: dict, fingerprint: str) -> str:
     """The same command on the same data gives the same key, wherever its files are: the
-    options but the places (trainer/config.py) and --export, which does not change training."""
-    options = {
-        option.name: getattr(config, option.name)
-        for option in config_options()
-        if not option.metadata["place"] and option.name != "export"
-    }
-    return hashlib.sha256(json.dumps([options, fingerprint], sort_keys=True, default=str).encode()).hexdigest()[:16]
+    fingerprint's compared options (no places; a weights file by its content) but --export,
+    which does not change training."""
+    kept = {name: value for name, value in options.items() if name != "export"}
+    return hashlib.sha256(json.dumps([kept, fingerprint], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _join_history(phases: dict[str, Phase]) -> list[dict]:
