@@ -61,10 +61,11 @@ def test_the_label_audit_is_in_the_run_and_its_report(run_dir):
         "label", "near-duplicate", "outlier"
     }  # fmt: skip
     audit = (run_dir / "audit.csv").read_text().splitlines()
-    assert audit[0] == "ImagePath,Label,SuggestedLabel,Score,Reason"
+    assert audit[0] == "ImagePath,Label,SuggestedLabel,Score,Reason,Group"
     assert len(audit) - 1 == sum(manifest["audit"]["flagged"].values())
     page = (run_dir / "report.html").read_text()
     assert "Labels to check" in page and f"{len(audit) - 1} images to look at" in page
+    assert manifest["diagnostics"] == {"audit": "ok", "heatmaps": "ok", "exports": "ok", "report": "ok"}
 
 
 def _chromium() -> str | None:
@@ -129,7 +130,7 @@ def test_the_main_jobs_report_shows_where_it_looks_and_the_labels_to_check(tmp_p
     page = (run / "report.html").read_text()
     assert "<h2>Labels to check</h2>" in page and "Where the model looks" in page
     audit = (run / "audit.csv").read_text().splitlines()
-    assert audit[0] == "ImagePath,Label,SuggestedLabel,Score,Reason" and len(audit) > 1
+    assert audit[0] == "ImagePath,Label,SuggestedLabel,Score,Reason,Group" and len(audit) > 1
     _pictures_and_thumbnails_load(run, tmp_path)
 
 

@@ -8,9 +8,11 @@ From pretrained features (the bottleneck cache's), in seconds rather than a retr
   whose probability for another class reaches that class's average self-confidence, calibrated
   to the class sizes. Of each class, that many images with the lowest probability for their
   given label are flagged (pruning by noise rate), so the cut follows the data, not a threshold;
-- near-duplicates: pairs of images under different labels or in different splits that are the
-  same picture in other bytes (identical bytes were merged before): re-encoded, resized or
-  slightly cropped. Pooled CNN features alone cannot tell them: measured on the concrete photos,
+- near-duplicates: groups of images, under different labels or in different splits, that are
+  the same picture in other bytes (identical bytes were merged before): re-encoded, resized or
+  slightly cropped. Only each image's nearest by thumbnail and by features are compared
+  (trainer.neighbours: memory and time near-linear in the number of images), and pairs that
+  match are joined into groups. Pooled CNN features alone cannot tell them: measured on the concrete photos,
   such copies score 0.89-0.93 cosine while distinct photos of the same surface reach 0.925, and
   on the synthetic set a JPEG re-encode drops to 0.41. A 16 x 16 luminance thumbnail (mean
   removed, unit length; the "tiny image" descriptor) keeps the layout they share: a pair counts
@@ -18,6 +20,9 @@ From pretrained features (the bottleneck cache's), in seconds rather than a retr
   On both sets that caught every re-encode, resize and 8-pixel crop, and no distinct pair;
 - outliers: images far from all others (their mean cosine distance to the 5 nearest
   neighbours is more than 3.5 robust standard deviations above the median).
+
+audit.csv lists at most SHOWN findings of each kind, the likeliest first; when a kind has more,
+audit-full.csv beside it has them all.
 """
 
 from __future__ import annotations
@@ -28,8 +33,11 @@ import numpy as np
 
 SAME_LAYOUT, SIMILAR_LAYOUT, SIMILAR_FEATURES = 0.9, 0.75, 0.85  # see near-duplicates above
 THUMBNAIL = 16
+CANDIDATES = 10  # nearest images per image looked at for near-duplicates, by thumbnail and by features
 OUTLIER_Z = 3.5
 NEIGHBOURS = 5
+SHOWN = 500  # findings of each kind in audit.csv (all of them in audit-full.csv)
+KINDS = ("label", "near-duplicate", "outlier")
 
 
 @dataclass
@@ -38,6 +46,8 @@ class Finding:
     suggested: int  # the class the audit suggests (the given one, for duplicates and outliers)
     score: float  # label: 1 - P(given label); near-duplicate: thumbnail correlation; outlier: robust z
     reason: str
+    group: int = 0  # near-duplicates: the group's number (1, 2, ...), 0 otherwise
+    size: int = 0  # near-duplicates: how many images the group holds
 
 
 def out_of_fold(features: np.ndarray, labels: np.ndarray, classes: int, folds: int = 5, seed: int = 0) -> np.ndarray:
@@ -92,62 +102,106 @@ def unlikely_labels(probabilities: np.ndarray, labels: np.ndarray) -> list[Findi
 
 
 def _unit(features: np.ndarray) -> np.ndarray:
-    centred = features - features.mean(axis=0)
-    return centred / np.maximum(np.linalg.norm(centred, axis=1, keepdims=True), 1e-12)
+    """Rows centred on the mean and scaled to unit length (float32, blockwise)."""
+    from trainer.neighbours import unit_rows
+
+    return unit_rows(features)
 
 
 def thumbnails(paths) -> np.ndarray:
-    """[n, 256]: each image as a 16 x 16 luminance thumbnail, mean removed, unit length."""
+    """[n, 256]: each image as a 16 x 16 luminance thumbnail, mean removed, unit length (float32)."""
     from PIL import Image, ImageOps
 
-    out = np.zeros((len(paths), THUMBNAIL * THUMBNAIL))
+    out = np.zeros((len(paths), THUMBNAIL * THUMBNAIL), dtype=np.float32)
     for index, path in enumerate(paths):
         with Image.open(path) as image:
             image.draft("L", (4 * THUMBNAIL, 4 * THUMBNAIL))
             small = ImageOps.exif_transpose(image).convert("L").resize((THUMBNAIL, THUMBNAIL), Image.Resampling.BOX)
-        vector = np.asarray(small, dtype=np.float64).ravel()
+        vector = np.asarray(small, dtype=np.float32).ravel()
         out[index] = vector - vector.mean()
     return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
 
-def near_duplicates(features: np.ndarray, small: np.ndarray, labels: np.ndarray, groups: list[str]) -> list[Finding]:
-    """Pairs under different labels or in different splits (`groups`), both images flagged;
-    `small`: thumbnails()."""
-    unit = _unit(features)
-    layout, content = small @ small.T, unit @ unit.T
+def near_duplicate_pairs(unit: np.ndarray, small: np.ndarray, by_content: np.ndarray | None = None,
+                         seed: int = 0) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """The pairs that are the same picture: (pairs [m, 2], their thumbnail correlations). The
+    candidates are each image's CANDIDATES nearest by thumbnail and by features (trainer.
+    neighbours, linear in memory; `by_content`: the feature neighbours when already found), so
+    a pair is never looked at unless one image is among the other's nearest; both similarities
+    are then computed exactly for each candidate."""
+    from trainer.neighbours import nearest, pairs, similarity_of
+
+    by_layout, _ = nearest(small, CANDIDATES, seed)
+    if by_content is None:
+        by_content, _ = nearest(unit, CANDIDATES, seed)
+    candidates = np.unique(np.concatenate([pairs(by_layout), pairs(by_content[:, :CANDIDATES])]), axis=0)
+    if not len(candidates):
+        return candidates, np.zeros(0, dtype=np.float32)
+    layout, content = similarity_of(small, candidates), similarity_of(unit, candidates)
     same = (layout >= SAME_LAYOUT) | ((layout >= SIMILAR_LAYOUT) & (content >= SIMILAR_FEATURES))
-    np.fill_diagonal(same, False)
-    findings = []
-    for a, b in zip(*np.nonzero(np.triu(same)), strict=True):
-        if labels[a] != labels[b] or groups[a] != groups[b]:
-            for index, other in ((a, b), (b, a)):
-                findings.append(
-                    Finding(int(index), int(labels[index]), float(layout[a, b]), f"near-duplicate of #{other}")
-                )
+    return candidates[same], layout[same]
+
+
+def near_duplicates(features: np.ndarray, small: np.ndarray, labels: np.ndarray, groups: list[str],
+                    seed: int = 0, neighbours=None) -> list[Finding]:  # fmt: skip
+    """Groups of the same picture (joined pair by pair) whose members carry different labels or
+    sit in different splits (`groups`): every member flagged, scored by its best match, and
+    named as a near-duplicate of the group's first other member; `small`: thumbnails();
+    `neighbours`: (unit features, their neighbour table) when the caller has them."""
+    from trainer.neighbours import groups as components
+
+    labels = np.asarray(labels)
+    unit, by_content = neighbours if neighbours is not None else (_unit(features), None)
+    linked, layout = near_duplicate_pairs(unit, np.ascontiguousarray(small, dtype=np.float32), by_content, seed)
+    if not len(linked):
+        return []
+    group = components(len(labels), linked)
+    best = np.zeros(len(labels), dtype=np.float32)
+    np.maximum.at(best, linked[:, 0], layout)
+    np.maximum.at(best, linked[:, 1], layout)
+    members: dict[int, list[int]] = {}
+    for index in np.unique(linked):
+        members.setdefault(int(group[index]), []).append(int(index))
+    findings, number = [], 0
+    for _, indices in sorted(members.items()):
+        if len({int(labels[i]) for i in indices}) == 1 and len({groups[i] for i in indices}) == 1:
+            continue
+        number += 1
+        for index in indices:
+            other = next(i for i in indices if i != index)
+            findings.append(Finding(index, int(labels[index]), float(best[index]), f"near-duplicate of #{other}",
+                                    group=number, size=len(indices)))  # fmt: skip
     return findings
 
 
-def outliers(features: np.ndarray, labels: np.ndarray) -> list[Finding]:
+def outliers(features: np.ndarray, labels: np.ndarray, seed: int = 0, similarity=None) -> list[Finding]:
+    """`similarity`: each image's similarities to its nearest others, most similar first, when
+    the caller has them."""
+    from trainer.neighbours import nearest
+
     if len(features) <= NEIGHBOURS:
         return []
-    unit = _unit(features)
-    distance = 1 - unit @ unit.T
-    np.fill_diagonal(distance, np.inf)
-    nearest = np.sort(distance, axis=1)[:, :NEIGHBOURS].mean(axis=1)
-    median = np.median(nearest)
-    spread = 1.4826 * np.median(np.abs(nearest - median)) or 1e-12
-    z = (nearest - median) / spread
+    if similarity is None:
+        _, similarity = nearest(_unit(features), NEIGHBOURS, seed)
+    nearest_distance = (1 - similarity[:, :NEIGHBOURS].astype(np.float64)).mean(axis=1)
+    median = np.median(nearest_distance)
+    spread = 1.4826 * np.median(np.abs(nearest_distance - median)) or 1e-12
+    z = (nearest_distance - median) / spread
     return [Finding(int(i), int(labels[i]), float(z[i]), "outlier") for i in np.flatnonzero(z > OUTLIER_Z)]
 
 
 def audit(features: np.ndarray, small: np.ndarray | None, labels, classes: int, groups: list[str], seed: int = 0):
     """Every finding, the unlikely labels first (least likely first), then near-duplicates (when
-    thumbnails are given), then outliers."""
+    thumbnails are given), then outliers. The features' neighbour table is found once for both."""
+    from trainer.neighbours import nearest
+
     labels = np.asarray(labels)
     probabilities = out_of_fold(features, labels, classes, seed=seed)
     found = sorted(unlikely_labels(probabilities, labels), key=lambda finding: -finding.score)
-    duplicates = [] if small is None else near_duplicates(features, small, labels, groups)
-    return found + duplicates + outliers(features, labels)
+    unit = _unit(features)
+    indices, similarity = nearest(unit, max(CANDIDATES, NEIGHBOURS), seed)
+    duplicates = [] if small is None else near_duplicates(features, small, labels, groups, seed, (unit, indices))
+    return found + duplicates + outliers(features, labels, seed, similarity)
 
 
 DEFAULT_BACKBONE, DEFAULT_SIZE = "efficientnet_lite0", 224  # the one with offline ImageNet weights
@@ -174,21 +228,70 @@ def pretrained_features(
 
 
 def records(findings: list[Finding], rows, labels: list[str]) -> list[dict]:
-    """audit.csv's rows: ImagePath, Label, SuggestedLabel, Score, Reason."""
+    """audit.csv's rows: ImagePath, Label, SuggestedLabel, Score, Reason, Group."""
     out = []
     for finding in findings:
         row, reason = rows[finding.index], finding.reason
         if reason.startswith("near-duplicate of #"):
             reason = f"near-duplicate of {rows[int(reason.rsplit('#', 1)[1])].path}"
+            if finding.size > 2:
+                reason += f" (one of {finding.size})"
         out.append({"ImagePath": str(row.path), "Label": row.label, "SuggestedLabel": labels[finding.suggested],
-                    "Score": f"{finding.score:.4f}", "Reason": reason})  # fmt: skip
+                    "Score": f"{finding.score:.4f}", "Reason": reason,
+                    "Group": finding.group or ""})  # fmt: skip
     return out
+
+
+def kind_of(finding: Finding) -> str:
+    return next(kind for kind in KINDS if finding.reason.startswith(kind))
+
+
+def shown(findings: list[Finding], limit: int = SHOWN) -> list[Finding]:
+    """At most `limit` findings of each kind, in their order (the likeliest first; a
+    near-duplicate group is kept whole or left out whole, by its best score)."""
+    out, taken = [], dict.fromkeys(KINDS, 0)
+    duplicates = sorted((f for f in findings if kind_of(f) == "near-duplicate"), key=lambda f: (-f.score, f.group))
+    best_groups, count = [], 0
+    for group in dict.fromkeys(f.group for f in duplicates):
+        size = sum(f.group == group for f in duplicates)
+        if count + size > limit and best_groups:
+            break
+        best_groups.append(group)
+        count += size
+    for finding in findings:
+        kind = kind_of(finding)
+        if kind == "near-duplicate":
+            if finding.group in best_groups:
+                out.append(finding)
+        elif taken[kind] < limit:
+            out.append(finding)
+            taken[kind] += 1
+    return out
+
+
+def write_lists(path, rows, findings: list[Finding], labels: list[str]):
+    """audit.csv at `path` (at most SHOWN of each kind) and, when that left some out, the whole
+    list beside it as <name>-full.csv (runfolder.AUDIT_FULL in a run folder); returns the
+    files written."""
+    from pathlib import Path
+
+    from trainer import runfolder
+
+    path = Path(path)
+    listed = shown(findings)
+    runfolder.write_audit(path, records(listed, rows, labels))
+    if len(listed) == len(findings):
+        return [path]
+    full = path.with_name(f"{path.stem}-full{path.suffix}")
+    runfolder.write_audit(full, records(findings, rows, labels))
+    return [path, full]
 
 
 def audit_splits(parts: dict, labels: list[str], features: dict | None, workspace, seed: int = 0):
     """The audit of a run's images, all splits together (a near-duplicate across splits leaks):
-    (rows, findings, summary for the manifest). `features`: the run's own pretrained features
-    by split, or None to use the default pretrained backbone's."""
+    (rows, findings, summary for the manifest). `features`: the run's own pretrained features,
+    one row per image in split order (empty splits skipped), or None to use the default
+    pretrained backbone's."""
     names = [name for name in parts if parts[name]]
     rows = [row for name in names for row in parts[name]]
     groups = [name for name in names for _ in parts[name]]
@@ -196,8 +299,12 @@ def audit_splits(parts: dict, labels: list[str], features: dict | None, workspac
         vectors = pretrained_features(rows, workspace)
         source = f"{DEFAULT_BACKBONE} at {DEFAULT_SIZE} px, ImageNet weights"
     else:
-        vectors, source = np.concatenate([features[name] for name in names]), "the run's own features"
-    given = np.array([labels.index(row.label) for row in rows])
+        vectors, source = features, "the run's own features"
+    index = {label: number for number, label in enumerate(labels)}
+    given = np.array([index[row.label] for row in rows])
     findings = audit(vectors, thumbnails([row.path for row in rows]), given, len(labels), groups, seed)
-    kinds = {kind: sum(f.reason.startswith(kind) for f in findings) for kind in ("label", "near-duplicate", "outlier")}
-    return rows, findings, {"features": source, "images": len(rows), "flagged": kinds}
+    kinds = {kind: sum(kind_of(f) == kind for f in findings) for kind in KINDS}
+    duplicate_groups = len({f.group for f in findings if kind_of(f) == "near-duplicate"})
+    summary = {"features": source, "images": len(rows), "flagged": kinds, "near_duplicate_groups": duplicate_groups,
+               "listed": {kind: sum(kind_of(f) == kind for f in shown(findings)) for kind in KINDS}}  # fmt: skip
+    return rows, findings, summary

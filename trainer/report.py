@@ -200,10 +200,20 @@ def _audit_section(path: Path, summary: dict | None, shown: int = 40) -> str:
     rows = runfolder.read_audit(path)
     flagged = (summary or {}).get("flagged", {})
     counts = ", ".join(f"{count} {kind}" for kind, count in flagged.items()) or f"{len(rows)} images"
+    groups = (summary or {}).get("near_duplicate_groups")
+    full = path.with_name(runfolder.AUDIT_FULL)
+    listed = (
+        f" It lists the likeliest 500 of each kind; <code>{runfolder.AUDIT_FULL}</code> has all {sum(flagged.values())}."
+        if full.is_file()
+        else ""
+    )
     intro = (
-        f"<p>{len(rows)} images to look at ({html.escape(counts)}), from {html.escape((summary or {}).get('features', 'pretrained features'))}: "
+        f"<p>{sum(flagged.values()) or len(rows)} images to look at ({html.escape(counts)}"
+        + (f"; the near-duplicates in {groups} group(s)" if groups else "")
+        + f"), from {html.escape((summary or {}).get('features', 'pretrained features'))}: "
         "a label that held-out heads find unlikely, an image nearly identical to one under another label or in another "
-        f"split, or one unlike all others. The list is <code>{runfolder.AUDIT}</code>; the first {shown} are here.</p>"
+        f"split, or one unlike all others. The list is <code>{runfolder.AUDIT}</code>; the first {shown} are here."
+        f"{listed}</p>"
     )
     if not rows:
         return intro
@@ -229,6 +239,16 @@ code { background: #f4f4f4; padding: 1px 4px; }
 """
 
 
+def _diagnostics_note(manifest: dict) -> str:
+    """A warning line for each diagnostic that failed (the model itself is fine)."""
+    failed = {name: state["failed"] for name, state in manifest.get("diagnostics", {}).items()
+              if isinstance(state, dict) and "failed" in state}  # fmt: skip
+    if not failed:
+        return ""
+    items = "".join(f"<li><b>{html.escape(name)}</b>: {html.escape(reason)}</li>" for name, reason in failed.items())
+    return f"<p><b>Warning:</b> the model is complete, but these diagnostics failed:</p><ul>{items}</ul>"
+
+
 def render(run_dir: Path, name: str) -> str:
     metrics = read_json(run_dir / runfolder.METRICS)
     config = read_json(run_dir / runfolder.CONFIG)
@@ -243,6 +263,7 @@ def render(run_dir: Path, name: str) -> str:
     )
     sections = [
         f"<h1>{html.escape(title)}</h1><p>{headline}</p>",
+        _diagnostics_note(manifest),
         _ranking_section(config.get("backbone_ranking")),
         "<h2>Metrics</h2>",
         _metrics_section("test", metrics),

@@ -12,7 +12,8 @@ steps can ask what a run holds without importing the trainer's stack.
     predictions.csv      every test and validation image's prediction
     exports.json         the exports' parity check
     heatmaps.png         where the model looks: class activation maps over test images
-    audit.csv            labels to check: unlikely labels, near-duplicates, outliers
+    audit.csv            labels to check: unlikely labels, near-duplicates, outliers (the first
+                         500 of each kind; audit-full.csv has them all when there are more)
     report.html          the page that shows it all
 """
 
@@ -37,6 +38,7 @@ EXPORTS = "exports.json"
 REPORT = "report.html"
 HEATMAPS = "heatmaps.png"
 AUDIT = "audit.csv"
+AUDIT_FULL = "audit-full.csv"
 
 
 def is_run(folder: Path) -> bool:
@@ -93,7 +95,7 @@ def write_history(path: Path, history: list[dict]) -> None:
             writer.writerow([row["phase"], row["epoch"], *(f"{row[key]:.6f}" if key in row else "" for key in keys)])
 
 
-AUDIT_COLUMNS = ["ImagePath", "Label", "SuggestedLabel", "Score", "Reason"]
+AUDIT_COLUMNS = ["ImagePath", "Label", "SuggestedLabel", "Score", "Reason", "Group"]
 
 
 def write_audit(path: Path, records: list[dict]) -> None:

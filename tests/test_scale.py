@@ -1,0 +1,75 @@
+"""The guard against a quadratic step coming back: the label audit and the head's preparation on
+30,000 x 1,280 generated features, in a process of their own, under a memory bound.
+
+At 30,000 images a single N x N float32 matrix is 3.6 GB, and the audit's old similarity
+matrices peaked near 27 GB; linear work on these features stays within a few hundred MB of
+them. The bound is on the growth of the resident peak past the generated inputs (VmHWM, reset
+after generating them), so the test measures the code under test, not the generator."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+from tests.conftest import ROOT
+
+IMAGES, DIMENSIONS = 30_000, 1_280
+GROWTH_BOUND_MB = 1_500  # linear: about 0.5 GB measured; one N x N float32 matrix alone: 3,433 MB
+SECONDS_BOUND = 240  # about 25 s measured on two cores; a blockwise N^2 search took minutes
+
+PROBE = textwrap.dedent(
+    """
+    import json, sys, time
+    import numpy as np
+    from trainer import audit, stages
+    from trainer.model import feature_statistics
+
+    images, dimensions = int(sys.argv[1]), int(sys.argv[2])
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, images)
+    features = np.empty((images, dimensions), dtype=np.float32)
+    centres = rng.normal(0, 1, (40, dimensions)).astype(np.float32)
+    for start in range(0, images, 4096):
+        block = slice(start, start + 4096)
+        noise = rng.standard_normal((len(labels[block]), dimensions), dtype=np.float32)
+        features[block] = np.maximum(centres[rng.integers(0, 40, len(noise))] + noise, 0)
+    features[:, :8] += labels[:, None] * 1.5
+    features[7] = features[3] * 1.0001  # a near-duplicate pair under different labels
+    labels[7] = 1 - labels[3]
+    small = rng.standard_normal((images, 256), dtype=np.float32)
+    small[7] = small[3]
+    small /= np.linalg.norm(small, axis=1, keepdims=True)
+    record = stages.Stages()
+    with record("audit"):
+        findings = audit.audit(features, small, labels, 2, ["train"] * images)
+    with record("head preparation"):
+        mean, scale = feature_statistics(features)
+    near = sorted(f.index for f in findings if f.reason.startswith("near-duplicate"))
+    print(json.dumps({"stages": record.record, "near_duplicates": near, "inputs_mb": stages.resident_megabytes(),
+                      "scale_finite": bool(np.isfinite(scale).all())}))
+    """
+)
+
+
+def test_the_audit_and_the_head_preparation_stay_linear_at_30000_images():
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE, str(IMAGES), str(DIMENSIONS)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    print(report)
+    inputs = report["inputs_mb"]
+    for name, stage in report["stages"].items():
+        assert stage["peak_is_own"], "this check needs /proc/self/clear_refs (Linux)"
+        assert stage["peak_mb"] - inputs < GROWTH_BOUND_MB, (
+            f"{name}: peak {stage['peak_mb']} MB over inputs {inputs} MB"
+        )
+        assert stage["seconds"] < SECONDS_BOUND, f"{name}: {stage['seconds']} s"
+    assert report["near_duplicates"] == [3, 7]
+    assert report["scale_finite"]
