@@ -265,11 +265,15 @@ def train(c, *, force=False, publish=True, dry_run=False, **trainer_flags):
             return
         print("train: training, since " + "; ".join(decision.reasons), file=sys.stderr, flush=True)
     result = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    if result.returncode != 0:
+    run_dir = training.landed_run(result.stdout, ROOT)
+    if result.returncode != 0 and run_dir is None:
         raise Exit(f"train: the trainer exited with {result.returncode}; see its message above", code=result.returncode)
-    run_dir = result.stdout.strip().splitlines()[-1]
     if publish:
-        _publish(c, run_dir, None, dry_run=False)
+        _publish(c, str(run_dir), None, dry_run=False)
+    if result.returncode != 0:
+        # The model landed and is published; a diagnostic (audit, heatmaps, exports, report) did not.
+        code = result.returncode if result.returncode > 0 else 1
+        raise Exit(f"train: {training.diagnostics_outcome(run_dir, result.returncode, publish)}", code=code)
 
 
 def _yes(value) -> bool:

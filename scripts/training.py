@@ -40,6 +40,39 @@ def request_of(trainer_args: list[str], cwd: Path):
         return None
 
 
+def landed_run(stdout: str, cwd: Path) -> Path | None:
+    """The run folder the trainer printed once its model was complete (its last line of
+    output), if that folder holds a model: after a failed diagnostic, or a crash after the
+    model landed, the run is still worth publishing."""
+    lines = stdout.strip().splitlines()
+    if not lines:
+        return None
+    folder = Path(lines[-1])
+    folder = folder if folder.is_absolute() else cwd / folder
+    return folder if runfolder.is_run(folder) else None
+
+
+def diagnostics_outcome(run_dir: Path, returncode: int, published: bool = True) -> str:
+    """One line for a run whose model landed but whose trainer did not exit 0."""
+    try:
+        states = json.loads((run_dir / runfolder.MANIFEST).read_text()).get("diagnostics", {})
+    except (OSError, ValueError):
+        states = {}
+    failed = [name for name, state in states.items() if isinstance(state, dict) and "failed" in state]
+    unfinished = [name for name, state in states.items() if state == "pending"]
+    how = f"exit code {returncode}" if returncode > 0 else f"signal {-returncode}"
+    parts = [
+        f"{', '.join(failed)} failed" if failed else "",
+        f"{', '.join(unfinished)} never finished" if unfinished else "",
+    ]
+    said = "; ".join(part for part in parts if part) or "something after the model failed"
+    return (
+        f"the model in {run_dir} is complete{' and was published' if published else ''}, but the trainer ended "
+        f"with {how}: {said} "
+        f"(see {runfolder.MANIFEST}'s diagnostics, and the trainer's message above)"
+    )
+
+
 def recorded_request(folder: Path) -> dict | None:
     try:
         return json.loads((folder / runfolder.MANIFEST).read_text()).get("request")

@@ -211,3 +211,31 @@ def test_imagenet_weights_are_cached_on_drive_when_it_is_mounted(tmp_path, monke
     assert train.weights_cache_dir(TrainConfig()) == tmp_path / "MyDrive" / "ud-cd-classifier-workspace" / "keras"
     assert train.default_workspace(TrainConfig()) == tmp_path / "MyDrive" / "ud-cd-classifier-workspace"
     assert train.weights_cache_dir(TrainConfig(weights_cache=str(tmp_path / "mine"))) == tmp_path / "mine"
+
+
+def test_a_failed_diagnostic_never_costs_the_model(cli, demo_dir, tmp_path, monkeypatch):
+    """Each diagnostic made to fail (TRAINER_FAIL_DIAGNOSTIC): the run folder keeps its model,
+    metrics and the rest, manifest.json says what failed, and the exit code is 3."""
+    from trainer.diagnostics import EXIT_DIAGNOSTICS
+
+    runs = {}
+    for failing in ("audit,heatmaps,exports", "report"):
+        monkeypatch.setenv("TRAINER_FAIL_DIAGNOSTIC", failing)
+        output = tmp_path / failing.replace(",", "-")
+        code, out, err = cli(*train_args(demo_dir / "Images", output=output, audit=True, export="onnx"))
+        assert code == EXIT_DIAGNOSTICS, err
+        assert out.strip() == str(output)  # printed once the model landed
+        assert f"the model is complete in {output}, but {failing.replace(',', ', ')} failed" in err.splitlines()[-1]
+        runs[failing] = output
+        assert RUN_FILES <= {path.name for path in output.iterdir()}
+        assert not [path for path in output.iterdir() if path.name.startswith(".")]
+    states = json.loads((runs["audit,heatmaps,exports"] / "manifest.json").read_text())["diagnostics"]
+    assert {name: list(state)[0] if isinstance(state, dict) else state for name, state in states.items()} == {
+        "audit": "failed", "heatmaps": "failed", "exports": "failed", "report": "ok"
+    }  # fmt: skip
+    assert "injected failure" in states["exports"]["failed"]
+    page = (runs["audit,heatmaps,exports"] / "report.html").read_text()
+    assert "these diagnostics failed" in page and not (runs["audit,heatmaps,exports"] / "audit.csv").exists()
+    report_failed = runs["report"]
+    assert not (report_failed / "report.html").exists() and (report_failed / "model.onnx").is_file()
+    assert (report_failed / "audit.csv").is_file() and (report_failed / "heatmaps.png").is_file()

@@ -109,3 +109,26 @@ def test_rerun_trains_nothing_a_change_retrains_and_keeps_the_previous_model(dem
     forced = invoke(copy, *train, "--force", env={**env, "INVOKE_TRAIN_EPOCHS": "2"})
     assert forced.returncode == 0 and "train: ok" not in forced.stderr, forced.stderr
     assert os.path.isdir(copy / "runs")
+
+
+@pytest.mark.slow
+def test_a_crash_after_the_model_landed_still_publishes_it(demo_dir, tmp_path):
+    """The trainer killed by SIGSEGV in a diagnostic (as OpenBLAS once killed the audit at 24,000
+    images): `invoke train` publishes the model it had printed, fails with one line that says
+    what never finished, and the published manifest says so too."""
+    copy = bundle_copy(tmp_path)
+    published = tmp_path / "MyDrive" / "ud-cd-classifier"
+    published.parent.mkdir()
+    env = {"INVOKE_PUBLISH_TO": str(published), "TRAINER_FAIL_DIAGNOSTIC": "heatmaps:crash"}
+    train = ["train", "--folder", str(demo_dir / "Images"), "--file", "training_data.csv", "--backbone", "tiny"]
+    result = invoke(
+        copy, *train, "--weights", "none", "--image-size", "48", "--epochs", "1", "--export", "none", env=env
+    )
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert (
+        "is complete and was published, but the trainer ended with signal 11: heatmaps, report never finished" in last
+    )
+    assert (published / "model.keras").is_file() and (published / "metrics.json").is_file()
+    states = json.loads((published / "manifest.json").read_text())["diagnostics"]
+    assert states == {"audit": "ok", "heatmaps": "pending", "exports": "skipped", "report": "pending"}

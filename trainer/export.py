@@ -128,6 +128,9 @@ def write_onnx(model, destination: Path) -> None:
     """Keras's own ONNX exporter; the output is then named "probabilities" like the others."""
     import onnx
 
+    # Keras's exporter refuses a loaded model that has never been called ("It must be called at
+    # least once before export"); the SavedModel export, when it runs first, calls it.
+    model(np.zeros((1, *model.input_shape[1:]), dtype=np.float32))
     with replacing(destination, suffix=".onnx") as temporary:
         with _quiet():
             model.export(str(temporary), format="onnx", verbose=False)

@@ -1,15 +1,21 @@
 """The bottleneck cache: every image goes through the frozen backbone once; its pooled features
 are stored on disk and reused by every later run with the same key.
 
-    WORKSPACE/features/<key>/shard-<digest>.npz     arrays: sha256 (N,), features (N, D)
+    WORKSPACE/features/<key>/shard-<digest>.npz     sha256 (N,), features (N, D) float32, crc32 (N,)
 
 The key covers what changes the features: backbone, image size, weights (a file's hash, or
 "imagenet"), and the preprocessing version. Within a key, features are found by each image
 file's content hash, so renamed or moved images still hit, and a new or edited image alone is
-featurized. Shards are zip files with CRCs: a damaged shard fails to load, is deleted, and its
-images are featurized again. Features are stored every SHARD_SECONDS (and at the end), so a run
-killed halfway through a large dataset keeps most of what it computed; a shard is written under a
-temporary name and renamed, so a kill never leaves half of one under its real name.
+featurized. The cache is a store with an index, not a dict loaded whole: a run reads every
+shard's keys (64 bytes an image), then only the feature rows it needs, straight into the one
+array the run holds (trainer.train.featurize), with each row checked against its own CRC-32. A
+damaged shard or row is dropped and its images featurized again. Features are stored every
+SHARD_SECONDS (and at the end), so a run killed halfway through a large dataset keeps most of
+what it computed; a shard is written under a temporary name and renamed, so a kill never
+leaves half of one under its real name. Shards are uncompressed zip files (numpy's .npz), so a
+row is found at a fixed offset; shards written before the CRC column are read whole and checked
+against the zip's own CRC. `python -m trainer cache` lists what a workspace holds and drops the
+entries no dataset of yours uses any more.
 """
 
 from __future__ import annotations
@@ -18,8 +24,10 @@ import hashlib
 import json
 import logging
 import os
+import struct
 import time
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +40,7 @@ log = logging.getLogger("trainer")
 # Bump when the decoding or resizing of images changes: old features would no longer match.
 PREPROCESSING = "pil-exif-rgb-bilinear-v1"
 SHARD_SECONDS = 30.0
+READ_ROWS = 4096  # rows read from a shard at a time
 
 
 def weights_identity(weights: str) -> str:
@@ -59,43 +68,199 @@ def cache_key(
     return f"{backbone}-{image_size}-" + ("" if compute == "float32" else f"{compute}-") + digest
 
 
+class Damaged(ValueError):
+    """A shard that cannot be read as written."""
+
+
+def _row_checksums(features: np.ndarray) -> np.ndarray:
+    return np.array([zlib.crc32(row.tobytes()) for row in features], dtype=np.uint32)
+
+
+class Shard:
+    """One shard file: its keys, and where its feature rows start inside the zip."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                keys = data["sha256"]
+                self.checksums = data["crc32"] if "crc32" in data.files else None
+            with zipfile.ZipFile(path) as archive:
+                info = archive.getinfo("features.npy")
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as error:
+            raise Damaged(str(error) or type(error).__name__) from None
+        self.keys = (np.char.decode(keys, "ascii") if keys.dtype.kind == "S" else keys).tolist()
+        self.stored = info.compress_type == zipfile.ZIP_STORED
+        self.member_crc, self.member_size = info.CRC, info.file_size
+        with open(path, "rb") as handle:
+            handle.seek(info.header_offset)
+            local = handle.read(30)
+            if len(local) < 30 or local[:4] != b"PK\x03\x04":
+                raise Damaged("no local header for features.npy")
+            name_length, extra_length = struct.unpack("<HH", local[26:30])
+            handle.seek(info.header_offset + 30 + name_length + extra_length)
+            self.member_start = handle.tell()
+            try:
+                version = np.lib.format.read_magic(handle)
+                reader = (
+                    np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                )
+                shape, fortran, dtype = reader(handle)
+            except ValueError as error:
+                raise Damaged(f"features.npy header: {error}") from None
+            self.data_start = handle.tell()
+        if len(shape) != 2 or shape[0] != len(self.keys) or fortran or dtype != np.dtype("<f4"):
+            raise Damaged(f"features.npy is {dtype} {shape}, for {len(self.keys)} keys")
+        if self.checksums is not None and len(self.checksums) != len(self.keys):
+            raise Damaged("crc32 and sha256 of different lengths")
+        self.width = shape[1]
+        if self.member_size != self.data_start - self.member_start + shape[0] * shape[1] * 4:
+            raise Damaged("features.npy is shorter or longer than its header says")
+
+    def read(self, rows: np.ndarray, out: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """Copy feature rows `rows` (sorted) into out[positions]; returns a mask of the rows
+        whose CRC did not match (they are left unwritten)."""
+        bad = np.zeros(len(rows), dtype=bool)
+        if self.checksums is None or not self.stored:
+            whole = self._whole()
+            out[positions] = whole[rows]
+            return bad
+        row_bytes = self.width * 4
+        with open(self.path, "rb") as handle:
+            start = 0
+            while start < len(rows):
+                # A run of consecutive rows, at most READ_ROWS, is one read.
+                stop = start + 1
+                while stop < len(rows) and stop - start < READ_ROWS and rows[stop] == rows[stop - 1] + 1:
+                    stop += 1
+                handle.seek(self.data_start + int(rows[start]) * row_bytes)
+                block = np.frombuffer(handle.read((stop - start) * row_bytes), dtype="<f4")
+                if len(block) != (stop - start) * self.width:
+                    raise Damaged("features.npy ends early")
+                block = block.reshape(stop - start, self.width)
+                for offset, row in enumerate(block):
+                    if zlib.crc32(row.tobytes()) != self.checksums[rows[start + offset]]:
+                        bad[start + offset] = True
+                    else:
+                        out[positions[start + offset]] = row
+                start = stop
+        return bad
+
+    def _whole(self) -> np.ndarray:
+        """Every row, checked against the zip's CRC (shards from before the per-row CRCs)."""
+        with zipfile.ZipFile(self.path) as archive:
+            try:
+                raw = archive.read("features.npy")  # zipfile checks the member's CRC
+            except (zipfile.BadZipFile, OSError, EOFError) as error:
+                raise Damaged(str(error)) from None
+        offset = self.data_start - self.member_start
+        return np.frombuffer(raw, dtype="<f4", offset=offset).reshape(len(self.keys), self.width)
+
+
 class FeatureCache:
+    """The shards of one cache key. `index` maps every stored key (an image's sha256, or
+    "sha256:view") to its shard and row; it is read once and kept up to date by `add`."""
+
     def __init__(self, folder: Path):
         self.folder = folder
+        self._index: dict[str, tuple[Shard, int]] | None = None
+
+    @property
+    def index(self) -> dict[str, tuple[Shard, int]]:
+        if self._index is None:
+            self._index = {}
+            if self.folder.is_dir():
+                for leftover in self.folder.glob(".shard-*.partial-*.npz"):  # from a killed run
+                    if not _alive(leftover.name.rsplit("-", 1)[-1].removesuffix(".npz")):
+                        leftover.unlink(missing_ok=True)
+                for path in sorted(self.folder.glob("shard-*.npz")):
+                    self._open(path)
+        return self._index
+
+    def _open(self, path: Path) -> None:
+        try:
+            shard = Shard(path)
+        except Damaged as error:
+            self._drop(path, error)
+            return
+        self._index.update((key, (shard, row)) for row, key in enumerate(shard.keys))
+
+    def _drop(self, path: Path, reason) -> None:
+        log.warning("WARNING: damaged feature cache shard %s (%s): removed, its images are featurized again",
+                    path.name, reason)  # fmt: skip
+        path.unlink(missing_ok=True)
+        if self._index is not None:
+            self._index = {key: place for key, place in self._index.items() if place[0].path != path}
+
+    def read(self, keys: list[str], out: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """Copy the features of keys[i] into out[positions[i]] where the cache has them; returns
+        a mask of the keys it did not have (absent, or in a damaged shard or row)."""
+        missing = np.ones(len(keys), dtype=bool)
+        by_shard: dict[Path, list[tuple[int, int]]] = {}
+        shards: dict[Path, Shard] = {}
+        for number, key in enumerate(keys):
+            place = self.index.get(key)
+            if place is not None:
+                shards[place[0].path] = place[0]
+                by_shard.setdefault(place[0].path, []).append((place[1], number))
+        for path, wanted in by_shard.items():
+            wanted.sort()
+            rows = np.array([row for row, _ in wanted])
+            numbers = np.array([number for _, number in wanted])
+            try:
+                bad = shards[path].read(rows, out, positions[numbers])
+            except (Damaged, OSError) as error:
+                self._drop(path, error)
+                continue
+            if bad.any():
+                log.warning("WARNING: feature cache shard %s: %d damaged row(s), featurized again", path.name,
+                            int(bad.sum()))  # fmt: skip
+            missing[numbers[~bad]] = False
+        return missing
 
     def load(self) -> dict[str, np.ndarray]:
-        """sha256 -> feature vector for every readable shard; damaged shards are removed."""
-        found: dict[str, np.ndarray] = {}
-        if not self.folder.is_dir():
-            return found
-        for leftover in self.folder.glob(".shard-*.partial-*.npz"):  # from a killed run
-            if not _alive(leftover.name.rsplit("-", 1)[-1].removesuffix(".npz")):
-                leftover.unlink(missing_ok=True)
-        for shard in sorted(self.folder.glob("shard-*.npz")):
-            try:
-                with np.load(shard, allow_pickle=False) as data:
-                    hashes, features = data["sha256"], data["features"]
-                    if len(hashes) != len(features) or features.ndim != 2:
-                        raise ValueError("arrays of different lengths")
-                    found.update(zip(hashes.tolist(), features, strict=True))
-            except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as error:
-                log.warning(
-                    "WARNING: damaged feature cache shard %s (%s): removed, its images are featurized again",
-                    shard.name,
-                    error,
-                )
-                shard.unlink(missing_ok=True)
-        return found
+        """key -> feature vector for everything readable (small caches and tests)."""
+        keys = list(self.index)
+        if not keys:
+            return {}
+        width = next(iter(self.index.values()))[0].width
+        out = np.zeros((len(keys), width), dtype=np.float32)
+        missing = self.read(keys, out, np.arange(len(keys)))
+        return {key: out[number] for number, key in enumerate(keys) if not missing[number]}
 
     def add(self, hashes: list[str], features: np.ndarray) -> Path:
         """Write one shard, atomically: a temporary name, then a rename."""
         self.folder.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256("".join(sorted(hashes)).encode()).hexdigest()[:16]
         target = self.folder / f"shard-{digest}.npz"
+        features = np.ascontiguousarray(features, dtype=np.float32)
         # Named by process: runs sharing a cache on Drive may store the same shard at once.
         with replacing(target, suffix=".npz", unique=True) as temporary:
-            np.savez(temporary, sha256=np.array(hashes), features=features.astype(np.float32))
+            np.savez(temporary, sha256=np.array(hashes, dtype="S"), features=features,
+                     crc32=_row_checksums(features))  # fmt: skip
+        if self._index is not None:
+            self._open(target)
         return target
+
+    def prune(self, keep) -> tuple[int, int]:
+        """Drop every entry whose image (the sha256 before any ":view") is not in `keep`:
+        shards rewritten without them, whole or not at all. Returns (entries kept, dropped)."""
+        kept = dropped = 0
+        for path in sorted({place[0].path for place in self.index.values()}):
+            shard = next(place[0] for place in self.index.values() if place[0].path == path)
+            wanted = [row for row, key in enumerate(shard.keys) if key.split(":", 1)[0] in keep]
+            dropped += len(shard.keys) - len(wanted)
+            kept += len(wanted)
+            if len(wanted) == len(shard.keys):
+                continue
+            if wanted:
+                out = np.zeros((len(wanted), shard.width), dtype=np.float32)
+                bad = shard.read(np.array(wanted), out, np.arange(len(wanted)))
+                good = [number for number in range(len(wanted)) if not bad[number]]
+                self.add([shard.keys[wanted[number]] for number in good], out[good])
+            path.unlink(missing_ok=True)
+        self._index = None
+        return kept, dropped
 
 
 def _alive(pid: str) -> bool:
@@ -175,42 +340,55 @@ def cached_features(
     jit_compile: bool = False,
     views: tuple[str, ...] = ("id",),
     counts: dict | None = None,
+    out: np.ndarray | None = None,
+    cache: FeatureCache | None = None,
 ) -> np.ndarray:
-    """Features for rows (in order) seen in each of `views`, view after view: from the cache
-    where present, featurized and stored where not. The cache is read once for all the views.
-    A view other than the image itself is stored as "sha256:view". `counts`, when given, gets
-    {view: {"reused": n, "featurized": m}} (distinct images) for the run's manifest."""
-    cache = FeatureCache(folder)
-    known = cache.load()
+    """Features for rows (in order) seen in each of `views`, view after view, into `out` (made
+    when not given: [len(rows) * len(views), D] float32): from the cache where present,
+    featurized and stored where not. `cache`: a FeatureCache to share between calls, so its
+    index is read once a run. A view other than the image itself is stored as "sha256:view".
+    `counts`, when given, gets {view: {"reused": n, "featurized": m}} (distinct images)."""
+    cache = cache or FeatureCache(folder)
+    if out is None:
+        width = int(feature_model.output_shape[-1])
+        out = np.empty((len(rows) * len(views), width), dtype=np.float32)
     folder.mkdir(parents=True, exist_ok=True)  # where the shards will go: featurizing has begun
-    every = []
-    for view in views:
-        identity = {row.sha256: row.sha256 if view == "id" else f"{row.sha256}:{view}" for row in rows}
-        missing = sorted({key: str(row.path) for row in rows if (key := identity[row.sha256]) not in known}.items())
+    for number, view in enumerate(views):
+        positions: dict[str, list[int]] = {}
+        for offset, row in enumerate(rows):
+            key = row.sha256 if view == "id" else f"{row.sha256}:{view}"
+            positions.setdefault(key, []).append(number * len(rows) + offset)
+        keys = list(positions)
+        first = np.array([positions[key][0] for key in keys], dtype=np.int64)
+        absent = cache.read(keys, out, first)
+        paths = {row.sha256 if view == "id" else f"{row.sha256}:{view}": str(row.path) for row in rows}
+        missing = sorted((keys[i], paths[keys[i]], int(first[i])) for i in np.flatnonzero(absent))
         seen_as = "" if view == "id" else f" (seen as {view})"
-        log.info("feature cache %s: %d images%s reused, %d to featurize", folder, len(identity) - len(missing), seen_as,
+        log.info("feature cache %s: %d images%s reused, %d to featurize", folder, len(keys) - len(missing), seen_as,
                  len(missing))  # fmt: skip
         if counts is not None:
-            counts[view] = {"reused": len(identity) - len(missing), "featurized": len(missing)}
+            counts[view] = {"reused": len(keys) - len(missing), "featurized": len(missing)}
         if missing:
-            _featurize_into(cache, known, missing, feature_model, image_size, batch_size, jit_compile, view)
-        every.append(np.stack([known[identity[row.sha256]] for row in rows]))
-    return np.concatenate(every)
+            _featurize_into(cache, out, missing, feature_model, image_size, batch_size, jit_compile, view)
+        for key in keys:
+            for position in positions[key][1:]:
+                out[position] = out[positions[key][0]]
+    return out
 
 
-def _featurize_into(cache, known: dict, missing: list[tuple[str, str]], feature_model, image_size: int,
-                    batch_size: int, jit_compile: bool, view: str) -> None:  # fmt: skip
-    """Featurize the missing (key, path) pairs, storing a shard every SHARD_SECONDS and at the end."""
-    hashes = [key for key, _ in missing]
-    pending: list[np.ndarray] = []
-    stored, last = 0, time.monotonic()
+def _featurize_into(cache: FeatureCache, out: np.ndarray, missing: list[tuple[str, str, int]], feature_model,
+                    image_size: int, batch_size: int, jit_compile: bool, view: str) -> None:  # fmt: skip
+    """Featurize the missing (key, path, position) triples into out, storing a shard every
+    SHARD_SECONDS and at the end."""
+    hashes = [key for key, _, _ in missing]
+    places = np.array([position for _, _, position in missing], dtype=np.int64)
+    stored, done, last = 0, 0, time.monotonic()
     batches = featurize_batches(
-        feature_model, [path for _, path in missing], image_size, batch_size, jit_compile=jit_compile, view=view
+        feature_model, [path for _, path, _ in missing], image_size, batch_size, jit_compile=jit_compile, view=view
     )
-    for number, features in enumerate(batches, start=1):
-        pending.append(features)
-        if time.monotonic() - last >= SHARD_SECONDS or number * batch_size >= len(missing):
-            chunk = np.concatenate(pending).astype(np.float32)
-            cache.add(hashes[stored : stored + len(chunk)], chunk)
-            known.update(zip(hashes[stored : stored + len(chunk)], chunk, strict=True))
-            stored, pending, last = stored + len(chunk), [], time.monotonic()
+    for features in batches:
+        out[places[done : done + len(features)]] = features
+        done += len(features)
+        if time.monotonic() - last >= SHARD_SECONDS or done >= len(missing):
+            cache.add(hashes[stored:done], out[places[stored:done]])
+            stored, last = done, time.monotonic()

@@ -123,28 +123,46 @@ def fits_in_memory(count: int, image_size: int, megabytes: int) -> bool:
     return count * image_size * image_size * 3 <= megabytes * 1024 * 1024
 
 
-def feature_datasets(
-    features: dict[str, np.ndarray],
-    labels: dict[str, np.ndarray],
-    batch_size: int,
-    seed: int,
-    augmented: np.ndarray | None = None,
-) -> dict:
-    """Batches of cached features per split, plus `train_eval` (the training images in order,
-    for --metrics-on-train); `augmented` stacks the training images' features seen in every
-    --feature-augment view (the identity first), which the head trains on."""
+def gathered(store: np.ndarray, indices: np.ndarray, labels: np.ndarray, batch_size: int, seed: int | None = None):
+    """Batches of (store[indices], labels): the rows are gathered by numpy a batch at a time, so
+    the features stay where they are (one array, or a memory map) and a shuffle moves indices,
+    not rows. A tf.constant of the store would copy it (measured: a 1 GB array took 2 GB more
+    as a constant), and shuffling rows holds a buffer as large as the dataset. seed: shuffle
+    each epoch with it; None keeps the order."""
     import tensorflow as tf
 
+    width = store.shape[1]
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (np.asarray(indices, dtype=np.int64), np.asarray(labels, dtype=np.int32))
+    )
+    if seed is not None:
+        dataset = dataset.shuffle(len(indices), seed=seed, reshuffle_each_iteration=True)
+
+    def rows(index: np.ndarray) -> np.ndarray:
+        return store[index]
+
+    def fetch(index, label):
+        values = tf.numpy_function(rows, [index], tf.float32, stateful=False)
+        values.set_shape((None, width))
+        return values, label
+
+    return dataset.batch(batch_size).map(fetch)
+
+
+def feature_datasets(store: np.ndarray, splits: dict[str, tuple[np.ndarray, np.ndarray]], batch_size: int,
+                     seed: int) -> dict:  # fmt: skip
+    """Batches of cached features per split, gathered from `store` (see gathered): splits maps
+    each split to (row indices into store, labels); "train" lists every view of every training
+    image, shuffled each epoch, and `train_eval` is added: the training images alone, in order
+    (for --metrics-on-train)."""
     out = {}
     for name in SPLITS:
-        values, targets = features[name], labels[name]
-        if name == "train" and augmented is not None:
-            values, targets = augmented, np.tile(targets, len(augmented) // len(targets))
-        dataset = tf.data.Dataset.from_tensor_slices((values, targets))
-        if name == "train":
-            dataset = dataset.shuffle(len(values), seed=seed, reshuffle_each_iteration=True)
-        out[name] = distributable(prefetched(dataset.batch(batch_size)))
-    out["train_eval"] = tf.data.Dataset.from_tensor_slices((features["train"], labels["train"])).batch(batch_size)
+        indices, labels = splits[name]
+        out[name] = distributable(
+            prefetched(gathered(store, indices, labels, batch_size, seed if name == "train" else None))
+        )
+    indices, labels = splits["train_eval"]
+    out["train_eval"] = gathered(store, indices, labels, batch_size)
     return out
 
 

@@ -30,13 +30,15 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer import data, multiworker, pipeline, runfolder
+from trainer import data, diagnostics, multiworker, pipeline, runfolder
 from trainer.atomic import link_or_copy, partial_folder
 from trainer.config import TrainConfig, save_config
 from trainer.errors import CheckFailed, InputError
 from trainer.evaluate import classification_metrics, log_loss, summary_line, write_metrics
+from trainer.export import parse_formats
 from trainer.fingerprint import request_key, training_request
 from trainer.predict import log_report
+from trainer.stages import Stages
 
 log = logging.getLogger("trainer")
 DRIVE = Path("/content/drive/MyDrive")
@@ -79,10 +81,12 @@ class Phase:
 
 
 def load_data(config: TrainConfig) -> Data:
-    rows, report = data.load_rows(config.folder, config.file)
+    rows, report = data.load_rows(config.folder, config.file, config.label_folder, config.merge_labels)
     log.info("read %d rows from %s", report.rows_read, config.file or config.folder)
     if config.validation_file:
-        validation_rows, validation_report = data.load_rows(config.folder, config.validation_file)
+        validation_rows, validation_report = data.load_rows(
+            config.folder, config.validation_file, config.label_folder, config.merge_labels
+        )
         validation_rows = data.validate(
             validation_rows, validation_report, strict=config.strict, min_class_size=1, allow_one_class=True
         )
@@ -347,15 +351,46 @@ def start_session(config: TrainConfig, loaded: Data, workspace: Path, options: d
     )
 
 
+@dataclass
+class Features:
+    """Every feature row a run uses, held once in one float32 array: first every image (train,
+    validation, test, in that order), then the training images seen in each other
+    --feature-augment view, view after view. Splits are slices of it and the head's training
+    set is a list of row indices, so nothing is copied to make either."""
+
+    store: np.ndarray
+    sizes: dict[str, int]  # images per split
+    views: int  # views of each training image, the image itself included
+
+    def split(self, name: str) -> np.ndarray:
+        start = sum(self.sizes[other] for other in data.SPLITS[: data.SPLITS.index(name)])
+        return self.store[start : start + self.sizes[name]]
+
+    def every(self) -> np.ndarray:
+        """Each image once, in split order (what the label audit reads)."""
+        return self.store[: sum(self.sizes.values())]
+
+    def train_indices(self) -> np.ndarray:
+        """Every view of every training image: the identity rows, then the other views' rows."""
+        images = sum(self.sizes.values())
+        return np.concatenate([np.arange(self.sizes["train"]), np.arange(images, len(self.store))])
+
+    def train_parts(self) -> list[np.ndarray]:
+        return [self.split("train"), self.store[sum(self.sizes.values()) :]]
+
+    @property
+    def dimensions(self) -> int:
+        return int(self.store.shape[1])
+
+
 def featurize(session: Session, backbone, weights_used: str, loaded: Data):
-    """Every image's pooled features, from the cache where it has them: (features by split, the
-    training images' features in every --feature-augment view or None, what the cache did:
-    its key, per view how many images it had and how many went through the backbone, and the
-    seconds it all took)."""
+    """Every image's pooled features, from the cache where it has them, into one array
+    (Features), and what the cache did: its key, per view how many images it had and how many
+    went through the backbone, and the seconds it all took."""
     import keras
 
     from trainer import device
-    from trainer.features import VIEWS, cache_key, cached_features
+    from trainer.features import VIEWS, FeatureCache, cache_key, cached_features
     from trainer.model import feature_extractor
 
     config, started = session.config, time.perf_counter()
@@ -363,60 +398,47 @@ def featurize(session: Session, backbone, weights_used: str, loaded: Data):
     key = cache_key(config.backbone, config.image_size, weights_used, config.feature_layer, policy_name)
     extractor = feature_extractor(backbone, config.backbone)
     batch = device.featurize_batch_size(session.batch_size, device.visible_devices(), session.onednn)
-
-    counts: dict[str, dict] = {}
-
-    def featurized(rows, views: tuple[str, ...] = ("id",)) -> np.ndarray:
-        folder = session.workspace / "features" / key
-        vectors = cached_features(
-            extractor,
-            rows,
-            config.image_size,
-            batch,
-            folder,
-            jit_compile=session.policy.xla,
-            views=views,
-            counts=counts,
-        )
-        if not np.isfinite(vectors).all():
-            bad = int((~np.isfinite(vectors).all(axis=1)).sum())
-            raise CheckFailed(
-                f"{config.backbone}: the features of {bad} image(s) are not finite under "
-                f"{policy_name.name}; rerun with --mixed-precision off"
-            )
-        return vectors
-
-    vectors = featurized([row for name in data.SPLITS for row in loaded.parts[name]])
-    features, start = {}, 0
-    for name in data.SPLITS:
-        features[name] = vectors[start : start + len(loaded.parts[name])]
-        start += len(loaded.parts[name])
     views = VIEWS[config.feature_augment]
-    augmented = None
+    rows = [row for name in data.SPLITS for row in loaded.parts[name]]
+    train = loaded.parts["train"]
+    store = np.empty((len(rows) + len(train) * (len(views) - 1), int(extractor.output_shape[-1])), dtype=np.float32)
+    folder, counts = session.workspace / "features" / key, {}
+    common = {"folder": folder, "jit_compile": session.policy.xla, "counts": counts, "cache": FeatureCache(folder)}
+    cached_features(extractor, rows, config.image_size, batch, out=store[: len(rows)], **common)
     if len(views) > 1:
-        augmented = np.concatenate([features["train"], featurized(loaded.parts["train"], views[1:])])
+        cached_features(extractor, train, config.image_size, batch, views=views[1:], out=store[len(rows) :], **common)
+    bad = sum(int((~np.isfinite(store[i : i + 8192]).all(axis=1)).sum()) for i in range(0, len(store), 8192))
+    if bad:
+        raise CheckFailed(
+            f"{config.backbone}: the features of {bad} image view(s) are not finite under "
+            f"{policy_name.name}; rerun with --mixed-precision off"
+        )
+    features = Features(store, {name: len(loaded.parts[name]) for name in data.SPLITS}, len(views))
     log.info(
         "%s, weights %s: bottleneck mode, training the head on %d-dimensional features%s",
         config.backbone,
         weights_used,
-        features["train"].shape[1],
+        features.dimensions,
         f" of {len(views)} views of each training image ({config.feature_augment})" if len(views) > 1 else "",
     )
     seconds = round(time.perf_counter() - started, 2)
-    return features, augmented, {"key": key, "dimensions": int(features["train"].shape[1]), "views": counts,
-                                 "seconds": seconds}  # fmt: skip
+    return features, {"key": key, "dimensions": features.dimensions, "views": counts, "seconds": seconds}
 
 
-def train_head(session: Session, loaded: Data, features: dict, augmented: np.ndarray | None):
+def train_head(session: Session, loaded: Data, features: Features):
     """The classifier alone on cached features: (head, its datasets, the phase)."""
     from trainer.model import make_head
 
     config = session.config
-    datasets = pipeline.feature_datasets(features, loaded.labels_by_split(), session.batch_size, config.seed, augmented)
-    train_features = features["train"] if augmented is None else augmented
+    sizes = features.sizes
+    starts = {name: sum(sizes[other] for other in data.SPLITS[: data.SPLITS.index(name)]) for name in data.SPLITS}
+    splits = {name: (np.arange(starts[name], starts[name] + sizes[name]), loaded.y(name)) for name in data.SPLITS}
+    splits["train_eval"] = splits["train"]
+    splits["train"] = (features.train_indices(), np.tile(loaded.y("train"), features.views))
+    datasets = pipeline.feature_datasets(features.store, splits, session.batch_size, config.seed)
     with session.strategy.scope():
-        head = make_head(train_features, len(loaded.labels), config.dropout, config.head_c, len(features["train"]))
-    phase = session.fit(head, datasets, phase="head", epochs=config.epochs, images=len(train_features))
+        head = make_head(features.train_parts(), len(loaded.labels), config.dropout, config.head_c, sizes["train"])
+    phase = session.fit(head, datasets, phase="head", epochs=config.epochs, images=len(splits["train"][0]))
     return head, datasets, phase
 
 
@@ -479,15 +501,20 @@ def evaluate_splits(config: TrainConfig, loaded: Data, predictor, datasets: dict
 
 
 def main(config: TrainConfig) -> Path:
-    """Train and evaluate; return the run folder. Everything is written to a hidden partial
-    folder beside the run folder and renamed at the end, so a run folder is always complete."""
+    """Train and evaluate; return the run folder. The model and what describes it are written to
+    a hidden partial folder renamed into place, so a run folder always holds a complete model;
+    its path is printed then, and the diagnostics follow (trainer.diagnostics), none of which
+    can cost the model. Raises DiagnosticsFailed after the run when one of them failed."""
     config.check()
-    request = training_request(config)  # before anything else reads the data: what this run is from
+    stage = Stages()
+    with stage("digest"):
+        request = training_request(config)  # before anything else reads the data: what this run is from
     run_dir, workspace, cache_dir = _run_dir(config), default_workspace(config), weights_cache_dir(config)
     if cache_dir is not None:
         # Keras reads KERAS_HOME when it downloads: ImageNet weights on Drive survive a reset.
         os.environ["KERAS_HOME"] = str(cache_dir)
-    loaded = load_data(config)
+    with stage("validate"):
+        loaded = load_data(config)
 
     import keras
 
@@ -502,21 +529,26 @@ def main(config: TrainConfig) -> Path:
         backbone, weights_used = load_backbone(config.backbone, config.image_size, config.weights)
         backbone = cut_backbone(backbone, config.feature_layer) if config.feature_layer else backbone
     if weights_used != "none":
-        features, augmented, cache = featurize(session, backbone, weights_used, loaded)
-        head, datasets, phases["head"] = train_head(session, loaded, features, augmented)
-        with session.strategy.scope():
-            model = make_model(backbone, config.backbone, len(loaded.labels), True, config.dropout, head)
+        with stage("featurize"):
+            features, cache = featurize(session, backbone, weights_used, loaded)
+        with stage("head"):
+            head, datasets, phases["head"] = train_head(session, loaded, features)
+            with session.strategy.scope():
+                model = make_model(backbone, config.backbone, len(loaded.labels), True, config.dropout, head)
         if config.fine_tune_layers:
-            datasets, phases["fine_tune"], fine_tuned = fine_tune(session, model, backbone, loaded)
+            with stage("fine_tune"):
+                datasets, phases["fine_tune"], fine_tuned = fine_tune(session, model, backbone, loaded)
     else:
-        model, datasets, phases["train"] = train_images(session, backbone, loaded)
+        with stage("train"):
+            model, datasets, phases["train"] = train_images(session, backbone, loaded)
     seconds = time.time() - started
     if session.policy.mixed_precision:
         # What is evaluated, saved and exported computes in float32 (see model.float32_copy).
         keras.mixed_precision.set_global_policy("float32")
         model, head = float32_copy(model), None if head is None else float32_copy(head)
     on_features = head is not None and not config.fine_tune_layers
-    metrics, probabilities = evaluate_splits(config, loaded, head if on_features else model, datasets)
+    with stage("evaluate"):
+        metrics, probabilities = evaluate_splits(config, loaded, head if on_features else model, datasets)
     if not device.is_chief():
         shutil.rmtree(session.checkpoint_root, ignore_errors=True)
         log.info("worker done; the chief writes the run folder")
@@ -526,21 +558,61 @@ def main(config: TrainConfig) -> Path:
         request=request, request_key=request_key(request), **({"fine_tune": fine_tuned} if fine_tuned else {})
     )
     manifest.update({"backbone_auto": chosen} if chosen else {})
-    audited = None
-    if config.audit:
-        from trainer.audit import audit_splits
-
-        audited = audit_splits(loaded.parts, loaded.labels, features, workspace, config.seed)
-        manifest["audit"] = audited[2]
+    formats = parse_formats(config.export)
+    manifest["stages"] = stage.record
+    manifest["diagnostics"] = diagnostics.pending({"audit": config.audit, "heatmaps": True, "exports": bool(formats),
+                                                   "report": True})  # fmt: skip
+    # The audit reads each image's own features only; the head's datasets and every other view go.
+    audit_features = None if features is None or not config.audit else features.every().copy()
+    del features, datasets
     history = _join_history(phases)
-    export_error = _write_run(
-        run_dir, config, model, loaded, (metrics, probabilities, audited), history, manifest, weights_used
-    )
-    shutil.rmtree(session.checkpoint_root, ignore_errors=True)
+    with stage("write"):
+        _write_run(run_dir, config, model, loaded, (metrics, probabilities), history, manifest, weights_used)
+    print(run_dir, flush=True)  # the model is complete: `invoke train` publishes it whatever follows
     log.info("run folder: %s", run_dir)
-    if export_error:
-        raise CheckFailed(f"{export_error}; the run folder is complete otherwise")
+    steps = _diagnostic_steps(run_dir, config, model, loaded, audit_features, workspace, formats)
+    failed = diagnostics.run(run_dir, manifest, {name: _timed(stage, name, step) for name, step in steps.items()})
+    shutil.rmtree(session.checkpoint_root, ignore_errors=True)
+    if failed:
+        raise diagnostics.DiagnosticsFailed(run_dir, failed)
     return run_dir
+
+
+def _timed(stage: Stages, name: str, step):
+    def timed():
+        with stage(name):
+            return step()
+
+    return timed
+
+
+def _diagnostic_steps(run_dir: Path, config: TrainConfig, model, loaded: Data, audit_features, workspace: Path,
+                      formats: tuple[str, ...]) -> dict:  # fmt: skip
+    """What trainer.diagnostics runs after the model has landed, by name."""
+    from trainer import report
+
+    def audit() -> dict:
+        from trainer.audit import audit_splits, write_lists
+
+        rows, findings, summary = audit_splits(loaded.parts, loaded.labels, audit_features, workspace, config.seed)
+        write_lists(run_dir / runfolder.AUDIT, rows, findings, loaded.labels)
+        return {"audit": summary}
+
+    def heatmaps() -> None:
+        from trainer.explain import heatmap_sheet
+
+        test = runfolder.read_predictions(run_dir / runfolder.PREDICTIONS)
+        try:
+            heatmap_sheet(model, test, loaded.labels, config.image_size, run_dir / runfolder.HEATMAPS)
+        except InputError as error:  # a model these maps cannot split: the run is good without them
+            raise diagnostics.Skipped(str(error)) from None
+
+    return {
+        "audit": audit,
+        "heatmaps": heatmaps,
+        "exports": lambda: diagnostics.exports_into(run_dir, formats),
+        "report": lambda: report.build(run_dir) and None,
+    }
 
 
 def _resume_key(options: dict, fingerprint: str) -> str:
@@ -631,17 +703,10 @@ def _write_run(
     history: list[dict],
     manifest: dict,
     weights_used: str,
-) -> str | None:
-    """Everything the run leaves, written whole or not at all. results: the metrics and
-    probabilities by split, and the label audit or None. Returns the export check's message
-    when an export disagrees: the run folder is still written, since the model is good."""
-    from trainer import report
-    from trainer.audit import records
-    from trainer.explain import heatmap_sheet
-    from trainer.export import export_run, parse_formats
-
-    metrics, probabilities, audited = results
-    export_error = None
+) -> None:
+    """The run folder's core, written whole or not at all: the model and everything that says
+    what it is and how it scored. results: the metrics and probabilities by split."""
+    metrics, probabilities = results
     with partial_folder(run_dir) as partial:
         model.save(partial / runfolder.MODEL)
         link_or_copy(partial / runfolder.MODEL, partial / f"{config.model_name}.keras")
@@ -676,18 +741,3 @@ def _write_run(
             },
         )
         _write_tensorboard(history, partial / "logs")
-        test = runfolder.read_predictions(partial / runfolder.PREDICTIONS)
-        try:
-            heatmap_sheet(model, test, loaded.labels, config.image_size, partial / runfolder.HEATMAPS)
-        except InputError as error:  # a model these maps cannot split: the run is good without them
-            log.warning("WARNING: no heatmaps: %s", error)
-        if audited is not None:
-            runfolder.write_audit(partial / runfolder.AUDIT, records(audited[1], audited[0], loaded.labels))
-        formats = parse_formats(config.export)
-        if formats:
-            try:
-                export_run(partial, formats)
-            except CheckFailed as error:
-                export_error = str(error).replace(str(partial), str(run_dir))
-        report.build(partial, run_dir.name)
-    return export_error
