@@ -50,12 +50,21 @@ def source_kind(source: str) -> tuple[str, str]:
 
 
 def count_images(folder: Path) -> dict[str, int]:
-    """Images per class folder (the first folder level below `folder`)."""
-    counts: Counter = Counter()
-    for path in folder.rglob("*"):
-        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file() and not path.name.startswith("."):
-            relative = path.relative_to(folder).parts
-            counts[relative[0] if len(relative) > 1 else "."] += 1
+    """Images per class, by the trainer's own rule for class folders (trainer/layout.py: the
+    folder one level down, or the inner one in SDNET2018's D/CD layout); where that rule finds
+    the layout ambiguous, per folder path (the trainer then asks for --label-folder)."""
+    from trainer.errors import InputError
+    from trainer.layout import choose_level, images_below, label_of
+
+    images = images_below(folder)
+    try:
+        level = choose_level(images, str(folder))
+        counts = Counter(label_of(image, level) for image in images)
+    except InputError:
+        counts = Counter("/".join(image[:-1]) for image in images)
+    loose = sum(1 for path in folder.iterdir() if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES)
+    if loose:
+        counts["."] += loose
     return dict(sorted(counts.items()))
 
 

@@ -218,3 +218,65 @@ def test_split_round_trips_through_split_csv(tmp_path):
     loaded = data.read_split(tmp_path / "split.csv")
     for name in data.SPLITS:
         assert [(r.path, r.label, r.sha256) for r in loaded[name]] == [(r.path, r.label, r.sha256) for r in parts[name]]
+
+
+def _tree(root: Path, layout: dict[str, int]) -> Path:
+    """Tiny distinct PNGs: {"D/CD": 3, ...} -> root/D/CD/0.png ..."""
+    for number, (folder, count) in enumerate(sorted(layout.items())):
+        (root / folder).mkdir(parents=True)
+        for i in range(count):
+            Image.new("RGB", (8, 8), (number * 20, i * 10, 7)).save(root / folder / f"{i}.png")
+    return root
+
+
+SDNET = {"D/CD": 3, "D/UD": 9, "P/CP": 3, "P/UP": 9, "W/CW": 3, "W/UW": 9}  # SDNET2018's shape, about 25% cracked
+
+
+def test_sdnet2018s_nested_folders_give_the_inner_classes_and_merge_on_request(tmp_path):
+    root = _tree(tmp_path / "SDNET2018", SDNET)
+    rows, report = data.load_rows(root, None)
+    assert Counter(row.label for row in rows) == {"CD": 3, "UD": 9, "CP": 3, "UP": 9, "CW": 3, "UW": 9}
+    assert rows[0].written == "D/CD/0.png" and "classes from the inner folders" in report.notes[0]
+    merged, report = data.load_rows(root, None, merge_labels="cracked=CD+CP+CW,uncracked=UD+UP+UW")
+    assert Counter(row.label for row in merged) == {"cracked": 9, "uncracked": 27}
+    surfaces, _ = data.load_rows(root, None, label_folder="top")
+    assert Counter(row.label for row in surfaces) == {"D": 12, "P": 12, "W": 12}
+
+
+@pytest.mark.parametrize(
+    ("layout", "message"),
+    [
+        ({"train/CD": 3, "train/UD": 3, "val/CD": 3, "val/UD": 3}, "inner folders' names repeat under different outer ones (e.g. train/CD)"),
+        ({"CD": 3, "CD/old": 3, "UD": 3}, "images sit 1 and 2 folder levels deep"),
+    ],
+)  # fmt: skip
+def test_an_ambiguous_folder_layout_is_one_line_saying_what_to_choose(tmp_path, layout, message):
+    root = _tree(tmp_path / "photos", layout)
+    with pytest.raises(InputError) as raised:
+        data.load_rows(root, None)
+    text = str(raised.value)
+    assert message in text and "--label-folder top (classes" in text and "--label-folder leaf (classes" in text
+    assert "\n" not in text
+    assert {row.label for row in data.load_rows(root, None, label_folder="top")[0]} <= {"train", "val", "CD", "UD"}
+
+
+@pytest.mark.parametrize(
+    ("merge", "message"),
+    [
+        ("cracked=CD+XX", "--merge-labels: no image is labelled 'XX'; the labels are CD, CP, CW, UD, UP, UW"),
+        ("cracked", "--merge-labels: 'cracked' is not NEW=OLD+OLD"),
+        ("a=CD,b=CD", "--merge-labels: 'CD' is merged twice ('a' and 'b')"),
+    ],
+)
+def test_a_bad_merge_is_one_line_naming_it(tmp_path, merge, message):
+    root = _tree(tmp_path / "SDNET2018", SDNET)
+    with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)").replace("+", r"\+")):
+        data.load_rows(root, None, merge_labels=merge)
+
+
+def test_the_data_step_counts_classes_by_the_trainers_rule(tmp_path):
+    from scripts.dataset import count_images
+
+    assert count_images(_tree(tmp_path / "SDNET2018", SDNET)) == {"CD": 3, "CP": 3, "CW": 3, "UD": 9, "UP": 9, "UW": 9}
+    ambiguous = _tree(tmp_path / "split", {"train/CD": 2, "val/CD": 1})
+    assert count_images(ambiguous) == {"train/CD": 2, "val/CD": 1}

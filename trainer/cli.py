@@ -68,6 +68,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     audit = commands.add_parser("audit", help="labels to check: unlikely labels, near-duplicates, outliers")
     audit.add_argument("--folder", required=True, help="image folder; without --file, one subfolder per class")
     audit.add_argument("--file", help="CSV with ImagePath,Label, found in --folder or the working directory")
+    audit.add_argument(
+        "--label-folder",
+        default="auto",
+        choices=("auto", "top", "leaf"),
+        help="with class folders, which level names the class (as for train; default auto)",
+    )
+    audit.add_argument("--merge-labels", help="join labels into classes, NEW=OLD+OLD,... (as for train)")
     audit.add_argument("--workspace", default="workspace", help="the feature cache (default ./workspace)")
     audit.add_argument("--output", default="audit.csv", help="the list to write (default audit.csv)")
     audit.add_argument("--seed", type=int, default=0, help="for the held-out folds (default 0)")
@@ -124,8 +131,13 @@ def run(argv: list[str]) -> int:
         return 0
     if args.command == "train":
         from trainer import train
+        from trainer.diagnostics import EXIT_DIAGNOSTICS, DiagnosticsFailed
 
-        print(train.main(config_from(args)))
+        try:
+            train.main(config_from(args))  # prints the run folder once its model is complete
+        except DiagnosticsFailed as failure:
+            print(f"trainer: warning: {failure}", file=sys.stderr)
+            return EXIT_DIAGNOSTICS
         return 0
     if args.command == "report":
         from trainer.report import build
@@ -167,15 +179,15 @@ def run(argv: list[str]) -> int:
         from pathlib import Path
 
         from trainer import data
-        from trainer.audit import audit_splits, records
+        from trainer.audit import audit_splits, write_lists
         from trainer.predict import log_report
 
-        rows, report = data.load_rows(args.folder, args.file)
+        rows, report = data.load_rows(args.folder, args.file, args.label_folder, args.merge_labels)
         rows = data.validate(rows, report)
         log_report(report)
         labels = sorted({row.label for row in rows})
         rows, findings, summary = audit_splits({"all": rows}, labels, None, args.workspace, args.seed)
-        runfolder.write_audit(Path(args.output), records(findings, rows, labels))
+        write_lists(Path(args.output), rows, findings, labels)
         log.info(
             "audit of %d images: %s",
             summary["images"],

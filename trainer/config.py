@@ -63,6 +63,16 @@ class TrainConfig:
     file: str | None = option(
         None, "CSV ImagePath,Label; looked up in --folder, then the working directory", place=True
     )
+    label_folder: str = option(
+        "auto",
+        "class folders only: which folder names an image's class: top (FOLDER/CLASS/...), leaf (the folder holding the "
+        "image, as SDNET2018's D/CD), or auto: top for images one level deep, leaf for deeper ones whose inner folder "
+        "names are unique, else an error saying which to choose",
+        one_of("auto", "top", "leaf"),
+    )
+    merge_labels: str | None = option(
+        None, "join labels into classes, NEW=OLD+OLD,...: e.g. cracked=CD+CP+CW,uncracked=UD+UP+UW"
+    )
     strict: bool = option(False, "fail on any unusable row instead of dropping it with a warning")
     validation_fraction: float = option(0.1, "of each class, at least one image", within(0, 0.5, "()"))
     test_fraction: float = option(0.1, "of each class, at least one image", within(0, 0.5, "()"))
@@ -179,6 +189,9 @@ class TrainConfig:
             raise InputError(
                 "--fine-tune-layers needs pretrained weights; with --weights none the whole network trains anyway"
             )
+        from trainer.layout import parse_merge
+
+        parse_merge(self.merge_labels)
         if self.validation_file is not None and not self.validation_file.strip():
             raise InputError("--validation-file must name a CSV")
         return self

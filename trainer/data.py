@@ -16,8 +16,9 @@ from pathlib import Path, PureWindowsPath
 
 import numpy as np
 
+from trainer import layout
 from trainer.errors import ImageError, InputError
-from trainer.images import ImageInfo, inspect_image, is_image_file
+from trainer.images import ImageInfo, inspect_image
 from trainer.progress import progress_bar
 
 SPLITS = ("train", "validation", "test")
@@ -147,32 +148,42 @@ def read_csv_rows(csv_path: Path, image_folder: Path) -> tuple[list[Row], Report
     return rows, report
 
 
-def read_folder_rows(folder: Path) -> tuple[list[Row], Report]:
-    """One subfolder per class: folder/CD/*.jpg, folder/UD/*.jpg."""
+def read_folder_rows(folder: Path, label_folder: str = "auto") -> tuple[list[Row], Report]:
+    """One subfolder per class: folder/CD/*.jpg, folder/UD/*.jpg; or nested, as SDNET2018's
+    folder/D/CD/*.jpg, where trainer.layout decides (or --label-folder says) which level is
+    the class."""
     report = Report()
     if not folder.is_dir():
         raise InputError(f"--folder: {folder} is not a folder")
-    rows = []
-    for class_dir in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for path in sorted(class_dir.rglob("*")):
-            if path.is_file() and is_image_file(path):
-                rows.append(Row(0, str(path.relative_to(folder)), path.resolve(), class_dir.name))
-    report.rows_read = len(rows)
-    if not rows:
+    images = layout.images_below(folder)
+    if not images:
         raise InputError(
             f"--folder: no images in class subfolders of {folder}; "
             "give --file CSV or lay images out as FOLDER/<label>/<image>"
         )
+    level = layout.choose_level(images, str(folder), label_folder)
+    rows = [
+        Row(0, "/".join(image), (folder / Path(*image)).absolute(), layout.label_of(image, level)) for image in images
+    ]
+    report.rows_read = len(rows)
+    if level == "leaf" and len(images[0]) > 2:
+        report.notes.append(f"classes from the inner folders ({', '.join(sorted({row.label for row in rows}))})")
     return rows, report
 
 
-def load_rows(folder: str | Path, file: str | None) -> tuple[list[Row], Report]:
+def load_rows(
+    folder: str | Path, file: str | None, label_folder: str = "auto", merge_labels: str | None = None
+) -> tuple[list[Row], Report]:
     folder = Path(folder)
     if not folder.exists():
         raise InputError(f"--folder: {folder} does not exist")
-    if file:
-        return read_csv_rows(resolve_csv(folder, file), folder)
-    return read_folder_rows(folder)
+    mapping = layout.parse_merge(merge_labels)
+    rows, report = read_csv_rows(resolve_csv(folder, file), folder) if file else read_folder_rows(folder, label_folder)
+    if mapping:
+        labels = layout.merged([row.label for row in rows], mapping)
+        rows = [replace(row, label=label) for row, label in zip(rows, labels, strict=True)]
+        report.notes.append("labels merged: " + ", ".join(f"{old} -> {new}" for old, new in sorted(mapping.items())))
+    return rows, report
 
 
 # ---------------------------------------------------------------------------------------------

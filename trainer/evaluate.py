@@ -119,7 +119,10 @@ def evaluate_run(run_dir: str | Path, folder: str | None, file: str | None, stri
             raise InputError(f"{run.path}: no split.csv; give --folder with the images to evaluate on")
         rows = data.read_split(split_path)["test"]
     else:
-        rows, report = data.load_rows(folder, file)
+        # The run's own label rules (--label-folder, --merge-labels) name the classes it knows.
+        config = runfolder.read_json(run.path / runfolder.CONFIG)
+        label_rules = (config.get("label_folder") or "auto", config.get("merge_labels"))
+        rows, report = data.load_rows(folder, file, *label_rules)
         rows = data.validate(rows, report, strict=strict, min_class_size=1, allow_one_class=True)
         predict.log_report(report)
     unknown = sorted({row.label for row in rows} - set(run.labels))

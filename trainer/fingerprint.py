@@ -29,7 +29,7 @@ def data_digest(config: TrainConfig) -> str:
     missing or unreadable file counts as such, so fixing it changes the digest."""
     from trainer.data import load_rows
 
-    rows, _ = load_rows(config.folder, config.file)
+    rows, _ = load_rows(config.folder, config.file, config.label_folder, config.merge_labels)
     digest = hashlib.sha256()
     for row in rows:
         try:
@@ -39,7 +39,10 @@ def data_digest(config: TrainConfig) -> str:
         digest.update(json.dumps([row.written, row.label, content]).encode())
     if config.validation_file:
         digest.update(
-            b"validation:" + data_digest(TrainConfig(folder=config.folder, file=config.validation_file)).encode()
+            b"validation:"
+            + data_digest(
+                TrainConfig(folder=config.folder, file=config.validation_file, merge_labels=config.merge_labels)
+            ).encode()
         )
     return digest.hexdigest()
 
