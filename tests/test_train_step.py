@@ -39,6 +39,27 @@ def test_the_request_follows_content_labels_and_options_not_places(demo_dir, tmp
     assert len(request_key(first)) == 16 and request_key(first) == request_key(json.loads(json.dumps(first)))
 
 
+def test_the_stat_cache_reads_only_what_changed_and_never_trusts_a_changed_file(demo_dir, tmp_path, monkeypatch):
+    from trainer import fingerprint
+
+    data = tmp_path / "data"
+    shutil.copytree(demo_dir, data)
+    config = TrainConfig(folder=str(data / "Images"), file="training_data.csv", runs_dir=str(tmp_path / "runs"))
+    first = fingerprint.data_digest(config)
+    assert fingerprint.stat_cache(config).is_file()
+    read = []
+    real = fingerprint.sha256_of
+    monkeypatch.setattr(fingerprint, "sha256_of", lambda path: read.append(path) or real(path))
+    assert fingerprint.data_digest(config) == first and read == []  # an unchanged dataset: no image read
+    photo = sorted((data / "Images" / "UD").glob("*.jpg"))[0]
+    before = photo.stat()
+    content = bytearray(photo.read_bytes())
+    content[-3] ^= 0xFF  # another image of the same size and modification time
+    photo.write_bytes(bytes(content))
+    os.utime(photo, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert fingerprint.data_digest(config) != first and read == [photo]  # the change time gave it away
+
+
 def _published(folder: Path, request: dict, model: bytes = b"a model") -> Path:
     from scripts.archives import sha256_of
 
@@ -94,7 +115,8 @@ def test_rerun_trains_nothing_a_change_retrains_and_keeps_the_previous_model(dem
     }
     assert "invoke" in imported and not {name for name in imported if name.split(".")[0] in ("tensorflow", "keras")}
     assert (published / "model.keras").read_bytes() == model
-    assert len(list((copy / "runs").iterdir())) == 1 and not (drive / "ud-cd-classifier.previous").exists()
+    assert len([run for run in (copy / "runs").iterdir() if run.is_dir()]) == 1
+    assert not (drive / "ud-cd-classifier.previous").exists()
 
     changed = invoke(copy, *train, env={**env, "INVOKE_TRAIN_EPOCHS": "2"})
     assert changed.returncode == 0, changed.stderr

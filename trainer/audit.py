@@ -122,6 +122,23 @@ def thumbnails(paths) -> np.ndarray:
     return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
 
+def thumbnails_of(rows, known: dict[str, bytes] | None) -> np.ndarray:
+    """thumbnails() for rows, from the 8-bit thumbnails validation made as it decoded each file
+    (data.Report.thumbnails, by sha256) where it has them; only the rest are read again."""
+    known = known or {}
+    size = THUMBNAIL * THUMBNAIL
+    out = np.zeros((len(rows), size), dtype=np.float32)
+    missing = [index for index, row in enumerate(rows) if len(known.get(row.sha256, b"")) != size]
+    for index, row in enumerate(rows):
+        if len(known.get(row.sha256, b"")) == size:
+            vector = np.frombuffer(known[row.sha256], dtype=np.uint8).astype(np.float32)
+            out[index] = vector - vector.mean()
+    out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    if missing:
+        out[missing] = thumbnails([rows[index].path for index in missing])
+    return out
+
+
 def near_duplicate_pairs(unit: np.ndarray, small: np.ndarray, by_content: np.ndarray | None = None,
                          seed: int = 0) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """The pairs that are the same picture: (pairs [m, 2], their thumbnail correlations). The
@@ -287,7 +304,8 @@ def write_lists(path, rows, findings: list[Finding], labels: list[str]):
     return [path, full]
 
 
-def audit_splits(parts: dict, labels: list[str], features: dict | None, workspace, seed: int = 0):
+def audit_splits(parts: dict, labels: list[str], features: np.ndarray | None, workspace, seed: int = 0,
+                 known_thumbnails: dict[str, bytes] | None = None):  # fmt: skip
     """The audit of a run's images, all splits together (a near-duplicate across splits leaks):
     (rows, findings, summary for the manifest). `features`: the run's own pretrained features,
     one row per image in split order (empty splits skipped), or None to use the default
@@ -302,7 +320,7 @@ def audit_splits(parts: dict, labels: list[str], features: dict | None, workspac
         vectors, source = features, "the run's own features"
     index = {label: number for number, label in enumerate(labels)}
     given = np.array([index[row.label] for row in rows])
-    findings = audit(vectors, thumbnails([row.path for row in rows]), given, len(labels), groups, seed)
+    findings = audit(vectors, thumbnails_of(rows, known_thumbnails), given, len(labels), groups, seed)
     kinds = {kind: sum(kind_of(f) == kind for f in findings) for kind in KINDS}
     duplicate_groups = len({f.group for f in findings if kind_of(f) == "near-duplicate"})
     summary = {"features": source, "images": len(rows), "flagged": kinds, "near_duplicate_groups": duplicate_groups,

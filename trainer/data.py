@@ -18,7 +18,7 @@ import numpy as np
 
 from trainer import layout
 from trainer.errors import ImageError, InputError
-from trainer.images import ImageInfo, inspect_image
+from trainer.images import FileState, ImageInfo, read_and_inspect
 from trainer.progress import progress_bar
 
 SPLITS = ("train", "validation", "test")
@@ -42,6 +42,8 @@ class Report:
     rows_read: int = 0
     problems: dict[str, list[str]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    files: dict[Path, FileState | None] = field(default_factory=dict)  # every listed file, as validation read it
+    thumbnails: dict[str, bytes] = field(default_factory=dict)  # sha256 -> 16 x 16 luminance, 8-bit
 
     def add(self, kind: str, example: str) -> None:
         self.problems.setdefault(kind, []).append(example)
@@ -190,25 +192,19 @@ def load_rows(
 # Validation
 
 
-def _inspect(path: Path) -> ImageInfo | ImageError:
-    try:
-        return inspect_image(path)
-    except ImageError as error:
-        return error
+def _inspect_chunk(paths: list[Path]) -> list[tuple[FileState | None, ImageInfo | ImageError]]:
+    return [read_and_inspect(path) for path in paths]
 
 
-def _inspect_chunk(paths: list[Path]) -> list[ImageInfo | ImageError]:
-    return [_inspect(path) for path in paths]
-
-
-def _inspect_all(paths: list[Path], workers: int | None, chunk: int = 16) -> list[ImageInfo | ImageError]:
-    """Inspect every image on one thread per core (Pillow releases the GIL while it decodes and
-    hashlib while it hashes), in chunks: one task per image costs more in futures and locks than
-    a 256 px image costs to check, and more threads than cores only contend for the GIL
-    (measured on 2 cores: 8 threads one image each 0.94x a plain loop, 2 threads in chunks 1.74x)."""
+def _inspect_all(paths: list[Path], workers: int | None, chunk: int = 16) -> list[tuple]:
+    """Read and inspect every image on one thread per core (Pillow releases the GIL while it
+    decodes and hashlib while it hashes), in chunks: one task per image costs more in futures
+    and locks than a 256 px image costs to check, and more threads than cores only contend for
+    the GIL (measured on 2 cores: 8 threads one image each 0.94x a plain loop, 2 threads in
+    chunks 1.74x). Each result: (FileState or None, ImageInfo or ImageError)."""
     workers = workers or os.cpu_count() or 1
     chunks = [paths[start : start + chunk] for start in range(0, len(paths), chunk)]
-    results: list[ImageInfo | ImageError] = []
+    results: list[tuple] = []
     bar = progress_bar(total=len(paths), desc="validate images")
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for done in pool.map(_inspect_chunk, chunks):
@@ -236,9 +232,15 @@ def validate(
     The order of the checks matters: duplicate rows first (they are harmless), then files, then
     content, then labels, then class sizes, so that each row is blamed for its first problem.
     """
+    # Every listed file is read once, here: its hash and stat (the run's data fingerprint and
+    # invoke's stat cache), whether it decodes, and its thumbnail (the label audit's).
+    paths = list(dict.fromkeys(row.path for row in rows))
+    inspected = dict(zip(paths, _inspect_all(paths, workers), strict=True))
+    report.files = {path: state for path, (state, _) in inspected.items()}
     rows = _one_spelling_per_label(rows, report)
     unique = _one_row_per_file(rows, report)
-    distinct = _one_copy_per_content(_readable(unique, report, workers), report)
+    distinct = _one_copy_per_content(_readable(unique, report, {path: found for path, (_, found) in inspected.items()}),
+                                      report)  # fmt: skip
     counts = Counter(row.label for row in distinct)
     small = {label for label, count in counts.items() if count < min_class_size}
     for label in sorted(small):
@@ -304,15 +306,18 @@ def _one_row_per_file(rows: list[Row], report: Report) -> list[Row]:
     return unique
 
 
-def _readable(rows: list[Row], report: Report, workers: int | None) -> list[Row]:
-    """The rows whose file decodes (checked in parallel), each with its content's SHA-256."""
+def _readable(rows: list[Row], report: Report, inspected: dict[Path, ImageInfo | ImageError]) -> list[Row]:
+    """The rows whose file decodes, each with its content's SHA-256 (and its thumbnail kept in
+    report.thumbnails)."""
     readable, animated = [], []
-    for row, result in zip(rows, _inspect_all([row.path for row in rows], workers), strict=True):
+    for row in rows:
+        result = inspected[row.path]
         if isinstance(result, ImageError):
             kind = "missing files" if "file not found" in str(result) else "unreadable or corrupt images"
             report.add(kind, f"{_where(row)} ({str(result).split(': ', 1)[-1]})")
         else:
             readable.append(replace(row, sha256=result.sha256))
+            report.thumbnails[result.sha256] = result.thumbnail
             if result.frames > 1:
                 animated.append(f"{row.written} ({result.frames} frames)")
     if animated:

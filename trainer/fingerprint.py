@@ -1,7 +1,8 @@
 """What a model is trained from, as one record: the data's content, the resolved options, the
 pinned stack and the trainer's code. The trainer stores it in the run's manifest.json; `invoke
-train` computes it before training (no TensorFlow import, a read of every image file) and
-trains nothing when the published model's record is the same.
+train` computes it before training (no TensorFlow import; each image file's hash from a stat
+cache, so an unchanged dataset is not read again) and trains nothing when the published model's
+record is the same.
 
 A Colab runtime reset wipes everything but Drive, and GPU quota is scarce: rerunning the
 notebook must not retrain an identical model.
@@ -9,6 +10,7 @@ notebook must not retrain an identical model.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from importlib import metadata
@@ -24,27 +26,70 @@ STACK = ("tensorflow", "keras", "numpy", "pillow", "protobuf", "onnx", "tf2onnx"
 CODE = Path(__file__).resolve().parent
 
 
-def data_digest(config: TrainConfig) -> str:
+def data_digest(config: TrainConfig, files: dict | None = None) -> str:
     """Every row as listed (path as written, label) with its file's content hash, in order; a
-    missing or unreadable file counts as such, so fixing it changes the digest."""
+    missing or unreadable file counts as such, so fixing it changes the digest. `files`: each
+    file's FileState as validation read it (the trainer: no file is read twice); without it
+    (`invoke train`'s decision) the hashes come from the stat cache, reading only what changed."""
     from trainer.data import load_rows
 
     rows, _ = load_rows(config.folder, config.file, config.label_folder, config.merge_labels)
+    if files is None or any(row.path not in files for row in rows):
+        files = {**(files or {}), **file_states([row.path for row in rows], stat_cache(config))}
     digest = hashlib.sha256()
     for row in rows:
-        try:
-            content = sha256_of(row.path)
-        except OSError:
-            content = "unreadable"
-        digest.update(json.dumps([row.written, row.label, content]).encode())
+        state = files[row.path]
+        digest.update(json.dumps([row.written, row.label, state.sha256 if state else "unreadable"]).encode())
     if config.validation_file:
-        digest.update(
-            b"validation:"
-            + data_digest(
-                TrainConfig(folder=config.folder, file=config.validation_file, merge_labels=config.merge_labels)
-            ).encode()
-        )
+        validation = TrainConfig(folder=config.folder, file=config.validation_file, merge_labels=config.merge_labels,
+                                 runs_dir=config.runs_dir)  # fmt: skip
+        digest.update(b"validation:" + data_digest(validation, files).encode())
     return digest.hexdigest()
+
+
+STAT_CACHE = ".file-hashes.json"
+
+
+def stat_cache(config: TrainConfig) -> Path:
+    """Where the content hashes of the last dataset are kept by path and stat: the runs folder."""
+    return Path(config.runs_dir) / STAT_CACHE
+
+
+def file_states(paths: list[Path], cache: Path | None) -> dict:
+    """Each path's FileState: from `cache` where the file's size, modification and change times
+    and inode are as recorded, else read and hashed (and recorded). A stat that differs is a
+    miss, and a miss only costs a read, so the cache can never make a changed file look the same
+    (a file changed between its stat and its read is recorded under the older stat)."""
+    from trainer.images import FileState, stat_of
+
+    try:
+        known = json.loads(cache.read_text()) if cache is not None else {}
+    except (OSError, ValueError):
+        known = {}
+    out, fresh = {}, {}
+    for path in dict.fromkeys(paths):
+        stat, entry = stat_of(path), known.get(str(path))
+        if stat is not None and entry and tuple(entry[:4]) == stat:
+            out[path] = FileState(*stat, entry[4])
+            continue
+        try:
+            content = sha256_of(path)
+        except OSError:
+            content = None
+        out[path] = FileState(*stat, content) if stat is not None and content is not None else None
+        fresh[path] = out[path]
+    if cache is not None and (fresh or len(known) != len(out)):
+        remember(out, cache)
+    return out
+
+
+def remember(files: dict, cache: Path) -> None:
+    """Record these FileStates as the stat cache (what cannot be written is simply not cached)."""
+    from trainer.atomic import write_atomically
+
+    entries = {str(path): [s.size, s.mtime_ns, s.ctime_ns, s.inode, s.sha256] for path, s in files.items() if s}
+    with contextlib.suppress(OSError):  # a read-only runs folder: nothing is cached
+        write_atomically(cache, json.dumps(entries))
 
 
 def code_digest() -> str:
@@ -64,10 +109,15 @@ def stack() -> dict[str, str | None]:
     return versions
 
 
-def training_request(config: TrainConfig) -> dict:
+def training_request(config: TrainConfig, files: dict | None = None) -> dict:
     """{"data", "options", "stack", "code"}: each part compared on its own, so that a rerun can
-    say what changed."""
-    return {"data": data_digest(config), "options": compared_options(config), "stack": stack(), "code": code_digest()}
+    say what changed. `files`: as for data_digest."""
+    return {
+        "data": data_digest(config, files),
+        "options": compared_options(config),
+        "stack": stack(),
+        "code": code_digest(),
+    }
 
 
 def compared_options(config: TrainConfig) -> dict:

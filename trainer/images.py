@@ -34,6 +34,30 @@ class ImageInfo:
     height: int
     mode: str
     frames: int = 1  # animated GIF, PNG or WebP: training uses the first frame
+    thumbnail: bytes = b""  # THUMBNAIL x THUMBNAIL luminance, 8-bit: the label audit's layout descriptor
+
+
+THUMBNAIL = 16
+
+
+@dataclass(frozen=True)
+class FileState:
+    """What a file was when it was read: its stat (taken before the read) and its content's
+    SHA-256, or None when it could not be read. A stat cache keys on the first to skip the second."""
+
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    inode: int
+    sha256: str | None
+
+
+def stat_of(path: Path) -> tuple[int, int, int, int] | None:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino
 
 
 @contextmanager
@@ -115,21 +139,46 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def inspect_image(path: Path, draft_size: int = 64) -> ImageInfo:
-    """Hash and fully decode one file; raise ImageError if it cannot be used for training.
+    """Hash and fully decode one file; raise ImageError if it cannot be used for training."""
+    return inspect_bytes(_read_bytes(path), path, draft_size)
+
+
+def read_and_inspect(path: Path, draft_size: int = 64) -> tuple[FileState | None, ImageInfo | ImageError]:
+    """What validation learns of one file: its state (stat before the read, content hash; None
+    when it cannot be read at all) and its ImageInfo, or the ImageError that makes it unusable."""
+    before = stat_of(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None, ImageError(f"{path}: file not found")
+    except OSError as error:
+        return None, ImageError(f"{path}: cannot read ({error.strerror or error})")
+    state = None if before is None else FileState(*before, hashlib.sha256(data).hexdigest())
+    if not data:
+        return state, ImageError(f"{path}: empty file (0 bytes)")
+    try:
+        return state, inspect_bytes(data, path, draft_size)
+    except ImageError as error:
+        return state, error
+
+
+def inspect_bytes(data: bytes, path: Path, draft_size: int = 64) -> ImageInfo:
+    """inspect_image on bytes already read.
 
     JPEGs are decoded in draft mode (DCT scaling: a 256 px photo at 1/4 scale, a large one at
     1/8), which still entropy-decodes every byte of the stream, so truncation and corruption are
     caught at a fraction of the cost of a full-size decode (measured: 0.22 ms against 0.29 ms
-    for a full decode of a 256 px JPEG).
+    for a full decode of a 256 px JPEG). The draft also gives the audit's thumbnail, so the
+    audit need not read the file again.
     """
-    data = _read_bytes(path)
     digest = hashlib.sha256(data).hexdigest()
     image = _open(data, path)
     with _decoding(path):
         width, height, mode = image.width, image.height, image.mode
         frames = getattr(image, "n_frames", 1)
-        _decode(image, draft_size)
-    return ImageInfo(digest, width, height, mode, frames)
+        decoded = _decode(image, draft_size)
+        small = decoded.convert("L").resize((THUMBNAIL, THUMBNAIL), Image.Resampling.BOX)
+    return ImageInfo(digest, width, height, mode, frames, small.tobytes())
 
 
 def load_image(path: str | Path, image_size: int) -> np.ndarray:

@@ -36,7 +36,7 @@ from trainer.config import TrainConfig, save_config
 from trainer.errors import CheckFailed, InputError
 from trainer.evaluate import classification_metrics, log_loss, summary_line, write_metrics
 from trainer.export import parse_formats
-from trainer.fingerprint import request_key, training_request
+from trainer.fingerprint import remember, request_key, stat_cache, training_request
 from trainer.predict import log_report
 from trainer.stages import Stages
 
@@ -49,6 +49,7 @@ class Data:
     labels: list[str]
     parts: dict[str, list[data.Row]]
     report: data.Report
+    files: dict = field(default_factory=dict)  # every listed file's FileState, as validation read it
 
     def y(self, name: str) -> np.ndarray:
         index = {label: i for i, label in enumerate(self.labels)}
@@ -101,6 +102,7 @@ def load_data(config: TrainConfig) -> Data:
             )
         parts = data.split(rows, 0.0, config.test_fraction, config.seed)
         parts["validation"] = validation_rows
+        report.files.update(validation_report.files)
     else:
         rows = data.validate(rows, report, strict=config.strict)
         parts = data.split(rows, config.validation_fraction, config.test_fraction, config.seed)
@@ -112,7 +114,7 @@ def load_data(config: TrainConfig) -> Data:
     for name in data.SPLITS:
         counts = Counter(row.label for row in parts[name])
         log.info("%-10s %4d images: %s", name, len(parts[name]), ", ".join(f"{k} {counts[k]}" for k in labels))
-    return Data(labels, parts, report)
+    return Data(labels, parts, report, report.files)
 
 
 def drive_workspace(config: TrainConfig) -> Path:
@@ -507,14 +509,17 @@ def main(config: TrainConfig) -> Path:
     can cost the model. Raises DiagnosticsFailed after the run when one of them failed."""
     config.check()
     stage = Stages()
-    with stage("digest"):
-        request = training_request(config)  # before anything else reads the data: what this run is from
     run_dir, workspace, cache_dir = _run_dir(config), default_workspace(config), weights_cache_dir(config)
     if cache_dir is not None:
         # Keras reads KERAS_HOME when it downloads: ImageNet weights on Drive survive a reset.
         os.environ["KERAS_HOME"] = str(cache_dir)
     with stage("validate"):
         loaded = load_data(config)
+    with stage("digest"):
+        # What this run is from, by the hashes validation took as it read each file; recorded as
+        # invoke's stat cache too, so that its next decision reads no image.
+        request = training_request(config, loaded.files)
+        remember(loaded.files, stat_cache(config))
 
     import keras
 
@@ -594,7 +599,9 @@ def _diagnostic_steps(run_dir: Path, config: TrainConfig, model, loaded: Data, a
     def audit() -> dict:
         from trainer.audit import audit_splits, write_lists
 
-        rows, findings, summary = audit_splits(loaded.parts, loaded.labels, audit_features, workspace, config.seed)
+        rows, findings, summary = audit_splits(
+            loaded.parts, loaded.labels, audit_features, workspace, config.seed, loaded.report.thumbnails
+        )
         write_lists(run_dir / runfolder.AUDIT, rows, findings, loaded.labels)
         return {"audit": summary}
 
