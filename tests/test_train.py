@@ -106,7 +106,7 @@ def test_predict_writes_imagepath_predictedlabel_score(cli, trained_run, demo_di
     assert code == 0, err
     with out_csv.open() as handle:
         rows = list(csv.DictReader(handle))
-    assert list(rows[0]) == ["ImagePath", "PredictedLabel", "Score"]
+    assert list(rows[0]) == ["ImagePath", "PredictedLabel", "Score", "Error"]
     assert len(rows) == 13
     assert rows[-1]["ImagePath"] == str(one)
     assert all(row["PredictedLabel"] in ("CD", "UD") and 0.5 <= float(row["Score"]) <= 1.0 for row in rows)
@@ -115,13 +115,18 @@ def test_predict_writes_imagepath_predictedlabel_score(cli, trained_run, demo_di
     assert len(out.strip().splitlines()) == 1 + 24
 
 
-def test_predict_refuses_a_corrupt_image(cli, trained_run, tmp_path):
+def test_predict_writes_a_row_for_a_bad_file_and_goes_on(cli, trained_run, demo_dir, tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not a jpeg")
-    code, _, err = cli("predict", "--model", trained_run, bad, "--output", tmp_path / "p.csv")
-    assert code == 2
-    assert f"{bad}: not an image Pillow can read" in err
-    assert not (tmp_path / "p.csv").exists()
+    good = sorted((demo_dir / "Images" / "UD").iterdir())[:2]
+    code, _, err = cli("predict", "--model", trained_run, good[0], bad, good[1], "--output", tmp_path / "p.csv")
+    assert code == 1
+    assert "WARNING: 1 of 3 image(s) could not be read; their rows name the error" in err
+    with (tmp_path / "p.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["ImagePath"] for row in rows] == [str(good[0]), str(bad), str(good[1])]
+    assert rows[1]["PredictedLabel"] == "" and rows[1]["Error"] == "not an image Pillow can read"
+    assert rows[0]["PredictedLabel"] in ("CD", "UD") and rows[2]["Error"] == ""
 
 
 def test_local_weights_file_freezes_the_backbone(cli, demo_dir, tmp_path):
@@ -227,7 +232,7 @@ def test_a_failed_diagnostic_never_costs_the_model(cli, demo_dir, tmp_path, monk
         assert out.strip() == str(output)  # printed once the model landed
         assert f"the model is complete in {output}, but {failing.replace(',', ', ')} failed" in err.splitlines()[-1]
         runs[failing] = output
-        assert RUN_FILES <= {path.name for path in output.iterdir()}
+        assert {path.name for path in output.iterdir()} >= RUN_FILES
         assert not [path for path in output.iterdir() if path.name.startswith(".")]
     states = json.loads((runs["audit,heatmaps,exports"] / "manifest.json").read_text())["diagnostics"]
     assert {name: list(state)[0] if isinstance(state, dict) else state for name, state in states.items()} == {

@@ -186,7 +186,9 @@ def run(argv: list[str]) -> int:
         rows = data.validate(rows, report)
         log_report(report)
         labels = sorted({row.label for row in rows})
-        rows, findings, summary = audit_splits({"all": rows}, labels, None, args.workspace, args.seed)
+        rows, findings, summary = audit_splits(
+            {"all": rows}, labels, None, args.workspace, args.seed, report.thumbnails
+        )
         write_lists(Path(args.output), rows, findings, labels)
         log.info(
             "audit of %d images: %s",
@@ -209,8 +211,8 @@ def run(argv: list[str]) -> int:
     if args.command == "predict":
         from trainer.predict import load_run, predict_images
 
-        predict_images(load_run(args.model), args.paths, args.output, args.batch_size)
-        return 0
+        counts = predict_images(load_run(args.model), args.paths, args.output, args.batch_size)
+        return 1 if counts["errors"] else 0
     raise AssertionError(args.command)
 
 

@@ -115,28 +115,73 @@ def log_report(report: data.Report) -> None:
         log.info("%s", note)
 
 
-def predict_images(
-    run: Run, inputs: list[str], output: str | None, batch_size: int = 32
-) -> list[tuple[str, str, float]]:
-    from trainer.images import inspect_image
-
+def predict_images(run: Run, inputs: list[str], output: str | None, batch_size: int = 32) -> dict:
+    """Classify every image into ImagePath,PredictedLabel,Score,Error rows, a batch at a time:
+    decoding runs ahead on parallel threads, each batch's rows are written (and flushed) as it
+    is predicted, and memory holds one batch whatever the number of images. A file that cannot
+    be read is a row with its Error and no prediction, not the end of the job. With --output
+    the CSV is written under a hidden partial name and renamed when every row is in. Returns
+    {"images", "errors"}."""
     paths = collect_images(inputs)
-    for path in paths:
-        inspect_image(path)  # one clear error for a bad file, before any prediction
-    probabilities = run.predict([str(p) for p in paths], batch_size)
-    results = [
-        (str(path), run.labels[int(p.argmax())], float(p.max())) for path, p in zip(paths, probabilities, strict=True)
-    ]
+    counts = {"images": len(paths), "errors": 0}
     if output:
         with replacing(Path(output)) as temporary, temporary.open("w", newline="", encoding="utf-8") as handle:
-            _write_rows(handle, results)
+            counts["errors"] = _stream(run, paths, batch_size, handle)
     else:
-        _write_rows(sys.stdout, results)
-    return results
+        counts["errors"] = _stream(run, paths, batch_size, sys.stdout)
+    if counts["errors"]:
+        log.warning("WARNING: %d of %d image(s) could not be read; their rows name the error", counts["errors"],
+                    len(paths))  # fmt: skip
+    return counts
 
 
-def _write_rows(handle, results) -> None:
+def _stream(run: Run, paths: list[Path], batch_size: int, handle) -> int:
+    from trainer.progress import progress
+
     writer = csv.writer(handle, lineterminator="\n")
-    writer.writerow(["ImagePath", "PredictedLabel", "Score"])
-    for path, label, score in results:
-        writer.writerow([path, label, f"{score:.6f}"])
+    writer.writerow(["ImagePath", "PredictedLabel", "Score", "Error"])
+    errors = 0
+    batches = (len(paths) + batch_size - 1) // batch_size
+    start = 0
+    for images, problems in progress(_decoded(paths, run.image_size, batch_size), total=batches, desc="predict"):
+        good = [index for index, problem in enumerate(problems) if not problem]
+        probabilities = np.asarray(run.forward(images[good])) if good else np.zeros((0, len(run.labels)))
+        scores = dict(zip(good, probabilities, strict=True))
+        for index, problem in enumerate(problems):
+            path = str(paths[start + index])
+            if problem:
+                errors += 1
+                writer.writerow([path, "", "", problem])
+            else:
+                p = scores[index]
+                writer.writerow([path, run.labels[int(p.argmax())], f"{float(p.max()):.6f}", ""])
+        handle.flush()
+        start += len(problems)
+    return errors
+
+
+def _decoded(paths: list[Path], image_size: int, batch_size: int):
+    """Batches of (float32 pixels, per image "" or the reason it could not be read)."""
+    import tensorflow as tf
+
+    from trainer.errors import ImageError
+    from trainer.images import load_image
+    from trainer.pipeline import PARALLEL, prefetched
+
+    blank = np.zeros((image_size, image_size, 3), dtype=np.uint8)
+
+    def decode(path: bytes):
+        try:
+            return load_image(path.decode(), image_size), np.bytes_(b"")
+        except ImageError as error:
+            return blank, np.bytes_(str(error).split(": ", 1)[-1].encode())
+
+    def load(path):
+        image, problem = tf.numpy_function(decode, [path], (tf.uint8, tf.string), stateful=False)
+        image.set_shape((image_size, image_size, 3))
+        return image, problem
+
+    dataset = tf.data.Dataset.from_tensor_slices([str(path) for path in paths])
+    dataset = prefetched(dataset.map(load, num_parallel_calls=PARALLEL, deterministic=True).batch(batch_size))
+    for images, problems in dataset:
+        yield images.numpy().astype(np.float32), [problem.decode() for problem in problems.numpy()]
