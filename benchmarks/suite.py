@@ -548,11 +548,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, one repetition: shows the suite works")
     parser.add_argument("--report", help="also write the results as JSON to this file")
-    parser.add_argument("--only", nargs="+", choices=sorted(FIGURES), help="run only these figures")
+    parser.add_argument(
+        "--only", nargs="+", choices=sorted(FIGURES) + ["scale"], help="run only these figures (scale: only when named)"
+    )
     parser.add_argument(
         "--repeat", type=int, help="repetitions per figure (default 5, the whole train 3; 1 with --quick)"
     )
     args = parser.parse_args(argv)
+    if args.only and "scale" in args.only:
+        # The scale figure is its own program (an hour of training): benchmarks/scale.py.
+        from benchmarks import scale
+
+        if len(args.only) > 1:
+            parser.error("--only scale runs alone")
+        return scale.main(["--report", args.report] if args.report else [])
     sizes = QUICK if args.quick else FULL
     if args.repeat:
         if args.repeat < 1:
