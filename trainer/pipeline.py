@@ -11,6 +11,7 @@ from trainer.data import SPLITS
 from trainer.images import load_image
 
 PARALLEL = os.cpu_count() or 2  # decoding threads
+SHUFFLE_WINDOW = 1024  # decoded images an epoch reshuffles among when they are cached in memory
 
 
 def make_dataset(
@@ -26,9 +27,10 @@ def make_dataset(
 ):
     """Batches of (pixels float32 0-255, label) or, without labels, pixels alone.
 
-    Decoding runs in Pillow on parallel threads (Pillow releases the GIL while it decodes). The
-    decoded images are cached before the shuffle, so every epoch after the first reads memory,
-    and each epoch still sees a new order.
+    Decoding runs in Pillow on parallel threads (Pillow releases the GIL while it decodes).
+    Without the cache the paths are shuffled before decoding; with it the decoded images are
+    cached in a random order, so every epoch after the first reads memory and each reshuffles
+    within SHUFFLE_WINDOW images.
     """
     import tensorflow as tf
 
@@ -37,18 +39,31 @@ def make_dataset(
         image.set_shape((image_size, image_size, 3))
         return image
 
+    paths = list(paths)
+    if shuffle and cache:
+        # The cache keeps the first epoch's order, so that order is made random once; each
+        # epoch then reshuffles within a window of decoded images, not the whole set.
+        order = np.random.default_rng(seed).permutation(len(paths))
+        paths = [paths[i] for i in order]
+        labels = None if labels is None else np.asarray(labels)[order]
     if labels is None:
-        dataset = tf.data.Dataset.from_tensor_slices(list(paths))
+        dataset = tf.data.Dataset.from_tensor_slices(paths)
+    else:
+        dataset = tf.data.Dataset.from_tensor_slices((paths, np.asarray(labels, dtype=np.int32)))
+    if shuffle and not cache:
+        # Shuffled as paths, before decoding: the buffer holds names, not images (44,800 decoded
+        # 224 px images would be 6.7 GB of buffer).
+        dataset = dataset.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+    if labels is None:
         dataset = dataset.map(decode, num_parallel_calls=PARALLEL, deterministic=True)
     else:
-        dataset = tf.data.Dataset.from_tensor_slices((list(paths), np.asarray(labels, dtype=np.int32)))
         dataset = dataset.map(
             lambda path, label: (decode(path), label), num_parallel_calls=PARALLEL, deterministic=True
         )
     if cache:
         dataset = dataset.cache()
-    if shuffle:
-        dataset = dataset.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+    if shuffle and cache:
+        dataset = dataset.shuffle(min(len(paths), SHUFFLE_WINDOW), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size)
     if labels is None:
         dataset = dataset.map(lambda images: tf.cast(images, tf.float32))
