@@ -238,3 +238,40 @@ def test_feature_augmentation_caches_each_view_and_trains_the_head_on_all(cli, d
     assert code == 0, err
     for view in ("id", "h", "v", "vh"):  # every view from the cache
         assert _cache(tmp_path / "run2", view)["featurized"] == 0
+
+
+def test_the_cache_reads_only_the_rows_asked_for_checks_each_row_and_prunes(demo_dir, tmp_path, cli):
+    """Rows come from the shard by offset, each checked by its CRC-32: a flipped byte in one row
+    costs that row alone; prune keeps only a dataset's images, and `trainer cache` says so."""
+    from trainer import data, features
+    from trainer.model import build_backbone, feature_extractor
+
+    rows = data.validate(*data.load_rows(demo_dir / "Images", "training_data.csv"))
+    extractor = feature_extractor(build_backbone("tiny", 48, None), "tiny")
+    folder = tmp_path / "workspace" / "features" / "tiny-48-test"
+    every = features.cached_features(extractor, rows, 48, 8, folder)
+    (shard_path,) = folder.glob("shard-*.npz")
+    shard = features.Shard(shard_path)
+    victim = shard.keys.index(rows[5].sha256)
+    with shard_path.open("r+b") as handle:  # one byte of one row's features, flipped
+        handle.seek(shard.data_start + victim * shard.width * 4 + 2)
+        value = handle.read(1)
+        handle.seek(-1, 1)
+        handle.write(bytes([value[0] ^ 0xFF]))
+    cache = features.FeatureCache(folder)
+    out = np.zeros((3, shard.width), dtype=np.float32)
+    missing = cache.read([rows[5].sha256, rows[1].sha256, "not-there"], out, np.arange(3))
+    assert missing.tolist() == [True, False, True]
+    np.testing.assert_array_equal(out[1], every[1])
+    again = features.cached_features(extractor, rows, 48, 8, folder, cache=cache)
+    np.testing.assert_allclose(again, every, rtol=1e-5, atol=1e-6)  # the damaged row featurized again
+
+    kept = tmp_path / "kept"
+    (kept / "CD").mkdir(parents=True)
+    for row in [row for row in rows if row.label == "CD"][:3]:
+        shutil.copy(row.path, kept / "CD" / row.path.name)
+    code, out_text, err = cli("cache", "--workspace", tmp_path / "workspace", "--keep-folder", kept)
+    assert code == 0, err
+    assert out_text.strip().startswith("tiny-48-test: 3 entries of 3 images, ")
+    assert out_text.strip().endswith(f"({len(rows) - 3 + 1} dropped)")  # the damaged row's second copy too
+    assert len(features.FeatureCache(folder).load()) == 3

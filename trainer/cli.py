@@ -79,6 +79,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     audit.add_argument("--output", default="audit.csv", help="the list to write (default audit.csv)")
     audit.add_argument("--seed", type=int, default=0, help="for the held-out folds (default 0)")
 
+    cache = commands.add_parser("cache", help="what the feature cache holds; drop what no dataset of yours uses")
+    cache.add_argument(
+        "--workspace", default="workspace", help="the workspace whose cache to read (default ./workspace)"
+    )
+    cache.add_argument("--keep-folder", help="drop every entry but this dataset's images (with --keep-file for a CSV)")
+    cache.add_argument("--keep-file", help="the CSV of the dataset to keep, as train's --file")
+
     export = commands.add_parser("export", help="(re)write a run's exports and check them against Keras")
     export.add_argument("run_dir", metavar="RUN_DIR")
     export.add_argument(
@@ -143,6 +150,12 @@ def run(argv: list[str]) -> int:
         from trainer.report import build
 
         print(build(args.run_dir))
+        return 0
+    if args.command == "cache":
+        from trainer.features import summarize_caches
+
+        for line in summarize_caches(args.workspace, args.keep_folder, args.keep_file):
+            print(line)
         return 0
     if args.command == "export":
         from pathlib import Path

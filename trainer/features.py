@@ -173,7 +173,9 @@ class FeatureCache:
                 for leftover in self.folder.glob(".shard-*.partial-*.npz"):  # from a killed run
                     if not _alive(leftover.name.rsplit("-", 1)[-1].removesuffix(".npz")):
                         leftover.unlink(missing_ok=True)
-                for path in sorted(self.folder.glob("shard-*.npz")):
+                # Oldest first, so that a key stored twice (a damaged row featurized again) maps
+                # to its newest copy.
+                for path in sorted(self.folder.glob("shard-*.npz"), key=_written):
                     self._open(path)
         return self._index
 
@@ -246,8 +248,13 @@ class FeatureCache:
         """Drop every entry whose image (the sha256 before any ":view") is not in `keep`:
         shards rewritten without them, whole or not at all. Returns (entries kept, dropped)."""
         kept = dropped = 0
-        for path in sorted({place[0].path for place in self.index.values()}):
-            shard = next(place[0] for place in self.index.values() if place[0].path == path)
+        self.index  # noqa: B018 - drops damaged shards and leftovers first
+        for path in sorted(self.folder.glob("shard-*.npz")):
+            try:
+                shard = Shard(path)
+            except Damaged as error:
+                self._drop(path, error)
+                continue
             wanted = [row for row, key in enumerate(shard.keys) if key.split(":", 1)[0] in keep]
             dropped += len(shard.keys) - len(wanted)
             kept += len(wanted)
@@ -261,6 +268,38 @@ class FeatureCache:
             path.unlink(missing_ok=True)
         self._index = None
         return kept, dropped
+
+
+def summarize_caches(workspace, keep_folder: str | None = None, keep_file: str | None = None) -> list[str]:
+    """`python -m trainer cache`: one line per cache key (entries, images, size); with
+    keep_folder, every entry of an image not in that dataset is dropped first."""
+    from trainer.data import load_rows
+    from trainer.fingerprint import file_states
+
+    root = Path(workspace) / "features"
+    if not root.is_dir():
+        return [f"{root}: no feature cache here"]
+    keep = None
+    if keep_folder:
+        rows, _ = load_rows(keep_folder, keep_file)
+        keep = {state.sha256 for state in file_states([row.path for row in rows], None).values() if state}
+    lines = []
+    for folder in sorted(path for path in root.iterdir() if path.is_dir()):
+        cache = FeatureCache(folder)
+        dropped = cache.prune(keep)[1] if keep is not None else 0
+        keys = list(cache.index)
+        size = sum(path.stat().st_size for path in folder.glob("shard-*.npz"))
+        images = len({key.split(":", 1)[0] for key in keys})
+        lines.append(f"{folder.name}: {len(keys)} entries of {images} images, {size / 1e6:.1f} MB"
+                     + (f" ({dropped} dropped)" if keep is not None else ""))  # fmt: skip
+    return lines
+
+
+def _written(path: Path) -> tuple[int, str]:
+    try:
+        return path.stat().st_mtime_ns, path.name
+    except OSError:
+        return 0, path.name
 
 
 def _alive(pid: str) -> bool:
