@@ -502,6 +502,59 @@ def evaluate_splits(config: TrainConfig, loaded: Data, predictor, datasets: dict
     return metrics, probabilities
 
 
+@dataclass
+class Trained:
+    """What training leaves for evaluation and the run folder."""
+
+    model: object  # pixels in, probabilities out: what is saved and exported
+    predictor: object  # what evaluation runs: the head on cached features, or the model
+    datasets: dict
+    phases: dict[str, Phase]
+    weights_used: str
+    seconds: float
+    features: Features | None = None
+    cache: dict | None = None  # what the feature cache did (featurize's record)
+    extra: dict = field(default_factory=dict)  # for the manifest: fine_tune, backbone_auto
+
+
+def train_model(session: Session, loaded: Data, stage: Stages) -> Trained:
+    """The backbone (chosen, with --backbone auto), then bottleneck mode (featurize, the head,
+    optionally fine-tuning) or the whole network on images; a model trained under a
+    mixed-precision policy comes back as its float32 copy."""
+    import keras
+
+    from trainer.choose import choose
+    from trainer.model import cut_backbone, float32_copy, load_backbone, make_model
+
+    config, started, phases, extra = session.config, time.time(), {}, {}
+    head = features = cache = None
+    if config.backbone == "auto":
+        extra["backbone_auto"] = choose(session, loaded)  # sets config.backbone
+    with session.strategy.scope():
+        backbone, weights_used = load_backbone(config.backbone, config.image_size, config.weights)
+        backbone = cut_backbone(backbone, config.feature_layer) if config.feature_layer else backbone
+    if weights_used != "none":
+        with stage("featurize"):
+            features, cache = featurize(session, backbone, weights_used, loaded)
+        with stage("head"):
+            head, datasets, phases["head"] = train_head(session, loaded, features)
+            with session.strategy.scope():
+                model = make_model(backbone, config.backbone, len(loaded.labels), True, config.dropout, head)
+        if config.fine_tune_layers:
+            with stage("fine_tune"):
+                datasets, phases["fine_tune"], extra["fine_tune"] = fine_tune(session, model, backbone, loaded)
+    else:
+        with stage("train"):
+            model, datasets, phases["train"] = train_images(session, backbone, loaded)
+    seconds = time.time() - started
+    if session.policy.mixed_precision:
+        # What is evaluated, saved and exported computes in float32 (see model.float32_copy).
+        keras.mixed_precision.set_global_policy("float32")
+        model, head = float32_copy(model), None if head is None else float32_copy(head)
+    predictor = head if head is not None and not config.fine_tune_layers else model
+    return Trained(model, predictor, datasets, phases, weights_used, seconds, features, cache, extra)
+
+
 def main(config: TrainConfig) -> Path:
     """Train and evaluate; return the run folder. The model and what describes it are written to
     a hidden partial folder renamed into place, so a run folder always holds a complete model;
@@ -521,58 +574,30 @@ def main(config: TrainConfig) -> Path:
         request = training_request(config, loaded.files)
         remember(loaded.files, stat_cache(config))
 
-    import keras
-
     from trainer import device
-    from trainer.choose import choose
-    from trainer.model import cut_backbone, float32_copy, load_backbone, make_model
 
     session = start_session(config, loaded, workspace, request["options"])
-    started, phases, cache, head, fine_tuned, features = time.time(), {}, None, None, None, None
-    chosen = choose(session, loaded) if config.backbone == "auto" else None  # sets config.backbone
-    with session.strategy.scope():
-        backbone, weights_used = load_backbone(config.backbone, config.image_size, config.weights)
-        backbone = cut_backbone(backbone, config.feature_layer) if config.feature_layer else backbone
-    if weights_used != "none":
-        with stage("featurize"):
-            features, cache = featurize(session, backbone, weights_used, loaded)
-        with stage("head"):
-            head, datasets, phases["head"] = train_head(session, loaded, features)
-            with session.strategy.scope():
-                model = make_model(backbone, config.backbone, len(loaded.labels), True, config.dropout, head)
-        if config.fine_tune_layers:
-            with stage("fine_tune"):
-                datasets, phases["fine_tune"], fine_tuned = fine_tune(session, model, backbone, loaded)
-    else:
-        with stage("train"):
-            model, datasets, phases["train"] = train_images(session, backbone, loaded)
-    seconds = time.time() - started
-    if session.policy.mixed_precision:
-        # What is evaluated, saved and exported computes in float32 (see model.float32_copy).
-        keras.mixed_precision.set_global_policy("float32")
-        model, head = float32_copy(model), None if head is None else float32_copy(head)
-    on_features = head is not None and not config.fine_tune_layers
+    trained = train_model(session, loaded, stage)
     with stage("evaluate"):
-        metrics, probabilities = evaluate_splits(config, loaded, head if on_features else model, datasets)
+        metrics, probabilities = evaluate_splits(config, loaded, trained.predictor, trained.datasets)
     if not device.is_chief():
         shutil.rmtree(session.checkpoint_root, ignore_errors=True)
         log.info("worker done; the chief writes the run folder")
         return run_dir
-    manifest = _manifest(config, loaded, session.policy, weights_used, cache, loaded.fingerprint(), seconds, phases)
-    manifest.update(
-        request=request, request_key=request_key(request), **({"fine_tune": fine_tuned} if fine_tuned else {})
-    )
-    manifest.update({"backbone_auto": chosen} if chosen else {})
+    manifest = _manifest(config, loaded, session.policy, trained.weights_used, trained.cache, loaded.fingerprint(),
+                         trained.seconds, trained.phases)  # fmt: skip
+    manifest.update(request=request, request_key=request_key(request), **trained.extra)
     formats = parse_formats(config.export)
     manifest["stages"] = stage.record
     manifest["diagnostics"] = diagnostics.pending({"audit": config.audit, "heatmaps": True, "exports": bool(formats),
                                                    "report": True})  # fmt: skip
     # The audit reads each image's own features only; the head's datasets and every other view go.
+    model, features = trained.model, trained.features
     audit_features = None if features is None or not config.audit else features.every().copy()
-    del features, datasets
-    history = _join_history(phases)
+    features = trained.features = trained.datasets = None
+    history = _join_history(trained.phases)
     with stage("write"):
-        _write_run(run_dir, config, model, loaded, (metrics, probabilities), history, manifest, weights_used)
+        _write_run(run_dir, config, model, loaded, (metrics, probabilities), history, manifest, trained.weights_used)
     print(run_dir, flush=True)  # the model is complete: `invoke train` publishes it whatever follows
     log.info("run folder: %s", run_dir)
     steps = _diagnostic_steps(run_dir, config, model, loaded, audit_features, workspace, formats)
