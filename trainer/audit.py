@@ -3,9 +3,9 @@
 From pretrained features (the bottleneck cache's), in seconds rather than a retraining:
 
 - unlikely labels: out-of-fold class probabilities from k logistic-regression heads (each image
-  is scored by a head that never saw it), averaged over three fold splits and blended with the
-  votes of each image's nearest images (see REPEATS); how many labels are wrong is estimated as confident
-  learning does (Northcutt et al. 2021): the confident joint counts, per given class, the images
+  is scored by a head that never saw it), averaged over three fold splits (up to 5,000 images)
+  and blended with the votes of each image's nearest images (see REPEATS); how many labels are
+  wrong is estimated as confident learning does (Northcutt et al. 2021): the confident joint counts, per given class, the images
   whose probability for another class reaches that class's average self-confidence, calibrated
   to the class sizes. Of each class, that many images with the lowest probability for their
   given label are flagged (pruning by noise rate), so the cut follows the data, not a threshold;
@@ -43,7 +43,9 @@ NEIGHBOURS = 5
 # the labels flipped, seeds 0-2: one split of heads alone listed 79-83 for 60 flipped (recall
 # 0.83-0.92, precision 0.62-0.66); three splits with the votes listed 68-73 (recall 0.80-0.92,
 # precision 0.71-0.76). The best any cut could do with the heads' ranking alone was 0.78-0.85.
-REPEATS, REPEAT_UP_TO, VOTE_WEIGHT = 3, 20_000, 0.5
+# Past REPEAT_UP_TO images one split is kept: the heads are steadier there, and each repeat costs
+# as much as the first (at 5,658 photos of 6 classes, three splits took about 100 s of the audit).
+REPEATS, REPEAT_UP_TO, VOTE_WEIGHT = 3, 5_000, 0.5
 SHOWN = 500  # findings of each kind in audit.csv (all of them in audit-full.csv)
 KINDS = ("label", "near-duplicate", "outlier")
 
@@ -76,8 +78,7 @@ def out_of_fold(features: np.ndarray, labels: np.ndarray, classes: int, folds: i
 
 
 def repeated_out_of_fold(features: np.ndarray, labels: np.ndarray, classes: int, seed: int = 0) -> np.ndarray:
-    """out_of_fold averaged over REPEATS different fold splits (one split past REPEAT_UP_TO
-    images, where the heads are steadier and the cost is a minute a repeat)."""
+    """out_of_fold averaged over REPEATS different fold splits (one split past REPEAT_UP_TO images)."""
     repeats = REPEATS if len(labels) <= REPEAT_UP_TO else 1
     return np.mean([out_of_fold(features, labels, classes, seed=seed + 1000 * r) for r in range(repeats)], axis=0)
 
