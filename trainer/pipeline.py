@@ -138,23 +138,35 @@ def fits_in_memory(count: int, image_size: int, megabytes: int) -> bool:
     return count * image_size * image_size * 3 <= megabytes * 1024 * 1024
 
 
-def gathered(store: np.ndarray, indices: np.ndarray, labels: np.ndarray, batch_size: int, seed: int | None = None):
-    """Batches of (store[indices], labels): the rows are gathered by numpy a batch at a time, so
-    the features stay where they are (one array, or a memory map) and a shuffle moves indices,
-    not rows. A tf.constant of the store would copy it (measured: a 1 GB array took 2 GB more
-    as a constant), and shuffling rows holds a buffer as large as the dataset. seed: shuffle
-    each epoch with it; None keeps the order."""
+class Rows:
+    """The array feature batches are gathered from, by reference: tf.data's traced functions
+    outlive the datasets that made them (measured: the store was still alive at the label
+    audit, held by their closures), so `release` lets the array go while they live on."""
+
+    def __init__(self, array: np.ndarray):
+        self.array = array
+
+    def __call__(self, index: np.ndarray) -> np.ndarray:
+        return self.array[index]
+
+    def release(self) -> None:
+        self.array = None
+
+
+def gathered(rows: Rows, indices: np.ndarray, labels: np.ndarray, batch_size: int, seed: int | None = None):
+    """Batches of (rows.array[indices], labels): the rows are gathered by numpy a batch at a
+    time, so the features stay where they are (one array) and a shuffle moves indices, not rows.
+    A tf.constant of the store would copy it (measured: a 1 GB array took 2 GB more as a
+    constant), and shuffling rows holds a buffer as large as the dataset. seed: shuffle each
+    epoch with it; None keeps the order."""
     import tensorflow as tf
 
-    width = store.shape[1]
+    width = rows.array.shape[1]
     dataset = tf.data.Dataset.from_tensor_slices(
         (np.asarray(indices, dtype=np.int64), np.asarray(labels, dtype=np.int32))
     )
     if seed is not None:
         dataset = dataset.shuffle(len(indices), seed=seed, reshuffle_each_iteration=True)
-
-    def rows(index: np.ndarray) -> np.ndarray:
-        return store[index]
 
     def fetch(index, label):
         values = tf.numpy_function(rows, [index], tf.float32, stateful=False)
@@ -164,20 +176,20 @@ def gathered(store: np.ndarray, indices: np.ndarray, labels: np.ndarray, batch_s
     return dataset.batch(batch_size).map(fetch)
 
 
-def feature_datasets(store: np.ndarray, splits: dict[str, tuple[np.ndarray, np.ndarray]], batch_size: int,
+def feature_datasets(rows: Rows, splits: dict[str, tuple[np.ndarray, np.ndarray]], batch_size: int,
                      seed: int) -> dict:  # fmt: skip
-    """Batches of cached features per split, gathered from `store` (see gathered): splits maps
-    each split to (row indices into store, labels); "train" lists every view of every training
-    image, shuffled each epoch, and `train_eval` is added: the training images alone, in order
-    (for --metrics-on-train)."""
+    """Batches of cached features per split, gathered from `rows` (see gathered): splits maps
+    each split to (row indices into rows.array, labels); "train" lists every view of every
+    training image, shuffled each epoch, and `train_eval` is added: the training images alone,
+    in order (for --metrics-on-train)."""
     out = {}
     for name in SPLITS:
         indices, labels = splits[name]
         out[name] = distributable(
-            prefetched(gathered(store, indices, labels, batch_size, seed if name == "train" else None))
+            prefetched(gathered(rows, indices, labels, batch_size, seed if name == "train" else None))
         )
     indices, labels = splits["train_eval"]
-    out["train_eval"] = gathered(store, indices, labels, batch_size)
+    out["train_eval"] = gathered(rows, indices, labels, batch_size)
     return out
 
 

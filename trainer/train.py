@@ -363,6 +363,13 @@ class Features:
     store: np.ndarray
     sizes: dict[str, int]  # images per split
     views: int  # views of each training image, the image itself included
+    rows: object = None  # pipeline.Rows over the store, once the head's datasets gather from it
+
+    def release(self) -> None:
+        """Let the store go (the label audit runs on a copy of each image's own row)."""
+        if self.rows is not None:
+            self.rows.release()
+        self.store = None
 
     def split(self, name: str) -> np.ndarray:
         start = sum(self.sizes[other] for other in data.SPLITS[: data.SPLITS.index(name)])
@@ -437,7 +444,8 @@ def train_head(session: Session, loaded: Data, features: Features):
     splits = {name: (np.arange(starts[name], starts[name] + sizes[name]), loaded.y(name)) for name in data.SPLITS}
     splits["train_eval"] = splits["train"]
     splits["train"] = (features.train_indices(), np.tile(loaded.y("train"), features.views))
-    datasets = pipeline.feature_datasets(features.store, splits, session.batch_size, config.seed)
+    features.rows = pipeline.Rows(features.store)
+    datasets = pipeline.feature_datasets(features.rows, splits, session.batch_size, config.seed)
     with session.strategy.scope():
         head = make_head(features.train_parts(), len(loaded.labels), config.dropout, config.head_c, sizes["train"])
     phase = session.fit(head, datasets, phase="head", epochs=config.epochs, images=len(splits["train"][0]))
@@ -594,6 +602,8 @@ def main(config: TrainConfig) -> Path:
     # The audit reads each image's own features only; the head's datasets and every other view go.
     model, features = trained.model, trained.features
     audit_features = None if features is None or not config.audit else features.every().copy()
+    if features is not None:
+        features.release()
     features = trained.features = trained.datasets = None
     history = _join_history(trained.phases)
     with stage("write"):
