@@ -183,7 +183,7 @@ def test_original_invocation_in_a_subprocess(demo_dir, tmp_path):
         tmp_path / "runs",
     )
     assert result.returncode == 0, result.stderr
-    (run_dir,) = (tmp_path / "runs").iterdir()
+    (run_dir,) = [path for path in (tmp_path / "runs").iterdir() if path.is_dir()]
     assert result.stdout.strip() == str(run_dir)
     assert {p.name for p in run_dir.iterdir()} >= RUN_FILES
 
