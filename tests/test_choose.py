@@ -31,9 +31,13 @@ def test_unknown_candidates_are_refused_before_any_work(cli):
 @pytest.mark.slow
 @pytest.mark.skipif(not CONCRETE.is_dir(), reason="datasets/concrete is not here")
 def test_the_imagenet_backbone_ranks_first_on_every_seed_and_choosing_is_cheap(tmp_path):
+    import keras
+
     from trainer.model import build_backbone
 
     weights = {}
+    keras.utils.set_random_seed(0)  # the random candidates' weights, the same every run (unseeded, one in a few drew a
+    # mobilenet_v2 whose random features edged out ImageNet's on 200 photos)
     for name in ("mobilenet_v2", "tiny"):
         weights[name] = tmp_path / f"{name}.weights.h5"
         build_backbone(name, 160, None).save_weights(weights[name])
