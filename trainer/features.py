@@ -91,7 +91,7 @@ class Shard:
             raise Damaged(str(error) or type(error).__name__) from None
         self.keys = (np.char.decode(keys, "ascii") if keys.dtype.kind == "S" else keys).tolist()
         self.stored = info.compress_type == zipfile.ZIP_STORED
-        self.member_crc, self.member_size = info.CRC, info.file_size
+        self.member_size = info.file_size
         with open(path, "rb") as handle:
             handle.seek(info.header_offset)
             local = handle.read(30)

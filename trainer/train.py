@@ -371,9 +371,12 @@ class Features:
             self.rows.release()
         self.store = None
 
+    def start(self, name: str) -> int:
+        """The split's first row in the store."""
+        return sum(self.sizes[other] for other in data.SPLITS[: data.SPLITS.index(name)])
+
     def split(self, name: str) -> np.ndarray:
-        start = sum(self.sizes[other] for other in data.SPLITS[: data.SPLITS.index(name)])
-        return self.store[start : start + self.sizes[name]]
+        return self.store[self.start(name) : self.start(name) + self.sizes[name]]
 
     def every(self) -> np.ndarray:
         """Each image once, in split order (what the label audit reads)."""
@@ -440,8 +443,7 @@ def train_head(session: Session, loaded: Data, features: Features):
 
     config = session.config
     sizes = features.sizes
-    starts = {name: sum(sizes[other] for other in data.SPLITS[: data.SPLITS.index(name)]) for name in data.SPLITS}
-    splits = {name: (np.arange(starts[name], starts[name] + sizes[name]), loaded.y(name)) for name in data.SPLITS}
+    splits = {name: (features.start(name) + np.arange(sizes[name]), loaded.y(name)) for name in data.SPLITS}
     splits["train_eval"] = splits["train"]
     splits["train"] = (features.train_indices(), np.tile(loaded.y("train"), features.views))
     features.rows = pipeline.Rows(features.store)
