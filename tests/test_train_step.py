@@ -154,3 +154,23 @@ def test_a_crash_after_the_model_landed_still_publishes_it(demo_dir, tmp_path):
     assert (published / "model.keras").is_file() and (published / "metrics.json").is_file()
     states = json.loads((published / "manifest.json").read_text())["diagnostics"]
     assert states == {"audit": "ok", "heatmaps": "pending", "exports": "skipped", "report": "pending"}
+
+
+def test_the_trainers_digest_is_invokes_and_lists_nothing_again(demo_dir, tmp_path, monkeypatch):
+    """The trainer digests the rows load_data listed and the hashes validation took: the same
+    record `invoke train` computes on its own, with or without --validation-file."""
+    from trainer import data as data_module
+    from trainer.train import load_data
+
+    data = tmp_path / "data"
+    shutil.copytree(demo_dir, data)
+    csv = data / "Images" / "training_data.csv"
+    header, *lines = csv.read_text().splitlines()
+    (data / "Images" / "held.csv").write_text("\n".join([header, *lines[::4]]) + "\n")
+    for extra in ({}, {"validation_file": "held.csv"}):
+        config = TrainConfig(folder=str(data / "Images"), file="training_data.csv", runs_dir=str(tmp_path / "r"), **extra)
+        invokes = training_request(config)["data"]
+        loaded = load_data(config)
+        with monkeypatch.context() as patch:
+            patch.setattr(data_module, "load_rows", lambda *a: pytest.fail("the listing was read again"))
+            assert training_request(config, loaded.files, loaded.listed)["data"] == invokes

@@ -26,14 +26,19 @@ STACK = ("tensorflow", "keras", "numpy", "pillow", "protobuf", "onnx", "tf2onnx"
 CODE = Path(__file__).resolve().parent
 
 
-def data_digest(config: TrainConfig, files: dict | None = None) -> str:
+def data_digest(config: TrainConfig, files: dict | None = None, listed: tuple | None = None) -> str:
     """Every row as listed (path as written, label) with its file's content hash, in order; a
     missing or unreadable file counts as such, so fixing it changes the digest. `files`: each
     file's FileState as validation read it (the trainer: no file is read twice); without it
-    (`invoke train`'s decision) the hashes come from the stat cache, reading only what changed."""
+    (`invoke train`'s decision) the hashes come from the stat cache, reading only what changed.
+    `listed`: (rows, validation rows) as load_rows returned them, so the listing is not read
+    again; without it the folder or CSV is listed here."""
     from trainer.data import load_rows
 
-    rows, _ = load_rows(config.folder, config.file, config.label_folder, config.merge_labels)
+    if listed is not None:
+        rows = listed[0]
+    else:
+        rows, _ = load_rows(config.folder, config.file, config.label_folder, config.merge_labels)
     if files is None or any(row.path not in files for row in rows):
         files = {**(files or {}), **file_states([row.path for row in rows], stat_cache(config))}
     digest = hashlib.sha256()
@@ -43,7 +48,7 @@ def data_digest(config: TrainConfig, files: dict | None = None) -> str:
     if config.validation_file:
         validation = TrainConfig(folder=config.folder, file=config.validation_file, merge_labels=config.merge_labels,
                                  runs_dir=config.runs_dir)  # fmt: skip
-        digest.update(b"validation:" + data_digest(validation, files).encode())
+        digest.update(b"validation:" + data_digest(validation, files, listed and (listed[1], None)).encode())
     return digest.hexdigest()
 
 
@@ -109,11 +114,11 @@ def stack() -> dict[str, str | None]:
     return versions
 
 
-def training_request(config: TrainConfig, files: dict | None = None) -> dict:
+def training_request(config: TrainConfig, files: dict | None = None, listed: tuple | None = None) -> dict:
     """{"data", "options", "stack", "code"}: each part compared on its own, so that a rerun can
-    say what changed. `files`: as for data_digest."""
+    say what changed. `files`, `listed`: as for data_digest."""
     return {
-        "data": data_digest(config, files),
+        "data": data_digest(config, files, listed),
         "options": compared_options(config),
         "stack": stack(),
         "code": code_digest(),

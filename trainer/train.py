@@ -50,6 +50,7 @@ class Data:
     parts: dict[str, list[data.Row]]
     report: data.Report
     files: dict = field(default_factory=dict)  # every listed file's FileState, as validation read it
+    listed: tuple = ((), None)  # (rows, validation rows) as listed, before validation: the digest's input
 
     def y(self, name: str) -> np.ndarray:
         index = {label: i for i, label in enumerate(self.labels)}
@@ -84,10 +85,12 @@ class Phase:
 def load_data(config: TrainConfig) -> Data:
     rows, report = data.load_rows(config.folder, config.file, config.label_folder, config.merge_labels)
     log.info("read %d rows from %s", report.rows_read, config.file or config.folder)
+    listed = (list(rows), None)
     if config.validation_file:
         validation_rows, validation_report = data.load_rows(
             config.folder, config.validation_file, config.label_folder, config.merge_labels
         )
+        listed = (listed[0], list(validation_rows))
         validation_rows = data.validate(
             validation_rows, validation_report, strict=config.strict, min_class_size=1, allow_one_class=True
         )
@@ -114,7 +117,7 @@ def load_data(config: TrainConfig) -> Data:
     for name in data.SPLITS:
         counts = Counter(row.label for row in parts[name])
         log.info("%-10s %4d images: %s", name, len(parts[name]), ", ".join(f"{k} {counts[k]}" for k in labels))
-    return Data(labels, parts, report, report.files)
+    return Data(labels, parts, report, report.files, listed)
 
 
 def drive_workspace(config: TrainConfig) -> Path:
@@ -581,7 +584,7 @@ def main(config: TrainConfig) -> Path:
     with stage("digest"):
         # What this run is from, by the hashes validation took as it read each file; recorded as
         # invoke's stat cache too, so that its next decision reads no image.
-        request = training_request(config, loaded.files)
+        request = training_request(config, loaded.files, loaded.listed)
         remember(loaded.files, stat_cache(config))
 
     from trainer import device
