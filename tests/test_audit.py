@@ -39,6 +39,24 @@ def test_near_duplicates_across_labels_or_splits_and_outliers():
     assert [finding.index for finding in audit.outliers(features, labels)] == [59]
 
 
+def test_near_duplicates_keep_their_precision_where_many_images_look_alike(monkeypatch):
+    """2,000 thumbnails of five layouts, each distinct image correlating about 0.9 with the
+    others of its layout (as a large set of plain surfaces does), and 10 re-encoded copies: only
+    the copies stand out from their neighbours. The absolute bars alone take hundreds of the
+    distinct pairs."""
+    rng = np.random.default_rng(0)
+    layouts = audit._unit(rng.normal(0, 1, (5, 256)))
+    noise = audit._unit(rng.normal(0, 1, (2_000, 256)))
+    small = audit._unit(layouts[np.arange(2_000) % 5] + 0.33 * noise)
+    copies = np.arange(10)
+    small[1_990:] = audit._unit(small[copies] + 0.05 * audit._unit(rng.normal(0, 1, (10, 256))))
+    features = audit._unit(rng.normal(0, 1, (2_000, 32)))
+    linked, _ = audit.near_duplicate_pairs(features, small.astype(np.float32))
+    assert sorted(map(tuple, linked.tolist())) == [(int(i), 1_990 + int(i)) for i in copies]
+    monkeypatch.setattr(audit, "DISTINCT", np.inf)
+    assert len(audit.near_duplicate_pairs(features, small.astype(np.float32))[0]) > 100
+
+
 @pytest.fixture(scope="module")
 def flippable(tmp_path_factory):
     """200 synthetic photos and their ImageNet features (EfficientNet-Lite0, from PyPI)."""
@@ -91,6 +109,36 @@ def test_the_audit_command_lists_a_re_encoded_copy_under_the_other_label(flippab
     duplicates = {row["ImagePath"]: row["Reason"] for row in rows if row["Reason"].startswith("near-duplicate")}
     assert duplicates[str(images / "UD" / "copy.jpg")] == f"near-duplicate of {original}"
     assert str(original) in duplicates
+
+
+@pytest.mark.slow
+def test_near_duplicates_among_the_concrete_photos_are_the_planted_copies_alone(tmp_path):
+    """The 400 real photos with four of them copied three ways (re-encoded at quality 60,
+    resized to 200 px, cropped by 8 px) under the other label: the four groups found whole, and
+    no other image."""
+    from tests.conftest import CONCRETE
+    from trainer import data
+
+    images = tmp_path / "Images"
+    shutil.copytree(CONCRETE, images, ignore=shutil.ignore_patterns("*.csv"))
+    originals = sorted((images / "CD").glob("*.jpg"))[:4]
+    for index, original in enumerate(originals):
+        with Image.open(original) as photo:
+            photo.save(images / "UD" / f"copy-{index}-reencoded.jpg", quality=60)
+            photo.resize((200, 200)).save(images / "UD" / f"copy-{index}-resized.jpg", quality=90)
+            width, height = photo.size
+            photo.crop((8, 8, width, height)).save(images / "UD" / f"copy-{index}-cropped.jpg", quality=90)
+    report = data.Report()
+    rows = data.validate(data.load_rows(images, None)[0], report)
+    features = audit.pretrained_features(rows, tmp_path / "workspace")
+    labels = np.array([("CD", "UD").index(row.label) for row in rows])
+    found = audit.near_duplicates(features, audit.thumbnails_of(rows, report.thumbnails), labels, ["train"] * len(rows))
+    groups: dict[int, set[str]] = {}
+    for finding in found:
+        groups.setdefault(finding.group, set()).add(rows[finding.index].path.name)
+    expected = [{original.name, *(f"copy-{index}-{how}.jpg" for how in ("reencoded", "resized", "cropped"))}
+                for index, original in enumerate(originals)]  # fmt: skip
+    assert sorted(map(sorted, groups.values())) == sorted(map(sorted, expected))
 
 
 @pytest.fixture(scope="module")
