@@ -308,3 +308,29 @@ def test_the_feature_store_is_let_go_before_the_label_audit(cli, demo_dir, tiny_
     code, err = _train(cli, demo_dir / "Images", tiny_weights, tmp_path / "ws", tmp_path / "run", "--audit")
     assert code == 0, err
     assert alive == [False]
+
+
+def test_a_store_larger_than_memory_allows_is_memory_mapped_and_the_run_completes(cli, demo_dir, tiny_weights,
+                                                                                  tmp_path, monkeypatch):  # fmt: skip
+    """With (as the trainer is told) next to no memory available, the store goes to an unlinked
+    file and the whole run, audit included, completes on it."""
+    from trainer import train
+
+    stores = []
+    featurize = train.featurize
+
+    def recording(*args, **options):
+        features, cache = featurize(*args, **options)
+        stores.append(type(features.store))
+        return features, cache
+
+    monkeypatch.setattr(train, "available_bytes", lambda: 1)
+    monkeypatch.setattr(train, "featurize", recording)
+    code, err = _train(cli, demo_dir / "Images", tiny_weights, tmp_path / "ws", tmp_path / "run", "--audit")
+    assert code == 0, err
+    assert stores == [np.memmap]
+    assert "kept in a memory-mapped file under" in err
+    assert (tmp_path / "run" / "audit.csv").is_file()
+    monkeypatch.setattr(train, "available_bytes", lambda: 10**9)
+    assert type(train.feature_store(1_000, 1_280)) is np.ndarray  # 5 MB of 1 GB: in memory
+    assert type(train.feature_store(100_000, 1_280)) is np.memmap  # 512 MB of 1 GB: a file

@@ -147,7 +147,7 @@ class Rows:
         self.array = array
 
     def __call__(self, index: np.ndarray) -> np.ndarray:
-        return self.array[index]
+        return np.asarray(self.array[index])  # a plain array, from a memory-mapped store too
 
     def release(self) -> None:
         self.array = None

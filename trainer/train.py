@@ -23,6 +23,7 @@ import math
 import os
 import shutil
 import sys
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -398,6 +399,38 @@ class Features:
         return int(self.store.shape[1])
 
 
+STORE_SHARE = 0.5  # a feature store larger than this share of the memory available goes to a file
+
+
+def available_bytes() -> int | None:
+    """The memory this process may still take: MemAvailable, or what the cgroup's limit leaves
+    when that is less (a container); None where neither can be read."""
+    found = []
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        lines = Path("/proc/meminfo").read_text().splitlines()
+        found.append(int(next(line for line in lines if line.startswith("MemAvailable:")).split()[1]) * 1024)
+    with contextlib.suppress(OSError, ValueError):
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            found.append(int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
+    return min(found) if found else None
+
+
+def feature_store(rows: int, width: int) -> np.ndarray:
+    """An empty float32 [rows, width] store: in memory, or, when it would take more than
+    STORE_SHARE of the memory available, in an unlinked temporary file mapped into memory (local
+    disk under TMPDIR, never the workspace, which may be Drive), so the kernel pages it out
+    rather than the run dying: slower, but it finishes, and the file goes with the store."""
+    size, available = rows * width * 4, available_bytes()
+    if available is None or size <= STORE_SHARE * available:
+        return np.empty((rows, width), dtype=np.float32)
+    handle = tempfile.TemporaryFile(prefix="features-")
+    handle.truncate(max(size, 1))
+    log.info("the features take %.1f GB, more than half of the %.1f GB of memory available: kept in a "
+             "memory-mapped file under %s", size / 1e9, available / 1e9, tempfile.gettempdir())  # fmt: skip
+    return np.memmap(handle, dtype=np.float32, mode="r+", shape=(rows, width))
+
+
 def featurize(session: Session, backbone, weights_used: str, loaded: Data):
     """Every image's pooled features, from the cache where it has them, into one array
     (Features), and what the cache did: its key, per view how many images it had and how many
@@ -416,7 +449,7 @@ def featurize(session: Session, backbone, weights_used: str, loaded: Data):
     views = VIEWS[config.feature_augment]
     rows = [row for name in data.SPLITS for row in loaded.parts[name]]
     train = loaded.parts["train"]
-    store = np.empty((len(rows) + len(train) * (len(views) - 1), int(extractor.output_shape[-1])), dtype=np.float32)
+    store = feature_store(len(rows) + len(train) * (len(views) - 1), int(extractor.output_shape[-1]))
     folder, counts = session.workspace / "features" / key, {}
     common = {"folder": folder, "jit_compile": session.policy.xla, "counts": counts, "cache": FeatureCache(folder)}
     cached_features(extractor, rows, config.image_size, batch, out=store[: len(rows)], **common)
