@@ -54,7 +54,12 @@ def _step_options(c, name: str, **flags) -> tuple:
         packages = setting("packages") or ""
         return apt.apt, {"packages": packages.split() if isinstance(packages, str) else list(packages)}
     if name == "pins":
-        return pins.pins, {"requirements": setting("requirements"), "constraints": setting("constraints")}
+        return pins.pins, {
+            "requirements": setting("requirements"),
+            "constraints": setting("constraints"),
+            "supported": setting("supported"),
+            "exact": _yes(_pick(flags.get("exact"), setting("exact"))),
+        }
     if name == "libtensorflow":
         return libtensorflow.libtensorflow, {
             "prefix": _pick(flags.get("prefix"), setting("prefix")),
@@ -111,10 +116,15 @@ def apt(c, dry_run=False):
     _run_one(c, "apt", dry_run)
 
 
-@task(help={"dry_run": "say what would be reinstalled, change nothing"})
-def pins(c, dry_run=False):
-    """Make installed Python packages equal requirements.txt, reinstalling only mismatches."""
-    _run_one(c, "pins", dry_run)
+PINS_HELP = {
+    "exact": "install requirements.txt's exact stack, over the runtime's own versions (default: keep them in range)"
+}
+
+
+@task(help={**PINS_HELP, "dry_run": "say what would be installed, change nothing"})
+def pins(c, exact=False, dry_run=False):
+    """Keep the runtime's packages in supported.txt's ranges; install what is missing at requirements.txt's versions."""
+    _run_one(c, "pins", dry_run, exact=exact or None)
 
 
 @task(
@@ -153,12 +163,15 @@ def stage(c, dry_run=False):
         "report": "write the summary as JSON here (default runs/setup-report.json)",
         "require_gpu": "make 'no GPU' an error",
         **DATA_HELP,
+        **PINS_HELP,
         "prefix": "prefix for the TensorFlow C library",
     }
 )
-def setup(c, dry_run=False, report=None, require_gpu=None, source=None, sha256=None, expect=None, prefix=None):
+def setup(c, dry_run=False, report=None, require_gpu=None, source=None, sha256=None, expect=None, exact=False,
+          prefix=None):  # fmt: skip
     """Run check, apt, pins, libtensorflow, data and stage; print a summary table and write it as JSON."""
-    flags = {"require_gpu": require_gpu, "source": source, "sha256": sha256, "expect": expect, "prefix": prefix}
+    flags = {"require_gpu": require_gpu, "source": source, "sha256": sha256, "expect": expect, "exact": exact or None,
+             "prefix": prefix}  # fmt: skip
     _exclusive(c, dry_run)
     ctx = Context(dry_run=dry_run)
     results = []

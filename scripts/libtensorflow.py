@@ -1,9 +1,10 @@
-"""libtensorflow: the TensorFlow C library of the pinned version under a prefix.
+"""libtensorflow: the TensorFlow C library of the installed TensorFlow's version under a prefix.
 
 Wanted state: PREFIX/include/tensorflow/c/*.h, PREFIX/lib/libtensorflow.so.2 and
 PREFIX/lib/libtensorflow_framework.so.2 with the usual symlinks (.so -> .so.2 -> .so.X.Y.Z),
 PREFIX/lib known to the dynamic loader (ldconfig), an env file with LIBRARY_PATH,
-LD_LIBRARY_PATH and C_INCLUDE_PATH, and a small C program that prints TF_Version() equal to the pin.
+LD_LIBRARY_PATH and C_INCLUDE_PATH, and a small C program that prints TF_Version() equal to the
+installed TensorFlow's version (the pin's, for a tarball).
 
 Sources: `wheel` (default: the installed TensorFlow wheel ships the C API; offline and
 version-matched), a local tarball, or an official tarball URL, which needs a pinned --sha256.
@@ -65,6 +66,26 @@ def pinned_version(ctx: Context, requirements: str = "requirements.txt") -> str:
     if "tensorflow" not in pins:
         raise StepFailed(f"{requirements} pins no tensorflow", "add tensorflow==X.Y.Z or pass --version")
     return pins["tensorflow"]
+
+
+def wanted_version(ctx: Context, source: str) -> str:
+    """The C library's version: the installed TensorFlow's for the wheel (whichever version in
+    supported.txt's range the runtime has, so that the C and Python sides agree), the pin's
+    for a tarball."""
+    if source != "wheel":
+        return pinned_version(ctx)
+    from scripts.pins import in_range, read_ranges
+
+    try:
+        installed = metadata.version("tensorflow")
+    except metadata.PackageNotFoundError:
+        raise StepFailed(
+            "TensorFlow is not installed, so its wheel cannot supply the C library", "run `invoke pins` first"
+        ) from None
+    supported = read_ranges(ctx.root / "supported.txt").get("tensorflow")
+    if supported and not in_range(installed, supported):
+        raise StepFailed(f"the installed TensorFlow is {installed}, outside {supported}", "run `invoke pins` first")
+    return installed
 
 
 def env_lines(prefix: Path) -> dict[str, str]:
@@ -161,7 +182,7 @@ def _wheel_dir(version: str) -> Path:
         ) from None
     if distribution.version != version:
         raise StepFailed(
-            f"the installed TensorFlow is {distribution.version}, the pin is {version}", "run `invoke pins` first"
+            f"the installed TensorFlow is {distribution.version}, not {version}", "run `invoke pins` first"
         )
     package = Path(distribution.locate_file("tensorflow"))
     if not (package / "libtensorflow_cc.so.2").is_file():
@@ -260,7 +281,7 @@ def verify(prefix: Path, version: str, ctx: Context) -> str:
         ctx.run(["gcc", str(source), "-o", str(Path(work) / "hello_tf"), "-ltensorflow"], env=env, capture=True)
         printed = ctx.run([str(Path(work) / "hello_tf")], env=env, capture=True).stdout.strip()
     if printed != version:
-        raise StepFailed(f"the C library reports TF_Version() {printed!r}, the pin is {version}", "check --source")
+        raise StepFailed(f"the C library reports TF_Version() {printed!r}, not {version}", "check --source")
     return printed
 
 
@@ -323,7 +344,7 @@ def libtensorflow(
         prefix = "/usr/local" if os.access("/usr/local", os.W_OK) else str(Path.home() / ".local")
     register = _wants_ldconfig(ldconfig)
     prefix_path = Path(prefix).expanduser().resolve()
-    version = version or pinned_version(ctx)
+    version = version or wanted_version(ctx, source)
     env_path = ctx.root / env_file if not Path(env_file).is_absolute() else Path(env_file)
     state = installed_state(prefix_path)
     wanted = {"version": version, "source": source}

@@ -33,7 +33,7 @@ SCHEMA: dict[str, dict[str, object]] = {
     "setup": {"report": TEXT, "lock_wait": seconds()},
     "check": {"require_gpu": FLAG},
     "apt": {"packages": WORDS},
-    "pins": {"requirements": TEXT, "constraints": TEXT},
+    "pins": {"requirements": TEXT, "supported": TEXT, "constraints": TEXT, "exact": FLAG},
     "libtensorflow": {"prefix": TEXT, "source": TEXT, "sha256": TEXT, "env_file": TEXT, "ldconfig": TEXT},
     "data": {
         "source": TEXT,

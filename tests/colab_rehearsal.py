@@ -134,6 +134,8 @@ def run_notebook(notebook: Path, name: str, out: Path, **variables: str) -> dict
         cells.append({"source": cell.source, "output": text, "errors": errors})
     report = CONTENT / "bundle" / "runs" / "setup-report.json"
     split = PUBLISHED / "split.csv"
+    exports = json.loads((PUBLISHED / "exports.json").read_text()) if (PUBLISHED / "exports.json").is_file() else None
+    history = PUBLISHED / "history.csv"
     return {
         "name": name,
         "error": error,
@@ -142,6 +144,13 @@ def run_notebook(notebook: Path, name: str, out: Path, **variables: str) -> dict
         "published": tree(PUBLISHED),
         "images_used": len(split.read_text().splitlines()) - 1 if split.is_file() else None,
         "previous": tree(PUBLISHED.with_name(PUBLISHED.name + ".previous")),
+        "exports": exports and {"ok": exports["ok"], "legs": {leg["name"]: leg["ok"] for leg in exports["legs"]}},
+        "phases": sorted({line.split(",", 1)[0] for line in history.read_text().splitlines()[1:]})
+        if history.is_file()
+        else [],
+        "versions": json.loads((PUBLISHED / "manifest.json").read_text())["versions"]
+        if (PUBLISHED / "manifest.json").is_file()
+        else None,
         "runs": sorted(p.name for p in (CONTENT / "bundle" / "runs").iterdir() if p.is_dir())
         if (CONTENT / "bundle" / "runs").is_dir()
         else [],

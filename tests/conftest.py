@@ -25,7 +25,7 @@ INVOKE = [sys.executable, "-m", "invoke"]
 def bundle_copy(tmp_path: Path) -> Path:
     copy = tmp_path / "bundle dir"  # a space, to keep the quoting honest
     copy.mkdir()
-    for name in ("tasks.py", "invoke.yaml", "requirements.txt", "requirements-dev.txt"):
+    for name in ("tasks.py", "invoke.yaml", "requirements.txt", "requirements-dev.txt", "supported.txt"):
         shutil.copy2(ROOT / name, copy / name)
     for folder in ("scripts", "trainer", "colab", ".ci", "datasets", "docs"):
         shutil.copytree(ROOT / folder, copy / folder, ignore=shutil.ignore_patterns("__pycache__"))

@@ -24,10 +24,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CONCRETE, IN_CI, ROOT
+from tests.conftest import CONCRETE, IN_CI, ROOT, bundle_copy
 
 PYTHON = ["env", "PYENV_VERSION=3.13.0", "python3.13"]
-ENVIRONMENT = Path("/tmp/colab-rehearsal-venv")
+# The images rehearsed: today's (the 2026-08 snapshot, colab/constraints.txt as published) and
+# the next one, built from it as Colab's first TensorFlow 2.21 image would be (TensorFlow 2.21
+# needs protobuf >= 6.31.1 and h5py < 3.15; numpy stays). Each is a version override of the
+# snapshot.
+IMAGES = {
+    "2026-08": {},
+    "next-tf2.21": {"tensorflow": "2.21.0", "keras": "3.15.1", "protobuf": "6.33.6", "h5py": "3.14.0"},
+}
 # Colab's versions of what the bundle and the notebook touch (the versions come from the
 # constraints), and the Jupyter pieces that run the notebook.
 PREINSTALLED = [
@@ -36,9 +43,14 @@ PREINSTALLED = [
     "jupyter_client", "matplotlib-inline",
 ]  # fmt: skip
 # The trainer runs with its defaults (EfficientNet-Lite0 on ImageNet features fits a CPU), as a
-# user gets it; the third run changes one option.
+# user gets it; the third run changes an option: on the next image, fine-tuning, so that the
+# newest stack is held to it too.
 TRAINER: dict[str, str] = {}
-CHANGED = {"INVOKE_TRAIN_EPOCHS": "40"}
+CHANGED = {
+    "2026-08": ({"INVOKE_TRAIN_EPOCHS": "40"}, "--epochs 50 -> 40"),
+    "next-tf2.21": ({"INVOKE_TRAIN_FINE_TUNE_LAYERS": "10", "INVOKE_TRAIN_FINE_TUNE_EPOCHS": "1"},
+                    "--fine-tune-layers 0 -> 10"),
+}  # fmt: skip
 
 pytestmark = [pytest.mark.slow, pytest.mark.colab]
 
@@ -56,31 +68,43 @@ def _freeze(environment: Path) -> dict[str, str]:
     return dict(line.split("==", 1) for line in out.splitlines() if "==" in line)
 
 
-def colab_environment() -> Path:
-    """A Python 3.13 virtual environment with Colab's versions preinstalled. It is built once and
-    kept while the constraints and the package list are the same; what an earlier rehearsal
+def image_constraints(image: str) -> str:
+    """The image's package list as pip constraints: the snapshot with the image's overrides."""
+    overrides = {name.lower(): version for name, version in IMAGES[image].items()}
+    lines = []
+    for line in (ROOT / "colab" / "constraints.txt").read_text().splitlines():
+        name = line.split("==", 1)[0].strip().lower() if "==" in line and not line.startswith("#") else None
+        lines.append(f"{name}=={overrides[name]}" if name in overrides else line)
+    return "\n".join(lines) + "\n"
+
+
+def colab_environment(image: str = "2026-08") -> Path:
+    """A Python 3.13 virtual environment with the image's versions preinstalled. It is built once
+    and kept while the constraints and the package list are the same; what an earlier rehearsal
     installed into it (invoke, onnx, ...) is uninstalled first, so each rehearsal starts from
-    Colab's package set, and anything else that moved means a rebuild."""
-    constraints = ROOT / "colab" / "constraints.txt"
-    stamp = hashlib.sha256(constraints.read_bytes() + json.dumps(PREINSTALLED).encode()).hexdigest()
-    marker = ENVIRONMENT / "rehearsal.json"
+    the image's package set, and anything else that moved means a rebuild."""
+    environment = Path(f"/tmp/colab-rehearsal-{image}")
+    constraints = image_constraints(image)
+    stamp = hashlib.sha256(constraints.encode() + json.dumps(PREINSTALLED).encode()).hexdigest()
+    marker = environment / "rehearsal.json"
     if marker.is_file() and json.loads(marker.read_text()).get("stamp") == stamp:
-        baseline, now = json.loads(marker.read_text())["freeze"], _freeze(ENVIRONMENT)
+        baseline, now = json.loads(marker.read_text())["freeze"], _freeze(environment)
         added = sorted(set(now) - set(baseline))
         if added:
-            subprocess.run([ENVIRONMENT / "bin" / "python", "-m", "pip", "uninstall", "-q", "-y", *added], check=True)
-        if _freeze(ENVIRONMENT) == baseline:
-            return ENVIRONMENT
-    shutil.rmtree(ENVIRONMENT, ignore_errors=True)
-    subprocess.run([*PYTHON, "-m", "venv", ENVIRONMENT], check=True)
-    pip = [ENVIRONMENT / "bin" / "python", "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+            subprocess.run([environment / "bin" / "python", "-m", "pip", "uninstall", "-q", "-y", *added], check=True)
+        if _freeze(environment) == baseline:
+            return environment
+    shutil.rmtree(environment, ignore_errors=True)
+    subprocess.run([*PYTHON, "-m", "venv", environment], check=True)
+    (environment / "constraints.txt").write_text(constraints)
+    pip = [environment / "bin" / "python", "-m", "pip", "install", "-q", "--disable-pip-version-check"]
     subprocess.run([*pip, "--upgrade", "pip"], check=True)
-    subprocess.run([*pip, "--constraint", constraints, *PREINSTALLED], check=True)
-    marker.write_text(json.dumps({"stamp": stamp, "freeze": _freeze(ENVIRONMENT)}))
-    return ENVIRONMENT
+    subprocess.run([*pip, "--constraint", environment / "constraints.txt", *PREINSTALLED], check=True)
+    marker.write_text(json.dumps({"stamp": stamp, "freeze": _freeze(environment)}))
+    return environment
 
 
-def rehearse(environment: Path, out: Path) -> dict:
+def rehearse(environment: Path, out: Path, changed: dict[str, str]) -> dict:
     overlays = out / "overlays"
     for name in ("usr-local", "etc-upper", "etc-work"):
         (overlays / name).mkdir(parents=True)
@@ -96,7 +120,7 @@ exec "$@"
     stand_in = ROOT / "tests" / "colab_stand_in"
     command = ["unshare", "-m", "--propagation", "private", "bash", "-c", script, "rehearsal"]
     command += [environment / "bin" / "python", ROOT / "tests" / "colab_rehearsal.py", ROOT, CONCRETE, out]
-    command += [json.dumps(TRAINER), json.dumps(CHANGED)]
+    command += [json.dumps(TRAINER), json.dumps(changed)]
     created = not Path("/content").exists()
     if created:
         Path("/content").mkdir()
@@ -116,7 +140,18 @@ def _outputs(run: dict) -> str:
     return "".join(cell["output"] + "".join(cell["errors"]) for cell in run["cells"])
 
 
-def test_the_notebook_on_a_colab_like_runtime(tmp_path):
+def _image_version(image: str, name: str) -> str:
+    return IMAGES[image].get(name) or pins_module().read_freeze(ROOT / "colab" / "constraints.txt")[name]
+
+
+def pins_module():
+    from scripts import pins
+
+    return pins
+
+
+@pytest.mark.parametrize("image", list(IMAGES))
+def test_the_notebook_on_a_colab_like_runtime(image, tmp_path):
     if not (hasattr(os, "geteuid") and os.geteuid() == 0):
         _unavailable("needs root for a private mount namespace")
     if shutil.which("unshare") is None or subprocess.run(["unshare", "-m", "true"]).returncode != 0:
@@ -125,7 +160,8 @@ def test_the_notebook_on_a_colab_like_runtime(tmp_path):
         _unavailable("no Python 3.13 (PYENV_VERSION=3.13.0 python3.13)")
     if not CONCRETE.is_dir():
         _unavailable(f"{CONCRETE} is not here")
-    summary = rehearse(colab_environment(), tmp_path)
+    option, reason = CHANGED[image]
+    summary = rehearse(colab_environment(image), tmp_path, option)
     first, after_reset, changed, failing = summary["runs"]
     print(json.dumps({"python": summary["python"], "installed": summary["installed"]}, indent=2))
     for run in summary["runs"]:
@@ -147,7 +183,15 @@ def test_the_notebook_on_a_colab_like_runtime(tmp_path):
     steps = {step["name"]: step["status"] for step in first["setup"]}
     assert steps["check"] == "ok" and steps["apt"] in ("ok", "changed")
     assert [steps[name] for name in ("pins", "libtensorflow", "data", "stage")] == ["changed"] * 4
-    assert "TF_Version() = 2.20.0" in next(step["detail"] for step in first["setup"] if step["name"] == "libtensorflow")
+    tensorflow = _image_version(image, "tensorflow")
+    assert f"TF_Version() = {tensorflow}" in next(s["detail"] for s in first["setup"] if s["name"] == "libtensorflow")
+    # pins kept the image's own versions, and said so; the run used them, and every export
+    # (ONNX through tf2onnx, the C library among them) agreed with Keras.
+    pins_detail = next(step["detail"] for step in first["setup"] if step["name"] == "pins")
+    for name in ("tensorflow", "keras", "protobuf", "numpy"):
+        assert f"{name} {_image_version(image, name)}" in pins_detail, pins_detail
+        assert first["versions"][name] == _image_version(image, name)
+    assert first["exports"]["ok"] and len(first["exports"]["legs"]) == 5, first["exports"]
     assert ", Colab, Drive mounted" in next(step["detail"] for step in first["setup"] if step["name"] == "check")
     published = first["published"]
     assert {"model.keras", "report.html", "metrics.json", "published.json"} <= set(published)
@@ -166,9 +210,51 @@ def test_the_notebook_on_a_colab_like_runtime(tmp_path):
 
     # One option changed: it retrains, publishes, and keeps the first model as .previous.
     assert changed["error"] is None, _outputs(changed)
-    assert "train: training, since --epochs 50 -> 40" in _outputs(changed)
+    since = next(line for line in _outputs(changed).splitlines() if line.startswith("train: training, since "))
+    assert reason in since, since
+    assert changed["exports"]["ok"], changed["exports"]
+    if "INVOKE_TRAIN_FINE_TUNE_LAYERS" in option:
+        assert changed["phases"] == ["fine_tune", "head"], changed["phases"]
     assert changed["previous"] == published and changed["published"] != published
 
     # A failing step fails its cell, so "Run all" stops there.
     assert failing["error"] is not None and "invoke setup train failed (exit code 1)" in failing["error"]
     assert "setup failed at data: --source: /content/drive/MyDrive/Imagse.zip does not exist" in _outputs(failing)
+
+
+def test_a_package_outside_its_range_stops_pins_before_anything_changes(tmp_path):
+    """The next image with an older gdown in front of its own (a runtime outside the range):
+    `invoke pins`, as the notebook runs it, fails in one line naming the package, its range and
+    what to do, and installs nothing, not even what the runtime lacks (onnx, ...)."""
+    if subprocess.run([*PYTHON, "--version"], capture_output=True).returncode != 0:
+        _unavailable("no Python 3.13 (PYENV_VERSION=3.13.0 python3.13)")
+    environment = colab_environment("next-tf2.21")
+    python = environment / "bin" / "python"
+    # What the notebook's first command does before invoke runs.
+    subprocess.run([python, "-m", "pip", "install", "-q", "invoke==3.0.3"], check=True)
+    overlay = tmp_path / "older"
+    subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--target", overlay, "gdown==4.7.3"], check=True)
+    bundle = bundle_copy(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(overlay)}
+    env.pop("TRAINER_CI", None)
+    before = _freeze_with(python, env)
+    assert before["gdown"] == "4.7.3"
+    result = subprocess.run([python, "-m", "invoke", "pins"], cwd=bundle, env=env, capture_output=True, text=True)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "pins failed: outside the supported range: gdown 4.7.3 (supported: >=5.2,<7); switch the runtime to one in "
+        "range (Colab: Runtime > Change runtime version), or run `invoke pins --exact`"
+    )
+    assert "$ " not in result.stderr  # no command ran
+    assert _freeze_with(python, env) == before
+    # --exact is the way out that the message names: the tested stack over the image's own.
+    exact = subprocess.run([python, "-m", "invoke", "pins", "--exact", "--dry-run"], cwd=bundle, env=env,
+                           capture_output=True, text=True)  # fmt: skip
+    assert exact.returncode == 0, exact.stderr
+    for requirement in ("tensorflow==2.20.0", "keras==3.13.2", "protobuf==5.29.6", "gdown==5.2.2", "onnx==1.22.0"):
+        assert requirement in exact.stdout + exact.stderr, exact.stdout + exact.stderr
+
+
+def _freeze_with(python: Path, env: dict) -> dict[str, str]:
+    out = subprocess.run([python, "-m", "pip", "freeze", "--all"], env=env, capture_output=True, text=True, check=True)
+    return dict(line.split("==", 1) for line in out.stdout.splitlines() if "==" in line)

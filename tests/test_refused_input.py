@@ -191,7 +191,7 @@ def test_a_refused_c_library_source_leaves_the_installed_one_recorded_and_in_pla
         ),
         "another version": (
             {"source": str(_other_version_tarball(tmp_path / "libtensorflow-cpu-linux-x86_64-2.18.0.tar.gz"))},
-            f"the C library reports TF_Version() '2.18.0', the pin is {VERSION}",
+            f"the C library reports TF_Version() '2.18.0', not {VERSION}",
         ),
         "URL without sha256": ({"source": url}, "a libtensorflow URL needs --sha256"),
         "URL checksum differs": (

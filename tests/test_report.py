@@ -3,6 +3,7 @@ TensorBoard logs."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -32,17 +33,42 @@ def test_a_run_leaves_its_pictures_and_they_are_real_pngs(run_dir):
         assert len(np.unique(np.asarray(image.convert("L")))) > 20, "the sheet has no photos"
 
 
-def test_tensorboard_logs_hold_one_scalar_per_epoch(run_dir):
+def _scalars(events: Path, tag: str) -> list[tuple[int, float, str]]:
     import tensorflow as tf
 
-    history_rows = len((run_dir / "history.csv").read_text().splitlines()) - 1
-    for split in ("train", "validation"):
+    found = []
+    for record in tf.data.TFRecordDataset(str(events)):
+        event = tf.compat.v1.Event.FromString(record.numpy())
+        for value in event.summary.value:
+            if value.tag == tag:
+                number = float(tf.make_ndarray(value.tensor))
+                found.append((event.step, number, value.metadata.plugin_data.plugin_name))
+    return found
+
+
+def test_tensorboard_logs_hold_one_scalar_per_epoch(run_dir):
+    history = list(csv.DictReader((run_dir / "history.csv").open()))
+    for split, prefix in (("train", ""), ("validation", "val_")):
         (events,) = (run_dir / "logs" / split).glob("events.out.tfevents.*")
-        steps = []
-        for record in tf.data.TFRecordDataset(str(events)):
-            event = tf.compat.v1.Event.FromString(record.numpy())
-            steps += [event.step for value in event.summary.value if value.tag == "epoch_loss"]
-        assert steps == list(range(1, history_rows + 1)), split
+        found = _scalars(events, "epoch_loss")
+        assert [(step, plugin) for step, _, plugin in found] == [
+            (step, "scalars") for step in range(1, len(history) + 1)
+        ]
+        assert [value for _, value, _ in found] == pytest.approx(
+            [float(row[prefix + "loss"]) for row in history], abs=1e-5
+        )
+
+
+def test_tensorboard_logs_need_no_tensorboard_package(tmp_path, monkeypatch):
+    """TensorFlow 2.21 does not install tensorboard; its tf.summary.scalar then raises."""
+    import sys
+
+    from trainer.train import _write_tensorboard
+
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # import tensorboard fails
+    _write_tensorboard([{"loss": 0.5, "val_loss": 0.75}, {"loss": 0.25, "val_loss": 0.5}], tmp_path)
+    (events,) = (tmp_path / "validation").glob("events.out.tfevents.*")
+    assert _scalars(events, "epoch_loss") == [(1, 0.75, "scalars"), (2, 0.5, "scalars")]  # exact in float32
 
 
 def test_the_report_is_self_contained_and_says_what_the_run_did(run_dir):

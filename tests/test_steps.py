@@ -103,17 +103,111 @@ def test_apt_with_real_dpkg_query():
 # pins -----------------------------------------------------------------------------------------
 
 
+RANGES = {"tensorflow": ">=2.20,<2.22", "gdown": ">=5.2,<7"}
+PINNED = {"tensorflow": "2.20.0", "gdown": "5.2.2", "onnx": "1.22.0"}
+
+
 @pytest.mark.parametrize(
-    "installed, uninstall, install, repair",
+    "installed, kept, install, repair, outside",
     [
-        ({"tensorflow": "2.20.0", "gdown": "5.2.2"}, [], [], []),
-        ({"tensorflow": "2.19.0", "gdown": "5.2.2"}, ["tensorflow"], ["tensorflow==2.20.0"], []),
-        ({"tensorflow": None, "gdown": "6.5.1"}, [], ["tensorflow==2.20.0", "gdown==5.2.2"], []),
-        ({"tensorflow": pins.BROKEN, "gdown": "5.2.2"}, [], [], ["tensorflow==2.20.0"]),
+        # Colab's 2026-08 image: everything kept; the bundle's own package installed.
+        ({"tensorflow": "2.20.0", "gdown": "5.2.2", "onnx": None}, ["tensorflow", "gdown"], ["onnx==1.22.0"], [], []),
+        # The next image: in range, so kept as it is, not moved back to the pins.
+        ({"tensorflow": "2.21.0", "gdown": "6.5.1", "onnx": "1.22.0"}, ["tensorflow", "gdown"], [], [], []),
+        # A fresh machine: the exact stack.
+        (
+            {"tensorflow": None, "gdown": None, "onnx": None},
+            [],
+            ["tensorflow==2.20.0", "gdown==5.2.2", "onnx==1.22.0"],
+            [],
+            [],
+        ),  # fmt: skip
+        # The bundle's own package at another version: its exact version.
+        (
+            {"tensorflow": "2.20.0", "gdown": "5.2.2", "onnx": "1.23.0"},
+            ["tensorflow", "gdown"],
+            ["onnx==1.22.0"],
+            [],
+            [],
+        ),  # fmt: skip
+        # An older image: refused, nothing planned around it.
+        (
+            {"tensorflow": "2.19.0", "gdown": "5.2.2", "onnx": None},
+            ["gdown"],
+            ["onnx==1.22.0"],
+            [],
+            ["tensorflow 2.19.0 (supported: >=2.20,<2.22)"],
+        ),  # fmt: skip
+        # Half-installed: reinstalled over itself at its own version when that is supported.
+        (
+            {"tensorflow": "broken:2.21.0", "gdown": "5.2.2", "onnx": "broken:1.22.0"},
+            ["gdown"],
+            [],
+            ["tensorflow==2.21.0", "onnx==1.22.0"],
+            [],
+        ),  # fmt: skip
     ],
 )
-def test_pins_plan(installed, uninstall, install, repair):
-    assert pins.plan({"tensorflow": "2.20.0", "gdown": "5.2.2"}, installed) == (uninstall, install, repair)
+def test_pins_plan(installed, kept, install, repair, outside):
+    planned = pins.plan(PINNED, installed, RANGES)
+    assert (list(planned.kept), planned.install, planned.repair, planned.outside) == (kept, install, repair, outside)
+
+
+def test_exact_pins_plan_every_version_as_pinned():
+    planned = pins.plan(PINNED, {"tensorflow": "2.21.0", "gdown": "5.2.2", "onnx": "broken:1.22.0"}, None)
+    assert (planned.kept, planned.install, planned.repair) == ({}, ["tensorflow==2.20.0"], ["onnx==1.22.0"])
+
+
+def test_installed_packages_are_held_at_their_own_versions_and_the_rest_at_the_snapshots():
+    text = pins.constraints_text({"protobuf": "6.33.6", "invoke": "3.0.3"}, {"protobuf": "5.29.6", "h5py": "3.16.0",
+                                 "onnx": "1.22.0"}, {"onnx"})  # fmt: skip
+    assert text == "h5py==3.16.0\ninvoke==3.0.3\nprotobuf==6.33.6\n"
+
+
+def test_ranges_file(tmp_path):
+    (tmp_path / "s.txt").write_text("# comment\nTensorFlow >= 2.20, < 2.22  # why\n\nnumpy==2.1.3\n")
+    assert pins.read_ranges(tmp_path / "s.txt") == {"tensorflow": ">=2.20,<2.22", "numpy": "==2.1.3"}
+    (tmp_path / "s.txt").write_text("keras>=3.13\ngdown 5\n")
+    with pytest.raises(StepFailed, match=r"s.txt:2: 'gdown 5' is not a range; write it as name>=X,<Y"):
+        pins.read_ranges(tmp_path / "s.txt")
+
+
+def test_every_tested_stack_lies_in_the_supported_ranges():
+    """The exact stack, the snapshot it came from and the next image the rehearsal builds: each
+    version of a ranged package inside its range, and the ranges cover what Colab preinstalls."""
+    from tests.test_colab import IMAGES
+
+    ranges = pins.read_ranges(ROOT / "supported.txt")
+    exact = pins.read_pins(ROOT / "requirements.txt")
+    snapshot = {
+        pins._normal(name): version for name, version in pins.read_freeze(ROOT / "colab" / "constraints.txt").items()
+    }
+    stacks = {"requirements.txt": exact, "colab/constraints.txt": snapshot}
+    stacks |= {f"image {name}": {**snapshot, **overrides} for name, overrides in IMAGES.items()}
+    for stack, versions in stacks.items():
+        versions = {pins._normal(name): version for name, version in versions.items()}
+        outside = [
+            f"{name} {versions[name]}" for name, spec in ranges.items() if not pins.in_range(versions[name], spec)
+        ]
+        assert outside == [], stack
+    assert {pins._normal(name) for name in exact if pins._normal(name) in snapshot} == set(ranges)
+
+
+def test_a_package_outside_its_range_fails_pins_before_pip_runs(tmp_path, monkeypatch):
+    from importlib import metadata
+
+    (tmp_path / "requirements.txt").write_text(f"numpy=={metadata.version('numpy')}\n")
+    (tmp_path / "supported.txt").write_text("numpy>=2.99,<3  # above what is installed\n")
+    ran = []
+    ctx = Context(root=tmp_path, echo=lambda message: None)
+    monkeypatch.setattr(ctx, "run", lambda *args, **options: ran.append(args))
+    with pytest.raises(StepFailed) as refused:
+        pins.pins(ctx, constraints="")
+    assert str(refused.value) == (
+        f"outside the supported range: numpy {metadata.version('numpy')} (supported: >=2.99,<3); "
+        "switch the runtime to one in range (Colab: Runtime > Change runtime version), or run `invoke pins --exact`"
+    )
+    assert ran == []
 
 
 def test_pins_file_must_be_exact(tmp_path):
@@ -136,6 +230,7 @@ def test_every_pin_of_a_package_colab_preinstalls_is_colabs_version():
 
 def test_a_pin_that_contradicts_colab_is_refused_before_pip_runs(tmp_path):
     (tmp_path / "requirements.txt").write_text("numpy==2.4.6\n")
+    (tmp_path / "supported.txt").write_text("numpy>=2.1,<3\n")
     (tmp_path / "colab").mkdir()
     (tmp_path / "colab" / "constraints.txt").write_text("numpy==2.1.3\npandas==2.2.3\n")
     with pytest.raises(StepFailed) as refused:
@@ -147,8 +242,11 @@ def test_a_pin_that_contradicts_colab_is_refused_before_pip_runs(tmp_path):
 
 
 def test_pins_match_here():
-    # CI installs requirements.txt before the tests, so the step must find nothing to do.
-    assert pins.pins(Context(dry_run=True)).status == "ok"
+    # CI installs requirements.txt before the tests, so the step must find nothing to do, and
+    # names the runtime's versions it keeps.
+    result = pins.pins(Context(dry_run=True))
+    assert result.status == "ok" and "kept tensorflow " in result.detail
+    assert pins.pins(Context(dry_run=True), exact=True).status == "ok"
 
 
 # stage ----------------------------------------------------------------------------------------

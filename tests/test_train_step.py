@@ -168,9 +168,24 @@ def test_the_trainers_digest_is_invokes_and_lists_nothing_again(demo_dir, tmp_pa
     header, *lines = csv.read_text().splitlines()
     (data / "Images" / "held.csv").write_text("\n".join([header, *lines[::4]]) + "\n")
     for extra in ({}, {"validation_file": "held.csv"}):
-        config = TrainConfig(folder=str(data / "Images"), file="training_data.csv", runs_dir=str(tmp_path / "r"), **extra)
+        config = TrainConfig(
+            folder=str(data / "Images"), file="training_data.csv", runs_dir=str(tmp_path / "r"), **extra
+        )
         invokes = training_request(config)["data"]
         loaded = load_data(config)
         with monkeypatch.context() as patch:
             patch.setattr(data_module, "load_rows", lambda *a: pytest.fail("the listing was read again"))
             assert training_request(config, loaded.files, loaded.listed)["data"] == invokes
+
+
+def test_a_moved_runtime_retrains_and_names_what_moved(demo_dir):
+    """pins keeps a runtime's own versions within supported.txt's ranges, so the request holds
+    the exact versions this run would use: a model from another image is trained again."""
+    config = TrainConfig(folder=str(demo_dir / "Images"), file="training_data.csv")
+    now = training_request(config)
+    assert {"tensorflow", "keras", "protobuf", "h5py", "python"} <= set(now["stack"])
+    older = {**now, "stack": {**now["stack"], "tensorflow": "2.20.0-other", "h5py": "3.16.0-other"}}
+    assert what_changed(older, now) == [
+        f"h5py 3.16.0-other -> {now['stack']['h5py']}",
+        f"tensorflow 2.20.0-other -> {now['stack']['tensorflow']}",
+    ]

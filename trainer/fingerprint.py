@@ -22,7 +22,7 @@ from trainer.config import options as config_options
 
 # Options that say where things go, not what is trained.
 # The packages whose versions change the model or its exports.
-STACK = ("tensorflow", "keras", "numpy", "pillow", "protobuf", "onnx", "tf2onnx", "onnxruntime")
+STACK = ("tensorflow", "keras", "numpy", "pillow", "protobuf", "h5py", "ml_dtypes", "onnx", "tf2onnx", "onnxruntime")
 CODE = Path(__file__).resolve().parent
 
 
@@ -105,13 +105,17 @@ def code_digest() -> str:
 
 
 def stack() -> dict[str, str | None]:
+    """The exact versions a run uses (supported.txt lets a runtime keep its own within ranges),
+    and Python's: a moved runtime image retrains, and says which package moved."""
+    import platform
+
     versions = {}
     for name in STACK:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    return versions
+    return {**versions, "python": platform.python_version()}
 
 
 def training_request(config: TrainConfig, files: dict | None = None, listed: tuple | None = None) -> dict:

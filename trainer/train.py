@@ -424,11 +424,11 @@ def feature_store(rows: int, width: int) -> np.ndarray:
     size, available = rows * width * 4, available_bytes()
     if available is None or size <= STORE_SHARE * available:
         return np.empty((rows, width), dtype=np.float32)
-    handle = tempfile.TemporaryFile(prefix="features-")
-    handle.truncate(max(size, 1))
     log.info("the features take %.1f GB, more than half of the %.1f GB of memory available: kept in a "
              "memory-mapped file under %s", size / 1e9, available / 1e9, tempfile.gettempdir())  # fmt: skip
-    return np.memmap(handle, dtype=np.float32, mode="r+", shape=(rows, width))
+    with tempfile.TemporaryFile(prefix="features-") as handle:  # the mapping outlives the descriptor
+        handle.truncate(max(size, 1))
+        return np.memmap(handle, dtype=np.float32, mode="r+", shape=(rows, width))
 
 
 def featurize(session: Session, backbone, weights_used: str, loaded: Data):
@@ -714,20 +714,13 @@ def _join_history(phases: dict[str, Phase]) -> list[dict]:
 
 def _manifest(config, loaded, policy, weights_used, cache, fingerprint, seconds, phases) -> dict:
     import platform
-    from importlib import metadata
 
-    versions = {}
-    for name in ("tensorflow", "keras", "numpy", "pillow"):
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    versions["python"] = platform.python_version()
     from trainer import device
+    from trainer.fingerprint import stack
 
     onednn, onednn_reason = device.onednn()
     return {
-        "versions": versions,
+        "versions": stack(),
         "hardware": {
             "platform": platform.platform(),
             "cpu_count": os.cpu_count(),
@@ -760,9 +753,15 @@ def _manifest(config, loaded, policy, weights_used, cache, fingerprint, seconds,
 
 def _write_tensorboard(history: list[dict], folder: Path) -> None:
     """TensorBoard scalars from the history, laid out as Keras's callback lays them out
-    (logs/train, logs/validation, epoch_loss and epoch_accuracy): `tensorboard --logdir RUN/logs`."""
+    (logs/train, logs/validation, epoch_loss and epoch_accuracy): `tensorboard --logdir RUN/logs`.
+    Written with TensorFlow's own summary op and the scalars plugin's metadata, as
+    tf.summary.scalar does, but without the tensorboard package, which TensorFlow 2.21 no longer
+    installs with it (a runtime without it still gets its logs)."""
     import tensorflow as tf
+    from tensorflow.core.framework import summary_pb2
 
+    scalar = summary_pb2.SummaryMetadata()
+    scalar.plugin_data.plugin_name = "scalars"
     writers = {"train": "", "validation": "val_"}
     for split, prefix in writers.items():
         writer = tf.summary.create_file_writer(str(folder / split))
@@ -770,7 +769,8 @@ def _write_tensorboard(history: list[dict], folder: Path) -> None:
             for step, row in enumerate(history, start=1):
                 for metric in ("loss", "accuracy"):
                     if prefix + metric in row:
-                        tf.summary.scalar(f"epoch_{metric}", row[prefix + metric], step=step)
+                        value = tf.constant(float(row[prefix + metric]), dtype=tf.float32)
+                        tf.summary.write(f"epoch_{metric}", value, step=step, metadata=scalar)
         writer.close()
 
 
