@@ -49,7 +49,7 @@ def _step_options(c, name: str, **flags) -> tuple:
         return _setting(c, name, key)
 
     if name == "check":
-        return check.check, {"require_gpu": bool(_pick(flags.get("require_gpu"), setting("require_gpu")))}
+        return check.check, {"require_gpu": _yes(_pick(flags.get("require_gpu"), setting("require_gpu")))}
     if name == "apt":
         packages = setting("packages") or ""
         return apt.apt, {"packages": packages.split() if isinstance(packages, str) else list(packages)}
@@ -105,9 +105,9 @@ def _run_one(c, name: str, dry_run: bool, **flags) -> Result:
 
 
 @task(help={"require_gpu": "make 'no GPU' an error", "dry_run": "change nothing"})
-def check(c, require_gpu=None, dry_run=False):
+def check(c, require_gpu=False, dry_run=False):
     """Report the machine: OS, CPU, memory, Python, GPU, CUDA, TensorFlow, Colab, Drive."""
-    _run_one(c, "check", dry_run, require_gpu=require_gpu)
+    _run_one(c, "check", dry_run, require_gpu=require_gpu or None)
 
 
 @task(help={"dry_run": "say what would be installed, install nothing"})
@@ -167,10 +167,10 @@ def stage(c, dry_run=False):
         "prefix": "prefix for the TensorFlow C library",
     }
 )
-def setup(c, dry_run=False, report=None, require_gpu=None, source=None, sha256=None, expect=None, exact=False,
+def setup(c, dry_run=False, report=None, require_gpu=False, source=None, sha256=None, expect=None, exact=False,
           prefix=None):  # fmt: skip
     """Run check, apt, pins, libtensorflow, data and stage; print a summary table and write it as JSON."""
-    flags = {"require_gpu": require_gpu, "source": source, "sha256": sha256, "expect": expect, "exact": exact or None,
+    flags = {"require_gpu": require_gpu or None, "source": source, "sha256": sha256, "expect": expect, "exact": exact or None,
              "prefix": prefix}  # fmt: skip
     _exclusive(c, dry_run)
     ctx = Context(dry_run=dry_run)

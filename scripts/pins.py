@@ -195,8 +195,16 @@ def constraints_text(live: dict[str, str], snapshot: dict[str, str], changing: s
     """pip constraints: each installed distribution at its live version, and the snapshot's
     version of what is not installed; nothing for the packages being installed (their
     requirement lines say the version)."""
+    _, versions = _packaging()
+
+    def valid(version: str) -> bool:  # pip refuses a constraints file with a non-PEP 440 version in it
+        try:
+            return bool(versions.Version(version))
+        except versions.InvalidVersion:
+            return False
+
     wanted = {_normal(name): version for name, version in snapshot.items()}
-    wanted.update(live)
+    wanted.update({name: version for name, version in live.items() if valid(version)})
     for name in changing:
         wanted.pop(_normal(name), None)
     return "".join(f"{name}=={version}\n" for name, version in sorted(wanted.items()))

@@ -162,6 +162,8 @@ def test_installed_packages_are_held_at_their_own_versions_and_the_rest_at_the_s
     text = pins.constraints_text({"protobuf": "6.33.6", "invoke": "3.0.3"}, {"protobuf": "5.29.6", "h5py": "3.16.0",
                                  "onnx": "1.22.0"}, {"onnx"})  # fmt: skip
     assert text == "h5py==3.16.0\ninvoke==3.0.3\nprotobuf==6.33.6\n"
+    # A version pip cannot read would make it refuse the whole file: left out.
+    assert pins.constraints_text({"odd": "1.0-beta_x", "six": "1.17.0"}, {}, set()) == "six==1.17.0\n"
 
 
 def test_ranges_file(tmp_path):

@@ -128,3 +128,17 @@ def test_second_setup_changes_nothing_imports_no_tensorflow_and_needs_no_network
     assert "invoke" in imported  # the import log is real
     assert not {name for name in imported if name.split(".")[0] in ("tensorflow", "keras", "numpy", "PIL", "gdown")}
     print("network isolated:", bool(isolated))
+
+
+def test_yes_no_flags_are_bare_flags():
+    """`invoke check --require-gpu` as docs/setup.md writes it (it once asked for a value)."""
+    from scripts.check import gpus
+
+    result = invoke(ROOT, "check", "--require-gpu")
+    if gpus():
+        assert result.returncode == 0, result.stderr
+    else:
+        assert result.returncode == 1
+        assert result.stderr.strip().splitlines()[-1].startswith("check failed: no GPU on this machine")
+    dry = invoke(ROOT, "pins", "--exact", "--dry-run")
+    assert dry.returncode == 0 and "pins: ok (" in dry.stdout + dry.stderr, dry.stderr
