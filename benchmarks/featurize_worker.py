@@ -1,18 +1,31 @@
-"""One side of the batched-vs-single figure, in a process of its own, so that each side runs
+"""One side of a featurization figure, in a process of its own, so that each side runs
 TensorFlow configured as it would be in real use (TensorFlow reads its oneDNN switch once, at
 import, so two configurations cannot share a process).
 
-    python benchmarks/featurize_worker.py batched|single BACKBONE IMAGE_SIZE WEIGHTS PATHS_FILE
+    python benchmarks/featurize_worker.py MODE BACKBONE IMAGE_SIZE WEIGHTS PATHS_FILE
 
-batched: the trainer's featurization, as `python -m trainer train` sets it up (its oneDNN choice,
-its batch size). single: ML.NET's way, each image decoded and run through the backbone alone,
-with TensorFlow's defaults. The worker builds the model, makes one untimed pass, prints "ready",
-then answers each "run" line on stdin with the seconds one pass over the images took.
+MODE:
+    pipeline  the trainer's featurization of training images: files in, features out, every
+              default view (--feature-augment dihedral), through the runtime the trainer
+              chooses (trainer.featurizer) at its batch size
+    backbone  TensorFlow running the backbone alone on one ready in-memory batch, as the trainer
+              configures it (its oneDNN choice, its batch size), as many forward passes as the
+              pipeline makes
+    before    the pipeline as it was before the ONNX Runtime change: TensorFlow, and each view
+              decoding its images again
+    batched   the trainer's featurization of the images alone (one view)
+    single    ML.NET's way: each image decoded and run through the backbone alone, with
+              TensorFlow's defaults
+
+WEIGHTS is a weights file, `imagenet` or `none`. The worker builds the model, makes one untimed
+pass, prints "ready PER_CALL FORWARD_PASSES RUNTIME", then answers each "run" line on stdin with
+the seconds one pass took.
 """
 
 from __future__ import annotations
 
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,30 +35,55 @@ def main(argv: list[str]) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from trainer import device
 
-    onednn = device.onednn()[0] if mode == "batched" else None  # single: the environment as given
+    onednn = device.onednn()[0] if mode != "single" else None  # single: the environment as given
+    import numpy as np
     import tensorflow as tf
 
-    from trainer.features import featurize
+    from trainer.features import VIEWS, featurize_batches
+    from trainer.featurizer import featurizer, tensorflow_runner
     from trainer.images import load_image
     from trainer.model import build_backbone, feature_extractor
 
     paths = Path(paths_file).read_text(encoding="utf-8").splitlines()
-    extractor = feature_extractor(build_backbone(backbone_name, size, weights), backbone_name)
-    if mode == "batched":
-        per_call = device.featurize_batch_size(32, device.visible_devices(), onednn)
+    backbone = build_backbone(backbone_name, size, None if weights == "none" else weights)
+    extractor = feature_extractor(backbone, backbone_name)
+    per_call = device.featurize_batch_size(32, device.visible_devices(), onednn) if mode != "single" else 1
+    views = VIEWS["dihedral"] if mode in ("pipeline", "backbone", "before") else ("id",)
+    passes = len(paths) * len(views)
+    runtime = "tensorflow"
+    if mode in ("pipeline", "batched"):
+        run = featurizer(extractor, size, Path(tempfile.mkdtemp(prefix="featurize-worker-")))
+        runtime = run.runtime
 
         def one_pass() -> None:
-            featurize(extractor, paths, size, per_call)
+            for _ in featurize_batches(run, paths, size, per_call, views):
+                pass
+    elif mode == "before":
+        run = tensorflow_runner(extractor, size)
+
+        def one_pass() -> None:
+            for view in views:
+                for _ in featurize_batches(run, paths, size, per_call, (view,)):
+                    pass
+    elif mode == "backbone":
+        run = tensorflow_runner(extractor, size)
+        batch = np.random.default_rng(0).uniform(0, 255, (per_call, size, size, 3)).astype(np.float32)
+        batches = -(-passes // per_call)
+        passes = batches * per_call
+
+        def one_pass() -> None:
+            for _ in range(batches):
+                run(batch)
     else:
         spec = tf.TensorSpec([None, size, size, 3], tf.float32)
-        run = tf.function(lambda images: extractor(images, training=False), input_signature=[spec])
+        traced = tf.function(lambda images: extractor(images, training=False), input_signature=[spec])
 
         def one_pass() -> None:
             for path in paths:
-                run(load_image(path, size)[None].astype("float32")).numpy()
+                traced(load_image(path, size)[None].astype("float32")).numpy()
 
     one_pass()
-    print("ready", per_call if mode == "batched" else 1, flush=True)
+    print("ready", per_call, passes, runtime, flush=True)
     for line in sys.stdin:
         if line.strip() != "run":
             break

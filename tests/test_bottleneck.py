@@ -137,13 +137,16 @@ def test_fine_tuning_runs_after_the_head(cli, demo_dir, tiny_weights, tmp_path):
 @pytest.mark.parametrize("backbone", ["resnet50_v2", "resnet101_v2", "inception_v3", "mobilenet_v2"])
 def test_mlnet_backbones_in_bottleneck_mode_on_the_concrete_data(backbone, tmp_path):
     """Each of ML.NET's four architectures, with a local weights file (random, since ImageNet's
-    cannot be downloaded here): featurize the 400 images and train the head."""
+    cannot be downloaded here): featurize the 400 images and train the head. No exports: their
+    conversion and five-runtime check of a ResNet-101 took most of this test's two minutes, and
+    tests/test_export.py and the main job prove them."""
     from trainer.model import build_backbone
 
     weights = tmp_path / f"{backbone}.weights.h5"
     build_backbone(backbone, 80, None).save_weights(weights)
     # The original app's command line: `--train --folder ... --file ...`.
-    args = train_args(CONCRETE, backbone=backbone, weights=weights, image_size=80, epochs=2, workspace=tmp_path / "ws")
+    args = train_args(CONCRETE, backbone=backbone, weights=weights, image_size=80, epochs=2, workspace=tmp_path / "ws",
+                      export="none")  # fmt: skip
     result = run_module("--train", *args[1:], "--output", tmp_path / "run")
     assert result.returncode == 0, result.stderr
     assert _cache(tmp_path / "run") == {"reused": 0, "featurized": 400}
@@ -201,8 +204,8 @@ def test_features_are_stored_as_they_are_made_so_an_interrupted_run_keeps_them(d
     monkeypatch.setattr(features, "featurize_batches", real)
     every = features.cached_features(extractor, rows, 48, 4, folder)
     assert every.shape[0] == len(rows) == 24
-    fresh = features.featurize(extractor, [str(row.path) for row in rows], 48, 4)
-    np.testing.assert_allclose(every, fresh, rtol=1e-5, atol=1e-6)
+    fresh = features.featurize(extractor, [str(row.path) for row in rows], 48, 4)  # through TensorFlow
+    np.testing.assert_allclose(every, fresh, rtol=1e-4, atol=1e-4)  # ONNX Runtime's features on this CPU
 
 
 def test_views_are_the_eight_symmetries_of_a_square():

@@ -323,17 +323,15 @@ VIEWS = {
 }
 
 
-def view_of(images, view: str):
-    """A batch of images (N, H, W, C) seen as `view`."""
-    import tensorflow as tf
-
+def view_of(images: np.ndarray, view: str) -> np.ndarray:
+    """A batch of images (N, H, W, C) seen as `view` (a numpy view of the same pixels)."""
     for step in view if view != "id" else "":
         if step == "t":
-            images = tf.transpose(images, (0, 2, 1, 3))
+            images = np.swapaxes(images, 1, 2)
         elif step == "v":
-            images = tf.reverse(images, axis=[1])
+            images = images[:, ::-1]
         elif step == "h":
-            images = tf.reverse(images, axis=[2])
+            images = images[:, :, ::-1]
         else:
             raise ValueError(f"unknown view step {step!r} in {view!r}")
     return images
@@ -341,33 +339,26 @@ def view_of(images, view: str):
 
 def featurize(feature_model, paths: list[str], image_size: int, batch_size: int) -> np.ndarray:
     """Run images through the frozen feature extractor in batches, with a progress bar."""
-    return np.concatenate(list(featurize_batches(feature_model, paths, image_size, batch_size))).astype(np.float32)
+    from trainer.featurizer import tensorflow_runner
+
+    run = tensorflow_runner(feature_model, image_size)
+    batches = featurize_batches(run, paths, image_size, batch_size)
+    return np.concatenate([views[0] for views in batches]).astype(np.float32)
 
 
-def featurize_batches(
-    feature_model, paths: list[str], image_size: int, batch_size: int, jit_compile: bool = False, view: str = "id"
-):
-    """The features of paths (seen as `view`), one batch at a time, in order; jit_compile runs
-    them through XLA."""
-    import tensorflow as tf
-
+def featurize_batches(run, paths: list[str], image_size: int, batch_size: int, views: tuple[str, ...] = ("id",)):
+    """For each batch of paths, in order, its features seen in each of `views` (a list, one
+    array per view). Each image is decoded once for all its views: the views are flips and
+    transposes of the decoded pixels. `run`: images -> features (trainer.featurizer), while
+    tf.data decodes the next batches on its own threads."""
     from trainer.pipeline import make_dataset
 
     dataset = make_dataset(paths, None, image_size, batch_size)
-    if view != "id":
-        dataset = dataset.map(lambda images: view_of(images, view))
-    # One graph per model, traced once for any batch size: a new tf.function per call would
-    # trace again every time (a second or more for a large backbone).
-    run = getattr(feature_model, "_trainer_featurize", None)
-    if run is None:
-        spec = tf.TensorSpec([None, image_size, image_size, 3], tf.float32)
-        run = tf.function(
-            lambda images: feature_model(images, training=False), input_signature=[spec], jit_compile=jit_compile
-        )
-        feature_model._trainer_featurize = run
     batches = (len(paths) + batch_size - 1) // batch_size
-    for images in progress(dataset, total=batches, desc="featurize" if view == "id" else f"featurize ({view})"):
-        yield run(images).numpy()
+    seen = "" if views == ("id",) else f" ({len(views)} views)" if len(views) > 1 else f" ({views[0]})"
+    for images in progress(dataset, total=batches, desc=f"featurize{seen}"):
+        pixels = images.numpy()
+        yield [run(view_of(pixels, view)) for view in views]
 
 
 def cached_features(
@@ -384,50 +375,87 @@ def cached_features(
 ) -> np.ndarray:
     """Features for rows (in order) seen in each of `views`, view after view, into `out` (made
     when not given: [len(rows) * len(views), D] float32): from the cache where present,
-    featurized and stored where not. `cache`: a FeatureCache to share between calls, so its
-    index is read once a run. A view other than the image itself is stored as "sha256:view".
-    `counts`, when given, gets {view: {"reused": n, "featurized": m}} (distinct images)."""
-    cache = cache or FeatureCache(folder)
+    featurized and stored where not (see fill)."""
     if out is None:
-        width = int(feature_model.output_shape[-1])
-        out = np.empty((len(rows) * len(views), width), dtype=np.float32)
-    folder.mkdir(parents=True, exist_ok=True)  # where the shards will go: featurizing has begun
-    for number, view in enumerate(views):
-        positions: dict[str, list[int]] = {}
-        for offset, row in enumerate(rows):
-            key = row.sha256 if view == "id" else f"{row.sha256}:{view}"
-            positions.setdefault(key, []).append(number * len(rows) + offset)
-        keys = list(positions)
-        first = np.array([positions[key][0] for key in keys], dtype=np.int64)
-        absent = cache.read(keys, out, first)
-        paths = {row.sha256 if view == "id" else f"{row.sha256}:{view}": str(row.path) for row in rows}
-        missing = sorted((keys[i], paths[keys[i]], int(first[i])) for i in np.flatnonzero(absent))
-        seen_as = "" if view == "id" else f" (seen as {view})"
-        log.info("feature cache %s: %d images%s reused, %d to featurize", folder, len(keys) - len(missing), seen_as,
-                 len(missing))  # fmt: skip
-        if counts is not None:
-            counts[view] = {"reused": len(keys) - len(missing), "featurized": len(missing)}
-        if missing:
-            _featurize_into(cache, out, missing, feature_model, image_size, batch_size, jit_compile, view)
-        for key in keys:
-            for position in positions[key][1:]:
-                out[position] = out[positions[key][0]]
+        out = np.empty((len(rows) * len(views), int(feature_model.output_shape[-1])), dtype=np.float32)
+    fill(feature_model, wanted(rows, views), out, image_size, batch_size, folder, jit_compile, counts, cache)
     return out
 
 
-def _featurize_into(cache: FeatureCache, out: np.ndarray, missing: list[tuple[str, str, int]], feature_model,
-                    image_size: int, batch_size: int, jit_compile: bool, view: str) -> None:  # fmt: skip
-    """Featurize the missing (key, path, position) triples into out, storing a shard every
-    SHARD_SECONDS and at the end."""
-    hashes = [key for key, _, _ in missing]
-    places = np.array([position for _, _, position in missing], dtype=np.int64)
-    stored, done, last = 0, 0, time.monotonic()
-    batches = featurize_batches(
-        feature_model, [path for _, path, _ in missing], image_size, batch_size, jit_compile=jit_compile, view=view
-    )
+def wanted(rows, views: tuple[str, ...], start: int = 0) -> list[tuple[str, str, str, int]]:
+    """(sha256, path, view, position) for rows seen in each view, view after view from `start`."""
+    return [
+        (row.sha256, str(row.path), view, start + number * len(rows) + offset)
+        for number, view in enumerate(views)
+        for offset, row in enumerate(rows)
+    ]
+
+
+def fill(feature_model, wanted: list[tuple[str, str, str, int]], out: np.ndarray, image_size: int,
+         batch_size: int, folder: Path, jit_compile: bool = False, counts: dict | None = None,
+         cache: FeatureCache | None = None) -> str | None:  # fmt: skip
+    """Write the features of each (sha256, path, view, position) into out[position]: from the
+    cache where present, else featurized and stored. An image missing several views is decoded
+    once for all of them. A view other than the image itself is stored as "sha256:view".
+    `cache`: a FeatureCache to share between calls, so its index is read once a run. `counts`,
+    when given, gets {view: {"reused": n, "featurized": m}} (distinct images). Returns the
+    runtime that featurized (trainer.featurizer), or None when the cache had everything."""
+    cache = cache or FeatureCache(folder)
+    folder.mkdir(parents=True, exist_ok=True)  # where the shards will go: featurizing has begun
+    positions: dict[str, list[int]] = {}
+    source: dict[str, tuple[str, str, str]] = {}
+    for sha256, path, view, position in wanted:
+        key = sha256 if view == "id" else f"{sha256}:{view}"
+        positions.setdefault(key, []).append(position)
+        source.setdefault(key, (sha256, path, view))
+    keys = list(positions)
+    absent = cache.read(keys, out, np.array([positions[key][0] for key in keys], dtype=np.int64))
+    missing = {key for key, gone in zip(keys, absent, strict=True) if gone}
+    for view in dict.fromkeys(source[key][2] for key in keys):
+        of_view = [key for key in keys if source[key][2] == view]
+        lacking = sum(key in missing for key in of_view)
+        seen_as = "" if view == "id" else f" (seen as {view})"
+        log.info("feature cache %s: %d images%s reused, %d to featurize", folder, len(of_view) - lacking, seen_as,
+                 lacking)  # fmt: skip
+        if counts is not None:
+            counts[view] = {"reused": len(of_view) - lacking, "featurized": lacking}
+    # Each image with the views it lacks; images lacking the same views go through together.
+    lacks: dict[str, tuple[str, list[str]]] = {}
+    for key in keys:
+        if key in missing:
+            sha256, path, _ = source[key]
+            lacks.setdefault(sha256, (path, []))[1].append(key)
+    groups: dict[tuple[str, ...], list[tuple[str, list[str]]]] = {}
+    for path, image_keys in lacks.values():
+        groups.setdefault(tuple(source[key][2] for key in image_keys), []).append((path, image_keys))
+    runtime = None
+    if groups:
+        from trainer.featurizer import featurizer
+
+        run = featurizer(feature_model, image_size, folder, jit_compile)
+        runtime = run.runtime
+        for views, images in groups.items():
+            _featurize_into(cache, out, images, positions, run, image_size, batch_size, views)
+    for key in keys:
+        for position in positions[key][1:]:
+            out[position] = out[positions[key][0]]
+    return runtime
+
+
+def _featurize_into(cache: FeatureCache, out: np.ndarray, images: list[tuple[str, list[str]]], positions: dict,
+                    run, image_size: int, batch_size: int, views: tuple[str, ...]) -> None:  # fmt: skip
+    """Featurize images (path, its key in each of `views`) into out at their keys' first
+    positions, storing a shard every SHARD_SECONDS and at the end."""
+    done, last = 0, time.monotonic()
+    pending_keys: list[str] = []
+    batches = featurize_batches(run, [path for path, _ in images], image_size, batch_size, views)
     for features in batches:
-        out[places[done : done + len(features)]] = features
-        done += len(features)
-        if time.monotonic() - last >= SHARD_SECONDS or done >= len(missing):
-            cache.add(hashes[stored:done], out[places[stored:done]])
-            stored, last = done, time.monotonic()
+        batch = images[done : done + len(features[0])]
+        for number in range(len(views)):
+            places = [positions[image_keys[number]][0] for _, image_keys in batch]
+            out[places] = features[number]
+            pending_keys += [image_keys[number] for _, image_keys in batch]
+        done += len(batch)
+        if time.monotonic() - last >= SHARD_SECONDS or done >= len(images):
+            cache.add(pending_keys, out[[positions[key][0] for key in pending_keys]])
+            pending_keys, last = [], time.monotonic()

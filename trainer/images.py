@@ -153,17 +153,18 @@ def read_and_inspect(path: Path, draft_size: int = 64) -> tuple[FileState | None
         return None, ImageError(f"{path}: file not found")
     except OSError as error:
         return None, ImageError(f"{path}: cannot read ({error.strerror or error})")
-    state = None if before is None else FileState(*before, hashlib.sha256(data).hexdigest())
+    digest = hashlib.sha256(data).hexdigest()
+    state = None if before is None else FileState(*before, digest)
     if not data:
         return state, ImageError(f"{path}: empty file (0 bytes)")
     try:
-        return state, inspect_bytes(data, path, draft_size)
+        return state, inspect_bytes(data, path, draft_size, digest)
     except ImageError as error:
         return state, error
 
 
-def inspect_bytes(data: bytes, path: Path, draft_size: int = 64) -> ImageInfo:
-    """inspect_image on bytes already read.
+def inspect_bytes(data: bytes, path: Path, draft_size: int = 64, digest: str | None = None) -> ImageInfo:
+    """inspect_image on bytes already read (`digest`: their sha256, when already computed).
 
     JPEGs are decoded in draft mode (DCT scaling: a 256 px photo at 1/4 scale, a large one at
     1/8), which still entropy-decodes every byte of the stream, so truncation and corruption are
@@ -171,7 +172,7 @@ def inspect_bytes(data: bytes, path: Path, draft_size: int = 64) -> ImageInfo:
     for a full decode of a 256 px JPEG). The draft also gives the audit's thumbnail, so the
     audit need not read the file again.
     """
-    digest = hashlib.sha256(data).hexdigest()
+    digest = digest or hashlib.sha256(data).hexdigest()
     image = _open(data, path)
     with _decoding(path):
         width, height, mode = image.width, image.height, image.mode

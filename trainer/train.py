@@ -434,11 +434,12 @@ def feature_store(rows: int, width: int) -> np.ndarray:
 def featurize(session: Session, backbone, weights_used: str, loaded: Data):
     """Every image's pooled features, from the cache where it has them, into one array
     (Features), and what the cache did: its key, per view how many images it had and how many
-    went through the backbone, and the seconds it all took."""
+    went through the backbone, the runtime that ran it (trainer.featurizer; None when nothing
+    was featurized), and the seconds it all took."""
     import keras
 
     from trainer import device
-    from trainer.features import VIEWS, FeatureCache, cache_key, cached_features
+    from trainer.features import VIEWS, cache_key, fill, wanted
     from trainer.model import feature_extractor
 
     config, started = session.config, time.perf_counter()
@@ -451,10 +452,10 @@ def featurize(session: Session, backbone, weights_used: str, loaded: Data):
     train = loaded.parts["train"]
     store = feature_store(len(rows) + len(train) * (len(views) - 1), int(extractor.output_shape[-1]))
     folder, counts = session.workspace / "features" / key, {}
-    common = {"folder": folder, "jit_compile": session.policy.xla, "counts": counts, "cache": FeatureCache(folder)}
-    cached_features(extractor, rows, config.image_size, batch, out=store[: len(rows)], **common)
-    if len(views) > 1:
-        cached_features(extractor, train, config.image_size, batch, views=views[1:], out=store[len(rows) :], **common)
+    # Every image itself, then the training images' other views: one pass, so that a training
+    # image is decoded once for all its views.
+    jobs = wanted(rows, ("id",)) + wanted(train, views[1:], start=len(rows))
+    runtime = fill(extractor, jobs, store, config.image_size, batch, folder, session.policy.xla, counts)
     bad = sum(int((~np.isfinite(store[i : i + 8192]).all(axis=1)).sum()) for i in range(0, len(store), 8192))
     if bad:
         raise CheckFailed(
@@ -470,7 +471,8 @@ def featurize(session: Session, backbone, weights_used: str, loaded: Data):
         f" of {len(views)} views of each training image ({config.feature_augment})" if len(views) > 1 else "",
     )
     seconds = round(time.perf_counter() - started, 2)
-    return features, {"key": key, "dimensions": features.dimensions, "views": counts, "seconds": seconds}
+    record = {"key": key, "dimensions": features.dimensions, "views": counts, "runtime": runtime, "seconds": seconds}
+    return features, record
 
 
 def train_head(session: Session, loaded: Data, features: Features):
