@@ -76,12 +76,7 @@ def wanted_version(ctx: Context, source: str) -> str:
         return pinned_version(ctx)
     from scripts.pins import in_range, read_ranges
 
-    try:
-        installed = metadata.version("tensorflow")
-    except metadata.PackageNotFoundError:
-        raise StepFailed(
-            "TensorFlow is not installed, so its wheel cannot supply the C library", "run `invoke pins` first"
-        ) from None
+    installed = _tensorflow().version
     supported = read_ranges(ctx.root / "supported.txt").get("tensorflow")
     if supported and not in_range(installed, supported):
         raise StepFailed(f"the installed TensorFlow is {installed}, outside {supported}", "run `invoke pins` first")
@@ -173,13 +168,18 @@ def set_soname(path: Path, new: str) -> str:
         return old.decode()
 
 
-def _wheel_dir(version: str) -> Path:
+def _tensorflow():
+    """The installed TensorFlow distribution (the wheel the C library comes from)."""
     try:
-        distribution = metadata.distribution("tensorflow")
+        return metadata.distribution("tensorflow")
     except metadata.PackageNotFoundError:
         raise StepFailed(
             "TensorFlow is not installed, so its wheel cannot supply the C library", "run `invoke pins` first"
         ) from None
+
+
+def _wheel_dir(version: str) -> Path:
+    distribution = _tensorflow()
     if distribution.version != version:
         raise StepFailed(
             f"the installed TensorFlow is {distribution.version}, not {version}", "run `invoke pins` first"
