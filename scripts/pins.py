@@ -61,15 +61,20 @@ def _packaging():
     return specifiers, version
 
 
+def _entries(path: Path):
+    """(line number, text) of each line that is more than a comment, the comment cut off."""
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        text = line.split("#", 1)[0].strip()
+        if text:
+            yield number, text
+
+
 def read_pins(path: Path) -> dict[str, str]:
     """name -> version for every `name==version` line; anything else is an error."""
     if not path.is_file():
         raise StepFailed(f"{path} not found", "run from the bundle's folder")
     pins = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        text = line.split("#", 1)[0].strip()
-        if not text:
-            continue
+    for number, text in _entries(path):
         match = PIN.match(text)
         if not match:
             raise StepFailed(f"{path}:{number}: {text!r} is not an exact pin", "write it as name==version")
@@ -83,10 +88,7 @@ def read_ranges(path: Path) -> dict[str, str]:
         raise StepFailed(f"{path} not found", "restore it from the bundle, or set pins.supported to ''")
     specifiers, _ = _packaging()
     ranges = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        text = line.split("#", 1)[0].strip()
-        if not text:
-            continue
+    for number, text in _entries(path):
         match = RANGE.match(text)
         spec = re.sub(r"\s+", "", match.group(2)) if match else ""
         try:
