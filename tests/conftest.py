@@ -56,6 +56,22 @@ def snapshot(*folders: Path) -> dict:
     return state
 
 
+@pytest.fixture()
+def trainer_log(monkeypatch) -> list:
+    """The records the trainer's logger emits during a test, at INFO and above (the logger may not
+    propagate to pytest's caplog: the CLI sets it up that way)."""
+    import logging
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = records.append
+    logger = logging.getLogger("trainer")
+    logger.addHandler(handler)
+    monkeypatch.setattr(logger, "level", logging.INFO)
+    yield records
+    logger.removeHandler(handler)
+
+
 @pytest.fixture(autouse=True)
 def _work_in_tmp(tmp_path_factory, monkeypatch):
     """Each test runs in a folder of its own, so default paths (runs/, workspace/) land there."""

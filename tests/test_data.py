@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -280,3 +281,79 @@ def test_the_data_step_counts_classes_by_the_trainers_rule(tmp_path):
     assert count_images(_tree(tmp_path / "SDNET2018", SDNET)) == {"CD": 3, "CP": 3, "CW": 3, "UD": 9, "UP": 9, "UW": 9}
     ambiguous = _tree(tmp_path / "split", {"train/CD": 2, "val/CD": 1})
     assert count_images(ambiguous) == {"train/CD": 2, "val/CD": 1}
+
+
+# ---------------------------------------------------------------------------------------------
+# How validation spreads its work
+
+
+def test_the_inspection_plan_forks_only_when_it_pays_and_is_safe(monkeypatch):
+    monkeypatch.setattr(data, "fork_is_safe", lambda: True)
+    assert data.inspection_plan(1000, 1) == ("loop", 1)
+    assert data.inspection_plan(1, 4) == ("loop", 1)
+    assert data.inspection_plan(data.PROCESSES_FROM - 1, 2) == ("threads", 2)
+    assert data.inspection_plan(data.PROCESSES_FROM, 2) == ("processes", 2)
+    monkeypatch.setattr(data, "fork_is_safe", lambda: False)
+    assert data.inspection_plan(10_000, 2) == ("threads", 2)
+
+
+def test_forking_is_safe_in_a_fresh_process_and_not_beside_another_thread(monkeypatch):
+    import subprocess
+    import sys
+    import threading
+
+    fresh = subprocess.run(
+        [sys.executable, "-c", "from trainer import data, train; print(data.fork_is_safe())"],
+        capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parent.parent,
+    )  # fmt: skip
+    assert fresh.stdout.strip() == "True"  # as when the trainer validates: TensorFlow not yet imported
+    started, release = threading.Event(), threading.Event()
+    other = threading.Thread(target=lambda: (started.set(), release.wait()))
+    other.start()
+    started.wait()
+    try:  # another thread alive: a fork could copy a lock it holds
+        assert not data.fork_is_safe()
+    finally:
+        release.set()
+        other.join()
+    monkeypatch.setattr(data.multiprocessing, "get_all_start_methods", lambda: ["spawn"])
+    assert not data.fork_is_safe()
+
+
+def _inspect(paths, workers, monkeypatch, how):
+    monkeypatch.setattr(data, "inspection_plan", lambda count, _: (how, workers))
+    return data._inspect_all(paths, workers)
+
+
+def test_processes_threads_and_a_loop_learn_the_same_of_every_file(tmp_path, monkeypatch):
+    made = make_images(tmp_path, {"a": 150, "b": 150}, size=24)
+    paths = [path for label in made.values() for path in label]
+    (tmp_path / "a" / "broken.png").write_bytes(b"\x89PNG not really")
+    paths += [tmp_path / "a" / "broken.png", tmp_path / "a" / "gone.png"]
+    results = {how: _inspect(paths, 2, monkeypatch, how) for how in ("processes", "threads", "loop")}
+    as_text = {how: [(state, str(found)) for state, found in found_all] for how, found_all in results.items()}
+    assert as_text["processes"] == as_text["threads"] == as_text["loop"]
+    assert len(results["processes"]) == len(paths)
+    assert results["processes"][0][1].thumbnail  # the audit's thumbnail came back from the worker
+    assert "Pillow can read" in str(results["processes"][-2][1]) and "not found" in str(results["processes"][-1][1])
+
+
+PARENT = os.getpid()
+CHECK = data._inspect_chunk
+
+
+def dies_in_a_child(chunk):  # module level: the pool pickles it by name
+    if os.getpid() != PARENT:
+        os._exit(9)  # as a decoder's crash or the OOM killer would end it
+    return CHECK(chunk)
+
+
+def test_a_worker_process_that_dies_costs_a_warning_not_the_run(tmp_path, monkeypatch, trainer_log):
+    made = make_images(tmp_path, {"a": 70, "b": 70})
+    paths = [path for label in made.values() for path in label]
+    monkeypatch.setattr(data, "_inspect_chunk", dies_in_a_child)
+    found = _inspect(paths, 2, monkeypatch, "processes")
+    assert [state.sha256 for state, _ in found] == [CHECK([path])[0][0].sha256 for path in paths]
+    assert [record.getMessage() for record in trainer_log] == [
+        "WARNING: a validation worker process died; checking the images again on threads"
+    ]

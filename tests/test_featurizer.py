@@ -78,25 +78,16 @@ def test_the_conversion_is_kept_beside_the_features_and_reused(tmp_path, monkeyp
     assert featurizer.featurizer(other, 48, tmp_path).runtime == "onnxruntime"
 
 
-def test_a_refused_conversion_falls_back_to_tensorflow_in_one_line(tmp_path, monkeypatch):
+def test_a_refused_conversion_falls_back_to_tensorflow_in_one_line(tmp_path, monkeypatch, trainer_log):
     extractor = feature_extractor(build_backbone("tiny", 48, None), "tiny")
 
     def refused(model, folder):
         raise ValueError("Unsupported ONNX opset: a made-up refusal\nand its second line")
 
     monkeypatch.setattr(featurizer, "convert", refused)
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler(logging.INFO)
-    handler.emit = records.append  # the trainer's logger may not propagate (the CLI sets it up)
-    logger = logging.getLogger("trainer")
-    logger.addHandler(handler)
-    monkeypatch.setattr(logger, "level", logging.INFO)
-    try:
-        run = featurizer.featurizer(extractor, 48, tmp_path)
-    finally:
-        logger.removeHandler(handler)
+    run = featurizer.featurizer(extractor, 48, tmp_path)
     assert run.runtime == "tensorflow"
-    warned = [record.getMessage() for record in records if record.levelno == logging.WARNING]
+    warned = [record.getMessage() for record in trainer_log if record.levelno == logging.WARNING]
     assert warned == [
         "WARNING: ONNX Runtime cannot run the converted extractor (ValueError: Unsupported ONNX opset: a made-up "
         "refusal): featurizing with TensorFlow"

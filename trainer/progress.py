@@ -11,11 +11,19 @@ from tqdm import tqdm
 T = TypeVar("T")
 
 
+class Bar(tqdm):
+    """tqdm without its monitor thread, which would outlive the bar and make every later fork
+    unsafe (validation forks its workers only in a process with no other thread); our loops
+    update often enough that the monitor's forced refreshes are not missed."""
+
+    monitor_interval = 0
+
+
 def progress_bar(items: Iterable[T] | None = None, *, total: int | None = None, desc: str = "") -> tqdm:
     """A tqdm bar; without a terminal (CI logs, Colab's `!` subshell) it redraws rarely
     instead of flooding the log. Call update(n) yourself when there are no items to iterate."""
     interactive = sys.stderr.isatty()
-    return tqdm(
+    return Bar(
         items,
         total=total,
         desc=desc,
