@@ -1,8 +1,8 @@
 """trainer/choose.py: --backbone auto ranks candidates by a head's cross-validated accuracy on
-their cached features. Offline only EfficientNet-Lite0 has ImageNet weights, so the others get
-local random weights: the ranking must put the ImageNet backbone first, whatever the seed. The
-two random backbones' places between them are noise (their accuracies differ by less than the
-standard error of an accuracy on 200 images), so only the first place is held to every seed."""
+their cached features. Offline, EfficientNet-Lite0, Lite1 and Lite2 have ImageNet weights: the
+CPU's default candidates. On 200 concrete photos their accuracies lie within about 0.05 of each
+other (0.77-0.83 at 160 px over two splits), under two standard errors, so which one wins is not
+held to a split; that all three are ranked, in order, and recorded is."""
 
 from __future__ import annotations
 
@@ -30,36 +30,38 @@ def test_unknown_candidates_are_refused_before_any_work(cli):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not CONCRETE.is_dir(), reason="datasets/concrete is not here")
-def test_the_imagenet_backbone_ranks_first_on_every_seed_and_choosing_is_cheap(tmp_path):
-    import keras
+def test_three_imagenet_backbones_are_ranked_and_recorded_and_choosing_is_cheap(tmp_path):
+    from trainer.choose import CPU_CANDIDATES
 
-    from trainer.model import build_backbone
-
-    weights = {}
-    keras.utils.set_random_seed(0)  # the random candidates' weights, the same every run (unseeded, one in a few drew a
-    # mobilenet_v2 whose random features edged out ImageNet's on 200 photos)
-    for name in ("mobilenet_v2", "tiny"):
-        weights[name] = tmp_path / f"{name}.weights.h5"
-        build_backbone(name, 160, None).save_weights(weights[name])
-    candidates = f"efficientnet_lite0,mobilenet_v2={weights['mobilenet_v2']},tiny={weights['tiny']}"
-    orders = []
-    for seed in (0, 1, 2):
-        run = tmp_path / f"run{seed}"
+    rankings = []
+    for attempt in (0, 1):  # the second run finds every candidate's features in the cache
+        run = tmp_path / f"run{attempt}"
         result = run_module(
             "train", "--folder", CONCRETE, "--file", "training_data.csv", "--backbone", "auto",
-            "--candidates", candidates, "--image-size", "160", "--seed", seed, "--feature-augment", "none",
-            "--no-audit", "--export", "none", "--workspace", tmp_path / f"ws{seed}", "--output", run,
+            "--image-size", "160", "--feature-augment", "none", "--no-audit", "--export", "none",
+            "--workspace", tmp_path / "ws", "--output", run,
         )  # fmt: skip
         assert result.returncode == 0, result.stderr
         config = json.loads((run / "config.json").read_text())
         ranking = config["backbone_ranking"]
-        orders.append(ranking[0]["backbone"])
-        print(f"seed {seed}:", [(e["backbone"], e["cv_accuracy"], e["featurize_seconds"]) for e in ranking])
-        assert config["backbone"] == "efficientnet_lite0" and ranking[0]["weights"] == "imagenet"
-        # What choosing cost, against featurizing all 400 photos with the slowest candidate alone
-        # (the seconds per image it measured while ranking, times 400), in the same process.
+        print(
+            f"run {attempt}:",
+            [(e["backbone"], e["cv_accuracy"], e["cv_log_loss"], e["featurize_seconds"]) for e in ranking],
+        )
+        assert sorted(entry["backbone"] for entry in ranking) == sorted(CPU_CANDIDATES)
+        assert all(entry["weights"] == "imagenet" and entry["images"] == 200 for entry in ranking)
+        assert ranking == sorted(ranking, key=lambda entry: (-entry["cv_accuracy"], entry["cv_log_loss"]))
+        assert (config["backbone"], config["weights"]) == (ranking[0]["backbone"], "imagenet")
+        report = (run / "report.html").read_text()
+        assert "Backbone chosen (--backbone auto)" in report and all(name in report for name in CPU_CANDIDATES)
+        rankings.append([(e["backbone"], e["cv_accuracy"], e["cv_log_loss"]) for e in ranking])
         chosen = json.loads((run / "manifest.json").read_text())["backbone_auto"]
-        slowest = max(entry["featurize_seconds"] / entry["images"] for entry in ranking) * 400
-        assert chosen["seconds"] < 2 * slowest, (chosen["seconds"], slowest)
-        assert "Backbone chosen (--backbone auto)" in (run / "report.html").read_text()
-    assert orders == ["efficientnet_lite0"] * 3
+        if attempt == 0:
+            # What choosing cost, against featurizing all 400 photos with the slowest candidate
+            # alone (the seconds per image it measured while ranking, times 400), in one process.
+            slowest = max(entry["featurize_seconds"] / entry["images"] for entry in ranking) * 400
+            assert chosen["seconds"] < 2 * slowest, (chosen["seconds"], slowest)
+            cold = chosen["seconds"]
+        else:
+            assert chosen["seconds"] < cold / 3, (chosen["seconds"], cold)
+    assert rankings[0] == rankings[1]

@@ -87,7 +87,8 @@ class TrainConfig:
     candidates: str | None = option(
         None,
         "--backbone auto: the backbones to rank, comma-separated, each NAME or NAME=WEIGHTS_FILE "
-        "(default: efficientnet_lite0,mobilenet_v2 on a CPU; also efficientnet_b0, resnet50_v2, inception_v3 on a GPU)",
+        "(default: efficientnet_lite0,efficientnet_lite1,efficientnet_lite2 on a CPU; also mobilenet_v2, "
+        "efficientnet_b0, resnet50_v2, inception_v3 on a GPU)",
     )
     weights: str = option("auto", "auto | imagenet | none | a weights file")
     image_size: int = option(224, "square input size in pixels", within(32, 1024))

