@@ -26,7 +26,10 @@ def test_every_command_has_help_text():
         (["train", "--epochs", "0"], "--epochs must be at least 1 (got 0)"),
         (["train", "--image-size", "7"], "--image-size must be in [32, 1024] (got 7)"),
         (["train", "--batch-size", "-4"], "--batch-size must be at least 1 (got -4)"),
-        (["train", "--backbone", "vgg99"], "--backbone must be one of efficientnet_lite0, resnet50_v2, resnet101_v2"),
+        (
+            ["train", "--backbone", "vgg99"],
+            "--backbone must be one of efficientnet_lite0, efficientnet_lite1, efficientnet_lite2, resnet50_v2",
+        ),
         (
             ["train", "--backbone", "inception_v3", "--image-size", "64"],
             "--image-size must be at least 75 for inception_v3",

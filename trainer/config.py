@@ -96,6 +96,12 @@ class TrainConfig:
         None, "pool features from this backbone layer, e.g. block4_pool (default: the last)"
     )
     dropout: float = option(0.2, "before the classification layer", within(0, 1, "[)"))
+    target_recall: str | None = option(
+        None,
+        "CLASS=R, e.g. CD=0.95: decide CLASS whenever its probability reaches the threshold at which its recall "
+        "is R on the head's out-of-fold probabilities over the training and validation images; stored with the "
+        "model, used by evaluate and predict (more than two classes: CLASS against the rest)",
+    )
     head_c: float = option(
         0.02,
         "inverse strength of the L2 penalty on a head trained on cached features, as scikit-learn's "
@@ -190,6 +196,15 @@ class TrainConfig:
             raise InputError(
                 "--fine-tune-layers needs pretrained weights; with --weights none the whole network trains anyway"
             )
+        if self.target_recall is not None:
+            from trainer.decision import parse_target
+
+            parse_target(self.target_recall)
+            if self.fine_tune_layers or self.weights == "none":
+                raise InputError(
+                    "--target-recall chooses its threshold on the head's out-of-fold probabilities, so it needs "
+                    "bottleneck mode: drop --fine-tune-layers and --weights none, or drop --target-recall"
+                )
         from trainer.layout import parse_merge
 
         parse_merge(self.merge_labels)

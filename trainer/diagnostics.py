@@ -91,7 +91,7 @@ def run(run_dir: Path, manifest: dict, steps: dict[str, Callable[[], dict | None
     return failed
 
 
-EXPORT_INPUTS = (runfolder.MODEL, runfolder.LABELS, runfolder.SPLIT)
+EXPORT_INPUTS = (runfolder.MODEL, runfolder.LABELS, runfolder.SPLIT, runfolder.DECISION)  # the last when there is one
 
 
 def exports_into(run_dir: Path, formats: tuple[str, ...]) -> None:
@@ -105,7 +105,8 @@ def exports_into(run_dir: Path, formats: tuple[str, ...]) -> None:
     staging.mkdir()
     try:
         for name in EXPORT_INPUTS:
-            link_or_copy(run_dir / name, staging / name)
+            if (run_dir / name).is_file() or name != runfolder.DECISION:
+                link_or_copy(run_dir / name, staging / name)
         error = None
         try:
             export_run(staging, formats)

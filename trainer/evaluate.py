@@ -50,17 +50,20 @@ def log_loss(y_true: np.ndarray, probabilities: np.ndarray) -> float:
     return float(sk_log_loss(y_true, normalized(probabilities), labels=classes))
 
 
-def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray, labels: list[str]) -> dict:
+def classification_metrics(
+    y_true: np.ndarray, probabilities: np.ndarray, labels: list[str], predicted: np.ndarray | None = None
+) -> dict:
     """accuracy, per-class precision / recall / f1 / support, macro and support-weighted
     averages, the confusion matrix (rows: true label, columns: predicted, both in `labels`
     order), log-loss, ROC AUC (two classes: of the second label's score; more: the mean of each
     class against the rest, over the classes present) and, with more than three classes, top-3
-    and top-5 accuracy. scikit-learn computes them; this decides their names and edge cases."""
+    and top-5 accuracy. `predicted`: each image's decided class (trainer.decision), when not the
+    most likely one. scikit-learn computes them; this decides their names and edge cases."""
     from sklearn import metrics as sk
 
     y_true = np.asarray(y_true, dtype=int)
     probabilities = np.asarray(probabilities, dtype=np.float64)
-    y_pred = probabilities.argmax(axis=1)
+    y_pred = probabilities.argmax(axis=1) if predicted is None else np.asarray(predicted, dtype=int)
     n = len(labels)
     classes = np.arange(n)
     confusion = sk.confusion_matrix(y_true, y_pred, labels=classes)
@@ -134,7 +137,7 @@ def evaluate_run(run_dir: str | Path, folder: str | None, file: str | None, stri
     index = {label: i for i, label in enumerate(run.labels)}
     probabilities = run.predict([str(row.path) for row in rows], batch_size)
     y_true = np.array([index[row.label] for row in rows])
-    return classification_metrics(y_true, probabilities, run.labels)
+    return classification_metrics(y_true, probabilities, run.labels, run.decision.predict(probabilities))
 
 
 def write_metrics(metrics: dict, path: Path) -> None:

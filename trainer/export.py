@@ -124,8 +124,27 @@ def write_tflite(saved_model: Path, destination: Path, quantize: bool) -> None:
     write_atomically(destination, flat)
 
 
-def write_onnx(model, destination: Path) -> None:
-    """Keras's own ONNX exporter; the output is then named "probabilities" like the others."""
+def model_metadata(run_dir: Path) -> dict[str, str]:
+    """What a file's own metadata should say of the run (ONNX metadata_props): the labels in
+    output order, the input's convention and, with --target-recall, the decision rule."""
+    import json
+
+    from trainer import decision
+
+    found = {
+        "labels": json.dumps(runfolder.read_labels([run_dir / runfolder.LABELS], run_dir)),
+        "input": "image: float32 [batch, size, size, 3], RGB 0-255; normalization is inside the model",
+    }
+    point = runfolder.read_json(run_dir / decision.DECISION)
+    if point:
+        keys = ("label", "index", "threshold", "target_recall", "rule")
+        found["decision"] = json.dumps({key: point[key] for key in keys})
+    return found
+
+
+def write_onnx(model, destination: Path, metadata: dict[str, str] | None = None) -> None:
+    """Keras's own ONNX exporter; the output is then named "probabilities" like the others, and
+    `metadata` goes into the model's metadata_props."""
     import onnx
 
     # Keras's exporter refuses a loaded model that has never been called ("It must be called at
@@ -139,6 +158,8 @@ def write_onnx(model, destination: Path) -> None:
         for node in graph.graph.node:
             node.output[:] = ["probabilities" if name == old else name for name in node.output]
         graph.graph.output[0].name = "probabilities"
+        if metadata:
+            onnx.helper.set_model_props(graph, metadata)
         onnx.checker.check_model(graph)
         onnx.save(graph, str(temporary))
 
@@ -211,7 +232,8 @@ RUNTIMES = (
     ),
     Runtime(
         "ONNX Runtime", "model.onnx", "onnx", FLOAT_TOLERANCE, True,
-        lambda model, path, source: write_onnx(model, path), lambda path, images: runtimes.onnx_forward(path)(images),
+        lambda model, path, source: write_onnx(model, path, model_metadata(path.parent)),
+        lambda path, images: runtimes.onnx_forward(path)(images),
     ),
 )  # fmt: skip
 
@@ -241,6 +263,13 @@ def export_run(run_dir: str | Path, formats: tuple[str, ...] = FORMATS, check: b
         },
         "checked": check,
     }
+    if run.decision.index is not None:
+        result["decision"] = {
+            "rule": run.decision.describe(),
+            "model.onnx": "metadata_props 'decision' (with 'labels')",
+            "saved_model, model.tflite": "decision.json beside them in the run folder (TFLite metadata has one global "
+            "score threshold, not one per class)",
+        }
     if check:
         result["images"] = check_images(run_dir)
         images = np.concatenate([batch.numpy() for batch in _pixels(result["images"], run.image_size)])

@@ -62,6 +62,36 @@ def learning_curves(history: list[dict], path: Path) -> Path:
     return _save(figure, path)
 
 
+def operating_point(point: dict, path: Path) -> Path:
+    """Precision against recall of the operating point's class, on the out-of-fold probabilities
+    the threshold was chosen on and on the test split, with the chosen threshold's point on each."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(6, 4.5), layout="constrained")
+    label = point["label"]
+    for key, where, style, offset in (
+        ("out_of_fold", "training and validation, out of fold", "-", -14),
+        ("test", "test split", "--", 8),
+    ):
+        curve = point.get(f"{key}_curve") or {}
+        if curve.get("recall"):
+            line = axis.plot(curve["recall"], curve["precision"], style, label=where)[0]
+            at = point.get(key) or {}
+            if at.get("recall") is not None and at.get("precision") is not None:
+                axis.plot([at["recall"]], [at["precision"]], "o", color=line.get_color(), markersize=8)
+                axis.annotate(f"recall {at['recall']:.3f}, precision {at['precision']:.3f}",
+                              (at["recall"], at["precision"]), textcoords="offset points", xytext=(-8, offset),
+                              ha="right", fontsize=8, color=line.get_color())  # fmt: skip
+    axis.axvline(point["target_recall"], color="grey", linewidth=0.8, linestyle=":")
+    axis.set_xlabel(f"recall of {label}")
+    axis.set_ylabel(f"precision of {label}")
+    axis.set_xlim(0, 1.02)
+    axis.set_ylim(0, 1.02)
+    axis.set_title(f"{label} when P({label}) >= {point['threshold']:.3f} (target recall {point['target_recall']:g})")
+    axis.grid(alpha=0.3)
+    axis.legend(loc="lower left")
+    return _save(figure, path)
+
+
 def confusion_matrix(matrix: list[list[int]], labels: list[str], path: Path, title: str = "test") -> Path:
     """Counts in each cell, coloured by the share of the true class (the row)."""
     plt = _pyplot()

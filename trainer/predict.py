@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer import data, runfolder, runtimes
+from trainer import data, decision, runfolder, runtimes
 from trainer.atomic import replacing
 from trainer.errors import InputError
 from trainer.images import is_image_file
@@ -28,6 +28,7 @@ class Run:
     labels: list[str]
     image_size: int
     model: object = None  # the Keras model, when loaded from a run folder or a .keras file
+    decision: object = decision.ARGMAX  # the rule from probabilities to a label (decision.json beside it)
 
     def predict(self, paths: list[str], batch_size: int = 32) -> np.ndarray:
         from trainer.pipeline import make_dataset
@@ -40,8 +41,16 @@ class Run:
 
 def load_run(location: str | Path) -> Run:
     """A run folder (model.keras + labels.txt), a .keras file, a SavedModel folder or a .tflite
-    file, with labels.txt beside the file, or in or beside the SavedModel folder."""
-    location = Path(location)
+    file, with labels.txt beside the file, or in or beside the SavedModel folder; with the
+    operating point of decision.json in the run folder, when the run chose one."""
+    run = _load(Path(location))
+    run.decision = decision.read(run.path, run.labels)
+    if run.decision is not decision.ARGMAX:
+        log.info("deciding %s (%s)", run.decision.describe(), run.path / decision.DECISION)
+    return run
+
+
+def _load(location: Path) -> Run:
     if location.is_dir() and (location / "saved_model.pb").is_file():
         return _load_saved_model(location)
     if location.suffix == ".tflite":
@@ -147,14 +156,15 @@ def _stream(run: Run, paths: list[Path], batch_size: int, handle) -> int:
         good = [index for index, problem in enumerate(problems) if not problem]
         probabilities = np.asarray(run.forward(images[good])) if good else np.zeros((0, len(run.labels)))
         scores = dict(zip(good, probabilities, strict=True))
+        decided = dict(zip(good, run.decision.predict(probabilities), strict=True))
         for index, problem in enumerate(problems):
             path = str(paths[start + index])
             if problem:
                 errors += 1
                 writer.writerow([path, "", "", problem])
             else:
-                p = scores[index]
-                writer.writerow([path, run.labels[int(p.argmax())], f"{float(p.max()):.6f}", ""])
+                label = int(decided[index])
+                writer.writerow([path, run.labels[label], f"{float(scores[index][label]):.6f}", ""])
         handle.flush()
         start += len(problems)
     return errors

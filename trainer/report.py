@@ -19,7 +19,7 @@ import json
 import time
 from pathlib import Path
 
-from trainer import pictures, runfolder
+from trainer import decision, pictures, runfolder
 from trainer.atomic import write_atomically
 from trainer.errors import InputError
 from trainer.runfolder import read_json
@@ -30,6 +30,7 @@ PICTURES = {
     "worst_test_images.png": "Worst-classified test images",
     "heatmaps.png": "Where the model looks: the evidence for the predicted class (class activation maps)",
 }
+OPERATING_POINT = "operating_point.png"
 
 
 def draw_pictures(run_dir: Path) -> list[Path]:
@@ -41,6 +42,9 @@ def draw_pictures(run_dir: Path) -> list[Path]:
         drawn.append(
             pictures.confusion_matrix(metrics["confusion_matrix"], metrics["labels"], run_dir / "confusion_matrix.png")
         )
+    point = read_json(run_dir / decision.DECISION)
+    if point:
+        drawn.append(pictures.operating_point(point, run_dir / OPERATING_POINT))
     drawn.append(
         pictures.worst_images(
             runfolder.read_predictions(run_dir / runfolder.PREDICTIONS), run_dir / "worst_test_images.png"
@@ -194,6 +198,31 @@ def _ranking_section(ranking: list[dict] | None) -> str:
     )
 
 
+def _operating_section(run_dir: Path) -> str:
+    """--target-recall: the rule, where it was chosen and what it gave on the test split."""
+    point = read_json(run_dir / decision.DECISION)
+    if not point:
+        return ""
+    rows = []
+    for key, where in (("out_of_fold", "training and validation images, out of fold (chosen here)"),
+                       ("test", "test split")):  # fmt: skip
+        at = point.get(key) or {}
+        rows.append([where, at.get("images", "-"), at.get("positives", "-"),
+                     "-" if at.get("recall") is None else f"{at['recall']:.3f}",
+                     "-" if at.get("precision") is None else f"{at['precision']:.3f}"])  # fmt: skip
+    note = f"<p>{html.escape(point['note'])}</p>" if point.get("note") else ""
+    return (
+        "<h2>Operating point (--target-recall)</h2>"
+        f"<p>The model decides <b>{html.escape(point['rule'])}</b>. The threshold is the largest at which "
+        f"{point['target_recall']:g} of the {html.escape(point['label'])} images score at least it, on "
+        f"probabilities each from a head that did not see the image ({point.get('folds', '?')} folds, "
+        f"{point.get('epochs', '?')} epochs, as the deployed head trained). evaluate and predict apply it "
+        f"(decision.json).</p>{note}"
+        + _table(rows, ["images", "count", f"{html.escape(point['label'])} images", "recall", "precision"])
+        + _picture(run_dir / OPERATING_POINT, f"Precision and recall of {point['label']}, and the chosen point")
+    )
+
+
 def _audit_section(path: Path, summary: dict | None, shown: int = 40) -> str:
     if not path.is_file():
         return "<p>No label audit in this run (--no-audit).</p>"
@@ -265,6 +294,7 @@ def render(run_dir: Path, name: str) -> str:
         f"<h1>{html.escape(title)}</h1><p>{headline}</p>",
         _diagnostics_note(manifest),
         _ranking_section(config.get("backbone_ranking")),
+        _operating_section(run_dir),
         "<h2>Metrics</h2>",
         _metrics_section("test", metrics),
         _metrics_section("validation", metrics.get("validation", {})),

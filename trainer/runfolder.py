@@ -10,6 +10,7 @@ steps can ask what a run holds without importing the trainer's stack.
     manifest.json        versions, hardware, policy, data fingerprint, what it was trained from
     metrics.json         test and validation metrics, and the data report
     predictions.csv      every test and validation image's prediction
+    decision.json        the operating point, with --target-recall (trainer/decision.py)
     exports.json         the exports' parity check
     heatmaps.png         where the model looks: class activation maps over test images
     audit.csv            labels to check: unlikely labels, near-duplicates, outliers (the first
@@ -35,6 +36,7 @@ MANIFEST = "manifest.json"
 METRICS = "metrics.json"
 PREDICTIONS = "predictions.csv"
 EXPORTS = "exports.json"
+DECISION = "decision.json"
 REPORT = "report.html"
 HEATMAPS = "heatmaps.png"
 AUDIT = "audit.csv"
@@ -134,14 +136,16 @@ def read_predictions(path: Path, split: str = "test") -> list[dict]:
     return out
 
 
-def write_predictions(path: Path, labels: list[str], parts: dict[str, tuple[list, list, object]]) -> None:
-    """parts: split name -> (image paths, true labels, probabilities [n, classes])."""
+def write_predictions(path: Path, labels: list[str], parts: dict[str, tuple[list, list, object]], decide=None) -> None:
+    """parts: split name -> (image paths, true labels, probabilities [n, classes]); decide:
+    probabilities -> each row's class index (the stored decision rule), argmax by default."""
     with replacing(path) as temporary, temporary.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(
             ["ImagePath", "Label", "Split", "PredictedLabel", "Score", *(f"P({label})" for label in labels)]
         )
         for split, (paths, true_labels, probabilities) in parts.items():
-            for image, label, p in zip(paths, true_labels, probabilities, strict=True):
-                best = int(p.argmax())
+            decided = decide(probabilities) if decide is not None and len(probabilities) else None
+            for number, (image, label, p) in enumerate(zip(paths, true_labels, probabilities, strict=True)):
+                best = int(p.argmax()) if decided is None else int(decided[number])
                 writer.writerow([image, label, split, labels[best], f"{p[best]:.6f}", *(f"{v:.6f}" for v in p)])

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer import data, diagnostics, multiworker, pipeline, runfolder
+from trainer import data, decision, diagnostics, multiworker, pipeline, runfolder
 from trainer.atomic import link_or_copy, partial_folder
 from trainer.config import TrainConfig, save_config
 from trainer.errors import CheckFailed, InputError
@@ -492,6 +492,83 @@ def train_head(session: Session, loaded: Data, features: Features):
     return head, datasets, phase
 
 
+def _figure(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _best_epochs(config: TrainConfig, phase: Phase) -> int:
+    """The epochs the deployed head kept: early stopping restores the best epoch's weights."""
+    values = phase.history.get("val_" + config.early_stopping_metric) or []
+    if not values:
+        return config.epochs
+    best = int(np.argmin(values) if config.early_stopping_metric == "loss" else np.argmax(values))
+    return phase.resumed_from + best + 1
+
+
+def out_of_fold_head(session: Session, features: Features, y: dict[str, np.ndarray], classes: int, epochs: int,
+                     limit: int = decision.OUT_OF_FOLD_IMAGES) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Probabilities [n, classes] of the training and validation images (at most `limit`, the same
+    share of each class), each from a head trained the deployed head's way (make_head: its L2,
+    dropout and standardization; every view of each training image; the class weights, batch
+    size, optimizer and `epochs`) on the other folds; and the images' labels."""
+    import keras
+    from sklearn.model_selection import StratifiedKFold
+
+    from trainer.model import make_head
+
+    config, sizes = session.config, features.sizes
+    images = sum(sizes.values())
+    # Each candidate image's rows in the store: its own, then (training images) its other views.
+    own = np.concatenate([features.start("train") + np.arange(sizes["train"]),
+                          features.start("validation") + np.arange(sizes["validation"])])  # fmt: skip
+    labels = np.concatenate([y["train"], y["validation"]])
+    views = [[images + view * sizes["train"] + i for view in range(features.views - 1)] if i < sizes["train"] else []
+             for i in range(len(own))]  # fmt: skip
+    chosen = np.arange(len(own))
+    if len(own) > limit:
+        rng = np.random.default_rng(config.seed)
+        chosen = np.sort(np.concatenate([
+            rng.choice(members, max(1, round(limit * len(members) / len(own))), replace=False)
+            for members in (np.flatnonzero(labels == c) for c in range(classes)) if len(members)
+        ]))  # fmt: skip
+    smallest = int(
+        np.bincount(labels[chosen], minlength=classes)[np.bincount(labels[chosen], minlength=classes) > 0].min()
+    )
+    splitter = StratifiedKFold(n_splits=max(2, min(decision.FOLDS, smallest)), shuffle=True, random_state=config.seed)
+    probabilities = np.zeros((len(chosen), classes))
+    for fold, (fit_at, held_at) in enumerate(splitter.split(np.zeros(len(chosen)), labels[chosen])):
+        fit = chosen[fit_at]
+        rows = np.concatenate([own[fit], np.array([row for i in fit for row in views[i]], dtype=np.int64)])
+        x = np.asarray(features.store[rows], dtype=np.float32)
+        targets = np.concatenate([labels[fit], np.array([labels[i] for i in fit for _ in views[i]], dtype=np.int64)])
+        keras.utils.set_random_seed(config.seed + fold)
+        steps = math.ceil(len(x) / session.batch_size)
+        with session.strategy.scope():
+            head = make_head([x], classes, config.dropout, config.head_c, len(fit))
+            head.compile(
+                make_optimizer(config, steps, epochs), "sparse_categorical_crossentropy", steps_per_execution=steps
+            )
+        head.fit(x, targets, batch_size=session.batch_size, epochs=epochs, class_weight=session.class_weights,
+                 shuffle=True, verbose=0)  # fmt: skip
+        held = chosen[held_at]
+        probabilities[held_at] = head.predict(np.asarray(features.store[own[held]]), batch_size=1024, verbose=0)
+    return probabilities, labels[chosen]
+
+
+def operating_point(session: Session, loaded: Data, trained: Trained):
+    """--target-recall: the threshold chosen on the deployed head's out-of-fold probabilities."""
+    config = session.config
+    if trained.features is None or "head" not in trained.phases or config.fine_tune_layers:
+        raise InputError("--target-recall needs bottleneck mode without --fine-tune-layers")
+    epochs = _best_epochs(config, trained.phases["head"])
+    started = time.perf_counter()
+    y = {name: loaded.y(name) for name in ("train", "validation")}
+    probabilities, labels = out_of_fold_head(session, trained.features, y, len(loaded.labels), epochs)
+    rule, record = decision.choose(config.target_recall, loaded.labels, probabilities, labels)
+    record.update(epochs=epochs, folds=decision.FOLDS, seconds=round(time.perf_counter() - started, 2))
+    return rule, record
+
+
 def fine_tune(session: Session, model, backbone, loaded: Data):
     """The top of the backbone trained on images at a low rate, kept only if it lowered the
     validation loss: (the image datasets, the phase, before/after/kept for the manifest)."""
@@ -538,12 +615,14 @@ def train_images(session: Session, backbone, loaded: Data):
     return model, images, phase
 
 
-def evaluate_splits(config: TrainConfig, loaded: Data, predictor, datasets: dict):
-    """Metrics and probabilities on test and validation (and train, --metrics-on-train)."""
+def evaluate_splits(config: TrainConfig, loaded: Data, predictor, datasets: dict, decision=None):
+    """Metrics and probabilities on test and validation (and train, --metrics-on-train), each
+    image's label decided by `decision` (trainer.decision; the most likely class by default)."""
     metrics, probabilities = {}, {}
     for name in ("test", "validation", "train") if config.metrics_on_train else ("test", "validation"):
         probabilities[name] = _predict(predictor, datasets["train_eval" if name == "train" else name])
-        metrics[name] = classification_metrics(loaded.y(name), probabilities[name], loaded.labels)
+        predicted = None if decision is None else decision.predict(probabilities[name])
+        metrics[name] = classification_metrics(loaded.y(name), probabilities[name], loaded.labels, predicted)
     log.info("test: %s", summary_line(metrics["test"]))
     if config.metrics_on_train:
         log.info("train: %s", summary_line(metrics["train"]))
@@ -581,6 +660,11 @@ def train_model(session: Session, loaded: Data, stage: Stages) -> Trained:
     with session.strategy.scope():
         backbone, weights_used = load_backbone(config.backbone, config.image_size, config.weights)
         backbone = cut_backbone(backbone, config.feature_layer) if config.feature_layer else backbone
+    if weights_used == "none" and config.target_recall:
+        raise InputError(
+            f"--target-recall: {config.backbone} has no pretrained weights here, so the whole network would train; "
+            "the threshold is chosen on the head's out-of-fold probabilities, so name a backbone with weights"
+        )
     if weights_used != "none":
         with stage("featurize"):
             features, cache = featurize(session, backbone, weights_used, loaded)
@@ -624,10 +708,23 @@ def main(config: TrainConfig) -> Path:
 
     from trainer import device
 
+    if config.target_recall:
+        decision.check_label(config.target_recall, loaded.labels)
     session = start_session(config, loaded, workspace, request["options"])
     trained = train_model(session, loaded, stage)
+    rule, point = decision.ARGMAX, None
+    if config.target_recall:
+        with stage("operating_point"):
+            rule, point = operating_point(session, loaded, trained)
     with stage("evaluate"):
-        metrics, probabilities = evaluate_splits(config, loaded, trained.predictor, trained.datasets)
+        metrics, probabilities = evaluate_splits(config, loaded, trained.predictor, trained.datasets, rule)
+    if point is not None:
+        test_scores = probabilities["test"][:, rule.index]
+        point["test"] = decision.at_threshold(test_scores, loaded.y("test") == rule.index, rule.threshold)
+        point["test_curve"] = decision.curve(test_scores, loaded.y("test") == rule.index)
+        log.info("operating point: %s; out of fold recall %.3f, precision %.3f; test recall %s, precision %s",
+                 rule.describe(), point["out_of_fold"]["recall"], point["out_of_fold"]["precision"] or 0.0,
+                 _figure(point["test"]["recall"]), _figure(point["test"]["precision"]))  # fmt: skip
     if not device.is_chief():
         shutil.rmtree(session.checkpoint_root, ignore_errors=True)
         log.info("worker done; the chief writes the run folder")
@@ -647,7 +744,8 @@ def main(config: TrainConfig) -> Path:
     features = trained.features = trained.datasets = None
     history = _join_history(trained.phases)
     with stage("write"):
-        _write_run(run_dir, config, model, loaded, (metrics, probabilities), history, manifest, trained.weights_used)
+        _write_run(run_dir, config, model, loaded, (metrics, probabilities), history, manifest, trained.weights_used,
+                   (rule, point))  # fmt: skip
     print(run_dir, flush=True)  # the model is complete: `invoke train` publishes it whatever follows
     log.info("run folder: %s", run_dir)
     steps = _diagnostic_steps(run_dir, config, model, loaded, audit_features, workspace, formats)
@@ -785,11 +883,16 @@ def _write_run(
     history: list[dict],
     manifest: dict,
     weights_used: str,
+    operating: tuple = (None, None),
 ) -> None:
     """The run folder's core, written whole or not at all: the model and everything that says
-    what it is and how it scored. results: the metrics and probabilities by split."""
+    what it is and how it scored. results: the metrics and probabilities by split; operating:
+    the decision rule and its record (decision.json), with --target-recall."""
     metrics, probabilities = results
+    rule, point = operating
     with partial_folder(run_dir) as partial:
+        if point is not None:
+            decision.write(partial, point)
         model.save(partial / runfolder.MODEL)
         link_or_copy(partial / runfolder.MODEL, partial / f"{config.model_name}.keras")
         runfolder.write_labels(partial / runfolder.LABELS, loaded.labels)
@@ -821,5 +924,6 @@ def _write_run(
                 name: (loaded.paths(name), [row.label for row in loaded.parts[name]], p)
                 for name, p in probabilities.items()
             },
+            None if rule is None else rule.predict,
         )
         _write_tensorboard(history, partial / "logs")
