@@ -44,6 +44,26 @@ def test_every_export_agrees_with_keras_through_five_runtimes(run_dir):
     assert (run_dir / "model_int8.tflite").stat().st_size < (run_dir / "model.tflite").stat().st_size
 
 
+def test_every_format_is_benchmarked_for_accuracy_and_latency(run_dir):
+    """As yolo benchmark does: each format's test accuracy and ms per image at batch 1 and 32."""
+    import csv
+
+    benchmark = json.loads((run_dir / "exports.json").read_text())["benchmark"]
+    entries = {entry["format"]: entry for entry in benchmark["formats"]}
+    assert set(entries) == {"Keras"} | LEGS, entries
+    test = [row for row in csv.DictReader((run_dir / "predictions.csv").open()) if row["Split"] == "test"]
+    assert benchmark["images"] == len(test) and benchmark["batches"] == [1, 32]
+    keras = sum(row["PredictedLabel"] == row["Label"] for row in test) / len(test)
+    assert entries["Keras"]["accuracy"] == pytest.approx(keras, abs=1e-4)  # the same images, the same rule
+    for name, entry in entries.items():
+        assert "error" not in entry, entry
+        assert set(entry["ms_per_image"]) == {"1", "32"} and all(v > 0 for v in entry["ms_per_image"].values()), name
+        if name != "TFLite int8":  # float32 runtimes within 1e-4 of Keras: at most a borderline image apart
+            assert abs(entry["accuracy"] - keras) <= 1 / len(test) + 1e-9, name
+    report = (run_dir / "report.html").read_text()
+    assert "Each format on this machine" in report and "ms/image, batch 32" in report
+
+
 def test_export_rewrites_and_checks_every_export(run_dir, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)

@@ -1,6 +1,6 @@
 """Run a SavedModel through the TensorFlow C library, as ML.NET and TensorFlow.NET do.
 
-    python -m trainer.capi SAVED_MODEL INPUT.npy OUTPUT.npy --input-op OP --output-op OP
+    python -m trainer.capi SAVED_MODEL INPUT.npy OUTPUT.npy --input-op OP --output-op OP [--time 1,32]
 
 This process never imports TensorFlow's Python package: it loads libtensorflow.so.2 (the one
 `invoke libtensorflow` installs) through ctypes, calls TF_LoadSessionFromSavedModel with the
@@ -87,8 +87,11 @@ class CApiError(RuntimeError):
     pass
 
 
-def run_saved_model(library: Path, saved_model: Path, images: np.ndarray, input_op: str, output_op: str) -> np.ndarray:
-    """images: float32 [n, height, width, 3]; returns the output tensor as float32."""
+def run_saved_model(library: Path, saved_model: Path, images: np.ndarray, input_op: str, output_op: str,
+                    timed: tuple[int, ...] = ()) -> tuple[np.ndarray, dict[int, float]]:  # fmt: skip
+    """images: float32 [n, height, width, 3]; returns the output tensor as float32, and for each
+    batch size in `timed` the median seconds per image of TF_SessionRun on a batch of that size
+    (the first images, repeated when there are fewer), on the session already loaded."""
     lib = ctypes.CDLL(str(library))
     _bind(lib)
     status = lib.TF_NewStatus()
@@ -108,30 +111,52 @@ def run_saved_model(library: Path, saved_model: Path, images: np.ndarray, input_
         if not operation:
             raise CApiError(f"{saved_model}: the graph has no operation {name!r}")
         operations.append(operation)
-    images = np.ascontiguousarray(images, dtype=np.float32)
-    dims = (ctypes.c_int64 * images.ndim)(*images.shape)
-    tensor = lib.TF_AllocateTensor(TF_FLOAT, dims, images.ndim, images.nbytes)
-    ctypes.memmove(lib.TF_TensorData(tensor), images.ctypes.data, images.nbytes)
-    inputs = (_Output * 1)(_Output(operations[0], 0))
-    outputs = (_Output * 1)(_Output(operations[1], 0))
-    input_values = (ctypes.c_void_p * 1)(tensor)
-    output_values = (ctypes.c_void_p * 1)()
-    lib.TF_SessionRun(session, None, inputs, input_values, 1, outputs, output_values, 1, None, 0, None, status)
-    lib.TF_DeleteTensor(tensor)
-    check("TF_SessionRun")
-    result = output_values[0]
-    if lib.TF_TensorType(result) != TF_FLOAT:
-        raise CApiError(f"{output_op}: output is not float32")
-    shape = [lib.TF_Dim(result, i) for i in range(lib.TF_NumDims(result))]
-    values = np.frombuffer(ctypes.string_at(lib.TF_TensorData(result), lib.TF_TensorByteSize(result)), np.float32)
-    values = values.reshape(shape).copy()
-    lib.TF_DeleteTensor(result)
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        dims = (ctypes.c_int64 * batch.ndim)(*batch.shape)
+        tensor = lib.TF_AllocateTensor(TF_FLOAT, dims, batch.ndim, batch.nbytes)
+        ctypes.memmove(lib.TF_TensorData(tensor), batch.ctypes.data, batch.nbytes)
+        inputs = (_Output * 1)(_Output(operations[0], 0))
+        outputs = (_Output * 1)(_Output(operations[1], 0))
+        input_values = (ctypes.c_void_p * 1)(tensor)
+        output_values = (ctypes.c_void_p * 1)()
+        lib.TF_SessionRun(session, None, inputs, input_values, 1, outputs, output_values, 1, None, 0, None, status)
+        lib.TF_DeleteTensor(tensor)
+        check("TF_SessionRun")
+        result = output_values[0]
+        if lib.TF_TensorType(result) != TF_FLOAT:
+            raise CApiError(f"{output_op}: output is not float32")
+        shape = [lib.TF_Dim(result, i) for i in range(lib.TF_NumDims(result))]
+        values = np.frombuffer(ctypes.string_at(lib.TF_TensorData(result), lib.TF_TensorByteSize(result)), np.float32)
+        values = values.reshape(shape).copy()
+        lib.TF_DeleteTensor(result)
+        return values
+
+    values = run(images)
+    timings = {size: seconds_per_image(run, images, size) for size in timed}
     lib.TF_CloseSession(session, status)
     lib.TF_DeleteSession(session, status)
     lib.TF_DeleteSessionOptions(options)
     lib.TF_DeleteGraph(graph)
     lib.TF_DeleteStatus(status)
-    return values
+    return values, timings
+
+
+def seconds_per_image(forward, images: np.ndarray, size: int, budget: float = 1.0, most: int = 20) -> float:
+    """The median seconds per image of forward() on a batch of `size` images (the first ones,
+    repeated when there are fewer), after one untimed call: up to `most` calls or `budget` s."""
+    import time
+
+    batch = np.resize(images, (size, *images.shape[1:])).astype(np.float32)
+    forward(batch)
+    times: list[float] = []
+    started = time.perf_counter()
+    while len(times) < most and (len(times) < 3 or time.perf_counter() - started < budget):
+        before = time.perf_counter()
+        forward(batch)
+        times.append(time.perf_counter() - before)
+    return float(np.median(times)) / size
 
 
 def library_version(library: Path) -> str:
@@ -147,18 +172,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("output", help=".npy to write the output tensor to")
     parser.add_argument("--input-op", default="serving_default_image")
     parser.add_argument("--output-op", required=True)
+    parser.add_argument("--time", default="", help="batch sizes to time, comma-separated (e.g. 1,32)")
     args = parser.parse_args(argv)
     library = find_library()
     if library is None:
         print("trainer.capi: error: no libtensorflow.so.2 found; run 'invoke libtensorflow'", file=sys.stderr)
         return 2
     try:
-        values = run_saved_model(library, Path(args.saved_model), np.load(args.input), args.input_op, args.output_op)
+        timed = tuple(int(size) for size in args.time.split(",") if size.strip())
+        values, timings = run_saved_model(
+            library, Path(args.saved_model), np.load(args.input), args.input_op, args.output_op, timed
+        )
     except (CApiError, OSError) as error:
         print(f"trainer.capi: error: {error}", file=sys.stderr)
         return 1
     np.save(args.output, values)
     print(f"{library} {library_version(library)}")
+    if timed:
+        print("seconds per image " + " ".join(f"{size}={seconds:.6g}" for size, seconds in timings.items()))
     return 0
 
 

@@ -95,6 +95,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--check-only", action="store_true", help="check the exports already in RUN_DIR without rewriting them"
     )
+    export.add_argument(
+        "--benchmark", action="store_true", help="also each format's test accuracy and latency at batch 1 and 32"
+    )
 
     report = commands.add_parser("report", help="redraw a run's pictures and rewrite its report.html")
     report.add_argument("run_dir", metavar="RUN_DIR")
@@ -167,7 +170,7 @@ def run(argv: list[str]) -> int:
             raise InputError("--formats none: nothing to export")
         if args.check_only and not args.check:
             raise InputError("--check-only and --no-check together do nothing")
-        export_run(args.run_dir, formats, args.check, write=not args.check_only)
+        export_run(args.run_dir, formats, args.check, write=not args.check_only, benchmark=args.benchmark)
         if (Path(args.run_dir) / runfolder.REPORT).is_file():
             from trainer.report import build
 

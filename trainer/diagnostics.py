@@ -94,7 +94,7 @@ def run(run_dir: Path, manifest: dict, steps: dict[str, Callable[[], dict | None
 EXPORT_INPUTS = (runfolder.MODEL, runfolder.LABELS, runfolder.SPLIT, runfolder.DECISION)  # the last when there is one
 
 
-def exports_into(run_dir: Path, formats: tuple[str, ...]) -> None:
+def exports_into(run_dir: Path, formats: tuple[str, ...], benchmark: bool = False) -> None:
     """export_run in a hidden folder beside the run's files, the results moved in when it is
     done: an export killed halfway leaves nothing under a real name."""
     from trainer.errors import CheckFailed
@@ -109,7 +109,7 @@ def exports_into(run_dir: Path, formats: tuple[str, ...]) -> None:
                 link_or_copy(run_dir / name, staging / name)
         error = None
         try:
-            export_run(staging, formats)
+            export_run(staging, formats, benchmark=benchmark)
         except CheckFailed as failure:  # exports.json is written; the files are moved in all the same
             error = str(failure).replace(str(staging), str(run_dir))
         for made in sorted(staging.iterdir()):

@@ -213,34 +213,39 @@ class Runtime:
     tolerance: float
     enforced: bool  # False: a disagreement is a warning (quantization is lossy by design)
     write: Callable  # (model, destination, saved_model_source) -> None
-    run: Callable  # (path, images) -> probabilities
+    load: Callable  # path -> forward (images -> probabilities)
+
+    def run(self, path: Path, images: np.ndarray) -> np.ndarray:
+        return self.load(path)(images)
 
 
 # The functions are called through lambdas so that they are looked up when a leg runs.
 RUNTIMES = (
     Runtime(
         "SavedModel", "saved_model", "saved_model", FLOAT_TOLERANCE, True,
-        lambda model, path, source: write_saved_model(model, path), lambda path, images: runtimes.saved_model_forward(path)[0](images),
+        lambda model, path, source: write_saved_model(model, path), lambda path: runtimes.saved_model_forward(path)[0],
     ),
     Runtime(
         "TFLite", "model.tflite", "tflite", FLOAT_TOLERANCE, True,
-        lambda model, path, source: write_tflite(source, path, False), lambda path, images: runtimes.tflite_forward(path)(images),
+        lambda model, path, source: write_tflite(source, path, False), runtimes.tflite_forward,
     ),
     Runtime(
         "TFLite int8", "model_int8.tflite", "tflite", QUANTIZED_TOLERANCE, False,
-        lambda model, path, source: write_tflite(source, path, True), lambda path, images: runtimes.tflite_forward(path)(images),
+        lambda model, path, source: write_tflite(source, path, True), runtimes.tflite_forward,
     ),
     Runtime(
         "ONNX Runtime", "model.onnx", "onnx", FLOAT_TOLERANCE, True,
         lambda model, path, source: write_onnx(model, path, model_metadata(path.parent)),
-        lambda path, images: runtimes.onnx_forward(path)(images),
+        runtimes.onnx_forward,
     ),
 )  # fmt: skip
 
 
-def export_run(run_dir: str | Path, formats: tuple[str, ...] = FORMATS, check: bool = True, write: bool = True) -> dict:
+def export_run(run_dir: str | Path, formats: tuple[str, ...] = FORMATS, check: bool = True, write: bool = True,
+               benchmark: bool = False) -> dict:  # fmt: skip
     """(Re)write the run's exports and check them; writes and returns exports.json's content.
-    write=False checks the exports already in the folder (after copying them, say).
+    write=False checks the exports already in the folder (after copying them, say); benchmark:
+    each format's test accuracy and latency too (benchmark_exports).
     Raises CheckFailed when any leg disagrees or fails, after writing exports.json."""
     run_dir = Path(run_dir)
     run = load_run(run_dir)
@@ -277,6 +282,8 @@ def export_run(run_dir: str | Path, formats: tuple[str, ...] = FORMATS, check: b
         legs += check_exports(run_dir, written, images, reference)
         result["keras"] = reference.round(6).tolist()
     result["legs"] = [asdict(leg) for leg in legs]
+    if benchmark:
+        result["benchmark"] = benchmark_exports(run_dir, run, written)
     failed = [leg for leg in legs if leg.detail.startswith("export") or (check and leg.enforced and not leg.ok)]
     result["ok"] = not failed
     runfolder.write_json(run_dir / runfolder.EXPORTS, result)
@@ -350,6 +357,77 @@ def check_exports(run_dir: Path, written: list[Runtime], images: np.ndarray, ref
             leg = Leg("TensorFlow C library", "saved_model", FLOAT_TOLERANCE, detail=f"could not run: {error}")
         legs.append(leg)
     return legs
+
+
+BENCHMARK_IMAGES = 200  # test images at most: an accuracy to about +-0.03, and cheap at 56,000 images
+LATENCY_BATCHES = (1, 32)
+
+
+def benchmark_images(run_dir: Path, count: int = BENCHMARK_IMAGES) -> tuple[list[str], list[str]]:
+    """Up to `count` test images of the run's split.csv, round-robin over the labels (so each
+    class is in), in a fixed order: (paths, labels)."""
+    from trainer import data
+
+    by_label: dict[str, list] = {}
+    for row in data.read_split(run_dir / runfolder.SPLIT)["test"]:
+        by_label.setdefault(row.label, []).append(row)
+    rows = []
+    while len(rows) < count and any(by_label.values()):
+        for label in sorted(by_label):
+            if by_label[label] and len(rows) < count:
+                rows.append(by_label[label].pop(0))
+    return [str(row.path) for row in rows], [row.label for row in rows]
+
+
+def benchmark_exports(run_dir: Path, run, written: list[Runtime]) -> dict:
+    """As `yolo benchmark` does for its formats: each format's test accuracy (the run's decision
+    rule applied, on at most BENCHMARK_IMAGES test images) and median seconds per image at
+    batch 1 and 32 on this machine, after one untimed call. Keras runs predict_on_batch; the C
+    library runs in its child process, its session loaded once."""
+    from trainer.capi import seconds_per_image
+
+    paths, labels = benchmark_images(run_dir)
+    index = {label: i for i, label in enumerate(run.labels)}
+    y = np.array([index[label] for label in labels if label in index])
+    if not len(paths) or len(y) != len(paths):
+        return {"images": 0, "formats": [], "note": "no test images with the model's labels"}
+    images = np.concatenate([batch.numpy() for batch in _pixels(paths, run.image_size)])
+    loaders = [("Keras", runfolder.MODEL, lambda: run.model.predict_on_batch)]
+    loaders += [(runtime.name, runtime.file, lambda runtime=runtime: runtime.load(run_dir / runtime.file))
+                for runtime in written]  # fmt: skip
+    entries = []
+    for name, file, load in loaders:
+        try:
+            with _quiet():
+                forward = load()
+                probabilities = np.concatenate([np.asarray(forward(images[i : i + 32])) for i in range(0, len(y), 32)])
+                latency = {size: seconds_per_image(forward, images, size) for size in LATENCY_BATCHES}
+        except Exception as error:  # noqa: BLE001 - one format's failure is its row, not the run's
+            entries.append({"format": name, "file": file, "error": f"{type(error).__name__}: {str(error)[:200]}"})
+            continue
+        entries.append(_benchmark_entry(name, file, run, probabilities, y, latency))
+    if any(runtime.format == "saved_model" for runtime in written):
+        try:
+            values, report = runtimes.run_c_api(run_dir / "saved_model", images, LATENCY_BATCHES)
+            entries.append(_benchmark_entry("TensorFlow C library", "saved_model", run, values, y,
+                                            runtimes.read_timings(report)))  # fmt: skip
+        except Exception as error:  # noqa: BLE001
+            entries.append({"format": "TensorFlow C library", "file": "saved_model", "error": str(error)[:200]})
+    for entry in entries:
+        if "error" not in entry:
+            log.info("export benchmark %-21s accuracy %.3f on %d test images, %.1f ms/image at batch 1, %.1f at 32",
+                     entry["format"], entry["accuracy"], len(y), entry["ms_per_image"]["1"],
+                     entry["ms_per_image"]["32"])  # fmt: skip
+    return {"images": int(len(y)), "batches": list(LATENCY_BATCHES), "formats": entries}
+
+
+def _benchmark_entry(name: str, file: str, run, probabilities: np.ndarray, y: np.ndarray, latency: dict) -> dict:
+    return {
+        "format": name,
+        "file": file,
+        "accuracy": round(float((run.decision.predict(probabilities) == y).mean()), 4),
+        "ms_per_image": {str(size): round(seconds * 1000, 3) for size, seconds in latency.items()},
+    }
 
 
 def _difference(leg: Leg) -> str:

@@ -160,8 +160,30 @@ def _exports_section(exports: dict) -> str:
         for leg in exports.get("legs", [])
     ]
     verdict = "every leg agrees" if exports.get("ok") else "SOME LEGS DISAGREE"
-    return f"<p>{len(exports.get('images', []))} test images through each runtime: {verdict}.</p>" + _table(
-        rows, ["runtime", "file", "max |p - p_keras|", "tolerance", "same top class", "ok"]
+    return (
+        f"<p>{len(exports.get('images', []))} test images through each runtime: {verdict}.</p>"
+        + _table(rows, ["runtime", "file", "max |p - p_keras|", "tolerance", "same top class", "ok"])
+        + _export_benchmark(exports.get("benchmark"))
+    )
+
+
+def _export_benchmark(benchmark: dict | None) -> str:
+    """Each format's test accuracy and latency (export.benchmark_exports), when measured."""
+    if not benchmark or not benchmark.get("formats"):
+        return ""
+    rows = []
+    for entry in benchmark["formats"]:
+        if "error" in entry:
+            rows.append([entry["format"], entry["file"], "-", "-", "-", entry["error"]])
+            continue
+        latency = entry["ms_per_image"]
+        rows.append([entry["format"], entry["file"], f"{entry['accuracy']:.3f}", f"{latency['1']:.2f}",
+                     f"{latency['32']:.2f}", ""])  # fmt: skip
+    return (
+        f"<h3>Each format on this machine</h3><p>Test accuracy on {benchmark['images']} test images (the run's "
+        "decision rule applied) and the median milliseconds per image at batch 1 and batch 32, after one untimed "
+        "call (Keras: predict_on_batch; the C library: TF_SessionRun in its own process).</p>"
+        + _table(rows, ["format", "file", "test accuracy", "ms/image, batch 1", "ms/image, batch 32", "error"])
     )
 
 

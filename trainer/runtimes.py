@@ -78,8 +78,10 @@ def onnx_forward(path: Path):
     return forward
 
 
-def run_c_api(saved_model: Path, images: np.ndarray) -> tuple[np.ndarray, str]:
-    """In a child process that loads libtensorflow.so.2 and never imports TensorFlow's Python."""
+def run_c_api(saved_model: Path, images: np.ndarray, timed: tuple[int, ...] = ()) -> tuple[np.ndarray, str]:
+    """In a child process that loads libtensorflow.so.2 and never imports TensorFlow's Python.
+    Returns the probabilities and the child's report: the library and its version, then, with
+    `timed` batch sizes, a line "seconds per image 1=... 32=..." (read_timings)."""
     input_name, output_name = serving_tensors(saved_model)
     with tempfile.TemporaryDirectory(prefix="capi-") as folder:
         source, result = Path(folder) / "images.npy", Path(folder) / "probabilities.npy"
@@ -87,7 +89,8 @@ def run_c_api(saved_model: Path, images: np.ndarray) -> tuple[np.ndarray, str]:
         environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
         completed = subprocess.run(
             [sys.executable, "-m", "trainer.capi", str(saved_model.resolve()), str(source), str(result)]
-            + ["--input-op", input_name.split(":")[0], "--output-op", output_name.split(":")[0]],
+            + ["--input-op", input_name.split(":")[0], "--output-op", output_name.split(":")[0]]
+            + (["--time", ",".join(map(str, timed))] if timed else []),
             capture_output=True,
             text=True,
             env=environment,
@@ -98,6 +101,14 @@ def run_c_api(saved_model: Path, images: np.ndarray) -> tuple[np.ndarray, str]:
             lines = [line for line in completed.stderr.splitlines() if "error" in line.lower()] or ["no output"]
             raise RuntimeError(lines[-1])
         return np.load(result), completed.stdout.strip()
+
+
+def read_timings(report: str) -> dict[int, float]:
+    """{batch size: seconds per image} from run_c_api's report."""
+    for line in report.splitlines():
+        if line.startswith("seconds per image "):
+            return {int(k): float(v) for k, v in (item.split("=") for item in line.split()[3:])}
+    return {}
 
 
 def serving_tensors(saved_model: Path) -> tuple[str, str]:

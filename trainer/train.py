@@ -790,7 +790,7 @@ def _diagnostic_steps(run_dir: Path, config: TrainConfig, model, loaded: Data, a
     return {
         "audit": audit,
         "heatmaps": heatmaps,
-        "exports": lambda: diagnostics.exports_into(run_dir, formats),
+        "exports": lambda: diagnostics.exports_into(run_dir, formats, config.export_benchmark),
         "report": lambda: report.build(run_dir) and None,
     }
 
