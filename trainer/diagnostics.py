@@ -91,7 +91,13 @@ def run(run_dir: Path, manifest: dict, steps: dict[str, Callable[[], dict | None
     return failed
 
 
-EXPORT_INPUTS = (runfolder.MODEL, runfolder.LABELS, runfolder.SPLIT, runfolder.DECISION)  # the last when there is one
+EXPORT_INPUTS = (
+    runfolder.MODEL,
+    runfolder.LABELS,
+    runfolder.SPLIT,
+    runfolder.CONFIG,
+    runfolder.DECISION,
+)  # the last two when there
 
 
 def exports_into(run_dir: Path, formats: tuple[str, ...], benchmark: bool = False) -> None:
@@ -105,7 +111,7 @@ def exports_into(run_dir: Path, formats: tuple[str, ...], benchmark: bool = Fals
     staging.mkdir()
     try:
         for name in EXPORT_INPUTS:
-            if (run_dir / name).is_file() or name != runfolder.DECISION:
+            if (run_dir / name).is_file() or name not in (runfolder.CONFIG, runfolder.DECISION):
                 link_or_copy(run_dir / name, staging / name)
         error = None
         try:

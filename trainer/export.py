@@ -1,7 +1,8 @@
 """Exports other runtimes load, each checked against Keras on the same test images.
 
     saved_model/        TF Serving, TensorFlow.NET, ML.NET (through the C library)
-    model.tflite        TensorFlow Lite, float32
+    model.tflite        TensorFlow Lite, float32, with TFLite metadata (labels, normalization) that
+                        MediaPipe Tasks and ML Kit read (trainer/tflite_metadata.py)
     model_int8.tflite   TensorFlow Lite, dynamic-range quantized (int8 weights, float input/output)
     model.onnx          ONNX Runtime, ML.NET's ApplyOnnxModel (converted by Keras's exporter,
                         which drives tf2onnx)
@@ -114,13 +115,27 @@ def write_saved_model(model, destination: Path) -> None:
 
 
 def write_tflite(saved_model: Path, destination: Path, quantize: bool) -> None:
+    """Convert, then add TFLite metadata (trainer.tflite_metadata) from the run folder the file
+    goes into: its labels.txt packed in, so MediaPipe Tasks and ML Kit load the file alone."""
     import tensorflow as tf
+
+    from trainer import tflite_metadata
 
     with _quiet():
         converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
         if quantize:
             converter.optimizations = [tf.lite.Optimize.DEFAULT]  # dynamic range: int8 weights
         flat = converter.convert()
+    run_dir = destination.parent
+    labels = runfolder.read_labels([run_dir / runfolder.LABELS], destination)
+    config = runfolder.read_json(run_dir / runfolder.CONFIG)
+    with _quiet():
+        size = int(tf.lite.Interpreter(model_content=flat).get_input_details()[0]["shape"][1])
+    described = (f"{config.get('backbone', 'image')} classifier of {', '.join(labels)}"
+                 f"{', int8 weights' if quantize else ''}, trained by the trainer bundle")  # fmt: skip
+    metadata = tflite_metadata.model_metadata(config.get("model_name", destination.stem), described,
+                                              runfolder.LABELS, size)  # fmt: skip
+    flat = tflite_metadata.attach(flat, metadata, {runfolder.LABELS: ("\n".join(labels) + "\n").encode()})
     write_atomically(destination, flat)
 
 
