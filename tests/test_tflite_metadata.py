@@ -126,3 +126,22 @@ def test_mediapipe_tasks_classifies_the_test_photos_from_the_tflite_file_alone(r
                       for label in labels])  # fmt: skip
     print(f"from the JPEG files: median {np.median(moved):.4f}, max {moved.max():.4f} over {len(test)} photos")
     assert np.median(moved) < 0.05 and moved.max() < 0.3  # resampling moves them; a wrong input would not be this close
+
+
+def test_a_model_the_metadata_writer_cannot_read_is_written_without_it(run_dir, tmp_path, monkeypatch, trainer_log):
+    import shutil
+
+    from trainer import export
+
+    def refuses(model, metadata, files):
+        raise ValueError("an unknown layout")
+
+    for name in ("labels.txt", "config.json"):
+        shutil.copy(run_dir / name, tmp_path / name)
+    monkeypatch.setattr(tflite_metadata, "attach", refuses)
+    export.write_tflite(run_dir / "saved_model", tmp_path / "model.tflite", quantize=False)
+    assert tflite_metadata.read_metadata((tmp_path / "model.tflite").read_bytes()) is None
+    assert [record.getMessage() for record in trainer_log] == [
+        "WARNING: model.tflite written without TFLite metadata (ValueError: an unknown layout): TensorFlow Lite "
+        "loads it, MediaPipe Tasks will not"
+    ]

@@ -24,6 +24,7 @@ import contextlib
 import io
 import logging
 import os
+import struct
 import sys
 import tempfile
 import warnings
@@ -135,7 +136,11 @@ def write_tflite(saved_model: Path, destination: Path, quantize: bool) -> None:
                  f"{', int8 weights' if quantize else ''}, trained by the trainer bundle")  # fmt: skip
     metadata = tflite_metadata.model_metadata(config.get("model_name", destination.stem), described,
                                               runfolder.LABELS, size)  # fmt: skip
-    flat = tflite_metadata.attach(flat, metadata, {runfolder.LABELS: ("\n".join(labels) + "\n").encode()})
+    try:
+        flat = tflite_metadata.attach(flat, metadata, {runfolder.LABELS: ("\n".join(labels) + "\n").encode()})
+    except (ValueError, IndexError, struct.error) as error:  # a converter's layout we do not know
+        log.warning("WARNING: %s written without TFLite metadata (%s: %s): TensorFlow Lite loads it, MediaPipe "
+                    "Tasks will not", destination.name, type(error).__name__, error)  # fmt: skip
     write_atomically(destination, flat)
 
 
