@@ -240,7 +240,7 @@ def _operating_section(run_dir: Path) -> str:
         f"probabilities each from a head that did not see the image ({point.get('folds', '?')} folds, "
         f"{point.get('epochs', '?')} epochs, as the deployed head trained). evaluate and predict apply it "
         f"(decision.json).</p>{note}"
-        + _table(rows, ["images", "count", f"{html.escape(point['label'])} images", "recall", "precision"])
+        + _table(rows, ["where", "images", f"{html.escape(point['label'])} images", "recall", "precision"])
         + _picture(run_dir / OPERATING_POINT, f"Precision and recall of {point['label']}, and the chosen point")
     )
 
@@ -306,11 +306,13 @@ def render(run_dir: Path, name: str) -> str:
     manifest = read_json(run_dir / runfolder.MANIFEST)
     exports = read_json(run_dir / runfolder.EXPORTS)
     title = f"{name}: {config.get('backbone', '?')} classifier"
+    point = read_json(run_dir / decision.DECISION)
     headline = (
         f"Test accuracy <b>{metrics['accuracy']:.3f}</b> on {metrics['count']} images"
         + (f", ROC AUC {metrics['roc_auc']:.3f}" if metrics.get("roc_auc") is not None else "")
         + f"; classes {html.escape(', '.join(metrics.get('labels', [])))}; weights {html.escape(str(config.get('weights_used', '?')))};"
         + f" trained in {metrics.get('training_seconds', '?')} s."
+        + (f" Labels decided at the operating point ({html.escape(point['rule'])})." if point else "")
     )
     sections = [
         f"<h1>{html.escape(title)}</h1><p>{headline}</p>",
