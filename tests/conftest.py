@@ -104,9 +104,10 @@ def cli(capsys):
 def train_args(folder: Path, *, csv: str | None = "training_data.csv", **options) -> list[str]:
     """`train` on an image folder with a small, fast model (tiny, no weights, 48 px, 1 epoch,
     no feature augmentation, no label audit): options override those or add flags (image_size=64
-    -> --image-size 64; True -> the bare flag, False -> --no-flag)."""
+    -> --image-size 64; True -> the bare flag, False -> --no-flag). No export benchmark unless asked."""
     settings = {"backbone": "tiny", "weights": "none", "image_size": 48, "epochs": 1, "feature_augment": "none"}
     settings["audit"] = False  # it featurizes with EfficientNet-Lite0 when the run has no pretrained features
+    settings["export_benchmark"] = False  # timing every format is the run_dir fixture's to prove, not every test's
     settings.update(options)
     args = ["train", "--folder", str(folder)] + (["--file", csv] if csv else [])
     for key, value in settings.items():
@@ -233,6 +234,8 @@ def run_dir(tmp_path_factory, demo_dir) -> Path:
     lines = (images / "training_data.csv").read_text().splitlines()
     lines += [lines[1], "CD/not-there.jpg,CD"]
     (images / "training_data.csv").write_text("\n".join(lines) + "\n")
-    result = run_module(*train_args(images, epochs=3, output=out, workspace=out.parent / "ws", audit=True))
+    result = run_module(
+        *train_args(images, epochs=3, output=out, workspace=out.parent / "ws", audit=True, export_benchmark=True)
+    )
     assert result.returncode == 0, result.stderr
     return out
