@@ -512,8 +512,8 @@ def out_of_fold_head(session: Session, features: Features, y: dict[str, np.ndarr
     dropout and standardization; every view of each training image; the class weights, batch
     size, optimizer and `epochs`) on the other folds; and the images' labels."""
     import keras
-    from sklearn.model_selection import StratifiedKFold
 
+    from trainer.audit import fold_splitter
     from trainer.model import make_head
 
     config, sizes = session.config, features.sizes
@@ -531,10 +531,7 @@ def out_of_fold_head(session: Session, features: Features, y: dict[str, np.ndarr
             rng.choice(members, max(1, round(limit * len(members) / len(own))), replace=False)
             for members in (np.flatnonzero(labels == c) for c in range(classes)) if len(members)
         ]))  # fmt: skip
-    smallest = int(
-        np.bincount(labels[chosen], minlength=classes)[np.bincount(labels[chosen], minlength=classes) > 0].min()
-    )
-    splitter = StratifiedKFold(n_splits=max(2, min(decision.FOLDS, smallest)), shuffle=True, random_state=config.seed)
+    splitter = fold_splitter(labels[chosen], classes, decision.FOLDS, config.seed)
     probabilities = np.zeros((len(chosen), classes))
     for fold, (fit_at, held_at) in enumerate(splitter.split(np.zeros(len(chosen)), labels[chosen])):
         fit = chosen[fit_at]
