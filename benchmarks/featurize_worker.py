@@ -7,7 +7,7 @@ import, so two configurations cannot share a process).
 MODE:
     pipeline  the trainer's featurization of training images: files in, features out, every
               default view (--feature-augment dihedral), through the runtime the trainer
-              chooses (trainer.featurizer) at its batch size
+              chooses (trainer.features.runtime) at its batch size
     backbone  TensorFlow running the backbone alone on one ready in-memory batch, as the trainer
               configures it (its oneDNN choice, its batch size), as many forward passes as the
               pipeline makes
@@ -39,9 +39,10 @@ def main(argv: list[str]) -> int:
     import numpy as np
     import tensorflow as tf
 
-    from trainer.features import VIEWS, featurize_batches
-    from trainer.featurizer import featurizer, tensorflow_runner
-    from trainer.images import load_image
+    from trainer.data.images import load_image
+    from trainer.features.extract import featurize_batches
+    from trainer.features.runtime import featurizer, tensorflow_runner
+    from trainer.features.views import VIEWS
     from trainer.model import build_backbone, feature_extractor
 
     paths = Path(paths_file).read_text(encoding="utf-8").splitlines()

@@ -49,7 +49,7 @@ MARKS = [
 def _surface_image(job: tuple[int, int, str, str, str]) -> None:
     import numpy as np
 
-    from trainer.demo import make_image
+    from trainer.data.demo import make_image
 
     seed, size, surface, label, path = job
     rng = np.random.default_rng(seed)

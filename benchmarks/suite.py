@@ -117,14 +117,15 @@ class Bench:
         if CONCRETE.is_dir():
             self.folder, self.dataset = CONCRETE, "concrete (datasets/concrete, 400 images, 256 px JPEG)"
         else:
-            from trainer.demo import make_demo_data
+            from trainer.data.demo import make_demo_data
 
             make_demo_data(scratch / "demo", per_class=60, seed=0, image_size=160)
             self.folder, self.dataset = scratch / "demo" / "Images", "synthetic demo data (120 images, 160 px)"
-        from trainer import data
+        from trainer.data.rows import load_rows
+        from trainer.data.validate import validate
 
-        rows, report = data.load_rows(self.folder, None)
-        self.rows = data.validate(rows, report)
+        rows, report = load_rows(self.folder, None)
+        self.rows = validate(rows, report)
         self.paths = [str(row.path) for row in self.rows][: sizes.images]
         self._models: dict[str, tuple] = {}
 
@@ -155,7 +156,7 @@ class Bench:
 
     def demo(self, images: int) -> Path:
         """A synthetic dataset of `images` 256 px JPEGs (half each class), made once."""
-        from trainer.demo import make_demo_data
+        from trainer.data.demo import make_demo_data
 
         folder = self.scratch / f"demo-{images}"
         make_demo_data(folder, per_class=images // 2, seed=0, image_size=256)
@@ -173,9 +174,10 @@ def head_epoch(bench: Bench) -> Figure:
     import keras
     import numpy as np
 
-    from trainer.features import featurize
-    from trainer.model import make_head, make_model
-    from trainer.pipeline import make_dataset
+    from trainer.data.pipeline import make_dataset
+    from trainer.features.extract import featurize
+    from trainer.head import make_head
+    from trainer.model import make_model
 
     backbone, extractor, _ = bench.models()
     paths = bench.paths

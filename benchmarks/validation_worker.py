@@ -43,13 +43,15 @@ def ceiling(workers: int, count: int = 2_000_000) -> float:
 def main(argv: list[str]) -> int:
     folder, repeat = Path(argv[0]), int(argv[1])
     from benchmarks.suite import alternate, naive_check, timed
-    from trainer import data
-    from trainer.images import read_and_inspect
+    from trainer.data import validate as data
+    from trainer.data.images import read_and_inspect
+    from trainer.data.report import Report
+    from trainer.data.rows import load_rows
 
-    rows, _ = data.load_rows(folder, None)
+    rows, _ = load_rows(folder, None)
 
     def ours() -> float:
-        return timed(lambda: data.validate(list(rows), data.Report(), min_class_size=1))
+        return timed(lambda: data.validate(list(rows), Report(), min_class_size=1))
 
     def loop() -> float:
         return timed(lambda: [naive_check(row.path) for row in rows])

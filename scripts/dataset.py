@@ -53,8 +53,8 @@ def count_images(folder: Path) -> dict[str, int]:
     """Images per class, by the trainer's own rule for class folders (trainer/layout.py: the
     folder one level down, or the inner one in SDNET2018's D/CD layout); where that rule finds
     the layout ambiguous, per folder path (the trainer then asks for --label-folder)."""
+    from trainer.data.layout import choose_level, images_below, label_of
     from trainer.errors import InputError
-    from trainer.layout import choose_level, images_below, label_of
 
     images = images_below(folder)
     try:
@@ -247,7 +247,7 @@ def _source_state(path: Path) -> str:
 
 def _make_demo(folder: Path, per_class: int, seed: int) -> None:
     try:
-        from trainer.demo import make_demo_data  # numpy and Pillow, only when there is work to do
+        from trainer.data.demo import make_demo_data  # numpy and Pillow, only when there is work to do
     except ImportError as error:
         raise StepFailed(
             f"the demo data needs {error.name}, which is not installed", "run `invoke pins` first"

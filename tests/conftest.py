@@ -81,7 +81,7 @@ def _work_in_tmp(tmp_path_factory, monkeypatch):
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory) -> Path:
     """A small demo dataset shared by the tests that only read it: 12 images per class, 64 px."""
-    from trainer.demo import make_demo_data
+    from trainer.data.demo import make_demo_data
 
     out = tmp_path_factory.mktemp("demo") / "demo"
     make_demo_data(out, per_class=12, seed=1, image_size=64)

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import run_module
-from trainer import audit
+from trainer.diagnostics import audit
 
 
 def test_the_confident_joint_estimates_how_many_labels_are_wrong():
@@ -60,13 +60,14 @@ def test_near_duplicates_keep_their_precision_where_many_images_look_alike(monke
 @pytest.fixture(scope="module")
 def flippable(tmp_path_factory):
     """200 synthetic photos and their ImageNet features (EfficientNet-Lite0, from PyPI)."""
-    from trainer import data
-    from trainer.demo import make_demo_data
+    from trainer.data.demo import make_demo_data
+    from trainer.data.rows import load_rows
+    from trainer.data.validate import validate
 
     folder = tmp_path_factory.mktemp("audit")
     make_demo_data(folder / "demo", per_class=100, seed=11)
-    rows, report = data.load_rows(folder / "demo" / "Images", "training_data.csv")
-    rows = data.validate(rows, report)
+    rows, report = load_rows(folder / "demo" / "Images", "training_data.csv")
+    rows = validate(rows, report)
     labels = np.array([("CD", "UD").index(row.label) for row in rows])
     return folder, rows, labels, audit.pretrained_features(rows, folder / "workspace")
 
@@ -117,7 +118,9 @@ def test_near_duplicates_among_the_concrete_photos_are_the_planted_copies_alone(
     resized to 200 px, cropped by 8 px) under the other label: the four groups found whole, and
     no other image."""
     from tests.conftest import CONCRETE
-    from trainer import data
+    from trainer.data.report import Report
+    from trainer.data.rows import load_rows
+    from trainer.data.validate import validate
 
     images = tmp_path / "Images"
     shutil.copytree(CONCRETE, images, ignore=shutil.ignore_patterns("*.csv"))
@@ -128,8 +131,8 @@ def test_near_duplicates_among_the_concrete_photos_are_the_planted_copies_alone(
             photo.resize((200, 200)).save(images / "UD" / f"copy-{index}-resized.jpg", quality=90)
             width, height = photo.size
             photo.crop((8, 8, width, height)).save(images / "UD" / f"copy-{index}-cropped.jpg", quality=90)
-    report = data.Report()
-    rows = data.validate(data.load_rows(images, None)[0], report)
+    report = Report()
+    rows = validate(load_rows(images, None)[0], report)
     features = audit.pretrained_features(rows, tmp_path / "workspace")
     labels = np.array([("CD", "UD").index(row.label) for row in rows])
     found = audit.near_duplicates(features, audit.thumbnails_of(rows, report.thumbnails), labels, ["train"] * len(rows))
@@ -147,7 +150,8 @@ def digits(tmp_path_factory):
     class, 8 x 8 scans drawn at 64 px), and their ImageNet features (EfficientNet-Lite0)."""
     from sklearn.datasets import load_digits
 
-    from trainer import data
+    from trainer.data.rows import load_rows
+    from trainer.data.validate import validate
 
     folder = tmp_path_factory.mktemp("digits")
     scans = load_digits()
@@ -159,7 +163,7 @@ def digits(tmp_path_factory):
             Image.fromarray(pixels).resize((64, 64), Image.Resampling.BILINEAR).convert("RGB").save(
                 folder / "Images" / str(digit) / f"{index}.png"
             )
-    rows = data.validate(*data.load_rows(folder / "Images", None))
+    rows = validate(*load_rows(folder / "Images", None))
     labels = np.array([int(row.label) for row in rows])
     return labels, audit.pretrained_features(rows, folder / "workspace")
 

@@ -180,8 +180,9 @@ def test_paths_with_spaces_quotes_unicode_and_shell_metacharacters_work_and_run_
 
 
 def test_animated_image_is_a_warning_and_its_first_frame_is_used(tmp_path, cli):
-    from trainer import data
-    from trainer.images import load_image
+    from trainer.data.images import load_image
+    from trainer.data.rows import load_rows
+    from trainer.data.validate import validate
 
     images = tmp_path / "Images"
     for shift, label in enumerate(("CD", "UD")):
@@ -190,8 +191,8 @@ def test_animated_image_is_a_warning_and_its_first_frame_is_used(tmp_path, cli):
             Image.new("RGB", (40, 30), (40 * index, 100 * shift, 0)).save(images / label / f"{index}.png")
     frames = [Image.new("RGB", (40, 30), c) for c in ("red", "green", "blue")]
     frames[0].save(images / "CD" / "moving.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
-    rows, report = data.load_rows(images, None)
-    kept = data.validate(rows, report)
+    rows, report = load_rows(images, None)
+    kept = validate(rows, report)
     assert len(kept) == 7
     assert any(note.startswith("WARNING: 1 animated image(s), e.g. CD/moving.gif (3 frames)") for note in report.notes)
     assert tuple(load_image(images / "CD" / "moving.gif", 8)[0, 0]) == (255, 0, 0)

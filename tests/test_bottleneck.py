@@ -67,13 +67,13 @@ def test_damaged_cache_shard_is_detected_and_rebuilt(cli, demo_dir, tiny_weights
     code, err = _train(cli, demo_dir / "Images", tiny_weights, workspace, tmp_path / "run2")
     assert code == 0, err
     assert _cache(tmp_path / "run2") == {"reused": 0, "featurized": 24}
-    from trainer.features import FeatureCache
+    from trainer.features.cache import FeatureCache
 
     assert len(FeatureCache(shard.parent).load()) == 24  # rebuilt whole
 
 
 def test_the_cache_key_follows_size_weights_and_layer(tiny_weights, tmp_path):
-    from trainer.features import cache_key
+    from trainer.features.cache import cache_key
 
     other = tmp_path / "other.weights.h5"
     other.write_bytes(tiny_weights.read_bytes() + b"x")
@@ -183,11 +183,14 @@ def test_accuracy_on_the_concrete_photos_does_not_regress(tmp_path):
 def test_features_are_stored_as_they_are_made_so_an_interrupted_run_keeps_them(demo_dir, tmp_path, monkeypatch):
     """A run stopped halfway through featurizing (here: an exception after two batches, in
     tests/test_faults.py a SIGKILL) leaves the finished batches in the cache, whole."""
-    from trainer import data, features
+    from trainer.data.rows import load_rows
+    from trainer.data.validate import validate
+    from trainer.features import cache as features_cache
+    from trainer.features import extract as features
     from trainer.model import build_backbone, feature_extractor
 
-    rows, report = data.load_rows(demo_dir / "Images", "training_data.csv")
-    rows = data.validate(rows, report)
+    rows, report = load_rows(demo_dir / "Images", "training_data.csv")
+    rows = validate(rows, report)
     extractor = feature_extractor(build_backbone("tiny", 48, None), "tiny")
     monkeypatch.setattr(features, "SHARD_SECONDS", 0.0)  # a shard after every batch
     real = features.featurize_batches
@@ -202,7 +205,7 @@ def test_features_are_stored_as_they_are_made_so_an_interrupted_run_keeps_them(d
     folder = tmp_path / "cache"
     with pytest.raises(KeyboardInterrupt):
         features.cached_features(extractor, rows, 48, 4, folder)
-    kept = features.FeatureCache(folder).load()
+    kept = features_cache.FeatureCache(folder).load()
     assert len(kept) == 8 and len(list(folder.glob("shard-*.npz"))) == 2
     monkeypatch.setattr(features, "featurize_batches", real)
     every = features.cached_features(extractor, rows, 48, 4, folder)
@@ -212,7 +215,7 @@ def test_features_are_stored_as_they_are_made_so_an_interrupted_run_keeps_them(d
 
 
 def test_views_are_the_eight_symmetries_of_a_square():
-    from trainer.features import VIEWS, view_of
+    from trainer.features.views import VIEWS, view_of
 
     image = np.arange(9, dtype=np.float32).reshape(1, 3, 3, 1)
     seen = {view: np.asarray(view_of(image, view))[0, :, :, 0] for view in VIEWS["dihedral"]}
@@ -234,7 +237,7 @@ def test_feature_augmentation_caches_each_view_and_trains_the_head_on_all(cli, d
     for view in ("h", "v", "vh"):
         assert _cache(tmp_path / "run1", view) == {"reused": 0, "featurized": 20}  # the training images only
     (folder,) = (workspace / "features").iterdir()
-    from trainer.features import FeatureCache
+    from trainer.features.cache import FeatureCache
 
     keys = FeatureCache(folder).load()
     assert len(keys) == 24 + 3 * 20 and sum(":" in key for key in keys) == 60
@@ -249,22 +252,25 @@ def test_feature_augmentation_caches_each_view_and_trains_the_head_on_all(cli, d
 def test_the_cache_reads_only_the_rows_asked_for_checks_each_row_and_prunes(demo_dir, tmp_path, cli):
     """Rows come from the shard by offset, each checked by its CRC-32: a flipped byte in one row
     costs that row alone; prune keeps only a dataset's images, and `trainer cache` says so."""
-    from trainer import data, features
+    from trainer.data.rows import load_rows
+    from trainer.data.validate import validate
+    from trainer.features import cache as features_cache
+    from trainer.features import extract as features
     from trainer.model import build_backbone, feature_extractor
 
-    rows = data.validate(*data.load_rows(demo_dir / "Images", "training_data.csv"))
+    rows = validate(*load_rows(demo_dir / "Images", "training_data.csv"))
     extractor = feature_extractor(build_backbone("tiny", 48, None), "tiny")
     folder = tmp_path / "workspace" / "features" / "tiny-48-test"
     every = features.cached_features(extractor, rows, 48, 8, folder)
     (shard_path,) = folder.glob("shard-*.npz")
-    shard = features.Shard(shard_path)
+    shard = features_cache.Shard(shard_path)
     victim = shard.keys.index(rows[5].sha256)
     with shard_path.open("r+b") as handle:  # one byte of one row's features, flipped
         handle.seek(shard.data_start + victim * shard.width * 4 + 2)
         value = handle.read(1)
         handle.seek(-1, 1)
         handle.write(bytes([value[0] ^ 0xFF]))
-    cache = features.FeatureCache(folder)
+    cache = features_cache.FeatureCache(folder)
     out = np.zeros((3, shard.width), dtype=np.float32)
     missing = cache.read([rows[5].sha256, rows[1].sha256, "not-there"], out, np.arange(3))
     assert missing.tolist() == [True, False, True]
@@ -280,7 +286,7 @@ def test_the_cache_reads_only_the_rows_asked_for_checks_each_row_and_prunes(demo
     assert code == 0, err
     assert out_text.strip().startswith("tiny-48-test: 3 entries of 3 images, ")
     assert out_text.strip().endswith(f"({len(rows) - 3 + 1} dropped)")  # the damaged row's second copy too
-    assert len(features.FeatureCache(folder).load()) == 3
+    assert len(features_cache.FeatureCache(folder).load()) == 3
 
 
 def test_the_feature_store_is_let_go_before_the_label_audit(cli, demo_dir, tiny_weights, tmp_path, monkeypatch):
@@ -290,12 +296,13 @@ def test_the_feature_store_is_let_go_before_the_label_audit(cli, demo_dir, tiny_
     import weakref
 
     from trainer import train
+    from trainer.diagnostics import audit
 
     class Tracked(np.ndarray):
         pass
 
     tracked, alive = [], []
-    featurize, steps = train.featurize, train._diagnostic_steps
+    featurize, audit_data = train.featurize, audit.audit_data
 
     def tracking(*args, **options):
         features, cache = featurize(*args, **options)
@@ -304,13 +311,11 @@ def test_the_feature_store_is_let_go_before_the_label_audit(cli, demo_dir, tiny_
         return features, cache
 
     def watching(*args, **options):
-        found = steps(*args, **options)
-        audit = found["audit"]
-        found["audit"] = lambda: alive.append(tracked[0]() is not None) or audit()
-        return found
+        alive.append(tracked[0]() is not None)
+        return audit_data(*args, **options)
 
     monkeypatch.setattr(train, "featurize", tracking)
-    monkeypatch.setattr(train, "_diagnostic_steps", watching)
+    monkeypatch.setattr(audit, "audit_data", watching)
     code, err = _train(cli, demo_dir / "Images", tiny_weights, tmp_path / "ws", tmp_path / "run", "--audit")
     assert code == 0, err
     assert alive == [False]
@@ -321,6 +326,7 @@ def test_a_store_larger_than_memory_allows_is_memory_mapped_and_the_run_complete
     """With (as the trainer is told) next to no memory available, the store goes to an unlinked
     file and the whole run, audit included, completes on it."""
     from trainer import train
+    from trainer.features import store
 
     stores = []
     featurize = train.featurize
@@ -330,13 +336,13 @@ def test_a_store_larger_than_memory_allows_is_memory_mapped_and_the_run_complete
         stores.append(type(features.store))
         return features, cache
 
-    monkeypatch.setattr(train, "available_bytes", lambda: 1)
+    monkeypatch.setattr(store, "available_bytes", lambda: 1)
     monkeypatch.setattr(train, "featurize", recording)
     code, err = _train(cli, demo_dir / "Images", tiny_weights, tmp_path / "ws", tmp_path / "run", "--audit")
     assert code == 0, err
     assert stores == [np.memmap]
     assert "kept in a memory-mapped file under" in err
     assert (tmp_path / "run" / "audit.csv").is_file()
-    monkeypatch.setattr(train, "available_bytes", lambda: 10**9)
-    assert type(train.feature_store(1_000, 1_280)) is np.ndarray  # 5 MB of 1 GB: in memory
-    assert type(train.feature_store(100_000, 1_280)) is np.memmap  # 512 MB of 1 GB: a file
+    monkeypatch.setattr(store, "available_bytes", lambda: 10**9)
+    assert type(store.feature_store(1_000, 1_280)) is np.ndarray  # 5 MB of 1 GB: in memory
+    assert type(store.feature_store(100_000, 1_280)) is np.memmap  # 512 MB of 1 GB: a file

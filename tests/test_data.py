@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from trainer import data
+from trainer.data import rows as reading
+from trainer.data import split as splitting
+from trainer.data import validate as validation
 from trainer.errors import InputError
 
 
@@ -42,7 +44,7 @@ def _rows_for(folder: Path, prefix: str = "../Images/") -> str:
 
 def test_csv_paths_relative_to_the_csv_folder_as_in_the_original(images):
     csv = write_csv(images / "training_data.csv", "ImagePath,Label\n" + _rows_for(images))
-    rows, report = data.load_rows(images, "training_data.csv")
+    rows, report = reading.load_rows(images, "training_data.csv")
     assert len(rows) == 8 and report.rows_read == 8
     assert all(row.path.is_file() for row in rows)
     assert rows[0].path.is_absolute()
@@ -52,7 +54,7 @@ def test_csv_paths_relative_to_the_csv_folder_as_in_the_original(images):
 def test_csv_quirks_bom_crlf_extra_columns_header_case(images):
     body = "\r\n".join(f"{line},extra" for line in _rows_for(images).splitlines())
     write_csv(images / "quirky.csv", "\ufeffimagepath , LABEL ,Notes\r\n" + body + "\r\n")
-    rows, _ = data.load_rows(images, "quirky.csv")
+    rows, _ = reading.load_rows(images, "quirky.csv")
     assert Counter(row.label for row in rows) == {"CD": 4, "UD": 4}
     assert all(row.path.is_file() for row in rows)
 
@@ -64,19 +66,19 @@ def test_absolute_and_windows_paths(images, tmp_path):
     text += f"..\\Images\\CD\\{cd[1].name},CD\n"  # Windows relative
     text += f"C:\\Users\\me\\data\\Images\\CD\\{cd[2].name},CD\n"  # Windows absolute from elsewhere
     write_csv(tmp_path / "list.csv", text)
-    rows, _ = data.load_rows(images, str(tmp_path / "list.csv"))
+    rows, _ = reading.load_rows(images, str(tmp_path / "list.csv"))
     assert [row.path for row in rows] == cd[:3]
 
 
 def test_folder_per_class_without_csv(images):
-    rows, report = data.load_rows(images, None)
+    rows, report = reading.load_rows(images, None)
     assert Counter(row.label for row in rows) == {"CD": 4, "UD": 4}
 
 
 def test_missing_column_names_the_columns_found(images):
     write_csv(images / "bad.csv", "Path,Class\nCD/x.png,CD\n")
     with pytest.raises(InputError, match=r"bad.csv: no ImagePath and Label column \(found 'Path', 'Class'\)"):
-        data.load_rows(images, "bad.csv")
+        reading.load_rows(images, "bad.csv")
 
 
 @pytest.mark.parametrize(
@@ -89,12 +91,12 @@ def test_missing_column_names_the_columns_found(images):
 def test_empty_and_header_only_csv(images, text, message):
     write_csv(images / "x.csv", text)
     with pytest.raises(InputError, match=message):
-        data.load_rows(images, "x.csv")
+        reading.load_rows(images, "x.csv")
 
 
 def test_semicolon_delimited_csv_is_read(images):
     write_csv(images / "semi.csv", "ImagePath;Label\n" + _rows_for(images).replace(",", ";"))
-    rows, _ = data.load_rows(images, "semi.csv")
+    rows, _ = reading.load_rows(images, "semi.csv")
     assert len(rows) == 8
 
 
@@ -106,7 +108,7 @@ def test_tab_quotes_text_like_values_and_short_rows(images):
     cd[0].rename(odd)
     text = f'ImagePath\tLabel\n"CD/{odd.name}"\tNA\nCD/{cd[1].name}\t1e3\n\nCD/{cd[2].name}\n'
     write_csv(images / "tabs.csv", text)
-    rows, report = data.load_rows(images, "tabs.csv")
+    rows, report = reading.load_rows(images, "tabs.csv")
     assert [(row.path, row.label, row.line) for row in rows] == [(odd, "NA", 2), (cd[1], "1e3", 3)]
     assert report.rows_read == 3 and report.problems == {"rows with an empty ImagePath or Label": ["line 5"]}
 
@@ -116,18 +118,18 @@ def test_a_row_with_too_many_cells_is_one_line_naming_it(images):
     with pytest.raises(
         InputError, match=r"wide.csv: Expected 2 fields in line 2, saw 3; quote an ImagePath that holds ','"
     ):
-        data.load_rows(images, "wide.csv")
+        reading.load_rows(images, "wide.csv")
 
 
 def test_non_utf8_csv_is_an_error_that_says_what_to_do(images):
     write_csv(images / "latin.csv", "ImagePath,Label\nCD/caf\u00e9.png,CD\n", encoding="utf-16")
     with pytest.raises(InputError, match="not UTF-8 text .* save it as UTF-8"):
-        data.load_rows(images, "latin.csv")
+        reading.load_rows(images, "latin.csv")
 
 
 def test_csv_not_found(images):
     with pytest.raises(InputError, match="--file: CSV 'nope.csv' not found"):
-        data.load_rows(images, "nope.csv")
+        reading.load_rows(images, "nope.csv")
 
 
 def test_validation_finds_every_problem_and_keeps_the_rest(images):
@@ -141,8 +143,8 @@ def test_validation_finds_every_problem_and_keeps_the_rest(images):
     lines += [f"CD/{cd[0].name},CD"]  # duplicate row
     lines += ["CD/copy.png,CD", "CD/broken.png,CD", "CD/gone.png,CD", ",CD"]
     write_csv(images / "list.csv", "\n".join(lines) + "\n")
-    rows, report = data.load_rows(images, "list.csv")
-    kept = data.validate(rows, report)
+    rows, report = reading.load_rows(images, "list.csv")
+    kept = validation.validate(rows, report)
     problems = {kind: len(items) for kind, items in report.problems.items()}
     assert problems == {
         "rows with an empty ImagePath or Label": 1,
@@ -160,64 +162,64 @@ def test_validation_finds_every_problem_and_keeps_the_rest(images):
 def test_strict_turns_dropped_rows_into_an_error(images):
     cd = sorted((images / "CD").iterdir())
     write_csv(images / "l.csv", "ImagePath,Label\n" + _rows_for(images) + f"\n../Images/CD/{cd[0].name},CD\n")
-    rows, report = data.load_rows(images, "l.csv")
+    rows, report = reading.load_rows(images, "l.csv")
     with pytest.raises(InputError, match=r"--strict: 1 unusable row\(s\): duplicate rows: 1"):
-        data.validate(rows, report, strict=True)
+        validation.validate(rows, report, strict=True)
 
 
 def test_same_file_with_two_labels_is_dropped(images):
     cd = sorted((images / "CD").iterdir())
     write_csv(images / "l.csv", "ImagePath,Label\n" + _rows_for(images) + f"\n../Images/CD/{cd[0].name},UD\n")
-    rows, report = data.load_rows(images, "l.csv")
-    kept = data.validate(rows, report)
+    rows, report = reading.load_rows(images, "l.csv")
+    kept = validation.validate(rows, report)
     assert "files listed with different labels" in report.problems
     assert cd[0] not in {row.path for row in kept}
 
 
 def test_single_class_is_an_error(tmp_path):
     make_images(tmp_path / "one", {"CD": 5})
-    rows, report = data.load_rows(tmp_path / "one", None)
+    rows, report = reading.load_rows(tmp_path / "one", None)
     with pytest.raises(InputError, match=r"need at least two classes with 3\+ usable images each, found 'CD' \(5\)"):
-        data.validate(rows, report)
+        validation.validate(rows, report)
 
 
 def test_class_too_small_to_split_is_dropped_with_a_warning(tmp_path):
     make_images(tmp_path / "d", {"CD": 5, "UD": 5, "XX": 2})
-    rows, report = data.load_rows(tmp_path / "d", None)
-    kept = data.validate(rows, report)
+    rows, report = reading.load_rows(tmp_path / "d", None)
+    kept = validation.validate(rows, report)
     assert report.problems["classes too small to split"] == ["'XX' has 2 image(s), needs at least 3"]
     assert {row.label for row in kept} == {"CD", "UD"}
 
 
 def test_imbalance_is_noted(tmp_path):
     make_images(tmp_path / "d", {"CD": 12, "UD": 3})
-    rows, report = data.load_rows(tmp_path / "d", None)
-    data.validate(rows, report)
+    rows, report = reading.load_rows(tmp_path / "d", None)
+    validation.validate(rows, report)
     assert any("imbalanced (12 vs 3 images)" in note for note in report.notes)
 
 
 def test_split_is_stratified_seeded_and_covers_every_class(tmp_path):
     make_images(tmp_path / "d", {"CD": 40, "UD": 10, "ZZ": 3})
-    rows, report = data.load_rows(tmp_path / "d", None)
-    rows = data.validate(rows, report)
-    parts = data.split(rows, 0.1, 0.1, seed=7)
+    rows, report = reading.load_rows(tmp_path / "d", None)
+    rows = validation.validate(rows, report)
+    parts = splitting.split(rows, 0.1, 0.1, seed=7)
     assert sum(map(len, parts.values())) == 53
-    for name in data.SPLITS:
+    for name in reading.SPLITS:
         assert {row.label for row in parts[name]} == {"CD", "UD", "ZZ"}
     assert Counter(row.label for row in parts["test"]) == {"CD": 4, "UD": 1, "ZZ": 1}
-    again = data.split(list(reversed(rows)), 0.1, 0.1, seed=7)
+    again = splitting.split(list(reversed(rows)), 0.1, 0.1, seed=7)
     assert [r.path for r in again["test"]] == [r.path for r in parts["test"]]
-    other = data.split(rows, 0.1, 0.1, seed=8)
+    other = splitting.split(rows, 0.1, 0.1, seed=8)
     assert [r.path for r in other["test"]] != [r.path for r in parts["test"]]
 
 
 def test_split_round_trips_through_split_csv(tmp_path):
     make_images(tmp_path / "d", {"CD": 5, "UD": 5})
-    rows, report = data.load_rows(tmp_path / "d", None)
-    parts = data.split(data.validate(rows, report), 0.2, 0.2, seed=0)
-    data.write_split(parts, tmp_path / "split.csv")
-    loaded = data.read_split(tmp_path / "split.csv")
-    for name in data.SPLITS:
+    rows, report = reading.load_rows(tmp_path / "d", None)
+    parts = splitting.split(validation.validate(rows, report), 0.2, 0.2, seed=0)
+    splitting.write_split(parts, tmp_path / "split.csv")
+    loaded = splitting.read_split(tmp_path / "split.csv")
+    for name in reading.SPLITS:
         assert [(r.path, r.label, r.sha256) for r in loaded[name]] == [(r.path, r.label, r.sha256) for r in parts[name]]
 
 
@@ -235,12 +237,12 @@ SDNET = {"D/CD": 3, "D/UD": 9, "P/CP": 3, "P/UP": 9, "W/CW": 3, "W/UW": 9}  # SD
 
 def test_sdnet2018s_nested_folders_give_the_inner_classes_and_merge_on_request(tmp_path):
     root = _tree(tmp_path / "SDNET2018", SDNET)
-    rows, report = data.load_rows(root, None)
+    rows, report = reading.load_rows(root, None)
     assert Counter(row.label for row in rows) == {"CD": 3, "UD": 9, "CP": 3, "UP": 9, "CW": 3, "UW": 9}
     assert rows[0].written == "D/CD/0.png" and "classes from the inner folders" in report.notes[0]
-    merged, report = data.load_rows(root, None, merge_labels="cracked=CD+CP+CW,uncracked=UD+UP+UW")
+    merged, report = reading.load_rows(root, None, merge_labels="cracked=CD+CP+CW,uncracked=UD+UP+UW")
     assert Counter(row.label for row in merged) == {"cracked": 9, "uncracked": 27}
-    surfaces, _ = data.load_rows(root, None, label_folder="top")
+    surfaces, _ = reading.load_rows(root, None, label_folder="top")
     assert Counter(row.label for row in surfaces) == {"D": 12, "P": 12, "W": 12}
 
 
@@ -254,11 +256,11 @@ def test_sdnet2018s_nested_folders_give_the_inner_classes_and_merge_on_request(t
 def test_an_ambiguous_folder_layout_is_one_line_saying_what_to_choose(tmp_path, layout, message):
     root = _tree(tmp_path / "photos", layout)
     with pytest.raises(InputError) as raised:
-        data.load_rows(root, None)
+        reading.load_rows(root, None)
     text = str(raised.value)
     assert message in text and "--label-folder top (classes" in text and "--label-folder leaf (classes" in text
     assert "\n" not in text
-    assert {row.label for row in data.load_rows(root, None, label_folder="top")[0]} <= {"train", "val", "CD", "UD"}
+    assert {row.label for row in reading.load_rows(root, None, label_folder="top")[0]} <= {"train", "val", "CD", "UD"}
 
 
 @pytest.mark.parametrize(
@@ -272,7 +274,7 @@ def test_an_ambiguous_folder_layout_is_one_line_saying_what_to_choose(tmp_path, 
 def test_a_bad_merge_is_one_line_naming_it(tmp_path, merge, message):
     root = _tree(tmp_path / "SDNET2018", SDNET)
     with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)").replace("+", r"\+")):
-        data.load_rows(root, None, merge_labels=merge)
+        reading.load_rows(root, None, merge_labels=merge)
 
 
 def test_the_data_step_counts_classes_by_the_trainers_rule(tmp_path):
@@ -288,13 +290,13 @@ def test_the_data_step_counts_classes_by_the_trainers_rule(tmp_path):
 
 
 def test_the_inspection_plan_forks_only_when_it_pays_and_is_safe(monkeypatch):
-    monkeypatch.setattr(data, "fork_is_safe", lambda: True)
-    assert data.inspection_plan(1000, 1) == ("loop", 1)
-    assert data.inspection_plan(1, 4) == ("loop", 1)
-    assert data.inspection_plan(data.PROCESSES_FROM - 1, 2) == ("threads", 2)
-    assert data.inspection_plan(data.PROCESSES_FROM, 2) == ("processes", 2)
-    monkeypatch.setattr(data, "fork_is_safe", lambda: False)
-    assert data.inspection_plan(10_000, 2) == ("threads", 2)
+    monkeypatch.setattr(validation, "fork_is_safe", lambda: True)
+    assert validation.inspection_plan(1000, 1) == ("loop", 1)
+    assert validation.inspection_plan(1, 4) == ("loop", 1)
+    assert validation.inspection_plan(validation.PROCESSES_FROM - 1, 2) == ("threads", 2)
+    assert validation.inspection_plan(validation.PROCESSES_FROM, 2) == ("processes", 2)
+    monkeypatch.setattr(validation, "fork_is_safe", lambda: False)
+    assert validation.inspection_plan(10_000, 2) == ("threads", 2)
 
 
 def test_forking_is_safe_in_a_fresh_process_and_not_beside_another_thread(monkeypatch):
@@ -303,7 +305,7 @@ def test_forking_is_safe_in_a_fresh_process_and_not_beside_another_thread(monkey
     import threading
 
     fresh = subprocess.run(
-        [sys.executable, "-c", "from trainer import data, train; print(data.fork_is_safe())"],
+        [sys.executable, "-c", "from trainer import train; from trainer.data import validate; print(validate.fork_is_safe())"],
         capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parent.parent,
     )  # fmt: skip
     assert fresh.stdout.strip() == "True"  # as when the trainer validates: TensorFlow not yet imported
@@ -312,17 +314,17 @@ def test_forking_is_safe_in_a_fresh_process_and_not_beside_another_thread(monkey
     other.start()
     started.wait()
     try:  # another thread alive: a fork could copy a lock it holds
-        assert not data.fork_is_safe()
+        assert not validation.fork_is_safe()
     finally:
         release.set()
         other.join()
-    monkeypatch.setattr(data.multiprocessing, "get_all_start_methods", lambda: ["spawn"])
-    assert not data.fork_is_safe()
+    monkeypatch.setattr(validation.multiprocessing, "get_all_start_methods", lambda: ["spawn"])
+    assert not validation.fork_is_safe()
 
 
 def _inspect(paths, workers, monkeypatch, how):
-    monkeypatch.setattr(data, "inspection_plan", lambda count, _: (how, workers))
-    return data._inspect_all(paths, workers)
+    monkeypatch.setattr(validation, "inspection_plan", lambda count, _: (how, workers))
+    return validation._inspect_all(paths, workers)
 
 
 def test_processes_threads_and_a_loop_learn_the_same_of_every_file(tmp_path, monkeypatch):
@@ -339,7 +341,7 @@ def test_processes_threads_and_a_loop_learn_the_same_of_every_file(tmp_path, mon
 
 
 PARENT = os.getpid()
-CHECK = data._inspect_chunk
+CHECK = validation._inspect_chunk
 
 
 def dies_in_a_child(chunk):  # module level: the pool pickles it by name
@@ -351,7 +353,7 @@ def dies_in_a_child(chunk):  # module level: the pool pickles it by name
 def test_a_worker_process_that_dies_costs_a_warning_not_the_run(tmp_path, monkeypatch, trainer_log):
     made = make_images(tmp_path, {"a": 70, "b": 70})
     paths = [path for label in made.values() for path in label]
-    monkeypatch.setattr(data, "_inspect_chunk", dies_in_a_child)
+    monkeypatch.setattr(validation, "_inspect_chunk", dies_in_a_child)
     found = _inspect(paths, 2, monkeypatch, "processes")
     assert [state.sha256 for state, _ in found] == [CHECK([path])[0][0].sha256 for path in paths]
     assert [record.getMessage() for record in trainer_log] == [

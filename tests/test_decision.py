@@ -11,6 +11,7 @@ import pytest
 
 from tests.conftest import run_module
 from trainer import decision
+from trainer.config import parse_target
 from trainer.errors import InputError
 
 
@@ -27,7 +28,7 @@ from trainer.errors import InputError
 )
 def test_a_bad_target_is_one_line_naming_the_option(text, message):
     with pytest.raises(InputError) as refused:
-        decision.parse_target(text)
+        parse_target(text)
     assert str(refused.value).startswith("--target-recall: ") and message in str(refused.value)
     assert "\n" not in str(refused.value)
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from trainer.evaluate import classification_metrics, roc_auc, top_k_accuracy
+from trainer.metrics import classification_metrics, roc_auc, top_k_accuracy
 
 
 def test_roc_auc_counts_pairs_and_ties_count_half():

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image, ImageFilter
 
 from tests.conftest import run_module, train_args
-from trainer.model import BACKBONES
+from trainer.backbones import BACKBONES
 
 # Every backbone the trainer offers; the big ones take a few seconds each to build, so they run
 # with the slow tests.
@@ -18,8 +18,9 @@ EVERY_BACKBONE = [name if name in QUICK else pytest.param(name, marks=pytest.mar
 @pytest.mark.parametrize("backbone", EVERY_BACKBONE)
 def test_the_maps_mean_is_the_logit(backbone):
     """softmax(mean of each class's map + bias) is the model's output: the maps decompose it."""
-    from trainer.explain import ClassMaps
-    from trainer.model import build_backbone, make_head, make_model
+    from trainer.diagnostics.explain import ClassMaps
+    from trainer.head import make_head
+    from trainer.model import build_backbone, make_model
 
     rng = np.random.default_rng(0)
     bb = build_backbone(backbone, 96, None)
@@ -57,8 +58,8 @@ def test_explain_refuses_a_model_it_cannot_split(run_dir, tmp_path):
 def _crack_mass_ratio(run, folder, radius: int = 8) -> float:
     """Median over the cracked images: the heatmap's mass within `radius` pixels of a crack the
     generator drew, over that neighbourhood's share of the image."""
-    from trainer.explain import ClassMaps, upsampled
-    from trainer.images import load_image
+    from trainer.data.images import load_image
+    from trainer.diagnostics.explain import ClassMaps, upsampled
 
     maps_of, cracked = ClassMaps(run.model), run.labels.index("CD")
     ratios = []
@@ -76,7 +77,7 @@ def test_the_heatmap_points_at_the_cracks_and_random_features_do_not(tmp_path):
     """Synthetic photos whose generator recorded each crack: with ImageNet features the evidence
     for CD lies at least twice as densely near the cracks as the neighbourhood's share of the
     image; a model on a random backbone's features (as accurate on this easy set) does not."""
-    from trainer.demo import make_demo_data
+    from trainer.data.demo import make_demo_data
     from trainer.model import build_backbone
     from trainer.predict import load_run
 

@@ -108,7 +108,7 @@ def _copy_with_shifted_model(run_dir: Path, tmp_path: Path):
 def test_export_detects_an_export_that_computes_something_else(run_dir, tmp_path):
     """A SavedModel from another model in place of the run's: both SavedModel legs disagree."""
     from trainer.errors import CheckFailed
-    from trainer.export import export_run, write_saved_model
+    from trainer.export.formats import export_run, write_saved_model
 
     copy, model = _copy_with_shifted_model(run_dir, tmp_path)
     write_saved_model(model, copy / "saved_model")
@@ -120,7 +120,7 @@ def test_export_detects_an_export_that_computes_something_else(run_dir, tmp_path
 
 def test_an_int8_model_that_drifts_is_a_warning_not_a_failure(run_dir, tmp_path):
     """Quantization is lossy by design: a drifting int8 model is reported, the float legs decide."""
-    from trainer.export import export_run, write_saved_model, write_tflite
+    from trainer.export.formats import export_run, write_saved_model, write_tflite
 
     copy, model = _copy_with_shifted_model(run_dir, tmp_path)
     write_saved_model(model, tmp_path / "other")

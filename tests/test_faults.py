@@ -268,8 +268,8 @@ def mobilenet_weights(tmp_path_factory) -> Path:
 def test_featurization_killed_at_a_random_point_then_the_rerun_matches_an_uninterrupted_run(
     mobilenet_weights, tmp_path
 ):
-    from trainer.demo import make_demo_data
-    from trainer.features import FeatureCache
+    from trainer.data.demo import make_demo_data
+    from trainer.features.cache import FeatureCache
 
     rng = generator("featurization")
     make_demo_data(tmp_path / "demo", per_class=60, seed=3, image_size=96)

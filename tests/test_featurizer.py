@@ -1,6 +1,6 @@
-"""trainer/featurizer.py: the extractor's forward pass through ONNX Runtime on a CPU (converted
+"""trainer/features/runtime.py: the extractor's forward pass through ONNX Runtime on a CPU (converted
 once per cache key), TensorFlow where that cannot or must not run, and each image decoded once
-for all its views (trainer.features.fill)."""
+for all its views (trainer.features.extract.fill)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,11 @@ import numpy as np
 import pytest
 
 from tests.conftest import CONCRETE
-from trainer import data, features, featurizer
+from trainer.data.rows import load_rows
+from trainer.data.validate import validate
+from trainer.features import extract as features
+from trainer.features import runtime as featurizer
+from trainer.features.views import VIEWS
 from trainer.model import build_backbone, feature_extractor
 
 TOLERANCE = 1e-4  # the runtimes' features, absolute (a feature scale of about 6 for Lite0)
@@ -19,7 +23,7 @@ TOLERANCE = 1e-4  # the runtimes' features, absolute (a feature scale of about 6
 @pytest.fixture(scope="module")
 def photos():
     """Six real photos of each class."""
-    rows = data.validate(*data.load_rows(CONCRETE, "training_data.csv"))
+    rows = validate(*load_rows(CONCRETE, "training_data.csv"))
     return [row for row in rows if row.label == "CD"][:6] + [row for row in rows if row.label == "UD"][:6]
 
 
@@ -33,7 +37,7 @@ def test_onnx_runtime_features_match_tensorflows_and_may_share_the_cache(photos,
     """EfficientNet-Lite0 with its ImageNet weights on real photos, every dihedral view: the two
     runtimes agree within TOLERANCE, so a cache written by either serves both."""
     extractor = feature_extractor(build_backbone("efficientnet_lite0", 224, "imagenet"), "efficientnet_lite0")
-    views = features.VIEWS["dihedral"]
+    views = VIEWS["dihedral"]
     monkeypatch.setenv("TRAINER_FEATURIZER", "tensorflow")
     runtime, by_tensorflow = _fill(extractor, photos, tmp_path / "tf", views)
     assert runtime == "tensorflow"
@@ -49,7 +53,7 @@ def test_onnx_runtime_features_match_tensorflows_and_may_share_the_cache(photos,
 
 
 def test_each_image_is_decoded_once_for_all_its_views(photos, tmp_path, monkeypatch):
-    from trainer import pipeline
+    from trainer.data import pipeline
 
     decoded = []
     real = pipeline.load_image
@@ -57,13 +61,13 @@ def test_each_image_is_decoded_once_for_all_its_views(photos, tmp_path, monkeypa
     extractor = feature_extractor(build_backbone("tiny", 48, None), "tiny")
     out = np.empty((len(photos) * 8, int(extractor.output_shape[-1])), dtype=np.float32)
     counts = {}
-    features.fill(extractor, features.wanted(photos, features.VIEWS["dihedral"]), out, 48, 4, tmp_path, counts=counts)
+    features.fill(extractor, features.wanted(photos, VIEWS["dihedral"]), out, 48, 4, tmp_path, counts=counts)
     assert sorted(decoded) == sorted(str(row.path) for row in photos)
-    assert counts == {view: {"reused": 0, "featurized": len(photos)} for view in features.VIEWS["dihedral"]}
+    assert counts == {view: {"reused": 0, "featurized": len(photos)} for view in VIEWS["dihedral"]}
     # A second run reads them all from the cache: nothing decoded, no runtime chosen.
     decoded.clear()
     again = np.empty_like(out)
-    wanted = features.wanted(photos, features.VIEWS["dihedral"])
+    wanted = features.wanted(photos, VIEWS["dihedral"])
     assert features.fill(extractor, wanted, again, 48, 4, tmp_path) is None and decoded == []
     np.testing.assert_array_equal(again, out)
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trainer import images
+from trainer.data import images
+from trainer.data.images import inspect_image, load_image
 from trainer.errors import ImageError
-from trainer.images import inspect_image, load_image
 
 
 def _save(image: Image.Image, path, **kwargs):
@@ -137,7 +137,8 @@ def _damaged(data: bytes, every_length: bool, flips: int, rng) -> list[bytes]:
 
 
 def _fuzz_validation(folder, every_length: bool, flips: int) -> None:
-    from trainer import data
+    from trainer.data.rows import load_rows
+    from trainer.data.validate import validate
     from trainer.errors import InputError
 
     rng = np.random.default_rng(0)
@@ -150,8 +151,8 @@ def _fuzz_validation(folder, every_length: bool, flips: int) -> None:
             total += 1
     (folder / "damaged.csv").write_text("\n".join(lines) + "\n")
 
-    rows, report = data.load_rows(folder, "damaged.csv")
-    kept = data.validate(rows, report)
+    rows, report = load_rows(folder, "damaged.csv")
+    kept = validate(rows, report)
     corrupt = report.problems.get("unreadable or corrupt images", [])
     duplicates = report.problems.get("identical content under different paths", [])
     assert len(kept) + len(corrupt) + len(duplicates) == total
@@ -162,9 +163,9 @@ def _fuzz_validation(folder, every_length: bool, flips: int) -> None:
         for size in (32, 224):
             assert load_image(row.path, size).shape == (size, size, 3)
 
-    rows, report = data.load_rows(folder, "damaged.csv")
+    rows, report = load_rows(folder, "damaged.csv")
     with pytest.raises(InputError, match=r"^--strict: \d+ unusable row\(s\): unreadable or corrupt images: "):
-        data.validate(rows, report, strict=True)
+        validate(rows, report, strict=True)
 
 
 def test_every_cut_and_some_flipped_bytes_of_every_format_are_dropped_rows(tmp_path):

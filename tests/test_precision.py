@@ -39,7 +39,7 @@ def test_float32_copy_computes_in_float32_with_the_same_weights():
 def test_the_feature_cache_key_names_a_half_precision_compute_dtype():
     import hashlib
 
-    from trainer.features import PREPROCESSING, cache_key
+    from trainer.features.cache import PREPROCESSING, cache_key
 
     float32 = cache_key("vgg16", 64, "imagenet")
     # A float32 key is the one made before the dtype was part of it: earlier caches stay valid.
@@ -60,7 +60,7 @@ def test_half_precision_features_differ_from_float32_ones(demo_dir):
     script = f"""
 import json, sys, glob, keras, numpy as np
 from trainer.model import build_backbone, feature_extractor
-from trainer.features import featurize
+from trainer.features.extract import featurize
 paths = sorted(glob.glob({str(demo_dir / "Images" / "*" / "*.jpg")!r}))[:8]
 out = {{}}
 for policy in ("float32", "mixed_float16", "mixed_bfloat16"):

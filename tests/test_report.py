@@ -63,10 +63,10 @@ def test_tensorboard_logs_need_no_tensorboard_package(tmp_path, monkeypatch):
     """TensorFlow 2.21 does not install tensorboard; its tf.summary.scalar then raises."""
     import sys
 
-    from trainer.train import _write_tensorboard
+    from trainer.runwriter import write_tensorboard
 
     monkeypatch.setitem(sys.modules, "tensorboard", None)  # import tensorboard fails
-    _write_tensorboard([{"loss": 0.5, "val_loss": 0.75}, {"loss": 0.25, "val_loss": 0.5}], tmp_path)
+    write_tensorboard([{"loss": 0.5, "val_loss": 0.75}, {"loss": 0.25, "val_loss": 0.5}], tmp_path)
     (events,) = (tmp_path / "validation").glob("events.out.tfevents.*")
     assert _scalars(events, "epoch_loss") == [(1, 0.75, "scalars"), (2, 0.5, "scalars")]  # exact in float32
 
@@ -127,7 +127,7 @@ def _images_in_a_browser(report: Path, tmp_path: Path) -> list:
 
 
 def _pictures_and_thumbnails_load(run: Path, tmp_path: Path) -> None:
-    from trainer.report import PICTURES
+    from trainer.diagnostics.report import PICTURES
 
     images = _images_in_a_browser(run / "report.html", tmp_path)
     pictures, thumbnails = images[: len(PICTURES)], images[len(PICTURES) :]

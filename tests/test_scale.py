@@ -23,8 +23,9 @@ PROBE = textwrap.dedent(
     """
     import json, sys, time
     import numpy as np
-    from trainer import audit, stages
-    from trainer.model import feature_statistics
+    from trainer import stages
+    from trainer.diagnostics import audit
+    from trainer.head import feature_statistics
 
     images, dimensions = int(sys.argv[1]), int(sys.argv[2])
     rng = np.random.default_rng(0)

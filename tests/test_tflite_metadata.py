@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainer import tflite_metadata
+from trainer.export import tflite_metadata
 
 MEDIAPIPE = "mediapipe==1.2.3"
 
@@ -102,7 +102,7 @@ def test_mediapipe_tasks_classifies_the_test_photos_from_the_tflite_file_alone(r
     import keras
     from PIL import Image
 
-    from trainer.images import load_image
+    from trainer.data.images import load_image
 
     model_file = tmp_path / "alone" / "model.tflite"  # nothing beside it: no labels.txt, no config
     model_file.parent.mkdir()
@@ -131,7 +131,7 @@ def test_mediapipe_tasks_classifies_the_test_photos_from_the_tflite_file_alone(r
 def test_a_model_the_metadata_writer_cannot_read_is_written_without_it(run_dir, tmp_path, monkeypatch, trainer_log):
     import shutil
 
-    from trainer import export
+    from trainer.export import formats as export
 
     def refuses(model, metadata, files):
         raise ValueError("an unknown layout")

@@ -17,6 +17,7 @@ RUN_FILES = {
     "ud-cd-classifier.keras",
     "labels.txt",
     "config.json",
+    "decided.json",
     "split.csv",
     "history.csv",
     "metrics.json",
@@ -50,7 +51,9 @@ def test_run_folder_holds_every_artifact(trained_run):
     assert not list(trained_run.parent.glob(".*partial*")), "partial folder left behind"
     assert (trained_run / "labels.txt").read_text() == "CD\nUD\n"
     config = json.loads((trained_run / "config.json").read_text())
-    assert config["backbone"] == "tiny" and config["weights_used"] == "none" and config["image_size"] == 64
+    decided = json.loads((trained_run / "decided.json").read_text())
+    assert config["backbone"] == "tiny" and config["weights"] == "none" and config["image_size"] == 64
+    assert (decided["backbone"], decided["weights"], decided["labels"]) == ("tiny", "none", ["CD", "UD"])
     with (trained_run / "split.csv").open() as handle:
         split = list(csv.DictReader(handle))
     assert {row["Split"] for row in split} == {"train", "validation", "test"}
@@ -139,7 +142,7 @@ def test_local_weights_file_freezes_the_backbone(cli, demo_dir, tmp_path):
     assert code == 0, err
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["mode"] == "bottleneck" and manifest["feature_cache"]["dimensions"] == 128
-    assert json.loads((run_dir / "config.json").read_text())["weights_used"] == str(weights)
+    assert json.loads((run_dir / "decided.json").read_text())["weights"] == str(weights)
 
 
 def test_weights_that_do_not_fit_leave_nothing_behind(cli, demo_dir, tmp_path):
@@ -204,24 +207,24 @@ def test_concrete_dataset_as_the_issue_runs_it(tmp_path):
 
 
 def test_imagenet_weights_are_cached_on_drive_when_it_is_mounted(tmp_path, monkeypatch):
-    from trainer import train
+    from trainer import places
     from trainer.config import TrainConfig
 
-    monkeypatch.setattr(train, "DRIVE", tmp_path / "no-drive")
-    assert train.weights_cache_dir(TrainConfig()) is None
-    assert train.default_workspace(TrainConfig()) == Path("workspace")
+    monkeypatch.setattr(places, "DRIVE", tmp_path / "no-drive")
+    assert places.weights_cache(TrainConfig()) is None
+    assert places.workspace(TrainConfig()) == Path("workspace")
     (tmp_path / "MyDrive").mkdir()
-    monkeypatch.setattr(train, "DRIVE", tmp_path / "MyDrive")
+    monkeypatch.setattr(places, "DRIVE", tmp_path / "MyDrive")
     # Beside the published MyDrive/ud-cd-classifier/, which publishing swaps whole, not inside it.
-    assert train.weights_cache_dir(TrainConfig()) == tmp_path / "MyDrive" / "ud-cd-classifier-workspace" / "keras"
-    assert train.default_workspace(TrainConfig()) == tmp_path / "MyDrive" / "ud-cd-classifier-workspace"
-    assert train.weights_cache_dir(TrainConfig(weights_cache=str(tmp_path / "mine"))) == tmp_path / "mine"
+    assert places.weights_cache(TrainConfig()) == tmp_path / "MyDrive" / "ud-cd-classifier-workspace" / "keras"
+    assert places.workspace(TrainConfig()) == tmp_path / "MyDrive" / "ud-cd-classifier-workspace"
+    assert places.weights_cache(TrainConfig(weights_cache=str(tmp_path / "mine"))) == tmp_path / "mine"
 
 
 def test_a_failed_diagnostic_never_costs_the_model(cli, demo_dir, tmp_path, monkeypatch):
     """Each diagnostic made to fail (TRAINER_FAIL_DIAGNOSTIC): the run folder keeps its model,
     metrics and the rest, manifest.json says what failed, and the exit code is 3."""
-    from trainer.diagnostics import EXIT_DIAGNOSTICS
+    from trainer.diagnostics.runner import EXIT_DIAGNOSTICS
 
     runs = {}
     for failing in ("audit,heatmaps,exports", "report"):

@@ -159,8 +159,8 @@ def test_a_crash_after_the_model_landed_still_publishes_it(demo_dir, tmp_path):
 def test_the_trainers_digest_is_invokes_and_lists_nothing_again(demo_dir, tmp_path, monkeypatch):
     """The trainer digests the rows load_data listed and the hashes validation took: the same
     record `invoke train` computes on its own, with or without --validation-file."""
-    from trainer import data as data_module
-    from trainer.train import load_data
+    from trainer.data import rows as data_module
+    from trainer.data.load import load_data
 
     data = tmp_path / "data"
     shutil.copytree(demo_dir, data)

@@ -1,113 +1,66 @@
-"""`python -m trainer`: the command layer. It parses options, calls one library function, and
-turns expected mistakes into one line on stderr with exit code 2 (1 for anything else)."""
+"""`python -m trainer`: the command layer. One small function per command parses nothing and
+decides nothing: it calls the library and prints what the command promises on stdout. Expected
+mistakes become one line on stderr with exit code 2 (1 for a check that fails, 3 for a run whose
+model landed but a diagnostic did not)."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
+import json
 import logging
 import os
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 from trainer import device, runfolder
-from trainer.config import TrainConfig, described, flag, options
+from trainer.config import TrainConfig, described, flag, options, parse_formats
 from trainer.errors import CheckFailed, InputError
 
 log = logging.getLogger("trainer")
 
 
 class Parser(argparse.ArgumentParser):
-    """Usage errors as one line that says where to look, like every other input error."""
+    """Options exactly as written (no guessing from a prefix: --epoch is not --epochs), and usage
+    errors as one line that names the nearest real option and where to look."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
 
     def error(self, message: str) -> None:
         raise InputError(f"{message} (see '{self.prog} --help')")
+
+    def parse_args(self, args=None, namespace=None):
+        """As argparse's, but an unknown option names the command's nearest real one."""
+        known, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            command = getattr(known, "command", None)
+            chosen = self.commands.get(command, self) if hasattr(self, "commands") else self
+            names = [name for action in chosen._actions for name in action.option_strings if name.startswith("--")]
+            close = difflib.get_close_matches(unknown[0].split("=")[0], names, n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            chosen.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
+        return known
 
 
 TYPES = {"str": str, "str | None": str, "int": int, "float": float, "bool": bool}
 
 
-def add_train_options(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field, from its type, default and help (trainer/config.py)."""
+def add_train_options(parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None) -> None:
+    """One flag per TrainConfig field (or each of `names`), from its type, default and help
+    (trainer/config.py)."""
     for option in options():
+        if names is not None and option.name not in names:
+            continue
         kind = TYPES[option.type]
         if kind is bool:
             action = argparse.BooleanOptionalAction if option.default else "store_true"
             parser.add_argument(flag(option.name), action=action, default=option.default, help=described(option))
         else:
             parser.add_argument(flag(option.name), type=kind, default=option.default, help=described(option))
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="python -m trainer", description="Train, evaluate and use an image classifier.")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-
-    train = commands.add_parser("train", help="train a classifier on a folder or CSV of labelled images")
-    add_train_options(train)
-
-    evaluate = commands.add_parser("evaluate", help="metrics of a trained run on labelled images")
-    evaluate.add_argument("--model", required=True, help="run folder written by 'train'")
-    evaluate.add_argument("--folder", help="images to evaluate on (default: the run's own test split)")
-    evaluate.add_argument("--file", help="CSV with ImagePath,Label, found in --folder or the working directory")
-    evaluate.add_argument("--strict", action="store_true", help="fail on any unusable row")
-    evaluate.add_argument("--batch-size", type=int, default=32)
-    evaluate.add_argument("--output", help="also write the metrics to this JSON file")
-
-    predict = commands.add_parser("predict", help="label images: writes ImagePath,PredictedLabel,Score")
-    predict.add_argument(
-        "--model", required=True, help="run folder written by 'train', a .keras file, a SavedModel or a .tflite file"
-    )
-    predict.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders of images, or a CSV")
-    predict.add_argument("--output", help="CSV to write (default: standard output)")
-    predict.add_argument("--batch-size", type=int, default=32)
-
-    explain = commands.add_parser("explain", help="heatmaps of where the model looks in any images")
-    explain.add_argument("--model", required=True, help="run folder written by 'train', or its .keras file")
-    explain.add_argument("paths", nargs="+", metavar="IMAGE", help="image files or folders of images")
-    explain.add_argument("--output", default="heatmaps", help="folder for NAME.heatmap.png (default heatmaps)")
-
-    audit = commands.add_parser("audit", help="labels to check: unlikely labels, near-duplicates, outliers")
-    audit.add_argument("--folder", required=True, help="image folder; without --file, one subfolder per class")
-    audit.add_argument("--file", help="CSV with ImagePath,Label, found in --folder or the working directory")
-    audit.add_argument(
-        "--label-folder",
-        default="auto",
-        choices=("auto", "top", "leaf"),
-        help="with class folders, which level names the class (as for train; default auto)",
-    )
-    audit.add_argument("--merge-labels", help="join labels into classes, NEW=OLD+OLD,... (as for train)")
-    audit.add_argument("--workspace", default="workspace", help="the feature cache (default ./workspace)")
-    audit.add_argument("--output", default="audit.csv", help="the list to write (default audit.csv)")
-    audit.add_argument("--seed", type=int, default=0, help="for the held-out folds (default 0)")
-
-    cache = commands.add_parser("cache", help="what the feature cache holds; drop what no dataset of yours uses")
-    cache.add_argument(
-        "--workspace", default="workspace", help="the workspace whose cache to read (default ./workspace)"
-    )
-    cache.add_argument("--keep-folder", help="drop every entry but this dataset's images (with --keep-file for a CSV)")
-    cache.add_argument("--keep-file", help="the CSV of the dataset to keep, as train's --file")
-
-    export = commands.add_parser("export", help="(re)write a run's exports and check them against Keras")
-    export.add_argument("run_dir", metavar="RUN_DIR")
-    export.add_argument(
-        "--formats", default="all", help="all, or a comma list of saved_model, tflite, onnx (default all)"
-    )
-    export.add_argument("--no-check", dest="check", action="store_false", help="write without the parity check")
-    export.add_argument(
-        "--check-only", action="store_true", help="check the exports already in RUN_DIR without rewriting them"
-    )
-    export.add_argument(
-        "--benchmark", action="store_true", help="also each format's test accuracy and latency at batch 1 and 32"
-    )
-
-    report = commands.add_parser("report", help="redraw a run's pictures and rewrite its report.html")
-    report.add_argument("run_dir", metavar="RUN_DIR")
-
-    demo = commands.add_parser("demo-data", help="write the synthetic CD/UD demo dataset")
-    demo.add_argument("out_dir", metavar="OUT_DIR")
-    demo.add_argument("--per-class", type=int, default=60, help="images per class (default 60)")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--image-size", type=int, default=160, help="pixels (default 160)")
-    return parser
 
 
 def config_from(args: argparse.Namespace) -> TrainConfig:
@@ -119,6 +72,189 @@ def train_config(argv: list[str]) -> TrainConfig:
     """The TrainConfig a `train` command line asks for (its arguments after `train`), checked;
     InputError as the command would report it."""
     return config_from(get_args_parser().parse_args(["train", *argv])).check()
+
+
+# ---------------------------------------------------------------------------------------------
+# The commands: each calls the library and prints what it promises
+
+
+def train(args) -> int:
+    from trainer.diagnostics.runner import EXIT_DIAGNOSTICS, DiagnosticsFailed
+    from trainer.train import main
+
+    try:
+        main(config_from(args))  # prints the run folder once its model is complete
+    except DiagnosticsFailed as failure:
+        print(f"trainer: warning: {failure}", file=sys.stderr)
+        return EXIT_DIAGNOSTICS
+    return 0
+
+
+def evaluate(args) -> int:
+    from trainer.evaluate import evaluate_run
+    from trainer.metrics import summary_line, write_metrics
+
+    _check_batch_size(args)
+    metrics = evaluate_run(args.model, args.folder, args.file, args.strict, args.batch_size)
+    log.info("%s", summary_line(metrics))
+    if args.output:
+        write_metrics(metrics, Path(args.output))
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def predict(args) -> int:
+    from trainer.predict import load_run, predict_images
+
+    _check_batch_size(args)
+    counts = predict_images(load_run(args.model), args.paths, args.output, args.batch_size)
+    return 1 if counts["errors"] else 0
+
+
+def explain(args) -> int:
+    from trainer.diagnostics.explain import explain_images
+    from trainer.predict import collect_images, load_run
+
+    rows = explain_images(load_run(args.model), collect_images(args.paths), Path(args.output))
+    print("ImagePath,PredictedLabel,Score,Heatmap")
+    for row in rows:
+        print(f"{row['path']},{row['predicted']},{row['score']:.6f},{row['heatmap']}")
+    return 0
+
+
+def audit(args) -> int:
+    from trainer.data.load import load_unsplit
+    from trainer.diagnostics.audit import audit_data
+    from trainer.places import workspace
+
+    config = config_from(args).check()
+    summary = audit_data(load_unsplit(config), None, workspace(config), Path(args.output), config)
+    log.info("audit of %d images: %s", summary["images"],
+             ", ".join(f"{n} {kind}" for kind, n in summary["flagged"].items()))  # fmt: skip
+    print(args.output)
+    return 0
+
+
+def cache(args) -> int:
+    from trainer.features.cache import summarize_caches
+
+    for line in summarize_caches(args.workspace, args.keep_folder, args.keep_file):
+        print(line)
+    return 0
+
+
+def export(args) -> int:
+    from trainer.diagnostics.runner import redo
+
+    formats = parse_formats(args.formats)
+    if not formats:
+        raise InputError("--formats none: nothing to export")
+    if args.check_only and not args.check:
+        raise InputError("--check-only and --no-check together do nothing")
+    redo(args.run_dir, ("exports", "report"), formats=formats, check=args.check, write=not args.check_only,
+         benchmark=args.benchmark)  # fmt: skip
+    print(Path(args.run_dir) / runfolder.EXPORTS)
+    return 0
+
+
+def report(args) -> int:
+    from trainer.diagnostics.runner import redo
+
+    redo(args.run_dir, ("report",))
+    print(Path(args.run_dir) / runfolder.REPORT)
+    return 0
+
+
+def demo_data(args) -> int:
+    from trainer.data.demo import make_demo_data
+
+    print(make_demo_data(args.out_dir, args.per_class, args.seed, args.image_size))
+    return 0
+
+
+def _check_batch_size(args) -> None:
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1 (got {args.batch_size})")
+
+
+# ---------------------------------------------------------------------------------------------
+# The parser: each command's name, help, arguments and function
+
+
+def arg(*names: str, **settings) -> tuple:
+    return names, settings
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    run: Callable[[argparse.Namespace], int]
+    arguments: tuple = ()
+    train_options: tuple[str, ...] | None = ()  # TrainConfig options it takes too (None: all)
+
+
+MODEL_HELP = "run folder written by 'train'"
+CSV_HELP = "CSV with ImagePath,Label, found in --folder or the working directory"
+COMMANDS = (
+    Command("train", "train a classifier on a folder or CSV of labelled images", train, train_options=None),
+    Command("evaluate", "metrics of a trained run on labelled images", evaluate, (
+        arg("--model", required=True, help=MODEL_HELP),
+        arg("--folder", help="images to evaluate on (default: the run's own test split)"),
+        arg("--file", help=CSV_HELP),
+        arg("--strict", action="store_true", help="fail on any unusable row"),
+        arg("--batch-size", type=int, default=32),
+        arg("--output", help="also write the metrics to this JSON file"),
+    )),
+    Command("predict", "label images: writes ImagePath,PredictedLabel,Score", predict, (
+        arg("--model", required=True, help=f"{MODEL_HELP}, a .keras file, a SavedModel or a .tflite file"),
+        arg("paths", nargs="+", metavar="PATH", help="image files, folders of images, or a CSV"),
+        arg("--output", help="CSV to write (default: standard output)"),
+        arg("--batch-size", type=int, default=32),
+    )),
+    Command("explain", "heatmaps of where the model looks in any images", explain, (
+        arg("--model", required=True, help=f"{MODEL_HELP}, or its .keras file"),
+        arg("paths", nargs="+", metavar="IMAGE", help="image files or folders of images"),
+        arg("--output", default="heatmaps", help="folder for NAME.heatmap.png (default heatmaps)"),
+    )),
+    Command("audit", "labels to check: unlikely labels, near-duplicates, outliers", audit, (
+        arg("--output", default="audit.csv", help="the list to write (default audit.csv)"),
+    ), train_options=("folder", "file", "label_folder", "merge_labels", "seed", "head_c", "class_weights",
+                      "workspace")),
+    Command("cache", "what the feature cache holds; drop what no dataset of yours uses", cache, (
+        arg("--workspace", default="workspace", help="the workspace whose cache to read (default ./workspace)"),
+        arg("--keep-folder", help="drop every entry but this dataset's images (with --keep-file for a CSV)"),
+        arg("--keep-file", help="the CSV of the dataset to keep, as train's --file"),
+    )),
+    Command("export", "(re)write a run's exports and check them against Keras", export, (
+        arg("run_dir", metavar="RUN_DIR"),
+        arg("--formats", default="all", help="all, or a comma list of saved_model, tflite, onnx (default all)"),
+        arg("--no-check", dest="check", action="store_false", help="write without the parity check"),
+        arg("--check-only", action="store_true", help="check the exports already in RUN_DIR without rewriting them"),
+        arg("--benchmark", action="store_true", help="also each format's test accuracy and latency at batch 1 and 32"),
+    )),
+    Command("report", "redraw a run's pictures and rewrite its report.html", report, (arg("run_dir", metavar="RUN_DIR"),)),
+    Command("demo-data", "write the synthetic CD/UD demo dataset", demo_data, (
+        arg("out_dir", metavar="OUT_DIR"),
+        arg("--per-class", type=int, default=60, help="images per class (default 60)"),
+        arg("--seed", type=int, default=0),
+        arg("--image-size", type=int, default=160, help="pixels (default 160)"),
+    )),
+)  # fmt: skip
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="python -m trainer", description="Train, evaluate and use an image classifier.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    parser.commands = {}
+    for command in COMMANDS:
+        sub = parser.commands[command.name] = commands.add_parser(command.name, help=command.help)
+        sub.set_defaults(run=command.run)
+        for names, settings in command.arguments:
+            sub.add_argument(*names, **settings)
+        if command.train_options != ():
+            add_train_options(sub, command.train_options)
+    return parser
 
 
 def _legacy(argv: list[str]) -> list[str]:
@@ -133,103 +269,7 @@ def run(argv: list[str]) -> int:
     if args.command is None:
         get_args_parser().print_help()
         return 2
-    if args.command == "demo-data":
-        from trainer.demo import make_demo_data
-
-        csv_path = make_demo_data(args.out_dir, args.per_class, args.seed, args.image_size)
-        print(csv_path)
-        return 0
-    if args.command == "train":
-        from trainer import train
-        from trainer.diagnostics import EXIT_DIAGNOSTICS, DiagnosticsFailed
-
-        try:
-            train.main(config_from(args))  # prints the run folder once its model is complete
-        except DiagnosticsFailed as failure:
-            print(f"trainer: warning: {failure}", file=sys.stderr)
-            return EXIT_DIAGNOSTICS
-        return 0
-    if args.command == "report":
-        from trainer.report import build
-
-        print(build(args.run_dir))
-        return 0
-    if args.command == "cache":
-        from trainer.features import summarize_caches
-
-        for line in summarize_caches(args.workspace, args.keep_folder, args.keep_file):
-            print(line)
-        return 0
-    if args.command == "export":
-        from pathlib import Path
-
-        from trainer.export import export_run, parse_formats
-
-        formats = parse_formats(args.formats)
-        if not formats:
-            raise InputError("--formats none: nothing to export")
-        if args.check_only and not args.check:
-            raise InputError("--check-only and --no-check together do nothing")
-        export_run(args.run_dir, formats, args.check, write=not args.check_only, benchmark=args.benchmark)
-        if (Path(args.run_dir) / runfolder.REPORT).is_file():
-            from trainer.report import build
-
-            build(args.run_dir)
-        print(Path(args.run_dir) / runfolder.EXPORTS)
-        return 0
-    if getattr(args, "batch_size", 1) < 1:
-        raise InputError(f"--batch-size must be at least 1 (got {args.batch_size})")
-    if args.command == "evaluate":
-        import json
-        from pathlib import Path
-
-        from trainer.evaluate import evaluate_run, summary_line, write_metrics
-
-        metrics = evaluate_run(args.model, args.folder, args.file, args.strict, args.batch_size)
-        log.info("%s", summary_line(metrics))
-        if args.output:
-            write_metrics(metrics, Path(args.output))
-        print(json.dumps(metrics, indent=2))
-        return 0
-    if args.command == "audit":
-        from pathlib import Path
-
-        from trainer import data
-        from trainer.audit import audit_splits, write_lists
-        from trainer.predict import log_report
-
-        rows, report = data.load_rows(args.folder, args.file, args.label_folder, args.merge_labels)
-        rows = data.validate(rows, report)
-        log_report(report)
-        labels = sorted({row.label for row in rows})
-        rows, findings, summary = audit_splits(
-            {"all": rows}, labels, None, args.workspace, args.seed, report.thumbnails
-        )
-        write_lists(Path(args.output), rows, findings, labels)
-        log.info(
-            "audit of %d images: %s",
-            summary["images"],
-            ", ".join(f"{n} {kind}" for kind, n in summary["flagged"].items()),
-        )
-        print(args.output)
-        return 0
-    if args.command == "explain":
-        from pathlib import Path
-
-        from trainer.explain import explain_images
-        from trainer.predict import collect_images, load_run
-
-        rows = explain_images(load_run(args.model), collect_images(args.paths), Path(args.output))
-        print("ImagePath,PredictedLabel,Score,Heatmap")
-        for row in rows:
-            print(f"{row['path']},{row['predicted']},{row['score']:.6f},{row['heatmap']}")
-        return 0
-    if args.command == "predict":
-        from trainer.predict import load_run, predict_images
-
-        counts = predict_images(load_run(args.model), args.paths, args.output, args.batch_size)
-        return 1 if counts["errors"] else 0
-    raise AssertionError(args.command)
+    return args.run(args)
 
 
 class _StderrHandler(logging.StreamHandler):

@@ -11,14 +11,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainer.device import MIXED_PRECISION
+from trainer.backbones import BACKBONES, canonical_backbone
 from trainer.errors import InputError
 
 SCHEDULES = ("none", "exponential", "polynomial", "cosine")
+# auto: from the hardware; on: the device's own kind (float16 on GPUs, bfloat16 elsewhere);
+# float16 / bfloat16: that policy on any device, so that a CPU can run what a GPU would.
+MIXED_PRECISION = ("auto", "on", "off", "float16", "bfloat16")
+EXPORT_FORMATS = ("saved_model", "tflite", "onnx")
 
 
 @dataclass(frozen=True)
@@ -56,7 +61,7 @@ def option(default, help: str, accepts: Accepts | None = None, *, place: bool = 
     return field(default=default, metadata={"help": help, "accepts": accepts, "place": place})
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     # Data
     folder: str = option("Images", "image folder; with no --file, one subfolder per class", place=True)
@@ -175,21 +180,18 @@ class TrainConfig:
     )
 
     def check(self) -> TrainConfig:
-        """Raise InputError naming the first option that is out of range."""
-        from trainer.export import parse_formats
-        from trainer.model import canonical_backbone
-
+        """This config with the backbone's canonical name (ML.NET's names are accepted), or
+        InputError naming the first option that is out of range. Nothing is imported here but
+        the backbone registry: the options sit below every stage."""
         for option_field in dataclasses.fields(self):
             accepts, value = option_field.metadata["accepts"], getattr(self, option_field.name)
             if accepts is not None and not accepts.test(value):
                 raise InputError(f"{flag(option_field.name)} must be {accepts.words} (got {value!r})")
-        self.backbone = canonical_backbone(self.backbone)
-        if self.backbone == "auto":
-            from trainer.choose import candidates
-
-            candidates(self.candidates, accelerated=True)  # the names; the device picks the default later
+        checked = dataclasses.replace(self, backbone=canonical_backbone(self.backbone))
+        if checked.backbone == "auto":
+            parse_candidates(checked.candidates)  # the names; the device picks the default later
         else:
-            self._check_backbone()
+            checked._check_backbone()
         if not 0 <= self.end_learning_rate <= self.learning_rate:
             raise InputError(
                 f"--end-learning-rate must be between 0 and --learning-rate (got {self.end_learning_rate!r})"
@@ -202,24 +204,18 @@ class TrainConfig:
                 "--fine-tune-layers needs pretrained weights; with --weights none the whole network trains anyway"
             )
         if self.target_recall is not None:
-            from trainer.decision import parse_target
-
             parse_target(self.target_recall)
             if self.fine_tune_layers or self.weights == "none":
                 raise InputError(
                     "--target-recall chooses its threshold on the head's out-of-fold probabilities, so it needs "
                     "bottleneck mode: drop --fine-tune-layers and --weights none, or drop --target-recall"
                 )
-        from trainer.layout import parse_merge
-
         parse_merge(self.merge_labels)
         if self.validation_file is not None and not self.validation_file.strip():
             raise InputError("--validation-file must name a CSV")
-        return self
+        return checked
 
     def _check_backbone(self) -> None:
-        from trainer.model import BACKBONES  # the registry imports TensorFlow lazily
-
         if self.backbone not in BACKBONES:
             raise InputError(f"--backbone must be one of {', '.join(BACKBONES)} or auto (got {self.backbone!r})")
         spec = BACKBONES[self.backbone]
@@ -236,6 +232,13 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_run(cls, values: dict) -> TrainConfig:
+        """The options a run folder's config.json holds (runs from before decided.json kept
+        resolved values beside them, which are left out)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in values.items() if key in known})
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
@@ -277,3 +280,70 @@ def reference() -> str:
 
 def options() -> tuple[dataclasses.Field, ...]:
     return dataclasses.fields(TrainConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Options written as small languages, parsed here so that each is checked before any work starts
+
+
+def parse_formats(text: str) -> tuple[str, ...]:
+    """--export: all, none, or a comma list of EXPORT_FORMATS."""
+    if text == "all":
+        return EXPORT_FORMATS
+    if text == "none":
+        return ()
+    chosen = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [part for part in chosen if part not in EXPORT_FORMATS]
+    if unknown or not chosen:
+        raise InputError(f"--export: {text!r}; use all, none, or a comma list of {', '.join(EXPORT_FORMATS)}")
+    return chosen
+
+
+def parse_target(text: str) -> tuple[str, float]:
+    """--target-recall: 'CD=0.95' -> ('CD', 0.95); InputError naming the option otherwise."""
+    label, sep, value = text.partition("=")
+    label = label.strip()
+    if not sep or not label:
+        raise InputError(f"--target-recall: {text!r} is not CLASS=RECALL; e.g. --target-recall CD=0.95")
+    try:
+        recall = float(value)
+    except ValueError:
+        raise InputError(f"--target-recall: {value.strip()!r} is not a number; e.g. --target-recall CD=0.95") from None
+    if not 0.0 < recall <= 1.0 or math.isnan(recall):
+        raise InputError(f"--target-recall: a recall must be in (0, 1], got {value.strip()}")
+    return label, recall
+
+
+def parse_merge(text: str | None) -> dict[str, str]:
+    """--merge-labels: 'cracked=CD+CP+CW,uncracked=UD+UP+UW' -> {'CD': 'cracked', ...}, each
+    old label to its new one."""
+    if not text or not text.strip():
+        return {}
+    mapping: dict[str, str] = {}
+    for part in (part.strip() for part in text.split(",") if part.strip()):
+        new, equals, olds = part.partition("=")
+        names = [name.strip() for name in olds.split("+") if name.strip()]
+        if not equals or not new.strip() or not names:
+            raise InputError(f"--merge-labels: {part!r} is not NEW=OLD+OLD; e.g. cracked=CD+CP+CW,uncracked=UD+UP+UW")
+        for old in names:
+            if old in mapping:
+                raise InputError(f"--merge-labels: {old!r} is merged twice ({mapping[old]!r} and {new.strip()!r})")
+            mapping[old] = new.strip()
+    return mapping
+
+
+def parse_candidates(text: str | None) -> list[tuple[str, str]]:
+    """--candidates NAME[=WEIGHTS_FILE],...: (backbone, weights) pairs; [] when not given (the
+    device's default list, trainer.choose)."""
+    if not text:
+        return []
+    chosen = []
+    for part in (part.strip() for part in text.split(",") if part.strip()):
+        name, _, weights = part.partition("=")
+        name = canonical_backbone(name.strip())
+        if name not in BACKBONES:
+            raise InputError(f"--candidates: {name!r} is not a backbone; use some of {', '.join(BACKBONES)}")
+        chosen.append((name, weights.strip() or "auto"))
+    if not chosen:
+        raise InputError("--candidates: name at least one backbone")
+    return chosen

@@ -25,26 +25,10 @@ import numpy as np
 
 from trainer import runfolder
 from trainer.atomic import write_atomically
+from trainer.config import parse_target
 from trainer.errors import InputError
 
 DECISION = runfolder.DECISION
-OUT_OF_FOLD_IMAGES = 5000  # at most, stratified: the threshold's recall to about +-0.01 at 0.95
-FOLDS = 5
-
-
-def parse_target(text: str) -> tuple[str, float]:
-    """'CD=0.95' -> ('CD', 0.95); InputError naming the option otherwise."""
-    label, sep, value = text.partition("=")
-    label = label.strip()
-    if not sep or not label:
-        raise InputError(f"--target-recall: {text!r} is not CLASS=RECALL; e.g. --target-recall CD=0.95")
-    try:
-        recall = float(value)
-    except ValueError:
-        raise InputError(f"--target-recall: {value.strip()!r} is not a number; e.g. --target-recall CD=0.95") from None
-    if not 0.0 < recall <= 1.0 or math.isnan(recall):
-        raise InputError(f"--target-recall: a recall must be in (0, 1], got {value.strip()}")
-    return label, recall
 
 
 def check_label(text: str, labels: list[str]) -> None:

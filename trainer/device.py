@@ -12,10 +12,6 @@ from dataclasses import dataclass, field
 
 from trainer.errors import InputError
 
-# auto: from the hardware; on: the device's own kind (float16 on GPUs, bfloat16 elsewhere);
-# float16 / bfloat16: that policy on any device, so that a CPU can run what a GPU would.
-MIXED_PRECISION = ("auto", "on", "off", "float16", "bfloat16")
-
 
 @dataclass(frozen=True)
 class Device:

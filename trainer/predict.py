@@ -10,10 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer import data, decision, runfolder, runtimes
+from trainer import decision, runfolder
 from trainer.atomic import replacing
+from trainer.data.images import is_image_file
+from trainer.data.rows import read_csv_rows
 from trainer.errors import InputError
-from trainer.images import is_image_file
+from trainer.export import runtimes
 
 log = logging.getLogger("trainer")
 
@@ -31,7 +33,7 @@ class Run:
     decision: object = decision.ARGMAX  # the rule from probabilities to a label (decision.json beside it)
 
     def predict(self, paths: list[str], batch_size: int = 32) -> np.ndarray:
-        from trainer.pipeline import make_dataset
+        from trainer.data.pipeline import make_dataset
 
         if not paths:
             return np.zeros((0, len(self.labels)))
@@ -39,13 +41,14 @@ class Run:
         return np.concatenate([np.asarray(self.forward(batch.numpy())) for batch in dataset])
 
 
-def load_run(location: str | Path) -> Run:
+def load_run(location: str | Path, quiet: bool = False) -> Run:
     """A run folder (model.keras + labels.txt), a .keras file, a SavedModel folder or a .tflite
     file, with labels.txt beside the file, or in or beside the SavedModel folder; with the
-    operating point of decision.json in the run folder, when the run chose one."""
+    operating point of decision.json in the run folder, when the run chose one (said in one
+    line unless quiet)."""
     run = _load(Path(location))
     run.decision = decision.read(run.path, run.labels)
-    if run.decision is not decision.ARGMAX:
+    if run.decision is not decision.ARGMAX and not quiet:
         log.info("deciding %s (%s)", run.decision.describe(), run.path / decision.DECISION)
     return run
 
@@ -108,20 +111,13 @@ def collect_images(inputs: list[str]) -> list[Path]:
                 raise InputError(f"{path}: no images in this folder")
             paths += found
         elif path.suffix.lower() == ".csv" and path.is_file():
-            rows, _ = data.read_csv_rows(path, path.parent)
+            rows, _ = read_csv_rows(path, path.parent)
             paths += [row.path for row in rows]
         elif path.is_file():
             paths.append(path)
         else:
             raise InputError(f"{path}: no such file or folder")
     return paths
-
-
-def log_report(report: data.Report) -> None:
-    for line in report.lines():
-        log.warning("WARNING: %s", line)
-    for note in report.notes:
-        log.info("%s", note)
 
 
 def predict_images(run: Run, inputs: list[str], output: str | None, batch_size: int = 32) -> dict:
@@ -174,9 +170,9 @@ def _decoded(paths: list[Path], image_size: int, batch_size: int):
     """Batches of (float32 pixels, per image "" or the reason it could not be read)."""
     import tensorflow as tf
 
+    from trainer.data.images import load_image
+    from trainer.data.pipeline import PARALLEL, prefetched
     from trainer.errors import ImageError
-    from trainer.images import load_image
-    from trainer.pipeline import PARALLEL, prefetched
 
     blank = np.zeros((image_size, image_size, 3), dtype=np.uint8)
 

@@ -4,7 +4,8 @@ steps can ask what a run holds without importing the trainer's stack.
 
     model.keras          the trained model (and <model name>.keras, the same file)
     labels.txt           class names in the model's output order
-    config.json          every resolved option
+    config.json          every option, as the run was asked
+    decided.json         what the run decided: the backbone and weights used, the classes, ...
     split.csv            ImagePath,Label,Split,Sha256 for every image used
     history.csv          loss and accuracy per epoch and phase
     manifest.json        versions, hardware, policy, data fingerprint, what it was trained from
@@ -30,6 +31,7 @@ from trainer.errors import InputError
 MODEL = "model.keras"
 LABELS = "labels.txt"
 CONFIG = "config.json"
+DECIDED = "decided.json"
 SPLIT = "split.csv"
 HISTORY = "history.csv"
 MANIFEST = "manifest.json"
@@ -54,6 +56,18 @@ def read_json(path: Path) -> dict:
         return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     except json.JSONDecodeError as error:
         raise InputError(f"{path}: not valid JSON ({error}); the run folder is damaged") from None
+
+
+def read_settings(run_dir: Path) -> dict:
+    """What a run was asked (config.json) with what it decided (decided.json) over it: the
+    backbone trained, the weights used (also as weights_used, the older runs' name), the labels.
+    Runs from before decided.json kept both in config.json."""
+    settings = read_json(run_dir / CONFIG)
+    decided = read_json(run_dir / DECIDED)
+    settings.update(decided)
+    if "weights" in decided:
+        settings["weights_used"] = decided["weights"]
+    return settings
 
 
 def write_json(path: Path, content: dict) -> None:

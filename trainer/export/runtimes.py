@@ -7,7 +7,7 @@ softmax probabilities [n, classes], in labels.txt order.
     run_c_api            a SavedModel through the TensorFlow C library, in a child process that
                          never imports TensorFlow's Python package (trainer/capi.py)
 
-The exports' parity check (trainer.export) and prediction from any format (trainer.predict)
+The exports' parity check (trainer.export.formats) and prediction from any format (trainer.predict)
 both run models through here.
 """
 
@@ -88,13 +88,13 @@ def run_c_api(saved_model: Path, images: np.ndarray, timed: tuple[int, ...] = ()
         np.save(source, images)
         environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
         completed = subprocess.run(
-            [sys.executable, "-m", "trainer.capi", str(saved_model.resolve()), str(source), str(result)]
+            [sys.executable, "-m", "trainer.export.capi", str(saved_model.resolve()), str(source), str(result)]
             + ["--input-op", input_name.split(":")[0], "--output-op", output_name.split(":")[0]]
             + (["--time", ",".join(map(str, timed))] if timed else []),
             capture_output=True,
             text=True,
             env=environment,
-            cwd=Path(__file__).resolve().parent.parent,
+            cwd=Path(__file__).resolve().parents[2],  # the bundle, where `trainer` is a package
             check=False,
         )
         if completed.returncode != 0:

@@ -29,6 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
+from trainer.atomic import replacing
+from trainer.quiet import quiet
+
 log = logging.getLogger("trainer")
 
 CONVERTER = ("tensorflow", "keras", "tf2onnx", "onnx")  # whose versions name a converted extractor
@@ -69,8 +72,6 @@ def converted_name() -> str:
 def convert(feature_model, folder: Path) -> Path:
     """The extractor as ONNX in `folder`, converted when not there yet (written under a
     temporary name and renamed, so a killed conversion leaves nothing under the real name)."""
-    from trainer.atomic import replacing
-    from trainer.export import _quiet
 
     path = folder / converted_name()
     if path.is_file():
@@ -78,7 +79,7 @@ def convert(feature_model, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     # Keras's exporter refuses a model that has never been called.
     feature_model(np.zeros((1, *feature_model.input_shape[1:]), dtype=np.float32))
-    with replacing(path, suffix=".onnx") as temporary, _quiet():
+    with replacing(path, suffix=".onnx") as temporary, quiet():
         feature_model.export(str(temporary), format="onnx", verbose=False)
     return path
 

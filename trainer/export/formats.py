@@ -20,28 +20,29 @@ process) and compares the probabilities. exports.json records each leg.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import os
+import shutil
 import struct
-import sys
 import tempfile
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from trainer import runfolder, runtimes
-from trainer.atomic import partial_folder, replacing, write_atomically
+from trainer import runfolder
+from trainer.atomic import link_or_copy, partial_folder, remove, replacing, write_atomically
+from trainer.config import EXPORT_FORMATS
+from trainer.data.pipeline import decoded
 from trainer.errors import CheckFailed, InputError
+from trainer.export import runtimes
+from trainer.export.benchmark import benchmark_exports
 from trainer.predict import load_run
+from trainer.quiet import quiet
 
 log = logging.getLogger("trainer")
 
-FORMATS = ("saved_model", "tflite", "onnx")
 FLOAT_TOLERANCE = 1e-4  # float32 runtimes: the same arithmetic, different kernels
 QUANTIZED_TOLERANCE = 0.1  # int8 weights move probabilities; a conversion bug moves them much more
 CHECK_IMAGES = 5
@@ -59,43 +60,8 @@ class Leg:
     enforced: bool = True  # False: reported and warned about, but no failure (the int8 model)
 
 
-def parse_formats(text: str) -> tuple[str, ...]:
-    if text == "all":
-        return FORMATS
-    if text == "none":
-        return ()
-    chosen = tuple(part.strip() for part in text.split(",") if part.strip())
-    unknown = [part for part in chosen if part not in FORMATS]
-    if unknown or not chosen:
-        raise InputError(f"--export: {text!r}; use all, none, or a comma list of {', '.join(FORMATS)}")
-    return chosen
-
-
 # ---------------------------------------------------------------------------------------------
 # Writing
-
-
-@contextlib.contextmanager
-def _quiet():
-    """The converters print pages of progress, some of it from C++ straight to file descriptor
-    2; send both Python's and the descriptors' output to a scratch file while they run."""
-    with tempfile.TemporaryFile() as scratch, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        logging.getLogger("tf2onnx").setLevel(logging.ERROR)
-        logging.getLogger("absl").setLevel(logging.ERROR)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        saved = os.dup(1), os.dup(2)
-        os.dup2(scratch.fileno(), 1)
-        os.dup2(scratch.fileno(), 2)
-        try:
-            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                yield
-        finally:
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
 
 
 def write_saved_model(model, destination: Path) -> None:
@@ -111,18 +77,18 @@ def write_saved_model(model, destination: Path) -> None:
         fn=lambda image: {"probabilities": model(image, training=False)},
         input_signature=[tf.TensorSpec([None, *size, 3], tf.float32, name="image")],
     )
-    with partial_folder(destination, replace=True) as partial, _quiet():
+    with partial_folder(destination, replace=True) as partial, quiet():
         archive.write_out(str(partial), verbose=False)
 
 
 def write_tflite(saved_model: Path, destination: Path, quantize: bool) -> None:
-    """Convert, then add TFLite metadata (trainer.tflite_metadata) from the run folder the file
+    """Convert, then add TFLite metadata (trainer.export.tflite_metadata) from the run folder the file
     goes into: its labels.txt packed in, so MediaPipe Tasks and ML Kit load the file alone."""
     import tensorflow as tf
 
-    from trainer import tflite_metadata
+    from trainer.export import tflite_metadata
 
-    with _quiet():
+    with quiet():
         converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
         if quantize:
             converter.optimizations = [tf.lite.Optimize.DEFAULT]  # dynamic range: int8 weights
@@ -130,7 +96,7 @@ def write_tflite(saved_model: Path, destination: Path, quantize: bool) -> None:
     run_dir = destination.parent
     labels = runfolder.read_labels([run_dir / runfolder.LABELS], destination)
     config = runfolder.read_json(run_dir / runfolder.CONFIG)
-    with _quiet():
+    with quiet():
         size = int(tf.lite.Interpreter(model_content=flat).get_input_details()[0]["shape"][1])
     described = (f"{config.get('backbone', 'image')} classifier of {', '.join(labels)}"
                  f"{', int8 weights' if quantize else ''}, trained by the trainer bundle")  # fmt: skip
@@ -171,7 +137,7 @@ def write_onnx(model, destination: Path, metadata: dict[str, str] | None = None)
     # least once before export"); the SavedModel export, when it runs first, calls it.
     model(np.zeros((1, *model.input_shape[1:]), dtype=np.float32))
     with replacing(destination, suffix=".onnx") as temporary:
-        with _quiet():
+        with quiet():
             model.export(str(temporary), format="onnx", verbose=False)
         graph = onnx.load(str(temporary))
         old = graph.graph.output[0].name
@@ -185,18 +151,17 @@ def write_onnx(model, destination: Path, metadata: dict[str, str] | None = None)
 
 
 # ---------------------------------------------------------------------------------------------
-# ---------------------------------------------------------------------------------------------
 # The check
 
 
 def check_images(run_dir: Path, count: int = CHECK_IMAGES) -> list[str]:
     """Up to `count` test images of the run (then validation, then training ones), still on disk."""
-    from trainer import data
+    from trainer.data.split import read_split
 
     split = run_dir / runfolder.SPLIT
     if not split.is_file():
         raise InputError(f"{run_dir}: no split.csv, so no test images to check the exports with")
-    parts = data.read_split(split)
+    parts = read_split(split)
     rows = [row for name in ("test", "validation", "train") for row in parts[name] if row.path.is_file()]
     if not rows:
         raise InputError(f"{split}: none of the listed images is on disk; the exports cannot be checked")
@@ -261,14 +226,49 @@ RUNTIMES = (
 )  # fmt: skip
 
 
-def export_run(run_dir: str | Path, formats: tuple[str, ...] = FORMATS, check: bool = True, write: bool = True,
-               benchmark: bool = False) -> dict:  # fmt: skip
-    """(Re)write the run's exports and check them; writes and returns exports.json's content.
-    write=False checks the exports already in the folder (after copying them, say); benchmark:
-    each format's test accuracy and latency too (benchmark_exports).
-    Raises CheckFailed when any leg disagrees or fails, after writing exports.json."""
+EXPORT_INPUTS = (runfolder.MODEL, runfolder.LABELS, runfolder.SPLIT, runfolder.CONFIG, runfolder.DECIDED,
+                 runfolder.DECISION)  # fmt: skip
+OPTIONAL_INPUTS = (runfolder.CONFIG, runfolder.DECIDED, runfolder.DECISION)
+
+
+def export_run(run_dir: str | Path, formats: tuple[str, ...] = EXPORT_FORMATS, check: bool = True,
+               write: bool = True, benchmark: bool = False) -> dict:  # fmt: skip
+    """(Re)write a run's exports and check them against Keras; returns exports.json's content
+    (written too). What is written goes to a hidden folder beside the run's files and is moved
+    in when done, so an export killed halfway leaves nothing under a real name. write=False
+    checks the exports already in the folder (after copying them, say); benchmark: each
+    format's test accuracy and latency too (trainer.export.benchmark). Raises CheckFailed when
+    any leg disagrees or fails, after writing exports.json and moving in what was written.
+    The after-training diagnostic and `python -m trainer export` both call this."""
     run_dir = Path(run_dir)
-    run = load_run(run_dir)
+    if not write:
+        return _export_in(run_dir, formats, check, False, benchmark)
+    staging = run_dir / ".exports.partial"
+    remove(staging)
+    staging.mkdir()
+    try:
+        for name in EXPORT_INPUTS:
+            if (run_dir / name).is_file() or name not in OPTIONAL_INPUTS:
+                link_or_copy(run_dir / name, staging / name)
+        error = None
+        try:
+            result = _export_in(staging, formats, check, True, benchmark)
+        except CheckFailed as failure:  # exports.json is written; the files are moved in all the same
+            error = str(failure).replace(str(staging), str(run_dir))
+        for made in sorted(staging.iterdir()):
+            if made.name not in EXPORT_INPUTS:
+                target = run_dir / made.name
+                remove(target)
+                os.replace(made, target)
+        if error:
+            raise CheckFailed(error)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return result
+
+
+def _export_in(run_dir: Path, formats: tuple[str, ...], check: bool, write: bool, benchmark: bool) -> dict:
+    run = load_run(run_dir, quiet=True)
     if run.model is None:
         raise InputError(f"{run_dir}: pass a run folder (with model.keras) to export from")
     chosen = [runtime for runtime in RUNTIMES if runtime.format in formats]
@@ -297,7 +297,7 @@ def export_run(run_dir: str | Path, formats: tuple[str, ...] = FORMATS, check: b
         }
     if check:
         result["images"] = check_images(run_dir)
-        images = np.concatenate([batch.numpy() for batch in _pixels(result["images"], run.image_size)])
+        images = decoded(result["images"], run.image_size)
         reference = run.model.predict(images, verbose=0).astype(np.float64)
         legs += check_exports(run_dir, written, images, reference)
         result["keras"] = reference.round(6).tolist()
@@ -354,7 +354,7 @@ def check_exports(run_dir: Path, written: list[Runtime], images: np.ndarray, ref
     legs = []
     for runtime in written:
         try:
-            with _quiet():
+            with quiet():
                 values = runtime.run(run_dir / runtime.file, images)
             leg = compare(runtime.name, runtime.file, reference, values, runtime.tolerance)
         except Exception as error:  # noqa: BLE001
@@ -379,83 +379,6 @@ def check_exports(run_dir: Path, written: list[Runtime], images: np.ndarray, ref
     return legs
 
 
-BENCHMARK_IMAGES = 200  # test images at most: an accuracy to about +-0.03, and cheap at 56,000 images
-LATENCY_BATCHES = (1, 32)
-
-
-def benchmark_images(run_dir: Path, count: int = BENCHMARK_IMAGES) -> tuple[list[str], list[str]]:
-    """Up to `count` test images of the run's split.csv, round-robin over the labels (so each
-    class is in), in a fixed order: (paths, labels)."""
-    from trainer import data
-
-    by_label: dict[str, list] = {}
-    for row in data.read_split(run_dir / runfolder.SPLIT)["test"]:
-        by_label.setdefault(row.label, []).append(row)
-    rows = []
-    while len(rows) < count and any(by_label.values()):
-        for label in sorted(by_label):
-            if by_label[label] and len(rows) < count:
-                rows.append(by_label[label].pop(0))
-    return [str(row.path) for row in rows], [row.label for row in rows]
-
-
-def benchmark_exports(run_dir: Path, run, written: list[Runtime]) -> dict:
-    """As `yolo benchmark` does for its formats: each format's test accuracy (the run's decision
-    rule applied, on at most BENCHMARK_IMAGES test images) and median seconds per image at
-    batch 1 and 32 on this machine, after one untimed call. Keras runs predict_on_batch; the C
-    library runs in its child process, its session loaded once."""
-    from trainer.capi import seconds_per_image
-
-    paths, labels = benchmark_images(run_dir)
-    index = {label: i for i, label in enumerate(run.labels)}
-    y = np.array([index[label] for label in labels if label in index])
-    if not len(paths) or len(y) != len(paths):
-        return {"images": 0, "formats": [], "note": "no test images with the model's labels"}
-    images = np.concatenate([batch.numpy() for batch in _pixels(paths, run.image_size)])
-    loaders = [("Keras", runfolder.MODEL, lambda: run.model.predict_on_batch)]
-    loaders += [(runtime.name, runtime.file, lambda runtime=runtime: runtime.load(run_dir / runtime.file))
-                for runtime in written]  # fmt: skip
-    entries = []
-    for name, file, load in loaders:
-        try:
-            with _quiet():
-                forward = load()
-                probabilities = np.concatenate([np.asarray(forward(images[i : i + 32])) for i in range(0, len(y), 32)])
-                latency = {size: seconds_per_image(forward, images, size) for size in LATENCY_BATCHES}
-        except Exception as error:  # noqa: BLE001 - one format's failure is its row, not the run's
-            entries.append({"format": name, "file": file, "error": f"{type(error).__name__}: {str(error)[:200]}"})
-            continue
-        entries.append(_benchmark_entry(name, file, run, probabilities, y, latency))
-    if any(runtime.format == "saved_model" for runtime in written):
-        try:
-            values, report = runtimes.run_c_api(run_dir / "saved_model", images, LATENCY_BATCHES)
-            entries.append(_benchmark_entry("TensorFlow C library", "saved_model", run, values, y,
-                                            runtimes.read_timings(report)))  # fmt: skip
-        except Exception as error:  # noqa: BLE001
-            entries.append({"format": "TensorFlow C library", "file": "saved_model", "error": str(error)[:200]})
-    for entry in entries:
-        if "error" not in entry:
-            log.info("export benchmark %-21s accuracy %.3f on %d test images, %.1f ms/image at batch 1, %.1f at 32",
-                     entry["format"], entry["accuracy"], len(y), entry["ms_per_image"]["1"],
-                     entry["ms_per_image"]["32"])  # fmt: skip
-    return {"images": int(len(y)), "batches": list(LATENCY_BATCHES), "formats": entries}
-
-
-def _benchmark_entry(name: str, file: str, run, probabilities: np.ndarray, y: np.ndarray, latency: dict) -> dict:
-    return {
-        "format": name,
-        "file": file,
-        "accuracy": round(float((run.decision.predict(probabilities) == y).mean()), 4),
-        "ms_per_image": {str(size): round(seconds * 1000, 3) for size, seconds in latency.items()},
-    }
-
-
 def _difference(leg: Leg) -> str:
     top = "" if leg.top_class_agrees else ", another top class"
     return f"differs by {leg.max_difference:.2e} (tolerance {leg.tolerance:g}){top}"
-
-
-def _pixels(paths: list[str], image_size: int):
-    from trainer.pipeline import make_dataset
-
-    return make_dataset(paths, None, image_size, len(paths))

@@ -107,7 +107,7 @@ def explain_images(run, paths: list[Path], output: Path) -> list[dict]:
     from PIL import Image, ImageOps
 
     from trainer.atomic import replacing
-    from trainer.images import load_image
+    from trainer.data.images import load_image
 
     if run.model is None:
         raise InputError(f"--model: {run.path} is not a Keras model; explain needs the run folder or its .keras file")
@@ -137,8 +137,8 @@ def heatmap_sheet(model, predictions: list[dict], labels: list[str], image_size:
     class the model predicted over it."""
     from PIL import Image, ImageOps
 
-    from trainer.images import load_image
-    from trainer.pictures import Cell, contact_sheet
+    from trainer.data.images import load_image
+    from trainer.diagnostics.pictures import Cell, contact_sheet
 
     ranked = sorted(predictions, key=lambda p: p["true_probability"])
     chosen = ranked[:worst]

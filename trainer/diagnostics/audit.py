@@ -12,7 +12,7 @@ From pretrained features (the bottleneck cache's), in seconds rather than a retr
 - near-duplicates: groups of images, under different labels or in different splits, that are
   the same picture in other bytes (identical bytes were merged before): re-encoded, resized or
   slightly cropped. Only each image's nearest by thumbnail and by features are compared
-  (trainer.neighbours: memory and time near-linear in the number of images), and pairs that
+  (trainer.diagnostics.neighbours: memory and time near-linear in the number of images), and pairs that
   match are joined into groups. Pooled CNN features alone cannot tell them: measured on the concrete photos,
   such copies score 0.89-0.93 cosine while distinct photos of the same surface reach 0.925, and
   on the synthetic set a JPEG re-encode drops to 0.41. A 16 x 16 luminance thumbnail (mean
@@ -36,8 +36,16 @@ audit-full.csv beside it has them all.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+
+from trainer import runfolder
+from trainer.config import TrainConfig
+from trainer.diagnostics.neighbours import groups as components
+from trainer.diagnostics.neighbours import nearest, pairs, similarity_of, unit_rows
+from trainer.features.extract import extract, load_extractor
+from trainer.head import converged_out_of_fold, standardized
 
 SAME_LAYOUT, SIMILAR_LAYOUT, SIMILAR_FEATURES = 0.9, 0.75, 0.85  # see near-duplicates above
 DISTINCT, IDENTICAL = 0.35, 0.98  # ditto: the ratio test's bar, and the correlation that needs none
@@ -68,63 +76,19 @@ class Finding:
     size: int = 0  # near-duplicates: how many images the group holds
 
 
-def out_of_fold(features: np.ndarray, labels: np.ndarray, classes: int, folds: int = 5, seed: int = 0,
-                standardized: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
-    """[n, classes]: each image's probabilities from a head trained on the other folds.
-
-    The features are standardized once (float64, as the solver wants them), and each fold's
-    head gives the held-out images a sample weight of 0 rather than a copy of the rest: the same
-    objective, one copy of the features instead of three a fold (measured at 30,000 x 1,280:
-    1.55 GB over the inputs before)."""
-    from sklearn.linear_model import LogisticRegression
-
-    scaled = standardize(features) if standardized is None else standardized
-    probabilities = np.zeros((len(labels), classes))
-    splitter = fold_splitter(labels, classes, folds, seed)
-    for train, held_out in splitter.split(np.zeros(len(labels)), labels):
-        weights = np.zeros(len(labels))
-        weights[train] = 1.0
-        head = LogisticRegression(C=0.02, max_iter=2000).fit(scaled, labels, sample_weight=weights)
-        probabilities[np.ix_(held_out, head.classes_)] = head.predict_proba(scaled[held_out])
-    return probabilities
-
-
-def fold_splitter(labels: np.ndarray, classes: int, folds: int, seed: int):
-    """Stratified folds, shuffled by `seed`: `folds` of them, fewer when the smallest class present
-    has fewer images, and at least 2."""
-    from sklearn.model_selection import StratifiedKFold
-
-    counts = np.bincount(labels, minlength=classes)
-    smallest = int(counts[counts > 0].min())
-    return StratifiedKFold(n_splits=max(2, min(folds, smallest)), shuffle=True, random_state=seed)
-
-
-def standardize(features: np.ndarray, chunk: int = 8192) -> np.ndarray:
-    """(x - mean) / std per feature, as scikit-learn's StandardScaler (a constant feature stays
-    0), into one float64 array, a block at a time."""
-    mean = np.zeros(features.shape[1])
-    for start in range(0, len(features), chunk):
-        mean += features[start : start + chunk].sum(axis=0, dtype=np.float64)
-    mean /= max(len(features), 1)
-    out = np.empty(features.shape, dtype=np.float64)
-    squares = np.zeros(features.shape[1])
-    for start in range(0, len(features), chunk):
-        block = out[start : start + chunk]
-        np.subtract(features[start : start + chunk], mean, out=block)
-        squares += np.square(block).sum(axis=0)
-    std = np.sqrt(squares / max(len(features), 1))
-    out *= np.where(std > 0, 1.0 / np.where(std > 0, std, 1.0), 0.0)
-    return out
-
-
-def repeated_out_of_fold(features: np.ndarray, labels: np.ndarray, classes: int, seed: int = 0) -> np.ndarray:
-    """out_of_fold averaged over REPEATS different fold splits (one split past REPEAT_UP_TO images)."""
+def repeated_out_of_fold(features: np.ndarray, labels: np.ndarray, classes: int, config=None,
+                         seed: int = 0) -> np.ndarray:  # fmt: skip
+    """trainer.head's converged out-of-fold heads (the run's --head-c and class weights; the
+    defaults without a config) averaged over REPEATS different fold splits (one split past
+    REPEAT_UP_TO images)."""
+    config = config or TrainConfig()
     repeats = REPEATS if len(labels) <= REPEAT_UP_TO else 1
-    scaled = standardize(features)
+    scaled = standardized(features)
     return np.mean(
-        [out_of_fold(features, labels, classes, seed=seed + 1000 * r, standardized=scaled) for r in range(repeats)],
+        [converged_out_of_fold(features, labels, classes, config, seed=seed + 1000 * r, scaled=scaled)
+         for r in range(repeats)],
         axis=0,
-    )
+    )  # fmt: skip
 
 
 def neighbour_votes(neighbours: np.ndarray, similarity: np.ndarray, labels: np.ndarray, classes: int) -> np.ndarray:
@@ -175,8 +139,6 @@ def unlikely_labels(probabilities: np.ndarray, labels: np.ndarray) -> list[Findi
 
 def _unit(features: np.ndarray) -> np.ndarray:
     """Rows centred on the mean and scaled to unit length (float32, blockwise)."""
-    from trainer.neighbours import unit_rows
-
     return unit_rows(features)
 
 
@@ -196,7 +158,7 @@ def thumbnails(paths) -> np.ndarray:
 
 def thumbnails_of(rows, known: dict[str, bytes] | None) -> np.ndarray:
     """thumbnails() for rows, from the 8-bit thumbnails validation made as it decoded each file
-    (data.Report.thumbnails, by sha256) where it has them; only the rest are read again."""
+    (trainer.data.report.Report.thumbnails, by sha256) where it has them; only the rest are read again."""
     known = known or {}
     size = THUMBNAIL * THUMBNAIL
     out = np.zeros((len(rows), size), dtype=np.float32)
@@ -218,8 +180,6 @@ def near_duplicate_pairs(unit: np.ndarray, small: np.ndarray, by_content: np.nda
     neighbours, linear in memory; `by_content`: the feature neighbours when already found), so
     a pair is never looked at unless one image is among the other's nearest; both similarities
     are then computed exactly for each candidate."""
-    from trainer.neighbours import nearest, pairs, similarity_of
-
     by_layout, layout_nearest = nearest(small, CANDIDATES, seed)
     if by_content is None:
         by_content, _ = nearest(unit, CANDIDATES, seed)
@@ -244,8 +204,6 @@ def near_duplicates(features: np.ndarray, small: np.ndarray, labels: np.ndarray,
     sit in different splits (`groups`): every member flagged, scored by its best match, and
     named as a near-duplicate of the group's first other member; `small`: thumbnails();
     `neighbours`: (unit features, their neighbour table) when the caller has them."""
-    from trainer.neighbours import groups as components
-
     labels = np.asarray(labels)
     unit, by_content = neighbours if neighbours is not None else (_unit(features), None)
     linked, layout = near_duplicate_pairs(unit, np.ascontiguousarray(small, dtype=np.float32), by_content, seed)
@@ -273,8 +231,6 @@ def near_duplicates(features: np.ndarray, small: np.ndarray, labels: np.ndarray,
 def outliers(features: np.ndarray, labels: np.ndarray, seed: int = 0, similarity=None) -> list[Finding]:
     """`similarity`: each image's similarities to its nearest others, most similar first, when
     the caller has them."""
-    from trainer.neighbours import nearest
-
     if len(features) <= NEIGHBOURS:
         return []
     if similarity is None:
@@ -286,15 +242,15 @@ def outliers(features: np.ndarray, labels: np.ndarray, seed: int = 0, similarity
     return [Finding(int(i), int(labels[i]), float(z[i]), "outlier") for i in np.flatnonzero(z > OUTLIER_Z)]
 
 
-def audit(features: np.ndarray, small: np.ndarray | None, labels, classes: int, groups: list[str], seed: int = 0):
+def audit(features: np.ndarray, small: np.ndarray | None, labels, classes: int, groups: list[str], seed: int = 0,
+          config=None):  # fmt: skip
     """Every finding, the unlikely labels first (least likely first), then near-duplicates (when
-    thumbnails are given), then outliers. The features' neighbour table is found once for both."""
-    from trainer.neighbours import nearest
-
+    thumbnails are given), then outliers. The features' neighbour table is found once for both.
+    `config`: the run's options, whose head options the held-out heads follow (defaults: None)."""
     labels = np.asarray(labels)
     unit = _unit(features)
     indices, similarity = nearest(unit, max(CANDIDATES, NEIGHBOURS), seed)
-    heads = repeated_out_of_fold(features, labels, classes, seed)
+    heads = repeated_out_of_fold(features, labels, classes, config, seed)
     probabilities = (1 - VOTE_WEIGHT) * heads + VOTE_WEIGHT * neighbour_votes(indices, similarity, labels, classes)
     found = sorted(unlikely_labels(probabilities, labels), key=lambda finding: -finding.score)
     duplicates = [] if small is None else near_duplicates(features, small, labels, groups, seed, (unit, indices))
@@ -308,20 +264,9 @@ def pretrained_features(
     rows, workspace, backbone: str = DEFAULT_BACKBONE, image_size: int = DEFAULT_SIZE
 ) -> np.ndarray:
     """ImageNet features of `rows` from the bottleneck cache in `workspace`, made where missing."""
-    from pathlib import Path
-
-    import keras
-
-    from trainer import device
-    from trainer.features import cache_key, cached_features
-    from trainer.model import feature_extractor, load_backbone
-
-    model, weights = load_backbone(backbone, image_size, "imagenet")
-    key = cache_key(backbone, image_size, weights, None, keras.mixed_precision.global_policy())
-    batch = device.featurize_batch_size(32, device.visible_devices(), device.onednn()[0])
-    return cached_features(
-        feature_extractor(model, backbone), rows, image_size, batch, Path(workspace) / "features" / key
-    )
+    extractor = load_extractor(backbone, image_size, "imagenet")
+    features, _ = extract(extractor, [(rows, ("id",))], workspace)
+    return features
 
 
 def records(findings: list[Finding], rows, labels: list[str]) -> list[dict]:
@@ -370,10 +315,6 @@ def write_lists(path, rows, findings: list[Finding], labels: list[str]):
     """audit.csv at `path` (at most SHOWN of each kind) and, when that left some out, the whole
     list beside it as <name>-full.csv (runfolder.AUDIT_FULL in a run folder); returns the
     files written."""
-    from pathlib import Path
-
-    from trainer import runfolder
-
     path = Path(path)
     listed = shown(findings)
     runfolder.write_audit(path, records(listed, rows, labels))
@@ -384,25 +325,28 @@ def write_lists(path, rows, findings: list[Finding], labels: list[str]):
     return [path, full]
 
 
-def audit_splits(parts: dict, labels: list[str], features: np.ndarray | None, workspace, seed: int = 0,
-                 known_thumbnails: dict[str, bytes] | None = None):  # fmt: skip
-    """The audit of a run's images, all splits together (a near-duplicate across splits leaks):
-    (rows, findings, summary for the manifest). `features`: the run's own pretrained features,
-    one row per image in split order (empty splits skipped), or None to use the default
-    pretrained backbone's."""
-    names = [name for name in parts if parts[name]]
-    rows = [row for name in names for row in parts[name]]
-    groups = [name for name in names for _ in parts[name]]
+def audit_data(data, features: np.ndarray | None, workspace, output, config=None) -> dict:
+    """The audit of a dataset (trainer.data.load.Data), all its parts together (a near-duplicate
+    across splits leaks): audit.csv (and audit-full.csv) written to `output`; returns the summary
+    for the manifest. `features`: the run's own pretrained features, one row per image in the
+    parts' order, or None for the default pretrained backbone's (through the cache in
+    `workspace`). `config`: the options whose head options and seed it follows. The diagnostic
+    after training and `python -m trainer audit` both call this."""
+    config = config or TrainConfig()
+    names = [name for name in data.parts if data.parts[name]]
+    rows = [row for name in names for row in data.parts[name]]
+    groups = [name for name in names for _ in data.parts[name]]
     if features is None:
         vectors = pretrained_features(rows, workspace)
         source = f"{DEFAULT_BACKBONE} at {DEFAULT_SIZE} px, ImageNet weights"
     else:
         vectors, source = features, "the run's own features"
-    index = {label: number for number, label in enumerate(labels)}
+    index = {label: number for number, label in enumerate(data.labels)}
     given = np.array([index[row.label] for row in rows])
-    findings = audit(vectors, thumbnails_of(rows, known_thumbnails), given, len(labels), groups, seed)
+    findings = audit(vectors, thumbnails_of(rows, data.report.thumbnails), given, len(data.labels), groups,
+                     config.seed, config)  # fmt: skip
+    write_lists(output, rows, findings, data.labels)
     kinds = {kind: sum(kind_of(f) == kind for f in findings) for kind in KINDS}
     duplicate_groups = len({f.group for f in findings if kind_of(f) == "near-duplicate"})
-    summary = {"features": source, "images": len(rows), "flagged": kinds, "near_duplicate_groups": duplicate_groups,
-               "listed": {kind: sum(kind_of(f) == kind for f in shown(findings)) for kind in KINDS}}  # fmt: skip
-    return rows, findings, summary
+    return {"features": source, "images": len(rows), "flagged": kinds, "near_duplicate_groups": duplicate_groups,
+            "listed": {kind: sum(kind_of(f) == kind for f in shown(findings)) for kind in KINDS}}  # fmt: skip

@@ -1,6 +1,6 @@
 """Run a SavedModel through the TensorFlow C library, as ML.NET and TensorFlow.NET do.
 
-    python -m trainer.capi SAVED_MODEL INPUT.npy OUTPUT.npy --input-op OP --output-op OP [--time 1,32]
+    python -m trainer.export.capi SAVED_MODEL INPUT.npy OUTPUT.npy --input-op OP --output-op OP [--time 1,32]
 
 This process never imports TensorFlow's Python package: it loads libtensorflow.so.2 (the one
 `invoke libtensorflow` installs) through ctypes, calls TF_LoadSessionFromSavedModel with the
@@ -166,7 +166,7 @@ def library_version(library: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trainer.capi", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m trainer.export.capi", description=__doc__.splitlines()[0])
     parser.add_argument("saved_model")
     parser.add_argument("input", help=".npy of float32 images [n, height, width, 3]")
     parser.add_argument("output", help=".npy to write the output tensor to")
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     library = find_library()
     if library is None:
-        print("trainer.capi: error: no libtensorflow.so.2 found; run 'invoke libtensorflow'", file=sys.stderr)
+        print("trainer.export.capi: error: no libtensorflow.so.2 found; run 'invoke libtensorflow'", file=sys.stderr)
         return 2
     try:
         timed = tuple(int(size) for size in args.time.split(",") if size.strip())
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             library, Path(args.saved_model), np.load(args.input), args.input_op, args.output_op, timed
         )
     except (CApiError, OSError) as error:
-        print(f"trainer.capi: error: {error}", file=sys.stderr)
+        print(f"trainer.export.capi: error: {error}", file=sys.stderr)
         return 1
     np.save(args.output, values)
     print(f"{library} {library_version(library)}")

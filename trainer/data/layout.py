@@ -75,23 +75,6 @@ def label_of(image: tuple[str, ...], level: str) -> str:
     return image[0] if level == "top" else image[-2]
 
 
-def parse_merge(text: str | None) -> dict[str, str]:
-    """'cracked=CD+CP+CW,uncracked=UD+UP+UW' -> {'CD': 'cracked', ...}: each old label to its new one."""
-    if not text or not text.strip():
-        return {}
-    mapping: dict[str, str] = {}
-    for part in (part.strip() for part in text.split(",") if part.strip()):
-        new, equals, olds = part.partition("=")
-        names = [name.strip() for name in olds.split("+") if name.strip()]
-        if not equals or not new.strip() or not names:
-            raise InputError(f"--merge-labels: {part!r} is not NEW=OLD+OLD; e.g. cracked=CD+CP+CW,uncracked=UD+UP+UW")
-        for old in names:
-            if old in mapping:
-                raise InputError(f"--merge-labels: {old!r} is merged twice ({mapping[old]!r} and {new.strip()!r})")
-            mapping[old] = new.strip()
-    return mapping
-
-
 def merged(labels: list[str], mapping: dict[str, str]) -> list[str]:
     """The labels after --merge-labels; an old label that no image carries is an error (a typo
     would otherwise leave a class unmerged without a word)."""

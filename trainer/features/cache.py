@@ -8,7 +8,7 @@ The key covers what changes the features: backbone, image size, weights (a file'
 file's content hash, so renamed or moved images still hit, and a new or edited image alone is
 featurized. The cache is a store with an index, not a dict loaded whole: a run reads every
 shard's keys (64 bytes an image), then only the feature rows it needs, straight into the one
-array the run holds (trainer.train.featurize), with each row checked against its own CRC-32. A
+array the run holds (trainer.features.extract), with each row checked against its own CRC-32. A
 damaged shard or row is dropped and its images featurized again. Features are stored every
 SHARD_SECONDS (and at the end), so a run killed halfway through a large dataset keeps most of
 what it computed; a shard is written under a temporary name and renamed, so a kill never
@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import struct
-import time
 import zipfile
 import zlib
 from pathlib import Path
@@ -33,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from trainer.atomic import replacing
-from trainer.progress import progress
+from trainer.fingerprint import weights_identity
 
 log = logging.getLogger("trainer")
 
@@ -41,16 +40,6 @@ log = logging.getLogger("trainer")
 PREPROCESSING = "pil-exif-rgb-bilinear-v1"
 SHARD_SECONDS = 30.0
 READ_ROWS = 4096  # rows read from a shard at a time
-
-
-def weights_identity(weights: str) -> str:
-    if weights in ("imagenet", "none"):
-        return weights
-    digest = hashlib.sha256()
-    with open(weights, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return "file-" + digest.hexdigest()[:16]
 
 
 def cache_key(
@@ -273,7 +262,7 @@ class FeatureCache:
 def summarize_caches(workspace, keep_folder: str | None = None, keep_file: str | None = None) -> list[str]:
     """`python -m trainer cache`: one line per cache key (entries, images, size); with
     keep_folder, every entry of an image not in that dataset is dropped first."""
-    from trainer.data import load_rows
+    from trainer.data.rows import load_rows
     from trainer.fingerprint import file_states
 
     root = Path(workspace) / "features"
@@ -311,151 +300,3 @@ def _alive(pid: str) -> bool:
     except PermissionError:
         return True
     return True
-
-
-# Copies of a photo that keep its label where the subject has no up, down, left or right (a
-# crack in a deck seen from above): for --feature-augment. A view's name says what is done to
-# the image, in order: t transposes it, v flips its rows, h flips its columns.
-VIEWS = {
-    "none": ("id",),
-    "flips": ("id", "h", "v", "vh"),
-    "dihedral": ("id", "h", "v", "vh", "t", "th", "tv", "tvh"),
-}
-
-
-def view_of(images: np.ndarray, view: str) -> np.ndarray:
-    """A batch of images (N, H, W, C) seen as `view` (a numpy view of the same pixels)."""
-    for step in view if view != "id" else "":
-        if step == "t":
-            images = np.swapaxes(images, 1, 2)
-        elif step == "v":
-            images = images[:, ::-1]
-        elif step == "h":
-            images = images[:, :, ::-1]
-        else:
-            raise ValueError(f"unknown view step {step!r} in {view!r}")
-    return images
-
-
-def featurize(feature_model, paths: list[str], image_size: int, batch_size: int) -> np.ndarray:
-    """Run images through the frozen feature extractor in batches, with a progress bar."""
-    from trainer.featurizer import tensorflow_runner
-
-    run = tensorflow_runner(feature_model, image_size)
-    batches = featurize_batches(run, paths, image_size, batch_size)
-    return np.concatenate([views[0] for views in batches]).astype(np.float32)
-
-
-def featurize_batches(run, paths: list[str], image_size: int, batch_size: int, views: tuple[str, ...] = ("id",)):
-    """For each batch of paths, in order, its features seen in each of `views` (a list, one
-    array per view). Each image is decoded once for all its views: the views are flips and
-    transposes of the decoded pixels. `run`: images -> features (trainer.featurizer), while
-    tf.data decodes the next batches on its own threads."""
-    from trainer.pipeline import make_dataset
-
-    dataset = make_dataset(paths, None, image_size, batch_size)
-    batches = (len(paths) + batch_size - 1) // batch_size
-    seen = "" if views == ("id",) else f" ({len(views)} views)" if len(views) > 1 else f" ({views[0]})"
-    for images in progress(dataset, total=batches, desc=f"featurize{seen}"):
-        pixels = images.numpy()
-        yield [run(view_of(pixels, view)) for view in views]
-
-
-def cached_features(
-    feature_model,
-    rows,
-    image_size: int,
-    batch_size: int,
-    folder: Path,
-    jit_compile: bool = False,
-    views: tuple[str, ...] = ("id",),
-    counts: dict | None = None,
-    out: np.ndarray | None = None,
-    cache: FeatureCache | None = None,
-) -> np.ndarray:
-    """Features for rows (in order) seen in each of `views`, view after view, into `out` (made
-    when not given: [len(rows) * len(views), D] float32): from the cache where present,
-    featurized and stored where not (see fill)."""
-    if out is None:
-        out = np.empty((len(rows) * len(views), int(feature_model.output_shape[-1])), dtype=np.float32)
-    fill(feature_model, wanted(rows, views), out, image_size, batch_size, folder, jit_compile, counts, cache)
-    return out
-
-
-def wanted(rows, views: tuple[str, ...], start: int = 0) -> list[tuple[str, str, str, int]]:
-    """(sha256, path, view, position) for rows seen in each view, view after view from `start`."""
-    return [
-        (row.sha256, str(row.path), view, start + number * len(rows) + offset)
-        for number, view in enumerate(views)
-        for offset, row in enumerate(rows)
-    ]
-
-
-def fill(feature_model, wanted: list[tuple[str, str, str, int]], out: np.ndarray, image_size: int,
-         batch_size: int, folder: Path, jit_compile: bool = False, counts: dict | None = None,
-         cache: FeatureCache | None = None) -> str | None:  # fmt: skip
-    """Write the features of each (sha256, path, view, position) into out[position]: from the
-    cache where present, else featurized and stored. An image missing several views is decoded
-    once for all of them. A view other than the image itself is stored as "sha256:view".
-    `cache`: a FeatureCache to share between calls, so its index is read once a run. `counts`,
-    when given, gets {view: {"reused": n, "featurized": m}} (distinct images). Returns the
-    runtime that featurized (trainer.featurizer), or None when the cache had everything."""
-    cache = cache or FeatureCache(folder)
-    folder.mkdir(parents=True, exist_ok=True)  # where the shards will go: featurizing has begun
-    positions: dict[str, list[int]] = {}
-    source: dict[str, tuple[str, str, str]] = {}
-    for sha256, path, view, position in wanted:
-        key = sha256 if view == "id" else f"{sha256}:{view}"
-        positions.setdefault(key, []).append(position)
-        source.setdefault(key, (sha256, path, view))
-    keys = list(positions)
-    absent = cache.read(keys, out, np.array([positions[key][0] for key in keys], dtype=np.int64))
-    missing = {key for key, gone in zip(keys, absent, strict=True) if gone}
-    for view in dict.fromkeys(source[key][2] for key in keys):
-        of_view = [key for key in keys if source[key][2] == view]
-        lacking = sum(key in missing for key in of_view)
-        seen_as = "" if view == "id" else f" (seen as {view})"
-        log.info("feature cache %s: %d images%s reused, %d to featurize", folder, len(of_view) - lacking, seen_as,
-                 lacking)  # fmt: skip
-        if counts is not None:
-            counts[view] = {"reused": len(of_view) - lacking, "featurized": lacking}
-    # Each image with the views it lacks; images lacking the same views go through together.
-    lacks: dict[str, tuple[str, list[str]]] = {}
-    for key in keys:
-        if key in missing:
-            sha256, path, _ = source[key]
-            lacks.setdefault(sha256, (path, []))[1].append(key)
-    groups: dict[tuple[str, ...], list[tuple[str, list[str]]]] = {}
-    for path, image_keys in lacks.values():
-        groups.setdefault(tuple(source[key][2] for key in image_keys), []).append((path, image_keys))
-    runtime = None
-    if groups:
-        from trainer.featurizer import featurizer
-
-        run = featurizer(feature_model, image_size, folder, jit_compile)
-        runtime = run.runtime
-        for views, images in groups.items():
-            _featurize_into(cache, out, images, positions, run, image_size, batch_size, views)
-    for key in keys:
-        for position in positions[key][1:]:
-            out[position] = out[positions[key][0]]
-    return runtime
-
-
-def _featurize_into(cache: FeatureCache, out: np.ndarray, images: list[tuple[str, list[str]]], positions: dict,
-                    run, image_size: int, batch_size: int, views: tuple[str, ...]) -> None:  # fmt: skip
-    """Featurize images (path, its key in each of `views`) into out at their keys' first
-    positions, storing a shard every SHARD_SECONDS and at the end."""
-    done, last = 0, time.monotonic()
-    pending_keys: list[str] = []
-    batches = featurize_batches(run, [path for path, _ in images], image_size, batch_size, views)
-    for features in batches:
-        batch = images[done : done + len(features[0])]
-        for number in range(len(views)):
-            places = [positions[image_keys[number]][0] for _, image_keys in batch]
-            out[places] = features[number]
-            pending_keys += [image_keys[number] for _, image_keys in batch]
-        done += len(batch)
-        if time.monotonic() - last >= SHARD_SECONDS or done >= len(images):
-            cache.add(pending_keys, out[[positions[key][0] for key in pending_keys]])
-            pending_keys, last = [], time.monotonic()

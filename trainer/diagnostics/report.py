@@ -19,8 +19,10 @@ import json
 import time
 from pathlib import Path
 
-from trainer import decision, pictures, runfolder
+from trainer import decision, runfolder
 from trainer.atomic import write_atomically
+from trainer.diagnostics import pictures
+from trainer.diagnostics.table import DIAGNOSTICS, REPORT
 from trainer.errors import InputError
 from trainer.runfolder import read_json
 
@@ -291,18 +293,24 @@ code { background: #f4f4f4; padding: 1px 4px; }
 
 
 def _diagnostics_note(manifest: dict) -> str:
-    """A warning line for each diagnostic that failed (the model itself is fine)."""
-    failed = {name: state["failed"] for name, state in manifest.get("diagnostics", {}).items()
-              if isinstance(state, dict) and "failed" in state}  # fmt: skip
-    if not failed:
+    """A warning line for each diagnostic (trainer.diagnostics.table) that failed or never
+    finished; the model itself is fine."""
+    states = manifest.get("diagnostics", {})
+    titles = {row.name: row.title for row in DIAGNOSTICS} | {REPORT: "the report"}
+    failed = {name: state["failed"] for name, state in states.items() if isinstance(state, dict) and "failed" in state}
+    items = [f"<li><b>{html.escape(titles.get(name, name))}</b> ({html.escape(name)}): {html.escape(reason)}</li>"
+             for name, reason in failed.items()]  # fmt: skip
+    items += [f"<li><b>{html.escape(titles.get(name, name))}</b> ({html.escape(name)}): never finished</li>"
+              for name, state in states.items() if state == "pending" and name != REPORT]  # fmt: skip
+    if not items:
         return ""
-    items = "".join(f"<li><b>{html.escape(name)}</b>: {html.escape(reason)}</li>" for name, reason in failed.items())
-    return f"<p><b>Warning:</b> the model is complete, but these diagnostics failed:</p><ul>{items}</ul>"
+    return f"<p><b>Warning:</b> the model is complete, but these diagnostics failed or never finished:</p><ul>{''.join(items)}</ul>"
 
 
 def render(run_dir: Path, name: str) -> str:
     metrics = read_json(run_dir / runfolder.METRICS)
-    config = read_json(run_dir / runfolder.CONFIG)
+    config = runfolder.read_settings(run_dir)
+    asked, decided = read_json(run_dir / runfolder.CONFIG), read_json(run_dir / runfolder.DECIDED)
     manifest = read_json(run_dir / runfolder.MANIFEST)
     exports = read_json(run_dir / runfolder.EXPORTS)
     title = f"{name}: {config.get('backbone', '?')} classifier"
@@ -333,8 +341,14 @@ def render(run_dir: Path, name: str) -> str:
         _exports_section(exports),
         "<h2>Configuration</h2>",
         _table(
-            [[key, json.dumps(value) if isinstance(value, (list, dict)) else value] for key, value in config.items()]
+            [[key, json.dumps(value) if isinstance(value, (list, dict)) else value] for key, value in asked.items()]
         ),
+        "<h3>Decided by the run</h3>" if decided else "",
+        _table(
+            [[key, json.dumps(value) if isinstance(value, (list, dict)) else value] for key, value in decided.items()]
+        )
+        if decided
+        else "",
         "<h2>Versions and hardware</h2>",
         _table([[name, version] for name, version in manifest.get("versions", {}).items()], ["package", "version"]),
         _table(

@@ -1,4 +1,6 @@
-"""tf.data input pipelines: parallel decode and resize, in-memory cache, shuffle, batch, prefetch."""
+"""tf.data input pipelines of images: parallel decode and resize, in-memory cache, shuffle, batch,
+augmentation, prefetch. (The head's feature datasets gather from the feature store:
+trainer.features.store.)"""
 
 from __future__ import annotations
 
@@ -7,8 +9,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from trainer.data import SPLITS
-from trainer.images import load_image
+from trainer.data.images import load_image
+from trainer.data.rows import SPLITS
 
 PARALLEL = os.cpu_count() or 2  # decoding threads
 SHUFFLE_WINDOW = 1024  # decoded images an epoch reshuffles among when they are cached in memory
@@ -76,6 +78,13 @@ def make_dataset(
     return prefetched(dataset)
 
 
+def decoded(paths: Sequence[str], image_size: int) -> np.ndarray:
+    """The images as a model takes them (float32 pixels 0-255), decoded in parallel, in one array."""
+    if not len(paths):
+        return np.zeros((0, image_size, image_size, 3), dtype=np.float32)
+    return np.concatenate([batch.numpy() for batch in make_dataset(paths, None, image_size, 64)])
+
+
 def prefetched(dataset):
     """Two batches ahead, with fixed parallelism and buffers instead of tf.data's autotuner.
     With the autotuner on, dropping an iterator sometimes waited 2.2 s for it (measured on 2
@@ -136,61 +145,6 @@ def _random_transpose_layer():
 
 def fits_in_memory(count: int, image_size: int, megabytes: int) -> bool:
     return count * image_size * image_size * 3 <= megabytes * 1024 * 1024
-
-
-class Rows:
-    """The array feature batches are gathered from, by reference: tf.data's traced functions
-    outlive the datasets that made them (measured: the store was still alive at the label
-    audit, held by their closures), so `release` lets the array go while they live on."""
-
-    def __init__(self, array: np.ndarray):
-        self.array = array
-
-    def __call__(self, index: np.ndarray) -> np.ndarray:
-        return np.asarray(self.array[index])  # a plain array, from a memory-mapped store too
-
-    def release(self) -> None:
-        self.array = None
-
-
-def gathered(rows: Rows, indices: np.ndarray, labels: np.ndarray, batch_size: int, seed: int | None = None):
-    """Batches of (rows.array[indices], labels): the rows are gathered by numpy a batch at a
-    time, so the features stay where they are (one array) and a shuffle moves indices, not rows.
-    A tf.constant of the store would copy it (measured: a 1 GB array took 2 GB more as a
-    constant), and shuffling rows holds a buffer as large as the dataset. seed: shuffle each
-    epoch with it; None keeps the order."""
-    import tensorflow as tf
-
-    width = rows.array.shape[1]
-    dataset = tf.data.Dataset.from_tensor_slices(
-        (np.asarray(indices, dtype=np.int64), np.asarray(labels, dtype=np.int32))
-    )
-    if seed is not None:
-        dataset = dataset.shuffle(len(indices), seed=seed, reshuffle_each_iteration=True)
-
-    def fetch(index, label):
-        values = tf.numpy_function(rows, [index], tf.float32, stateful=False)
-        values.set_shape((None, width))
-        return values, label
-
-    return dataset.batch(batch_size).map(fetch)
-
-
-def feature_datasets(rows: Rows, splits: dict[str, tuple[np.ndarray, np.ndarray]], batch_size: int,
-                     seed: int) -> dict:  # fmt: skip
-    """Batches of cached features per split, gathered from `rows` (see gathered): splits maps
-    each split to (row indices into rows.array, labels); "train" lists every view of every
-    training image, shuffled each epoch, and `train_eval` is added: the training images alone,
-    in order (for --metrics-on-train)."""
-    out = {}
-    for name in SPLITS:
-        indices, labels = splits[name]
-        out[name] = distributable(
-            prefetched(gathered(rows, indices, labels, batch_size, seed if name == "train" else None))
-        )
-    indices, labels = splits["train_eval"]
-    out["train_eval"] = gathered(rows, indices, labels, batch_size)
-    return out
 
 
 def image_datasets(paths: dict[str, list[str]], labels: dict[str, np.ndarray], config, batch_size: int) -> dict:

@@ -1,0 +1,103 @@
+"""A run's data: the rows read, validated and split, with what validation learnt of each file."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from trainer.config import TrainConfig
+from trainer.data.report import Report, log_report
+from trainer.data.rows import SPLITS, Row, load_rows
+from trainer.data.split import split
+from trainer.data.validate import validate
+from trainer.errors import InputError
+
+log = logging.getLogger("trainer")
+
+
+@dataclass
+class Data:
+    labels: list[str]
+    parts: dict[str, list[Row]]  # by split: train, validation, test
+    report: Report
+    files: dict = field(default_factory=dict)  # every listed file's FileState, as validation read it
+    listed: tuple = ((), None)  # (rows, validation rows) as listed, before validation: the digest's input
+
+    def y(self, name: str) -> np.ndarray:
+        index = {label: i for i, label in enumerate(self.labels)}
+        return np.array([index[row.label] for row in self.parts[name]], dtype=np.int32)
+
+    def paths(self, name: str) -> list[str]:
+        return [str(row.path) for row in self.parts[name]]
+
+    def labels_by_split(self) -> dict[str, np.ndarray]:
+        return {name: self.y(name) for name in SPLITS}
+
+    def paths_by_split(self) -> dict[str, list[str]]:
+        return {name: self.paths(name) for name in SPLITS}
+
+    def rows(self) -> list[Row]:
+        """Every image once, part after part (train, validation, test)."""
+        return [row for rows in self.parts.values() for row in rows]
+
+    def fingerprint(self) -> str:
+        """One hash of every image's content, label and split: what the run was trained on."""
+        digest = hashlib.sha256()
+        for name in SPLITS:
+            for row in sorted(self.parts[name], key=lambda row: row.sha256):
+                digest.update(f"{name},{row.label},{row.sha256}\n".encode())
+        return digest.hexdigest()
+
+
+def load_data(config: TrainConfig) -> Data:
+    """Read, validate (each file once) and split the data the options name: with
+    --validation-file, that CSV is the validation split and the test split comes from the rest."""
+    rows, report = load_rows(config.folder, config.file, config.label_folder, config.merge_labels)
+    log.info("read %d rows from %s", report.rows_read, config.file or config.folder)
+    listed = (list(rows), None)
+    if config.validation_file:
+        validation_rows, validation_report = load_rows(
+            config.folder, config.validation_file, config.label_folder, config.merge_labels
+        )
+        listed = (listed[0], list(validation_rows))
+        validation_rows = validate(
+            validation_rows, validation_report, strict=config.strict, min_class_size=1, allow_one_class=True
+        )
+        log_report(validation_report)
+        held_out = {row.sha256 for row in validation_rows}
+        rows = validate(rows, report, strict=config.strict, min_class_size=2)
+        before = len(rows)
+        rows = [row for row in rows if row.sha256 not in held_out]
+        if len(rows) < before:
+            log.warning(
+                "WARNING: %d training image(s) also in --validation-file: kept for validation only", before - len(rows)
+            )
+        parts = split(rows, 0.0, config.test_fraction, config.seed)
+        parts["validation"] = validation_rows
+        report.files.update(validation_report.files)
+    else:
+        rows = validate(rows, report, strict=config.strict)
+        parts = split(rows, config.validation_fraction, config.test_fraction, config.seed)
+    log_report(report)
+    labels = sorted({row.label for name in SPLITS for row in parts[name]})
+    unknown = sorted({row.label for row in parts["validation"]} - {row.label for row in parts["train"]})
+    if unknown:
+        raise InputError(f"--validation-file: label(s) {', '.join(map(repr, unknown))} have no training images")
+    for name in SPLITS:
+        counts = Counter(row.label for row in parts[name])
+        log.info("%-10s %4d images: %s", name, len(parts[name]), ", ".join(f"{k} {counts[k]}" for k in labels))
+    return Data(labels, parts, report, report.files, listed)
+
+
+def load_unsplit(config: TrainConfig) -> Data:
+    """Read and validate the data the options name, as one part ("all"): what `python -m
+    trainer audit` looks at."""
+    rows, report = load_rows(config.folder, config.file, config.label_folder, config.merge_labels)
+    log.info("read %d rows from %s", report.rows_read, config.file or config.folder)
+    rows = validate(rows, report, strict=config.strict)
+    log_report(report)
+    return Data(sorted({row.label for row in rows}), {"all": rows}, report, report.files)

@@ -1,0 +1,151 @@
+"""The labelled image list, read: a CSV `ImagePath,Label` or a folder of class folders, as
+plain rows. Data flows one way: `load_rows` (here) -> `validate` (trainer.data.validate) ->
+`split` (trainer.data.split); each returns plain records, so that the tf.data pipeline,
+evaluation and the run folder all see the same list.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path, PureWindowsPath
+
+from trainer.config import parse_merge
+from trainer.data import layout
+from trainer.data.report import Report
+from trainer.errors import InputError
+
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One labelled image: where it was listed, the path as written, and the file it names."""
+
+    line: int  # line number in the CSV (1 = header), 0 for folder listings
+    written: str  # the path as the CSV or folder listing wrote it
+    path: Path  # resolved, absolute
+    label: str
+    sha256: str = ""
+
+
+def resolve_csv(folder: Path, file: str) -> Path:
+    """The original app read `--folder Images --file training_data.csv` as Images/training_data.csv;
+    an absolute path or one relative to the working directory works too."""
+    candidates = [Path(file)] if Path(file).is_absolute() else [folder / file, Path(file)]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate.resolve()
+    raise InputError(f"--file: CSV {file!r} not found in {folder} or the working directory")
+
+
+def _resolve_image_path(written: str, bases: list[Path]) -> Path:
+    """Relative paths resolve against the CSV's folder first, then the image folder. A Windows
+    path (..\\Images\\CD\\x.jpg, or C:\\data\\CD\\x.jpg written on another machine) is matched by
+    its trailing parts, longest first."""
+    text = written.strip()
+    if "\\" in text or PureWindowsPath(text).drive:
+        windows = PureWindowsPath(text)
+        parts = windows.parts[1:] if windows.anchor else windows.parts
+        tails = [parts[i:] for i in range(len(parts))] if windows.anchor else [parts]
+        relatives = [Path(*tail) for tail in tails if tail]
+    elif Path(text).is_absolute():
+        return Path(text)
+    else:
+        relatives = [Path(text)]
+    candidates = [Path(os.path.normpath(base / rel)) for rel in relatives for base in bases]
+    for path in candidates:
+        if path.is_file():
+            return path
+    return candidates[0]
+
+
+def read_csv_rows(csv_path: Path, image_folder: Path) -> tuple[list[Row], Report]:
+    """Read `ImagePath,Label` rows. Paths are relative to the CSV's folder, as the original data
+    writes them; the image folder is tried second. BOM, CRLF, extra columns and any header case
+    are accepted."""
+    report = Report()
+    try:
+        raw = csv_path.read_bytes()
+    except OSError as error:
+        raise InputError(f"{csv_path}: cannot read ({error.strerror or error})") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise InputError(f"{csv_path}: not UTF-8 text (byte {error.start}); save it as UTF-8 CSV and retry") from None
+    if not text.strip():
+        raise InputError(f"{csv_path}: empty file; expected a header 'ImagePath,Label' and rows")
+    first_line = text.splitlines()[0]
+    delimiter = "," if "," in first_line else next((c for c in (";", "\t", "|") if c in first_line), ",")
+    import pandas as pd
+
+    try:
+        # Every cell as text ("NA" or "1e3" is a name, not a value); the header read as a row, so
+        # that a row with more cells than it is an error rather than an index column; blank
+        # lines kept, so that a row's position is its line in the file.
+        frame = pd.read_csv(
+            io.StringIO(text), sep=delimiter, header=None, dtype=str, keep_default_na=False, skip_blank_lines=False
+        ).fillna("")
+    except pd.errors.ParserError as error:
+        detail = str(error).strip().removeprefix("Error tokenizing data. C error: ")
+        raise InputError(f"{csv_path}: {detail}; quote an ImagePath that holds {delimiter!r}") from None
+    header = [str(name).strip() for name in frame.iloc[0]]
+    columns = {name.lower(): index for index, name in enumerate(header)}
+    missing = [name for name in ("imagepath", "label") if name not in columns]
+    if missing:
+        found = ", ".join(repr(name) for name in header) or "none"
+        wanted = " and ".join({"imagepath": "ImagePath", "label": "Label"}[m] for m in missing)
+        raise InputError(f"{csv_path}: no {wanted} column (found {found}); the header must be ImagePath,Label")
+    bases = [csv_path.parent, image_folder]
+    rows = []
+    for line, record in enumerate(frame.iloc[1:].itertuples(index=False), start=2):
+        if not any(cell.strip() for cell in record):
+            continue
+        report.rows_read += 1
+        written, label = record[columns["imagepath"]].strip(), record[columns["label"]].strip()
+        if not written or not label:
+            report.add("rows with an empty ImagePath or Label", f"line {line}")
+            continue
+        rows.append(Row(line, written, _resolve_image_path(written, bases), label))
+    if report.rows_read == 0:
+        raise InputError(f"{csv_path}: header only, no rows; add lines like 'CD/0001.jpg,CD'")
+    return rows, report
+
+
+def read_folder_rows(folder: Path, label_folder: str = "auto") -> tuple[list[Row], Report]:
+    """One subfolder per class: folder/CD/*.jpg, folder/UD/*.jpg; or nested, as SDNET2018's
+    folder/D/CD/*.jpg, where trainer.data.layout decides (or --label-folder says) which level is
+    the class."""
+    report = Report()
+    if not folder.is_dir():
+        raise InputError(f"--folder: {folder} is not a folder")
+    images = layout.images_below(folder)
+    if not images:
+        raise InputError(
+            f"--folder: no images in class subfolders of {folder}; "
+            "give --file CSV or lay images out as FOLDER/<label>/<image>"
+        )
+    level = layout.choose_level(images, str(folder), label_folder)
+    rows = [
+        Row(0, "/".join(image), (folder / Path(*image)).absolute(), layout.label_of(image, level)) for image in images
+    ]
+    report.rows_read = len(rows)
+    if level == "leaf" and len(images[0]) > 2:
+        report.notes.append(f"classes from the inner folders ({', '.join(sorted({row.label for row in rows}))})")
+    return rows, report
+
+
+def load_rows(
+    folder: str | Path, file: str | None, label_folder: str = "auto", merge_labels: str | None = None
+) -> tuple[list[Row], Report]:
+    folder = Path(folder)
+    if not folder.exists():
+        raise InputError(f"--folder: {folder} does not exist")
+    mapping = parse_merge(merge_labels)
+    rows, report = read_csv_rows(resolve_csv(folder, file), folder) if file else read_folder_rows(folder, label_folder)
+    if mapping:
+        labels = layout.merged([row.label for row in rows], mapping)
+        rows = [replace(row, label=label) for row, label in zip(rows, labels, strict=True)]
+        report.notes.append("labels merged: " + ", ".join(f"{old} -> {new}" for old, new in sorted(mapping.items())))
+    return rows, report

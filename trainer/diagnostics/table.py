@@ -1,0 +1,111 @@
+"""The diagnostics, one row each: what is drawn and checked about a model after it has landed.
+
+    name       its key in manifest.json's `diagnostics`
+    title      how the report names it
+    applies    whether the run's options ask for it (else it is recorded "skipped")
+    run        the function: Finished -> None, or a dict to merge into the manifest
+    shows      the files it leaves in the run folder
+
+To add a diagnostic, add a row here with its function; trainer.diagnostics.runner runs every row
+that applies after the run folder's core has landed, in this order, and the report
+(trainer.diagnostics.report) lists each row's outcome under its title and shows its files. The
+stand-alone commands that redo a diagnostic on a run folder (`python -m trainer export`,
+`report`) go through the same rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trainer import runfolder
+from trainer.config import TrainConfig, parse_formats
+from trainer.errors import InputError
+
+
+class Skipped(Exception):
+    """A diagnostic that does not apply to this model (recorded as {"skipped": reason})."""
+
+
+@dataclass
+class Finished:
+    """What a diagnostic gets: a run folder whose core has landed, and what the run still holds
+    (its data, its model, each image's own features for the audit). Made from a run folder alone
+    (`from_run_dir`), the model and the data are read back from it when asked for."""
+
+    run_dir: Path
+    config: TrainConfig
+    workspace: Path
+    data: object = None  # trainer.data.load.Data
+    model: object = None  # the Keras model
+    features: object = None  # each image's own features, in the data's order (numpy), or None
+    benchmark: bool = False  # the export benchmark (export --benchmark, or the run's option)
+    formats: tuple[str, ...] = field(default_factory=tuple)  # the exports: --export's, unless given
+    check: bool = True  # the exports' parity check
+    write: bool = True  # the exports written; False: the ones in the folder checked
+
+    def keras_model(self):
+        if self.model is None:
+            import keras
+
+            self.model = keras.models.load_model(self.run_dir / runfolder.MODEL, compile=False)
+        return self.model
+
+
+def _audit(finished: Finished) -> dict:
+    from trainer.diagnostics.audit import audit_data
+
+    summary = audit_data(finished.data, finished.features, finished.workspace,
+                         finished.run_dir / runfolder.AUDIT, finished.config)  # fmt: skip
+    return {"audit": summary}
+
+
+def _heatmaps(finished: Finished) -> None:
+    from trainer.diagnostics.explain import heatmap_sheet
+
+    test = runfolder.read_predictions(finished.run_dir / runfolder.PREDICTIONS)
+    labels = runfolder.read_labels([finished.run_dir / runfolder.LABELS], finished.run_dir)
+    try:
+        heatmap_sheet(finished.keras_model(), test, labels, finished.config.image_size,
+                      finished.run_dir / runfolder.HEATMAPS)  # fmt: skip
+    except InputError as error:  # a model these maps cannot split: the run is good without them
+        raise Skipped(str(error)) from None
+
+
+def _exports(finished: Finished) -> None:
+    from trainer.export.formats import export_run
+
+    export_run(finished.run_dir, finished.formats or parse_formats(finished.config.export), finished.check,
+               finished.write, finished.benchmark)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    name: str
+    title: str
+    applies: Callable[[TrainConfig], bool]
+    run: Callable[[Finished], dict | None]
+    shows: tuple[str, ...] = ()
+
+
+DIAGNOSTICS = (
+    Diagnostic("audit", "Labels to check", lambda config: config.audit, _audit,
+               (runfolder.AUDIT, runfolder.AUDIT_FULL)),
+    Diagnostic("heatmaps", "Where the model looks", lambda config: True, _heatmaps, (runfolder.HEATMAPS,)),
+    Diagnostic("exports", "Exports", lambda config: bool(parse_formats(config.export)), _exports,
+               (runfolder.EXPORTS, "saved_model", "model.tflite", "model_int8.tflite", "model.onnx")),
+)  # fmt: skip
+# The report is drawn last, from the files the rows above left: trainer.diagnostics.runner.
+REPORT = "report"
+NAMES = (*(row.name for row in DIAGNOSTICS), REPORT)
+
+
+def by_name(name: str) -> Diagnostic:
+    return next(row for row in DIAGNOSTICS if row.name == name)
+
+
+def pending(config: TrainConfig) -> dict[str, str]:
+    """The manifest's `diagnostics` before any has run: "pending", or "skipped" (not asked for)."""
+    states = {row.name: "pending" if row.applies(config) else "skipped" for row in DIAGNOSTICS}
+    return {**states, REPORT: "pending"}

@@ -1,0 +1,49 @@
+"""Where a run's things go: the run folder, the workspace (feature cache and checkpoints), and
+the cache of downloaded ImageNet weights. On Colab, with Drive mounted, the workspace and the
+weights live on Drive, so a reset runtime finds them again."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from trainer.config import TrainConfig
+from trainer.errors import InputError
+
+DRIVE = Path("/content/drive/MyDrive")
+
+
+def drive_workspace(config: TrainConfig) -> Path:
+    """MyDrive/<model name>-workspace: beside the published MyDrive/<model name>/, not inside
+    it, since publishing swaps that folder whole."""
+    return DRIVE / f"{config.model_name}-workspace"
+
+
+def workspace(config: TrainConfig) -> Path:
+    if config.workspace:
+        return Path(config.workspace)
+    return drive_workspace(config) if DRIVE.is_dir() else Path("workspace")
+
+
+def weights_cache(config: TrainConfig) -> Path | None:
+    """Where Keras should keep downloaded ImageNet weights: --weights-cache, else on Drive when
+    it is mounted, else None (Keras's own ~/.keras)."""
+    if config.weights_cache:
+        return Path(config.weights_cache)
+    return drive_workspace(config) / "keras" if DRIVE.is_dir() else None
+
+
+def run_folder(config: TrainConfig) -> Path:
+    """--output, which must not hold anything yet, or a new <runs-dir>/<time>-<backbone>."""
+    if config.output:
+        run_dir = Path(config.output)
+        if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+            raise InputError(f"--output: {run_dir} already exists and is not empty; choose a new folder")
+        return run_dir
+    stem = time.strftime("%Y%m%d-%H%M%S") + f"-{config.backbone}"
+    run_dir = Path(config.runs_dir) / stem
+    suffix = 2
+    while run_dir.exists():
+        run_dir = Path(config.runs_dir) / f"{stem}-{suffix}"
+        suffix += 1
+    return run_dir
