@@ -15,13 +15,14 @@ from pathlib import Path
 
 from invoke import Collection, Exit, task
 
+from scripts import registry
 from scripts.settings import FALSE, TRUE, check_or_exit
 from scripts.steps import Context, Result, run_step, table, write_report
 from trainer.config import described, flag, options
 
 ROOT = Path(__file__).resolve().parent
 check_or_exit(ROOT)  # invoke.yaml and INVOKE_* checked before invoke reads them (scripts/settings.py)
-SETUP_STEPS = ("check", "apt", "pins", "libtensorflow", "data", "stage")
+SETUP_STEPS = registry.SETUP_STEPS
 
 
 def _conf(c, section: str) -> dict:
@@ -36,50 +37,14 @@ def _setting(c, section: str, key: str):
         raise Exit(f"invoke: invoke.yaml has no {section}.{key}; restore it from the bundle's copy", code=2) from None
 
 
-def _pick(flag, configured):
-    """A flag given on the command line wins over the configured value."""
-    return configured if flag is None else flag
-
-
 def _step_options(c, name: str, **flags) -> tuple:
-    """The function behind a setup step and its options, resolved from config and flags."""
-    from scripts import apt, check, dataset, libtensorflow, pins, stage
-
-    def setting(key):
-        return _setting(c, name, key)
-
-    if name == "check":
-        return check.check, {"require_gpu": _yes(_pick(flags.get("require_gpu"), setting("require_gpu")))}
-    if name == "apt":
-        packages = setting("packages") or ""
-        return apt.apt, {"packages": packages.split() if isinstance(packages, str) else list(packages)}
-    if name == "pins":
-        return pins.pins, {
-            "requirements": setting("requirements"),
-            "constraints": setting("constraints"),
-            "supported": setting("supported"),
-            "exact": _yes(_pick(flags.get("exact"), setting("exact"))),
-        }
-    if name == "libtensorflow":
-        return libtensorflow.libtensorflow, {
-            "prefix": _pick(flags.get("prefix"), setting("prefix")),
-            "source": setting("source"),
-            "sha256": setting("sha256") or None,
-            "env_file": setting("env_file"),
-            "ldconfig": setting("ldconfig"),
-        }
-    if name == "data":
-        return dataset.dataset, {
-            "source": _pick(flags.get("source"), setting("source")),
-            "data_dir": setting("dir"),
-            "sha256": _pick(flags.get("sha256"), setting("sha256")) or None,
-            "expect": _pick(flags.get("expect"), setting("expect")) or None,
-            "csv": setting("csv"),
-            "demo_per_class": int(setting("demo_per_class")),
-        }
-    if name == "stage":
-        return stage.stage, {}
-    raise Exit(f"unknown step {name}")
+    """The function behind a setup step and its options, from its row in scripts/registry.py:
+    each setting from its flag when given, else from config."""
+    step = registry.step(name)
+    try:
+        return step.function, step.options(_conf(c, name), flags)
+    except KeyError as missing:
+        raise Exit(f"invoke: invoke.yaml has no {name}.{missing.args[0]}; restore it from the bundle's copy", code=2) from None
 
 
 def _exclusive(c, dry_run: bool) -> None:
@@ -104,10 +69,10 @@ def _run_one(c, name: str, dry_run: bool, **flags) -> Result:
     return result
 
 
-@task(help={"require_gpu": "make 'no GPU' an error", "dry_run": "change nothing"})
+@task(help={**registry.step("check").flags(), "dry_run": "change nothing"})
 def check(c, require_gpu=False, dry_run=False):
     """Report the machine: OS, CPU, memory, Python, GPU, CUDA, TensorFlow, Colab, Drive."""
-    _run_one(c, "check", dry_run, require_gpu=require_gpu or None)
+    _run_one(c, "check", dry_run, require_gpu=require_gpu or None)  # a flag left off: invoke.yaml's
 
 
 @task(help={"dry_run": "say what would be installed, install nothing"})
@@ -116,36 +81,19 @@ def apt(c, dry_run=False):
     _run_one(c, "apt", dry_run)
 
 
-PINS_HELP = {
-    "exact": "install requirements.txt's exact stack, over the runtime's own versions (default: keep them in range)"
-}
-
-
-@task(help={**PINS_HELP, "dry_run": "say what would be installed, change nothing"})
+@task(help={**registry.step("pins").flags(), "dry_run": "say what would be installed, change nothing"})
 def pins(c, exact=False, dry_run=False):
     """Keep the runtime's packages in supported.txt's ranges; install what is missing at requirements.txt's versions."""
     _run_one(c, "pins", dry_run, exact=exact or None)
 
 
-@task(
-    help={
-        "prefix": "install under this folder (default: /usr/local as root, else ~/.local)",
-        "dry_run": "change nothing",
-    }
-)
+@task(help={**registry.step("libtensorflow").flags(), "dry_run": "change nothing"})
 def libtensorflow(c, prefix=None, dry_run=False):
     """Install the pinned TensorFlow C library under a prefix, register it, and verify it."""
     _run_one(c, "libtensorflow", dry_run, prefix=prefix)
 
 
-DATA_HELP = {
-    "source": "concrete (the shipped photos), demo, a Google Drive id or link, an http(s) URL, or a local zip or folder",
-    "sha256": "expected SHA-256 of the downloaded or local file",
-    "expect": "expected images per class, e.g. CD=200,UD=200",
-}
-
-
-@task(help={**DATA_HELP, "dry_run": "change nothing"})
+@task(help={**registry.step("data").flags(), "dry_run": "change nothing"})
 def data(c, source=None, sha256=None, expect=None, dry_run=False):
     """Fetch and unpack the dataset into the data folder and count the images per class."""
     _run_one(c, "data", dry_run, source=source, sha256=sha256, expect=expect)
@@ -161,10 +109,7 @@ def stage(c, dry_run=False):
     help={
         "dry_run": "report what each step would do, change nothing",
         "report": "write the summary as JSON here (default runs/setup-report.json)",
-        "require_gpu": "make 'no GPU' an error",
-        **DATA_HELP,
-        **PINS_HELP,
-        "prefix": "prefix for the TensorFlow C library",
+        **registry.setup_flags(),
     }
 )
 def setup(c, dry_run=False, report=None, require_gpu=False, source=None, sha256=None, expect=None, exact=False,

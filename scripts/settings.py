@@ -16,99 +16,25 @@ import sys
 from dataclasses import Field
 from pathlib import Path
 
+from scripts.kinds import FALSE, FLAG, TEXT, TRUE, SettingError, check_value, seconds
+from scripts.registry import STEPS
 from trainer.config import options
 
-TEXT, FLAG, WORDS = "text", "yes/no", "words"
+__all__ = ["FALSE", "SCHEMA", "TRUE", "SettingError", "check_environment", "check_file", "check_or_exit"]
 
-
-def whole(minimum: int):
-    return ("whole", minimum)
-
-
-def seconds():
-    return ("number", 0)
-
-
+# Each setup step's settings come from its row in scripts.registry; the tasks' own sections here.
 SCHEMA: dict[str, dict[str, object]] = {
     "setup": {"report": TEXT, "lock_wait": seconds()},
-    "check": {"require_gpu": FLAG},
-    "apt": {"packages": WORDS},
-    "pins": {"requirements": TEXT, "supported": TEXT, "constraints": TEXT, "exact": FLAG},
-    "libtensorflow": {"prefix": TEXT, "source": TEXT, "sha256": TEXT, "env_file": TEXT, "ldconfig": TEXT},
-    "data": {
-        "source": TEXT,
-        "dir": TEXT,
-        "sha256": TEXT,
-        "expect": TEXT,
-        "csv": TEXT,
-        "demo_per_class": whole(3),
-    },
+    **{step.name: {key: setting.kind for key, setting in step.settings.items()} for step in STEPS},
     # Every trainer option (trainer/config.py), and the step's own two:
     "train": {**{option.name: option for option in options()}, "extra": TEXT, "force": FLAG},
     "publish": {"to": TEXT, "folder": TEXT, "local_folder": TEXT},
 }
-TRUE, FALSE = ("yes", "true", "on", "1"), ("no", "false", "off", "0", "")
-
-
-class SettingError(Exception):
-    pass
 
 
 def _suggest(word: str, choices) -> str:
     close = difflib.get_close_matches(word, list(choices), n=1)
     return f" (did you mean {close[0]}?)" if close else ""
-
-
-def _check_value(where: str, kind, value):
-    """The value as the tasks use it, or SettingError naming `where`."""
-    if kind == TEXT:
-        if value is None or isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return "" if value is None else str(value)
-        raise SettingError(f"{where} must be text (got {value!r})")
-    if kind == WORDS:
-        if value is None or isinstance(value, str):
-            return value or ""
-        if isinstance(value, list) and all(isinstance(item, str) for item in value):
-            return value
-        raise SettingError(f"{where} must be space-separated words or a list of them (got {value!r})")
-    if kind == FLAG:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in TRUE + FALSE:
-            return value.strip().lower() in TRUE
-        raise SettingError(f"{where} must be yes or no (got {value!r})")
-    if isinstance(kind, Field):
-        return _check_option(where, kind, value)
-    name, minimum = kind
-    if value is None or value == "":
-        return ""  # empty: the default of whatever reads it
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        number = int(value) if name == "whole" else float(value)
-        if name == "whole" and isinstance(value, float) and value != int(value):
-            raise ValueError
-    except (TypeError, ValueError):
-        what = "a whole number" if name == "whole" else "a number"
-        raise SettingError(f"{where} must be {what} (got {value!r})") from None
-    if minimum is not None and number < minimum:
-        raise SettingError(f"{where} must be at least {minimum} (got {value!r})")
-    return number
-
-
-KINDS = {"str": TEXT, "str | None": TEXT, "bool": FLAG, "int": ("whole", None), "float": ("number", None)}
-
-
-def _check_option(where: str, option: Field, value):
-    """A trainer option's value: its type, then the values it accepts. Empty (or absent) means
-    the trainer's own default."""
-    if value is None or value == "":
-        return ""
-    checked = _check_value(where, KINDS[option.type], value)
-    accepts = option.metadata["accepts"]
-    if accepts is not None and not accepts.test(checked):
-        raise SettingError(f"{where} must be {accepts.words} (got {value!r})")
-    return checked
 
 
 def check_file(path: Path, invoke_sections=()) -> None:
@@ -142,7 +68,7 @@ def check_file(path: Path, invoke_sections=()) -> None:
                     f"{path.name}: {section}.{key} is not a setting{_suggest(str(key), known)}; "
                     f"{section} has {', '.join(known)}"
                 )
-            _check_value(f"{path.name}: {section}.{key}", known[key], value)
+            check_value(f"{path.name}: {section}.{key}", known[key], value)
 
 
 def check_environment(environ) -> dict[str, str]:
@@ -162,7 +88,7 @@ def check_environment(environ) -> dict[str, str]:
             hint = f" (did you mean INVOKE_{section.upper()}_{close[0].upper()}?)" if close else ""
             raise SettingError(f"{name} is not a setting{hint}; unset it")
         kind = SCHEMA[section][key]
-        checked = _check_value(name, kind, value)
+        checked = check_value(name, kind, value)
         if isinstance(kind, Field) and kind.type == "bool":
             kind, checked = FLAG, kind.default if checked == "" else checked
         if kind == FLAG:

@@ -1,0 +1,95 @@
+"""Every setup step, once: its function and its settings. invoke.yaml's sections, the checked
+schema (scripts.settings), the INVOKE_* variables, each task's flags and help, and the options
+each step's function is called with are all made from this table.
+
+A setting: its kind (as scripts.settings checks it), the step function's parameter when that is
+not the key, the flag help when the step's task (and `invoke setup`) takes it as a flag too, and
+whether an empty value means None to the function. To add a step: write its module (the step
+contract is scripts.steps), add a row here, a section to invoke.yaml, and a thin task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from scripts import apt, check, dataset, libtensorflow, pins, stage
+from scripts.kinds import FLAG, TEXT, WORDS, SettingError, check_value, whole
+
+
+@dataclass(frozen=True)
+class Setting:
+    kind: object
+    flag: str = ""  # help for --KEY on the step's task and on `invoke setup`; "" when not a flag
+    param: str = ""  # the function's parameter, when not the key
+    empty_is_none: bool = False
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    function: Callable
+    settings: dict[str, Setting] = field(default_factory=dict)
+
+    def options(self, configured: dict, flags: dict) -> dict:
+        """The function's keyword arguments: each setting from its flag when given, else from
+        the configuration (invoke.yaml under INVOKE_* variables), checked by its kind. A
+        setting the configuration lacks raises KeyError naming it."""
+        out = {}
+        for key, setting in self.settings.items():
+            given = flags.get(key)
+            value = configured[key] if given is None else given
+            value = check_value(f"{self.name}.{key}", setting.kind, value)
+            if setting.kind == WORDS and isinstance(value, str):
+                value = value.split()
+            if setting.empty_is_none and value in ("", None):
+                value = None
+            out[setting.param or key] = value
+        return out
+
+    def flags(self) -> dict[str, str]:
+        """The step's flags and their help."""
+        return {key: setting.flag for key, setting in self.settings.items() if setting.flag}
+
+
+STEPS = (
+    Step("check", check.check, {"require_gpu": Setting(FLAG, "make 'no GPU' an error")}),
+    Step("apt", apt.apt, {"packages": Setting(WORDS)}),
+    Step("pins", pins.pins, {
+        "requirements": Setting(TEXT),
+        "supported": Setting(TEXT),
+        "constraints": Setting(TEXT),
+        "exact": Setting(FLAG, "install requirements.txt's exact stack, over the runtime's own versions "
+                               "(default: keep them in range)"),
+    }),
+    Step("libtensorflow", libtensorflow.libtensorflow, {
+        "prefix": Setting(TEXT, "install under this folder (default: /usr/local as root, else ~/.local)"),
+        "source": Setting(TEXT),
+        "sha256": Setting(TEXT, empty_is_none=True),
+        "env_file": Setting(TEXT),
+        "ldconfig": Setting(TEXT),
+    }),
+    Step("data", dataset.dataset, {
+        "source": Setting(TEXT, "concrete (the shipped photos), demo, a Google Drive id or link, an http(s) URL, "
+                                "or a local zip or folder"),
+        "dir": Setting(TEXT, param="data_dir"),
+        "sha256": Setting(TEXT, "expected SHA-256 of the downloaded or local file", empty_is_none=True),
+        "expect": Setting(TEXT, "expected images per class, e.g. CD=200,UD=200", empty_is_none=True),
+        "csv": Setting(TEXT),
+        "demo_per_class": Setting(whole(3)),
+    }),
+    Step("stage", stage.stage),
+)  # fmt: skip
+SETUP_STEPS = tuple(step.name for step in STEPS)
+
+
+def step(name: str) -> Step:
+    return next(candidate for candidate in STEPS if candidate.name == name)
+
+
+def setup_flags() -> dict[str, str]:
+    """Every step's flags, which `invoke setup` takes and hands to the step that owns each."""
+    return {key: text for candidate in STEPS for key, text in candidate.flags().items()}
+
+
+__all__ = ["STEPS", "SETUP_STEPS", "Setting", "SettingError", "Step", "setup_flags", "step"]
