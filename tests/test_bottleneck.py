@@ -296,13 +296,13 @@ def test_the_feature_store_is_let_go_before_the_label_audit(cli, demo_dir, tiny_
     import weakref
 
     from trainer import train
-    from trainer.diagnostics import audit
+    from trainer.diagnostics import table
 
     class Tracked(np.ndarray):
         pass
 
     tracked, alive = [], []
-    featurize, audit_data = train.featurize, audit.audit_data
+    featurize, audit_data = train.featurize, table.audit_data
 
     def tracking(*args, **options):
         features, cache = featurize(*args, **options)
@@ -315,7 +315,7 @@ def test_the_feature_store_is_let_go_before_the_label_audit(cli, demo_dir, tiny_
         return audit_data(*args, **options)
 
     monkeypatch.setattr(train, "featurize", tracking)
-    monkeypatch.setattr(audit, "audit_data", watching)
+    monkeypatch.setattr(table, "audit_data", watching)
     code, err = _train(cli, demo_dir / "Images", tiny_weights, tmp_path / "ws", tmp_path / "run", "--audit")
     assert code == 0, err
     assert alive == [False]

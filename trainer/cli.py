@@ -18,7 +18,18 @@ from pathlib import Path
 
 from trainer import device, runfolder
 from trainer.config import TrainConfig, described, flag, options, parse_formats
+from trainer.data.demo import make_demo_data
+from trainer.data.load import load_unsplit
+from trainer.diagnostics.audit import audit_data
+from trainer.diagnostics.explain import explain_images
+from trainer.diagnostics.runner import EXIT_DIAGNOSTICS, DiagnosticsFailed, redo
 from trainer.errors import CheckFailed, InputError
+from trainer.evaluate import evaluate_run
+from trainer.features.cache import summarize_caches
+from trainer.metrics import summary_line, write_metrics
+from trainer.places import workspace
+from trainer.predict import collect_images, load_run, predict_images
+from trainer.train import main as train_main
 
 log = logging.getLogger("trainer")
 
@@ -79,11 +90,9 @@ def train_config(argv: list[str]) -> TrainConfig:
 
 
 def train(args) -> int:
-    from trainer.diagnostics.runner import EXIT_DIAGNOSTICS, DiagnosticsFailed
-    from trainer.train import main
 
     try:
-        main(config_from(args))  # prints the run folder once its model is complete
+        train_main(config_from(args))  # prints the run folder once its model is complete
     except DiagnosticsFailed as failure:
         print(f"trainer: warning: {failure}", file=sys.stderr)
         return EXIT_DIAGNOSTICS
@@ -91,8 +100,6 @@ def train(args) -> int:
 
 
 def evaluate(args) -> int:
-    from trainer.evaluate import evaluate_run
-    from trainer.metrics import summary_line, write_metrics
 
     _check_batch_size(args)
     metrics = evaluate_run(args.model, args.folder, args.file, args.strict, args.batch_size)
@@ -104,7 +111,6 @@ def evaluate(args) -> int:
 
 
 def predict(args) -> int:
-    from trainer.predict import load_run, predict_images
 
     _check_batch_size(args)
     counts = predict_images(load_run(args.model), args.paths, args.output, args.batch_size)
@@ -112,8 +118,6 @@ def predict(args) -> int:
 
 
 def explain(args) -> int:
-    from trainer.diagnostics.explain import explain_images
-    from trainer.predict import collect_images, load_run
 
     rows = explain_images(load_run(args.model), collect_images(args.paths), Path(args.output))
     print("ImagePath,PredictedLabel,Score,Heatmap")
@@ -123,9 +127,6 @@ def explain(args) -> int:
 
 
 def audit(args) -> int:
-    from trainer.data.load import load_unsplit
-    from trainer.diagnostics.audit import audit_data
-    from trainer.places import workspace
 
     config = config_from(args).check()
     summary = audit_data(load_unsplit(config), None, workspace(config), Path(args.output), config)
@@ -136,7 +137,6 @@ def audit(args) -> int:
 
 
 def cache(args) -> int:
-    from trainer.features.cache import summarize_caches
 
     for line in summarize_caches(args.workspace, args.keep_folder, args.keep_file):
         print(line)
@@ -144,7 +144,6 @@ def cache(args) -> int:
 
 
 def export(args) -> int:
-    from trainer.diagnostics.runner import redo
 
     formats = parse_formats(args.formats)
     if not formats:
@@ -158,7 +157,6 @@ def export(args) -> int:
 
 
 def report(args) -> int:
-    from trainer.diagnostics.runner import redo
 
     redo(args.run_dir, ("report",))
     print(Path(args.run_dir) / runfolder.REPORT)
@@ -166,7 +164,6 @@ def report(args) -> int:
 
 
 def demo_data(args) -> int:
-    from trainer.data.demo import make_demo_data
 
     print(make_demo_data(args.out_dir, args.per_class, args.seed, args.image_size))
     return 0

@@ -16,9 +16,11 @@ import json
 from importlib import metadata
 from pathlib import Path
 
-from trainer.atomic import sha256_of
+from trainer.atomic import sha256_of, write_atomically
 from trainer.config import TrainConfig
 from trainer.config import options as config_options
+from trainer.data.images import FileState, stat_of
+from trainer.data.rows import load_rows
 
 # Options that say where things go, not what is trained.
 # The packages whose versions change the model or its exports.
@@ -33,7 +35,6 @@ def data_digest(config: TrainConfig, files: dict | None = None, listed: tuple | 
     (`invoke train`'s decision) the hashes come from the stat cache, reading only what changed.
     `listed`: (rows, validation rows) as load_rows returned them, so the listing is not read
     again; without it the folder or CSV is listed here."""
-    from trainer.data.rows import load_rows
 
     if listed is not None:
         rows = listed[0]
@@ -77,7 +78,6 @@ def file_states(paths: list[Path], cache: Path | None) -> dict:
     and inode are as recorded, else read and hashed (and recorded). A stat that differs is a
     miss, and a miss only costs a read, so the cache can never make a changed file look the same
     (a file changed between its stat and its read is recorded under the older stat)."""
-    from trainer.data.images import FileState, stat_of
 
     try:
         known = json.loads(cache.read_text()) if cache is not None else {}
@@ -102,7 +102,6 @@ def file_states(paths: list[Path], cache: Path | None) -> dict:
 
 def remember(files: dict, cache: Path) -> None:
     """Record these FileStates as the stat cache (what cannot be written is simply not cached)."""
-    from trainer.atomic import write_atomically
 
     entries = {str(path): [s.size, s.mtime_ns, s.ctime_ns, s.inode, s.sha256] for path, s in files.items() if s}
     with contextlib.suppress(OSError):  # a read-only runs folder: nothing is cached

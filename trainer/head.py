@@ -24,6 +24,8 @@ import math
 import numpy as np
 
 from trainer.config import TrainConfig
+from trainer.data.rows import SPLITS
+from trainer.features.store import Rows, feature_datasets
 from trainer.fit.loop import class_weights, make_optimizer
 
 OUT_OF_FOLD_IMAGES = 5000  # at most, stratified: a threshold's recall to about +-0.01 at 0.95
@@ -104,8 +106,6 @@ def make_head(train_features, num_classes: int, dropout: float, head_c: float = 
 def train_head(session, data, features):
     """The classifier alone on cached features: (head, its datasets, the phase). `data`:
     trainer.data.load.Data; `features`: trainer.features.store.Features."""
-    from trainer.data.rows import SPLITS
-    from trainer.features.store import Rows, feature_datasets
 
     config = session.config
     sizes = features.sizes

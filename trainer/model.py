@@ -12,6 +12,7 @@ import logging
 
 import numpy as np
 
+from trainer import efficientnet_lite
 from trainer.backbones import BACKBONES, CAFFE_MEAN_BGR
 from trainer.errors import InputError
 
@@ -63,8 +64,6 @@ def build_backbone(name: str, image_size: int, weights: str | None):
     input_shape = (image_size, image_size, 3)
     if spec.application is None:
         if name.startswith("efficientnet_lite"):
-            from trainer import efficientnet_lite
-
             base = efficientnet_lite.build(input_shape, name=name)
             if weights == "imagenet":
                 efficientnet_lite.load_imagenet(base)

@@ -12,10 +12,12 @@ import numpy as np
 
 from trainer import decision, runfolder
 from trainer.atomic import replacing
-from trainer.data.images import is_image_file
+from trainer.data.images import is_image_file, load_image
+from trainer.data.pipeline import PARALLEL, make_dataset, prefetched
 from trainer.data.rows import read_csv_rows
-from trainer.errors import InputError
+from trainer.errors import ImageError, InputError
 from trainer.export import runtimes
+from trainer.progress import progress
 
 log = logging.getLogger("trainer")
 
@@ -33,7 +35,6 @@ class Run:
     decision: object = decision.ARGMAX  # the rule from probabilities to a label (decision.json beside it)
 
     def predict(self, paths: list[str], batch_size: int = 32) -> np.ndarray:
-        from trainer.data.pipeline import make_dataset
 
         if not paths:
             return np.zeros((0, len(self.labels)))
@@ -141,7 +142,6 @@ def predict_images(run: Run, inputs: list[str], output: str | None, batch_size: 
 
 
 def _stream(run: Run, paths: list[Path], batch_size: int, handle) -> int:
-    from trainer.progress import progress
 
     writer = csv.writer(handle, lineterminator="\n")
     writer.writerow(["ImagePath", "PredictedLabel", "Score", "Error"])
@@ -169,10 +169,6 @@ def _stream(run: Run, paths: list[Path], batch_size: int, handle) -> int:
 def _decoded(paths: list[Path], image_size: int, batch_size: int):
     """Batches of (float32 pixels, per image "" or the reason it could not be read)."""
     import tensorflow as tf
-
-    from trainer.data.images import load_image
-    from trainer.data.pipeline import PARALLEL, prefetched
-    from trainer.errors import ImageError
 
     blank = np.zeros((image_size, image_size, 3), dtype=np.uint8)
 

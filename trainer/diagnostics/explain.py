@@ -21,6 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from trainer.atomic import replacing
+from trainer.data.images import load_image
+from trainer.diagnostics.pictures import Cell, contact_sheet
 from trainer.errors import InputError
 
 
@@ -106,9 +109,6 @@ def explain_images(run, paths: list[Path], output: Path) -> list[dict]:
     (the photo, and over it the evidence for the predicted class)."""
     from PIL import Image, ImageOps
 
-    from trainer.atomic import replacing
-    from trainer.data.images import load_image
-
     if run.model is None:
         raise InputError(f"--model: {run.path} is not a Keras model; explain needs the run folder or its .keras file")
     maps_of = ClassMaps(run.model)
@@ -136,9 +136,6 @@ def heatmap_sheet(model, predictions: list[dict], labels: list[str], image_size:
     the `per_class` most confident correct ones of each class, each with the evidence for the
     class the model predicted over it."""
     from PIL import Image, ImageOps
-
-    from trainer.data.images import load_image
-    from trainer.diagnostics.pictures import Cell, contact_sheet
 
     ranked = sorted(predictions, key=lambda p: p["true_probability"])
     chosen = ranked[:worst]

@@ -21,7 +21,10 @@ from pathlib import Path
 
 from trainer import runfolder
 from trainer.config import TrainConfig, parse_formats
+from trainer.diagnostics.audit import audit_data
+from trainer.diagnostics.explain import heatmap_sheet
 from trainer.errors import InputError
+from trainer.export.formats import export_run
 
 
 class Skipped(Exception):
@@ -54,15 +57,12 @@ class Finished:
 
 
 def _audit(finished: Finished) -> dict:
-    from trainer.diagnostics.audit import audit_data
-
     summary = audit_data(finished.data, finished.features, finished.workspace,
                          finished.run_dir / runfolder.AUDIT, finished.config)  # fmt: skip
     return {"audit": summary}
 
 
 def _heatmaps(finished: Finished) -> None:
-    from trainer.diagnostics.explain import heatmap_sheet
 
     test = runfolder.read_predictions(finished.run_dir / runfolder.PREDICTIONS)
     labels = runfolder.read_labels([finished.run_dir / runfolder.LABELS], finished.run_dir)
@@ -74,8 +74,6 @@ def _heatmaps(finished: Finished) -> None:
 
 
 def _exports(finished: Finished) -> None:
-    from trainer.export.formats import export_run
-
     export_run(finished.run_dir, finished.formats or parse_formats(finished.config.export), finished.check,
                finished.write, finished.benchmark)  # fmt: skip
 

@@ -31,12 +31,13 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer import runfolder
+from trainer import decision, runfolder
 from trainer.atomic import link_or_copy, partial_folder, remove, replacing, write_atomically
 from trainer.config import EXPORT_FORMATS
 from trainer.data.pipeline import decoded
+from trainer.data.split import read_split
 from trainer.errors import CheckFailed, InputError
-from trainer.export import runtimes
+from trainer.export import runtimes, tflite_metadata
 from trainer.export.benchmark import benchmark_exports
 from trainer.predict import load_run
 from trainer.quiet import quiet
@@ -86,8 +87,6 @@ def write_tflite(saved_model: Path, destination: Path, quantize: bool) -> None:
     goes into: its labels.txt packed in, so MediaPipe Tasks and ML Kit load the file alone."""
     import tensorflow as tf
 
-    from trainer.export import tflite_metadata
-
     with quiet():
         converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
         if quantize:
@@ -114,8 +113,6 @@ def model_metadata(run_dir: Path) -> dict[str, str]:
     """What a file's own metadata should say of the run (ONNX metadata_props): the labels in
     output order, the input's convention and, with --target-recall, the decision rule."""
     import json
-
-    from trainer import decision
 
     found = {
         "labels": json.dumps(runfolder.read_labels([run_dir / runfolder.LABELS], run_dir)),
@@ -156,7 +153,6 @@ def write_onnx(model, destination: Path, metadata: dict[str, str] | None = None)
 
 def check_images(run_dir: Path, count: int = CHECK_IMAGES) -> list[str]:
     """Up to `count` test images of the run (then validation, then training ones), still on disk."""
-    from trainer.data.split import read_split
 
     split = run_dir / runfolder.SPLIT
     if not split.is_file():

@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from trainer.atomic import replacing
-from trainer.fingerprint import weights_identity
+from trainer.data.rows import load_rows
+from trainer.fingerprint import file_states, weights_identity
 
 log = logging.getLogger("trainer")
 
@@ -262,8 +263,6 @@ class FeatureCache:
 def summarize_caches(workspace, keep_folder: str | None = None, keep_file: str | None = None) -> list[str]:
     """`python -m trainer cache`: one line per cache key (entries, images, size); with
     keep_folder, every entry of an image not in that dataset is dropped first."""
-    from trainer.data.rows import load_rows
-    from trainer.fingerprint import file_states
 
     root = Path(workspace) / "features"
     if not root.is_dir():

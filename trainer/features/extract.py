@@ -19,11 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
+from trainer import device
 from trainer.data.pipeline import make_dataset
 from trainer.errors import CheckFailed
 from trainer.features.cache import SHARD_SECONDS, FeatureCache, cache_key
 from trainer.features.runtime import featurizer, tensorflow_runner
 from trainer.features.views import view_of
+from trainer.model import cut_backbone, feature_extractor, load_backbone
 from trainer.progress import progress
 
 log = logging.getLogger("trainer")
@@ -63,7 +65,6 @@ def load_extractor(name: str, image_size: int, weights: str, feature_layer: str 
     """The backbone with the weights asked for (trainer.model.load_backbone says what `auto`
     becomes), cut at `feature_layer` when given, as an Extractor. Build it under a
     distribution strategy's scope when the model trains under one."""
-    from trainer.model import cut_backbone, feature_extractor, load_backbone
 
     backbone, used = load_backbone(name, image_size, weights)
     backbone = cut_backbone(backbone, feature_layer) if feature_layer else backbone
@@ -83,8 +84,6 @@ def extract(extractor: Extractor, parts: list[tuple[list, tuple[str, ...]]], wor
 
     started = time.perf_counter()
     if batch_size is None:
-        from trainer import device
-
         batch_size = device.featurize_batch_size(32, device.visible_devices(), device.onednn()[0])
     rows = sum(len(part_rows) * len(views) for part_rows, views in parts)
     if out is None:

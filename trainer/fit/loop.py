@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from trainer.config import TrainConfig
+from trainer.fit import multiworker
 
 log = logging.getLogger("trainer")
 
@@ -85,8 +86,7 @@ def fit(
     import keras
     import tensorflow as tf
 
-    from trainer.fit import multiworker
-    from trainer.fit.resume import Checkpoints
+    from trainer.fit.resume import Checkpoints  # here, not above: it subclasses a Keras callback
 
     strategy = model.distribute_strategy
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):

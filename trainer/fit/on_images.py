@@ -9,6 +9,7 @@ import numpy as np
 
 from trainer.data.pipeline import image_datasets
 from trainer.metrics import log_loss
+from trainer.model import make_model, unfreeze_top
 
 log = logging.getLogger("trainer")
 
@@ -16,7 +17,6 @@ log = logging.getLogger("trainer")
 def fine_tune(session, model, backbone, data):
     """The top of the backbone trained on images at a low rate, kept only if it lowered the
     validation loss: (the image datasets, the phase, before/after/kept for the manifest)."""
-    from trainer.model import unfreeze_top
 
     config = session.config
     images = image_datasets(data.paths_by_split(), data.labels_by_split(), config, session.batch_size)
@@ -46,7 +46,6 @@ def fine_tune(session, model, backbone, data):
 
 def train_whole(session, backbone, backbone_name: str, data):
     """No pretrained weights: the whole network trained on images: (model, datasets, phase)."""
-    from trainer.model import make_model
 
     config = session.config
     images = image_datasets(data.paths_by_split(), data.labels_by_split(), config, session.batch_size)
