@@ -44,7 +44,9 @@ def _step_options(c, name: str, **flags) -> tuple:
     try:
         return step.function, step.options(_conf(c, name), flags)
     except KeyError as missing:
-        raise Exit(f"invoke: invoke.yaml has no {name}.{missing.args[0]}; restore it from the bundle's copy", code=2) from None
+        raise Exit(
+            f"invoke: invoke.yaml has no {name}.{missing.args[0]}; restore it from the bundle's copy", code=2
+        ) from None
 
 
 def _exclusive(c, dry_run: bool) -> None:

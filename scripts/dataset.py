@@ -50,7 +50,7 @@ def source_kind(source: str) -> tuple[str, str]:
 
 
 def count_images(folder: Path) -> dict[str, int]:
-    """Images per class, by the trainer's own rule for class folders (trainer/layout.py: the
+    """Images per class, by the trainer's own rule for class folders (trainer/data/layout.py: the
     folder one level down, or the inner one in SDNET2018's D/CD layout); where that rule finds
     the layout ambiguous, per folder path (the trainer then asks for --label-folder)."""
     from trainer.data.layout import choose_level, images_below, label_of

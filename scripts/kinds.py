@@ -74,5 +74,3 @@ def check_option(where: str, option: Field, value):
     if accepts is not None and not accepts.test(checked):
         raise SettingError(f"{where} must be {accepts.words} (got {value!r})")
     return checked
-
-

@@ -47,3 +47,22 @@ def test_the_option_table_is_the_trainers_own():
     from trainer.config import reference
 
     assert documented_options(ROOT) == reference(), "paste trainer.config.reference() into docs/trainer.md"
+
+
+TEST_REFERENCE = re.compile(r"tests/([\w/]+\.py)(?:::(\w+\*?))?")
+
+
+def test_every_test_the_docs_name_exists():
+    """RELIABILITY.md and the rest name the tests that show each promise; a renamed or moved test
+    must take its references with it. (`…::name` shorthands after a full reference are not
+    checked.)"""
+    missing = []
+    for page in PAGES:
+        for path, name in TEST_REFERENCE.findall(page.read_text(encoding="utf-8")):
+            source = ROOT / "tests" / path
+            if not source.is_file():
+                missing.append(f"{page.name}: tests/{path}")
+            elif name and not re.search(rf"def {name.rstrip('*')}" + ("" if name.endswith("*") else r"\b"),
+                                        source.read_text(encoding="utf-8")):  # fmt: skip
+                missing.append(f"{page.name}: tests/{path}::{name}")
+    assert not missing, "; ".join(missing)

@@ -65,7 +65,7 @@ def _decoding(path: Path) -> Iterator[None]:
     """Turn whatever Pillow raises on a damaged file into one ImageError that names it.
 
     Pillow's decoders report damage under many types: cutting and flipping bytes of JPEG, PNG,
-    GIF, WebP, BMP and TIFF files (tests/test_images.py) raised OSError ("Truncated File Read",
+    GIF, WebP, BMP and TIFF files (tests/data/test_images.py) raised OSError ("Truncated File Read",
     "could not create decoder object"), IndexError and struct.error from an animated GIF's frame
     count, SyntaxError and ValueError from headers. Only the Pillow calls run inside this block,
     so catching Exception here does not hide a bug of ours.

@@ -2,7 +2,7 @@
 
     saved_model/        TF Serving, TensorFlow.NET, ML.NET (through the C library)
     model.tflite        TensorFlow Lite, float32, with TFLite metadata (labels, normalization) that
-                        MediaPipe Tasks and ML Kit read (trainer/tflite_metadata.py)
+                        MediaPipe Tasks and ML Kit read (trainer/export/tflite_metadata.py)
     model_int8.tflite   TensorFlow Lite, dynamic-range quantized (int8 weights, float input/output)
     model.onnx          ONNX Runtime, ML.NET's ApplyOnnxModel (converted by Keras's exporter,
                         which drives tf2onnx)

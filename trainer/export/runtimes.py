@@ -5,7 +5,7 @@ softmax probabilities [n, classes], in labels.txt order.
     tflite_forward       a .tflite file on one TensorFlow Lite interpreter
     onnx_forward         a .onnx file in ONNX Runtime
     run_c_api            a SavedModel through the TensorFlow C library, in a child process that
-                         never imports TensorFlow's Python package (trainer/capi.py)
+                         never imports TensorFlow's Python package (trainer/export/capi.py)
 
 The exports' parity check (trainer.export.formats) and prediction from any format (trainer.predict)
 both run models through here.

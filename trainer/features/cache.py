@@ -47,7 +47,7 @@ def cache_key(
     backbone: str, image_size: int, weights: str, feature_layer: str | None = None, policy: object = "float32"
 ) -> str:
     """The cache folder's name. Features computed in float16 or bfloat16 differ from float32
-    ones (by up to about 1e-2 of their scale: tests/test_bottleneck.py measures it), so the
+    ones (by up to about 1e-2 of their scale: tests/features/test_bottleneck.py measures it), so the
     compute dtype is part of the key, and a head never trains on a mix of the two. A float32
     key is the same as before the dtype was added, so earlier caches stay valid."""
     compute = getattr(policy, "compute_dtype", None) or str(policy).removeprefix("mixed_")

@@ -11,7 +11,7 @@ they must be), with XLA on, and wherever the conversion or ONNX Runtime refuses 
 one line says so and TensorFlow featurizes, never a failed run.
 
 The two runtimes' features agree to about 1e-5 of a feature scale of 6
-(tests/test_featurizer.py holds them to 1e-4), below what float32 summation order moves between
+(tests/features/test_runtime.py holds them to 1e-4), below what float32 summation order moves between
 two TensorFlow builds, so they share one cache key: a cache written by either serves both.
 
 TRAINER_FEATURIZER=tensorflow (or onnxruntime) overrides the choice; `auto`, the default,

@@ -69,11 +69,11 @@ def test_check_reports_the_machine_and_require_gpu_says_how_to_get_one(monkeypat
 def test_check_reads_tensorflow_version_without_importing_it():
     code = "import sys; from scripts.check import machine_report; r = machine_report(); print(r['tensorflow'], 'tensorflow' in sys.modules)"
     out = subprocess.run(
-        [os.sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parent.parent
+        [os.sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2]
     )
     version, imported = out.stdout.split()
     assert imported == "False"
-    assert version == pins.read_pins(Path(__file__).parent.parent / "requirements.txt")["tensorflow"]
+    assert version == pins.read_pins(Path(__file__).resolve().parents[2] / "requirements.txt")["tensorflow"]
 
 
 # apt ------------------------------------------------------------------------------------------

@@ -306,7 +306,7 @@ def test_forking_is_safe_in_a_fresh_process_and_not_beside_another_thread(monkey
 
     fresh = subprocess.run(
         [sys.executable, "-c", "from trainer import train; from trainer.data import validate; print(validate.fork_is_safe())"],
-        capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[2],
     )  # fmt: skip
     assert fresh.stdout.strip() == "True"  # as when the trainer validates: TensorFlow not yet imported
     started, release = threading.Event(), threading.Event()

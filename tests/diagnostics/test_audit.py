@@ -1,4 +1,4 @@
-"""trainer/audit.py: unlikely labels (out-of-fold heads, confident learning's cut), near-duplicates
+"""trainer/diagnostics/audit.py: unlikely labels (out-of-fold heads, confident learning's cut), near-duplicates
 and outliers, from pretrained features."""
 
 from __future__ import annotations

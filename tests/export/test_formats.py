@@ -1,4 +1,4 @@
-"""trainer/export.py and trainer/runtimes.py: the exports, and the parity check that runs each
+"""trainer/export/formats.py and trainer/export/runtimes.py: the exports, and the parity check that runs each
 one (SavedModel, TFLite, TFLite int8, ONNX Runtime, the TensorFlow C library) against Keras."""
 
 from __future__ import annotations

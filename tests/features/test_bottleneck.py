@@ -142,7 +142,7 @@ def test_mlnet_backbones_in_bottleneck_mode_on_the_concrete_data(backbone, tmp_p
     """Each of ML.NET's four architectures, with a local weights file (random, since ImageNet's
     cannot be downloaded here): featurize the 400 images and train the head. No exports: their
     conversion and five-runtime check of a ResNet-101 took most of this test's two minutes, and
-    tests/test_export.py and the main job prove them."""
+    tests/export/test_formats.py and the main job prove them."""
     from trainer.model import build_backbone
 
     weights = tmp_path / f"{backbone}.weights.h5"

@@ -1,4 +1,4 @@
-"""trainer/tflite_metadata.py: model.tflite carries TFLite metadata (an RGB input normalized with
+"""trainer/export/tflite_metadata.py: model.tflite carries TFLite metadata (an RGB input normalized with
 mean 0 and std 1, labels.txt packed in), so that MediaPipe Tasks' ImageClassifier loads the file
 as it is. MediaPipe runs in a side environment (it cannot be a dependency: its absl-py~=2.3
 clashes with Colab's 1.4.0)."""

@@ -1,4 +1,4 @@
-"""trainer/explain.py: class activation maps, exact for these models, and where they point."""
+"""trainer/diagnostics/explain.py: class activation maps, exact for these models, and where they point."""
 
 from __future__ import annotations
 
