@@ -171,6 +171,7 @@ def test_auto_weights_offline_falls_back_loudly(cli, demo_dir, tmp_path, monkeyp
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # test_concrete_dataset_as_the_issue_runs_it runs `--train` in a subprocess too
 def test_original_invocation_in_a_subprocess(demo_dir, tmp_path):
     """`--train --folder --file` as the ML.NET app took it, run as a real process."""
     result = run_module(

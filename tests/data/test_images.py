@@ -173,5 +173,6 @@ def test_every_cut_and_some_flipped_bytes_of_every_format_are_dropped_rows(tmp_p
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # the default suite's fuzz of 3,700 files takes the same paths (30 s)
 def test_every_cut_and_many_flipped_bytes_of_every_format_are_dropped_rows(tmp_path):
     _fuzz_validation(tmp_path, every_length=True, flips=600)
