@@ -7,22 +7,52 @@ outcome. A failed step ends the run with exit code 1 and one line that says what
 
 from __future__ import annotations
 
+import functools
 import inspect
 import shlex
 import subprocess
 import sys
 from pathlib import Path
 
-from invoke import Collection, Exit, task
+from invoke import Collection, Exit
+from invoke import task as invoke_task
 
 from scripts import registry
 from scripts.settings import FALSE, TRUE, check_or_exit
-from scripts.steps import Context, Result, run_step, table, write_report
+from scripts.steps import Context, Result, communicate, run_step, table, write_report
 from trainer.config import described, flag, options
 
 ROOT = Path(__file__).resolve().parent
 check_or_exit(ROOT)  # invoke.yaml and INVOKE_* checked before invoke reads them (scripts/settings.py)
 SETUP_STEPS = registry.SETUP_STEPS
+
+
+# What an interrupted task leaves, for the one line it ends with.
+AFTER_INTERRUPT = {
+    "train": "training resumes from its last checkpoint and keeps the features already cached",
+    "publish": "the published model is still the one before it, whole",
+    "setup": "each step keeps what it finished, and nothing half-done counts as done",
+}
+
+
+def task(*args, **kwargs):
+    """invoke's @task, where Ctrl-C (a terminal's, or Colab's "interrupt execution") ends the
+    task with one line and exit code 130 instead of invoke's silent exit 1. A child the task
+    runs gets time to stop by itself first (scripts/steps.communicate)."""
+
+    def decorate(body):
+        @functools.wraps(body)
+        def run(*given, **options):
+            try:
+                return body(*given, **options)
+            except KeyboardInterrupt:
+                name = body.__name__
+                left = AFTER_INTERRUPT.get(name, "nothing half-done counts as done")
+                raise Exit(f"{name}: interrupted; {left}; rerun `invoke {name}` to finish", code=130) from None
+
+        return invoke_task(*args, **kwargs)(run)
+
+    return decorate
 
 
 def _conf(c, section: str) -> dict:
@@ -224,16 +254,17 @@ def train(c, *, force=False, publish=True, dry_run=False, **trainer_flags):
             _publish(c, str(decision.where), None, dry_run=False)
             return
         print("train: training, since " + "; ".join(decision.reasons), file=sys.stderr, flush=True)
-    result = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    run_dir = training.landed_run(result.stdout, ROOT)
-    if result.returncode != 0 and run_dir is None:
-        raise Exit(f"train: the trainer exited with {result.returncode}; see its message above", code=result.returncode)
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    stdout, _ = communicate(process)
+    run_dir = training.landed_run(stdout, ROOT)
+    if process.returncode != 0 and run_dir is None:
+        raise Exit(f"train: {training.failure(process.returncode)}", code=training.exit_code(process.returncode))
     if publish:
         _publish(c, str(run_dir), None, dry_run=False)
-    if result.returncode != 0:
+    if process.returncode != 0:
         # The model landed and is published; a diagnostic (audit, heatmaps, exports, report) did not.
-        code = result.returncode if result.returncode > 0 else 1
-        raise Exit(f"train: {training.diagnostics_outcome(run_dir, result.returncode, publish)}", code=code)
+        raise Exit(f"train: {training.diagnostics_outcome(run_dir, process.returncode, publish)}",
+                   code=training.exit_code(process.returncode))  # fmt: skip
 
 
 def _yes(value) -> bool:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -28,6 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from trainer.atomic import write_atomically
+from trainer.errors import is_machine_error, os_error_sentence
 
 STATUSES = ("ok", "changed", "skipped", "failed")
 
@@ -86,17 +88,25 @@ class Context:
         if self.dry_run:
             raise RuntimeError(f"bug: a step tried to run {argv[0]} under --dry-run")
         self.echo("$ " + shlex.join(map(str, argv)))
+        pipe = subprocess.PIPE if capture else None
         try:
-            result = subprocess.run(
+            process = subprocess.Popen(
                 [str(a) for a in argv],
                 env={**os.environ, **(env or {})},
-                capture_output=capture,
+                stdin=subprocess.PIPE if input is not None else None,
+                stdout=pipe,
+                stderr=pipe,
                 text=True,
-                timeout=timeout,
-                input=input,
             )
         except FileNotFoundError:
             raise StepFailed(f"{argv[0]} is not installed", "install it, or run `invoke apt` first") from None
+        try:
+            stdout, stderr = communicate(process, input=input, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise StepFailed(f"`{shlex.join(map(str, argv))}` took more than {timeout:.0f} s", "rerun it") from None
+        result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
         if check and result.returncode != 0:
             tail = (result.stderr or result.stdout or "").strip().splitlines()[-3:] if capture else []
             raise StepFailed(
@@ -105,6 +115,44 @@ class Context:
                 "read the output above",
             )
         return result
+
+
+GRACE = 60.0  # seconds an interrupted child gets to stop by itself before it is terminated
+
+
+def communicate(process: subprocess.Popen, input: str | None = None, timeout: float | None = None):
+    """process.communicate, but Ctrl-C gives the child time to stop cleanly. A terminal's Ctrl-C
+    (and Colab's "interrupt execution") signals the whole foreground process group, so the child
+    got its own SIGINT and is stopping: subprocess.run would kill it 0.25 s later, before it
+    could say so or tidy up. Here it gets GRACE seconds (one SIGINT is forwarded if it is still
+    running after 2 s, in case it was not signalled), then SIGTERM, then SIGKILL; further Ctrl-Cs
+    are ignored meanwhile. Then KeyboardInterrupt goes on up."""
+    try:
+        return process.communicate(input=input, timeout=timeout)
+    except KeyboardInterrupt:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            for stop, wait in ((None, 2.0), (signal.SIGINT, GRACE), (signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
+                if stop is not None and process.poll() is None:
+                    process.send_signal(stop)
+                try:
+                    process.communicate(timeout=wait)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        raise
+
+
+def died_of(returncode: int) -> str:
+    """A child's exit code in words: 'exit code 2', or 'signal SIGKILL'."""
+    if returncode >= 0:
+        return f"exit code {returncode}"
+    try:
+        return f"signal {signal.Signals(-returncode).name}"
+    except ValueError:
+        return f"signal {-returncode}"
 
 
 def read(argv: Sequence[str], timeout: float = 20) -> str | None:
@@ -122,6 +170,10 @@ def run_step(name: str, function: Callable[..., Result], ctx: Context, **options
         result = function(ctx, **options)
     except StepFailed as error:
         result = Result(name, "failed", str(error))
+    except OSError as error:
+        if not is_machine_error(error):
+            raise
+        result = Result(name, "failed", os_error_sentence(error, where="another folder"))
     result.name = name
     result.seconds = round(time.perf_counter() - started, 3)
     ctx.echo(f"{name}: {result.status}" + (f" ({result.detail})" if result.detail else ""))

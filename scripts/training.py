@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import resource
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from scripts.steps import died_of
 from trainer import runfolder
 from trainer.atomic import sha256_of
 
@@ -52,6 +55,41 @@ def landed_run(stdout: str, cwd: Path) -> Path | None:
     return folder if runfolder.is_run(folder) else None
 
 
+LOWER_MEMORY = "--batch-size 16, --feature-augment none, --image-size 160 or --cache-megabytes 512"
+
+
+def failure(returncode: int) -> str:
+    """One line for a trainer that ended without a model. Exiting by itself, it has said why
+    above; killed by a signal, it could not, so this says which, and for SIGKILL (what the
+    kernel's out-of-memory killer sends, and Colab's when a runtime runs out of RAM) the peak the
+    trainer reached, the limit the machine sets, and the options that take less memory."""
+    if returncode > 0:
+        return f"the trainer stopped ({died_of(returncode)}); its own message above says why"
+    if returncode == -signal.SIGKILL:
+        from trainer.memory import gigabytes, tightest
+
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+        limit = tightest()
+        machine = (
+            ""
+            if limit is None
+            else f"; this machine allows {gigabytes(limit.limit_bytes or limit.available_bytes)} ({limit.source})"
+        )
+        return (
+            f"the trainer was killed ({died_of(returncode)}), most likely for running out of memory: it reached "
+            f"{gigabytes(peak)} resident{machine}. Rerun with less, e.g. {LOWER_MEMORY} (invoke train --batch-size 16); "
+            "the features already cached are kept"
+        )
+    if returncode in (-signal.SIGINT, -signal.SIGTERM):
+        return f"the trainer was stopped ({died_of(returncode)}); rerun the same command to resume"
+    return f"the trainer died ({died_of(returncode)}) without a message; rerun the same command to resume"
+
+
+def exit_code(returncode: int) -> int:
+    """The task's exit code for the trainer's: its own, or 128 + the signal that killed it."""
+    return returncode if returncode > 0 else 128 - returncode
+
+
 def diagnostics_outcome(run_dir: Path, returncode: int, published: bool = True) -> str:
     """One line for a run whose model landed but whose trainer did not exit 0."""
     try:
@@ -60,7 +98,7 @@ def diagnostics_outcome(run_dir: Path, returncode: int, published: bool = True) 
         states = {}
     failed = [name for name, state in states.items() if isinstance(state, dict) and "failed" in state]
     unfinished = [name for name, state in states.items() if state == "pending"]
-    how = f"exit code {returncode}" if returncode > 0 else f"signal {-returncode}"
+    how = died_of(returncode)
     parts = [
         f"{', '.join(failed)} failed" if failed else "",
         f"{', '.join(unfinished)} never finished" if unfinished else "",

@@ -88,6 +88,17 @@ def demo_dir(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> Path:
+    """A weights file for the tiny backbone (any image size: it ends in global pooling), so that
+    a run is in bottleneck mode without downloading anything."""
+    from trainer.model import build_backbone
+
+    path = tmp_path_factory.mktemp("weights") / "tiny.weights.h5"
+    build_backbone("tiny", 48, None).save_weights(path)
+    return path
+
+
 @pytest.fixture()
 def cli(capsys):
     """Run `python -m trainer ARGS` in this process; return (exit code, stdout, stderr)."""

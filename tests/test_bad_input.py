@@ -94,7 +94,10 @@ def test_out_of_range_flags_through_invoke_train_exit_2_and_leave_no_run(tmp_pat
     result = invoke(copy, "train", "--folder", str(demo_dir / "Images"), "--file", "training_data.csv", *flags)
     assert result.returncode == 2, result.stderr
     assert f"trainer: error: {message}" in result.stderr
-    assert result.stderr.strip().splitlines()[-1] == "train: the trainer exited with 2; see its message above"
+    assert (
+        result.stderr.strip().splitlines()[-1]
+        == "train: the trainer stopped (exit code 2); its own message above says why"
+    )
     assert not (copy / "runs").exists() and not (copy / "published").exists()
 
 

@@ -225,7 +225,7 @@ def test_imagenet_weights_are_cached_on_drive_when_it_is_mounted(tmp_path, monke
 def test_a_failed_diagnostic_never_costs_the_model(cli, demo_dir, tmp_path, monkeypatch):
     """Each diagnostic made to fail (TRAINER_FAIL_DIAGNOSTIC): the run folder keeps its model,
     metrics and the rest, manifest.json says what failed, and the exit code is 3."""
-    from trainer.diagnostics.runner import EXIT_DIAGNOSTICS
+    from trainer.errors import EXIT_DIAGNOSTICS
 
     runs = {}
     for failing in ("audit,heatmaps,exports", "report"):

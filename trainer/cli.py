@@ -11,7 +11,9 @@ import difflib
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +24,19 @@ from trainer.data.demo import make_demo_data
 from trainer.data.load import load_unsplit
 from trainer.diagnostics.audit import audit_data
 from trainer.diagnostics.explain import explain_images
-from trainer.diagnostics.runner import EXIT_DIAGNOSTICS, DiagnosticsFailed, redo
-from trainer.errors import CheckFailed, InputError
+from trainer.diagnostics.runner import DiagnosticsFailed, redo
+from trainer.errors import (
+    EXIT_CHECK,
+    EXIT_DIAGNOSTICS,
+    EXIT_INPUT,
+    EXIT_INTERRUPTED,
+    EXIT_MACHINE,
+    CheckFailed,
+    InputError,
+    MachineError,
+    is_machine_error,
+    os_error_sentence,
+)
 from trainer.evaluate import evaluate_run
 from trainer.features.cache import summarize_caches
 from trainer.metrics import summary_line, write_metrics
@@ -292,14 +305,40 @@ def main(argv: list[str] | None = None) -> int:
         log.addHandler(handler)
         log.setLevel(logging.INFO)
         log.propagate = False
+    previous = interrupt_once()
     try:
         return run(sys.argv[1:] if argv is None else argv)
     except InputError as error:
         print(f"trainer: error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_INPUT
     except CheckFailed as error:
         print(f"trainer: error: {error}", file=sys.stderr)
-        return 1
+        return EXIT_CHECK
+    except MachineError as error:
+        print(f"trainer: error: {error}", file=sys.stderr)
+        return EXIT_MACHINE
+    except OSError as error:
+        if not is_machine_error(error):
+            raise
+        print(f"trainer: error: {os_error_sentence(error, doing='at')}", file=sys.stderr)
+        return EXIT_MACHINE
     except KeyboardInterrupt:
-        print("trainer: interrupted", file=sys.stderr)
-        return 130
+        print("trainer: interrupted; nothing half-written is kept, and the same command resumes", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def interrupt_once():
+    """Ctrl-C stops the command once: the first SIGINT raises KeyboardInterrupt where the
+    command is, and later ones (a terminal and `invoke` may both send one) are ignored while it
+    cleans up, so that cleanup itself is never cut short. Returns the handler it replaced."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def stop(number, frame):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGINT, stop)

@@ -1,4 +1,20 @@
-"""Exceptions the command layer turns into one line and an exit code."""
+"""Exceptions the command layer turns into one line and an exit code, and the sentence for an
+error the operating system raised. Standard library only: the setup steps use it too.
+
+    0    done
+    1    a check that did not hold up (an export disagreeing with Keras), or a bug
+    2    bad input or usage: a file, row, column or option the user can fix
+    3    the model is complete, but a diagnostic failed (trainer.diagnostics)
+    4    the machine refused: a full disk, a read-only or missing folder, no permission, an I/O error
+    130  interrupted (Ctrl-C); rerunning the same command resumes
+"""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+EXIT_CHECK, EXIT_INPUT, EXIT_DIAGNOSTICS, EXIT_MACHINE, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
 
 
 class InputError(Exception):
@@ -11,3 +27,44 @@ class ImageError(InputError):
 
 class CheckFailed(Exception):
     """A result that does not hold up, such as an export that disagrees with Keras (exit code 1)."""
+
+
+class MachineError(Exception):
+    """The machine refused a read or a write: a full disk, a read-only file system, no
+    permission, a file where a folder should be, an I/O error (exit code 4). Its message is one
+    sentence: the cause, the path, and what to do."""
+
+
+# errno -> (what happened, what to do); "{where}" is the option or folder to move the work to.
+CAUSES = {
+    errno.ENOSPC: ("no space left on device", "free space, or give {where} on a larger disk"),
+    errno.EDQUOT: ("disk quota exceeded", "free space in your quota, or give {where} elsewhere"),
+    errno.EFBIG: ("file too large for this file system", "give {where} on another disk"),
+    errno.EROFS: ("read-only file system", "make it writable, or give {where} on a writable disk"),
+    errno.EACCES: ("permission denied", "fix the folder's permissions, or give {where} where you may write"),
+    errno.EPERM: ("operation not permitted", "fix the folder's permissions, or give {where} where you may write"),
+    errno.ENOTDIR: ("a file stands where a folder is needed", "move that file away, or give {where} elsewhere"),
+    errno.EISDIR: ("a folder stands where a file is needed", "move that folder away, or give {where} elsewhere"),
+    errno.EIO: (
+        "input/output error (a failing disk, or a network mount such as Drive dropped)",
+        "check the disk or remount Drive, then rerun",
+    ),  # fmt: skip
+    errno.ENAMETOOLONG: ("a file name too long for this file system", "give {where} with a shorter path"),
+    errno.EMFILE: ("too many open files", "raise the limit (ulimit -n), then rerun"),
+    errno.ENOENT: ("no such file or folder", "check the path; is Drive mounted?"),
+}
+
+
+def os_error_sentence(error: OSError, path: str | Path | None = None, doing: str = "writing",
+                      where: str = "the folder") -> str:  # fmt: skip
+    """'no space left on device writing PATH: free space, or give --workspace on a larger disk'.
+    `path`: what was being read or written when the error does not name it; `where`: the option
+    or folder that moves the work elsewhere."""
+    cause, todo = CAUSES.get(error.errno, (error.strerror or type(error).__name__, "fix the cause, then rerun"))
+    named = path if path is not None else (error.filename or "")
+    return f"{cause} {doing} {named}: {todo.format(where=where)}".replace("  ", " ")
+
+
+def is_machine_error(error: BaseException) -> bool:
+    """An OSError the machine raised for a reason a user can act on (CAUSES), not a bug."""
+    return isinstance(error, OSError) and error.errno in CAUSES

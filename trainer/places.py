@@ -20,9 +20,15 @@ def drive_workspace(config: TrainConfig) -> Path:
 
 
 def workspace(config: TrainConfig) -> Path:
-    if config.workspace:
-        return Path(config.workspace)
-    return drive_workspace(config) if DRIVE.is_dir() else Path("workspace")
+    """--workspace, else MyDrive/<model name>-workspace with Drive mounted, else ./workspace."""
+    place = Path(config.workspace) if config.workspace else drive_workspace(config) if DRIVE.is_dir() else None
+    return _folder(place or Path("workspace"), "--workspace")
+
+
+def _folder(path: Path, option: str) -> Path:
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{option}: {path} is a file, not a folder; give a folder (it is made when missing)")
+    return path
 
 
 def weights_cache(config: TrainConfig) -> Path | None:
@@ -41,7 +47,7 @@ def run_folder(config: TrainConfig) -> Path:
             raise InputError(f"--output: {run_dir} already exists and is not empty; choose a new folder")
         return run_dir
     stem = time.strftime("%Y%m%d-%H%M%S") + f"-{config.backbone}"
-    run_dir = Path(config.runs_dir) / stem
+    run_dir = _folder(Path(config.runs_dir), "--runs-dir") / stem
     suffix = 2
     while run_dir.exists():
         run_dir = Path(config.runs_dir) / f"{stem}-{suffix}"

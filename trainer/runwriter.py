@@ -4,8 +4,12 @@ it is, how it was trained and how it scored (trainer.runfolder names each file).
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 import platform
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -14,8 +18,11 @@ from trainer.atomic import link_or_copy, partial_folder
 from trainer.config import TrainConfig, save_config
 from trainer.data.rows import SPLITS
 from trainer.data.split import write_split
+from trainer.errors import MachineError, os_error_sentence
 from trainer.fingerprint import stack
 from trainer.metrics import write_metrics
+
+log = logging.getLogger("trainer")
 
 
 @dataclass
@@ -90,34 +97,61 @@ def write_run(run_dir: Path, config: TrainConfig, decided: Decided, model, data,
     (decision.json), with --target-recall."""
     metrics, probabilities = results
     rule, point = operating
-    with partial_folder(run_dir) as partial:
-        if point is not None:
-            decision.write(partial, point)
-        model.save(partial / runfolder.MODEL)
-        link_or_copy(partial / runfolder.MODEL, partial / f"{config.model_name}.keras")
-        runfolder.write_labels(partial / runfolder.LABELS, data.labels)
-        save_config(config, partial / runfolder.CONFIG)
-        runfolder.write_json(partial / runfolder.DECIDED, decided.to_dict())
-        write_split(data.parts, partial / runfolder.SPLIT)
-        runfolder.write_history(partial / runfolder.HISTORY, history)
-        runfolder.write_json(partial / runfolder.MANIFEST, run_manifest)
-        write_metrics(
-            {
-                **metrics["test"],
-                **{name: metrics[name] for name in ("validation", "train") if name in metrics},
-                "epochs_run": {row["phase"]: row["epoch"] for row in history},
-                "training_seconds": run_manifest["training_seconds"],
-                "data": data.report.to_dict(),
-            },
-            partial / runfolder.METRICS,
-        )
-        runfolder.write_predictions(
-            partial / runfolder.PREDICTIONS,
-            data.labels,
-            {name: (data.paths(name), [row.label for row in data.parts[name]], p) for name, p in probabilities.items()},
-            None if rule is None else rule.predict,
-        )
-        write_tensorboard(history, partial / "logs")
+    try:
+        with partial_folder(run_dir) as partial:
+            if point is not None:
+                decision.write(partial, point)
+            (partial / runfolder.MODEL).write_bytes(model_bytes(model))
+            link_or_copy(partial / runfolder.MODEL, partial / f"{config.model_name}.keras")
+            runfolder.write_labels(partial / runfolder.LABELS, data.labels)
+            save_config(config, partial / runfolder.CONFIG)
+            runfolder.write_json(partial / runfolder.DECIDED, decided.to_dict())
+            write_split(data.parts, partial / runfolder.SPLIT)
+            runfolder.write_history(partial / runfolder.HISTORY, history)
+            runfolder.write_json(partial / runfolder.MANIFEST, run_manifest)
+            write_metrics(
+                {
+                    **metrics["test"],
+                    **{name: metrics[name] for name in ("validation", "train") if name in metrics},
+                    "epochs_run": {row["phase"]: row["epoch"] for row in history},
+                    "training_seconds": run_manifest["training_seconds"],
+                    "data": data.report.to_dict(),
+                },
+                partial / runfolder.METRICS,
+            )
+            runfolder.write_predictions(
+                partial / runfolder.PREDICTIONS,
+                data.labels,
+                {
+                    name: (data.paths(name), [row.label for row in data.parts[name]], p)
+                    for name, p in probabilities.items()
+                },  # fmt: skip
+                None if rule is None else rule.predict,
+            )
+            try:
+                write_tensorboard(history, partial / "logs")
+            except OSError as error:  # the logs are worth less than the model they describe
+                shutil.rmtree(partial / "logs", ignore_errors=True)
+                log.warning("WARNING: no TensorBoard logs (%s)", os_error_sentence(error, partial / "logs"))
+    except OSError as error:
+        # Nothing of the run folder is left (partial_folder removed it); the workspace keeps the
+        # features and the checkpoints, so the rerun does not train again.
+        raise MachineError(os_error_sentence(error, run_dir, where="--output or --runs-dir")) from None
+
+
+def model_bytes(model) -> bytes:
+    """The model in Keras's .keras format, made in memory: the file is then one plain write, and
+    its weights never go to disk through h5py, which crashes the process (a segmentation fault)
+    when a write fails with the disk full."""
+    try:
+        from keras.src.saving import saving_lib
+    except ImportError:  # a Keras that moved it: through a temporary file, as Keras saves
+        with tempfile.TemporaryDirectory() as scratch:
+            model.save(Path(scratch) / "model.keras")
+            return (Path(scratch) / "model.keras").read_bytes()
+    buffer = io.BytesIO()
+    saving_lib.save_model(model, buffer)
+    return buffer.getvalue()
 
 
 def write_tensorboard(history: list[dict], folder: Path) -> None:

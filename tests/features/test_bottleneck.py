@@ -13,15 +13,6 @@ import pytest
 from tests.conftest import CONCRETE, run_module, train_args
 
 
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory) -> Path:
-    from trainer.model import build_backbone
-
-    path = tmp_path_factory.mktemp("weights") / "tiny.weights.h5"
-    build_backbone("tiny", 48, None).save_weights(path)
-    return path
-
-
 def _train(cli, folder: Path, weights: Path, workspace: Path, output: Path, *extra: str) -> tuple[int, str]:
     code, _, err = cli(*train_args(folder, weights=weights, epochs=2, workspace=workspace, output=output), *extra)
     return code, err

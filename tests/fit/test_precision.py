@@ -84,15 +84,6 @@ print(json.dumps({{p: float(np.median(np.linalg.norm(out[p] - reference, axis=1)
     assert 1e-3 < differences["mixed_bfloat16"] < 0.15, differences
 
 
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory):
-    from trainer.model import build_backbone
-
-    path = tmp_path_factory.mktemp("weights") / "tiny.weights.h5"
-    build_backbone("tiny", 64, None).save_weights(path)
-    return path
-
-
 # (backbone, weights, extra options): the whole network trained on images, and bottleneck mode
 # (features cached, the head trained, then the top of the backbone fine-tuned), with a local
 # weights file and with efficientnet_lite0's ImageNet weights (tiny-bottleneck goes the way

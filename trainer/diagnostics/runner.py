@@ -28,11 +28,10 @@ from trainer import places, runfolder
 from trainer.config import TrainConfig
 from trainer.diagnostics import report
 from trainer.diagnostics.table import DIAGNOSTICS, NAMES, REPORT, Finished, Skipped
-from trainer.errors import CheckFailed, InputError
+from trainer.errors import CheckFailed, InputError, is_machine_error, os_error_sentence
 
 log = logging.getLogger("trainer")
 
-EXIT_DIAGNOSTICS = 3
 INJECT = "TRAINER_FAIL_DIAGNOSTIC"
 
 
@@ -81,14 +80,20 @@ def run(finished: Finished, manifest: dict, only: tuple[str, ...] | None = None,
             log.warning("WARNING: no %s: %s", name, reason)
             states[name] = {"skipped": str(reason)}
         except (Exception, MemoryError) as error:  # noqa: BLE001 - any failure here spares the model
-            reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+            if is_machine_error(error):
+                reason = os_error_sentence(error, where="the run folder's disk")
+            else:
+                reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
             log.warning("WARNING: %s failed (%s); the model and the rest of the run folder are kept", name, reason)
             states[name] = {"failed": reason}
             failed[name] = reason
         else:
             manifest.update(extra or {})
             states[name] = "ok"
-        runfolder.write_json(finished.run_dir / runfolder.MANIFEST, manifest)
+        try:
+            runfolder.write_json(finished.run_dir / runfolder.MANIFEST, manifest)
+        except OSError as error:  # the outcome is still said here, and in the exit code
+            log.warning("WARNING: manifest.json not updated (%s)", os_error_sentence(error, finished.run_dir))
     return failed
 
 

@@ -21,6 +21,7 @@ entries no dataset of yours uses any more.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -33,6 +34,7 @@ import numpy as np
 
 from trainer.atomic import replacing
 from trainer.data.rows import load_rows
+from trainer.errors import os_error_sentence
 from trainer.fingerprint import file_states, weights_identity
 
 log = logging.getLogger("trainer")
@@ -154,6 +156,7 @@ class FeatureCache:
     def __init__(self, folder: Path):
         self.folder = folder
         self._index: dict[str, tuple[Shard, int]] | None = None
+        self.refused = ""  # why shards are no longer stored, once a write was refused
 
     @property
     def index(self) -> dict[str, tuple[Shard, int]]:
@@ -221,18 +224,35 @@ class FeatureCache:
         return {key: out[number] for number, key in enumerate(keys) if not missing[number]}
 
     def add(self, hashes: list[str], features: np.ndarray) -> Path:
-        """Write one shard, atomically: a temporary name, then a rename."""
+        """Write one shard, atomically: a temporary name, then a rename. The shard is made in
+        memory and written with one plain write, so a refused write is one OSError and leaves
+        nothing behind (np.savez straight to a full disk left a half-closed zip and a second
+        error at exit)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256("".join(sorted(hashes)).encode()).hexdigest()[:16]
         target = self.folder / f"shard-{digest}.npz"
         features = np.ascontiguousarray(features, dtype=np.float32)
+        buffer = io.BytesIO()
+        np.savez(buffer, sha256=np.array(hashes, dtype="S"), features=features, crc32=_row_checksums(features))
         # Named by process: runs sharing a cache on Drive may store the same shard at once.
         with replacing(target, suffix=".npz", unique=True) as temporary:
-            np.savez(temporary, sha256=np.array(hashes, dtype="S"), features=features,
-                     crc32=_row_checksums(features))  # fmt: skip
+            temporary.write_bytes(buffer.getvalue())
         if self._index is not None:
             self._open(target)
         return target
+
+    def store(self, hashes: list[str], features: np.ndarray) -> None:
+        """add, for a run that featurizes: a cache is worth having, not worth the run, so a
+        write the machine refuses is said once and the run goes on with its features in memory
+        (the next run featurizes those images again)."""
+        if self.refused:
+            return
+        try:
+            self.add(hashes, features)
+        except OSError as error:
+            self.refused = os_error_sentence(error, self.folder, where="--workspace")
+            log.warning("WARNING: features are no longer stored in the cache (%s); this run goes on, and the next "
+                        "one featurizes these images again", self.refused)  # fmt: skip
 
     def prune(self, keep) -> tuple[int, int]:
         """Drop every entry whose image (the sha256 before any ":view") is not in `keep`:

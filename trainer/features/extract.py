@@ -21,7 +21,7 @@ import numpy as np
 
 from trainer import device
 from trainer.data.pipeline import make_dataset
-from trainer.errors import CheckFailed
+from trainer.errors import CheckFailed, os_error_sentence
 from trainer.features.cache import SHARD_SECONDS, FeatureCache, cache_key
 from trainer.features.runtime import featurizer, tensorflow_runner
 from trainer.features.views import view_of
@@ -167,7 +167,12 @@ def fill(feature_model, wanted: list[tuple[str, str, str, int]], out: np.ndarray
     when given, gets {view: {"reused": n, "featurized": m}} (distinct images). Returns the
     runtime that featurized (trainer.features.runtime), or None when the cache had everything."""
     cache = cache or FeatureCache(folder)
-    folder.mkdir(parents=True, exist_ok=True)  # where the shards will go: featurizing has begun
+    try:
+        folder.mkdir(parents=True, exist_ok=True)  # where the shards will go: featurizing has begun
+    except OSError as error:
+        cache.refused = os_error_sentence(error, folder, where="--workspace")
+        log.warning("WARNING: no feature cache this run (%s); the features are computed and kept in memory",
+                    cache.refused)  # fmt: skip
     positions: dict[str, list[int]] = {}
     source: dict[str, tuple[str, str, str]] = {}
     for sha256, path, view, position in wanted:
@@ -221,5 +226,5 @@ def _featurize_into(cache: FeatureCache, out: np.ndarray, images: list[tuple[str
             pending_keys += [image_keys[number] for _, image_keys in batch]
         done += len(batch)
         if time.monotonic() - last >= SHARD_SECONDS or done >= len(images):
-            cache.add(pending_keys, out[[positions[key][0] for key in pending_keys]])
+            cache.store(pending_keys, out[[positions[key][0] for key in pending_keys]])
             pending_keys, last = [], time.monotonic()

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from trainer.atomic import replacing
+from trainer.errors import is_machine_error, os_error_sentence
 from trainer.quiet import quiet
 
 log = logging.getLogger("trainer")
@@ -143,9 +144,12 @@ def featurizer(feature_model, image_size: int, folder: Path, jit_compile: bool =
     try:
         runner = onnx_runner(convert(feature_model, folder), int(feature_model.output_shape[-1]))
     except Exception as error:  # a refused graph costs the speed, never the run
-        first = (str(error).strip().splitlines() or [""])[0][:200]
-        log.warning("WARNING: ONNX Runtime cannot run the converted extractor (%s: %s): featurizing with "
-                    "TensorFlow", type(error).__name__, first)  # fmt: skip
+        if is_machine_error(error):
+            why = os_error_sentence(error, folder / converted_name(), where="--workspace")
+        else:
+            why = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:200]}"
+        log.warning("WARNING: ONNX Runtime cannot run the converted extractor (%s): featurizing with TensorFlow",
+                    why)  # fmt: skip
         with contextlib.suppress(OSError):
             (folder / converted_name()).unlink()
         return tensorflow_runner(feature_model, image_size, jit_compile)

@@ -1,8 +1,8 @@
 """Per-epoch checkpoints that make a rerun of the same command resume after a disconnect.
 
     <folder>/state.json         epoch, history so far, early-stopping state   (written last)
-    <folder>/last.weights.h5    the model after that epoch
-    <folder>/best.weights.h5    the best weights early stopping has seen
+    <folder>/last.weights.npz   the model after that epoch
+    <folder>/best.weights.npz   the best weights early stopping has seen
 
 Each file is written under a temporary name and renamed; state.json goes last, so it never
 names an epoch whose weights are not on disk. Keras's BackupAndRestore keeps neither the
@@ -11,15 +11,17 @@ history nor the early-stopping state, so a resumed run would forget its best epo
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import time
-import warnings
 from pathlib import Path
 
 import keras
+import numpy as np
 
-from trainer.atomic import replacing, write_atomically
+from trainer.atomic import write_atomically
+from trainer.errors import os_error_sentence
 
 log = logging.getLogger("trainer")
 
@@ -39,6 +41,7 @@ class Checkpoints(keras.callbacks.Callback):
         self._saved_stopper: dict | None = None
         self._last_save = time.monotonic()
         self._best_unsaved = False
+        self.refused = ""  # why checkpoints stopped, once a write was refused
 
     # Before fit -------------------------------------------------------------------------------
 
@@ -49,11 +52,8 @@ class Checkpoints(keras.callbacks.Callback):
             return 0
         try:
             state = json.loads(state_path.read_text())
-            with warnings.catch_warnings():
-                # The optimizer's moments are not in the checkpoint; Keras says so for each one.
-                warnings.simplefilter("ignore", UserWarning)
-                model.load_weights(self.folder / "last.weights.h5")
-        except (OSError, ValueError) as error:
+            _load_weights(model, self.folder / LAST)
+        except (OSError, ValueError, KeyError) as error:
             log.warning("WARNING: checkpoint in %s is unreadable (%s): starting this phase over", self.folder, error)
             return 0
         epoch = int(state["epoch"])
@@ -68,9 +68,9 @@ class Checkpoints(keras.callbacks.Callback):
         return epoch
 
     def restore_best(self, model) -> None:
-        best = self.folder / "best.weights.h5"
+        best = self.folder / BEST
         if best.is_file():
-            model.load_weights(best)
+            _load_weights(model, best)
 
     # During fit -------------------------------------------------------------------------------
 
@@ -81,10 +81,10 @@ class Checkpoints(keras.callbacks.Callback):
             self.stopper.wait = self._saved_stopper["wait"]
             self.stopper.best = self._saved_stopper["best"]
             self.stopper.best_epoch = self._saved_stopper["best_epoch"]
-            best = self.folder / "best.weights.h5"
+            best = self.folder / BEST
             if best.is_file():
                 current = self.model.get_weights()
-                self.model.load_weights(best)
+                _load_weights(self.model, best)
                 self.stopper.best_weights = self.model.get_weights()
                 self.model.set_weights(current)
 
@@ -97,16 +97,25 @@ class Checkpoints(keras.callbacks.Callback):
             self._save(epoch)
 
     def _save(self, epoch: int) -> None:
+        """A checkpoint is worth having, not worth the run: a write the machine refuses (a full
+        disk, a read-only workspace) is said once, and the run goes on without checkpoints."""
         self._last_save = time.monotonic()
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._save_weights(self.model, "last.weights.h5")
-        if self._best_unsaved:
-            current = self.model.get_weights()
-            self.model.set_weights(self.stopper.best_weights)
-            self._save_weights(self.model, "best.weights.h5")
-            self.model.set_weights(current)
-            self._best_unsaved = False
-        state = {
+        if self.refused:
+            return
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            write_atomically(self.folder / LAST, _weights_bytes(self.model.get_weights()))
+            if self._best_unsaved:
+                write_atomically(self.folder / BEST, _weights_bytes(self.stopper.best_weights))
+                self._best_unsaved = False
+            self._write_state(self._state(epoch))
+        except OSError as error:
+            self.refused = os_error_sentence(error, self.folder, where="--workspace")
+            log.warning("WARNING: checkpoints stop here (%s); training goes on, but a run interrupted from now on "
+                        "starts this phase over", self.refused)  # fmt: skip
+
+    def _state(self, epoch: int) -> dict:
+        return {
             "epoch": epoch + 1,
             "history": self.history,
             "stopper": {
@@ -115,9 +124,10 @@ class Checkpoints(keras.callbacks.Callback):
                 "best_epoch": self.stopper.best_epoch,
             },
         }
-        self._write_state(state)
 
     def on_train_end(self, logs=None):
+        if self.refused:
+            return
         epochs_done = len(next(iter(self.history.values()), []))
         state_path = self.folder / "state.json"
         saved = json.loads(state_path.read_text())["epoch"] if state_path.is_file() else 0
@@ -125,17 +135,38 @@ class Checkpoints(keras.callbacks.Callback):
             # EarlyStopping has already restored the best weights here; "last" is then the
             # best, which is what a rerun of a finished phase loads.
             self._save(epochs_done - 1)
-        if self.stopper.stopped_epoch:
+        if self.stopper.stopped_epoch and not self.refused:
             state = json.loads((self.folder / "state.json").read_text())
             state["stopped"] = True
-            self._write_state(state)
-
-    def _save_weights(self, model, name: str) -> None:
-        with replacing(self.folder / name, suffix=".weights.h5") as temporary:
-            model.save_weights(temporary)
+            try:
+                self._write_state(state)
+            except OSError as error:
+                log.warning("WARNING: %s", os_error_sentence(error, self.folder, where="--workspace"))
 
     def _write_state(self, state: dict) -> None:
         write_atomically(self.folder / "state.json", json.dumps(state))
+
+
+LAST, BEST = "last.weights.npz", "best.weights.npz"
+
+
+def _weights_bytes(weights: list) -> bytes:
+    """The model's weights as one .npz, made in memory and written by the caller with a plain
+    write: the checkpoint is never written through h5py, whose file handles crash the process
+    (a segmentation fault, seen twice) when a write fails with the disk full."""
+    buffer = io.BytesIO()
+    np.savez(buffer, *[np.asarray(weight) for weight in weights])
+    return buffer.getvalue()
+
+
+def _load_weights(model, path: Path) -> None:
+    """A checkpoint's weights into the model; ValueError when they do not fit it."""
+    with np.load(path, allow_pickle=False) as stored:
+        weights = [stored[f"arr_{index}"] for index in range(len(stored.files))]
+    expected = [tuple(weight.shape) for weight in model.get_weights()]
+    if [weight.shape for weight in weights] != expected:
+        raise ValueError(f"{path.name} holds {len(weights)} weights that do not fit this model")
+    model.set_weights(weights)
 
 
 def _plain(value):

@@ -4,10 +4,13 @@ checkpoints go."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
 import math
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,6 +77,7 @@ def start_session(config: TrainConfig, data, workspace: Path, options: dict) -> 
     if not device.is_chief():
         kind, index = device.task()
         checkpoint_root = checkpoint_root.with_name(f"{checkpoint_root.name}-{kind}{index}")
+    checkpoint_root = claim(checkpoint_root)
     return Session(
         config,
         multi_worker or device.make_strategy(policy),
@@ -93,3 +97,34 @@ def resume_key(options: dict, fingerprint: str) -> str:
     does not change training."""
     kept = {name: value for name, value in options.items() if name != "export"}
     return hashlib.sha256(json.dumps([kept, fingerprint], sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+_claimed: dict[str, int] = {}  # lock file -> open descriptor, for the life of this process
+
+
+def claim(folder: Path) -> Path:
+    """`folder` for this process's checkpoints, held with an exclusive flock; when another live
+    run holds it (the same command on the same data, started twice in one workspace), this run
+    takes FOLDER-PID instead, so that it never resumes from a checkpoint the other is writing.
+    The lock file is in the system's temporary folder (the workspace may be on Drive, whose FUSE
+    mount does not promise flock), so it guards runs on this machine; the kernel drops it with
+    its process, however that ends."""
+    digest = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:16]
+    path = Path(tempfile.gettempdir()) / f"trainer-checkpoints-{digest}.lock"
+    if str(path) in _claimed:
+        return folder
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(descriptor, 32, 0).decode(errors="replace").strip() or "another process"
+        os.close(descriptor)
+        own = folder.with_name(f"{folder.name}-{os.getpid()}")
+        log.warning("WARNING: another run (pid %s) is training the same data with the same options in this "
+                    "workspace; this one keeps its checkpoints apart (%s) and does not resume from that run's",
+                    holder, own.name)  # fmt: skip
+        return own
+    os.ftruncate(descriptor, 0)
+    os.pwrite(descriptor, str(os.getpid()).encode(), 0)
+    _claimed[str(path)] = descriptor
+    return folder
