@@ -76,8 +76,8 @@ def failure(returncode: int) -> str:
             else f"; this machine allows {gigabytes(limit.limit_bytes or limit.available_bytes)} ({limit.source})"
         )
         return (
-            f"the trainer was killed ({died_of(returncode)}), most likely for running out of memory: it reached "
-            f"{gigabytes(peak)} resident{machine}. Rerun with less, e.g. {LOWER_MEMORY} (invoke train --batch-size 16); "
+            f"the trainer was killed ({died_of(returncode)}), most likely for running out of memory: its resident "
+            f"memory peaked at {gigabytes(peak)} (shared libraries included){machine}. Rerun with less, e.g. {LOWER_MEMORY} (invoke train --batch-size 16); "
             "the features already cached are kept"
         )
     if returncode in (-signal.SIGINT, -signal.SIGTERM):

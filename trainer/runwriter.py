@@ -13,7 +13,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from trainer import decision, device, runfolder
+from trainer import decision, device, memory, runfolder
 from trainer.atomic import link_or_copy, partial_folder
 from trainer.config import TrainConfig, save_config
 from trainer.data.rows import SPLITS
@@ -79,6 +79,7 @@ def manifest(data, policy, decided: Decided, cache: dict | None, seconds: float,
             "images": {name: len(data.parts[name]) for name in SPLITS},
             "hashes": "split.csv lists every image's SHA-256",
         },
+        "memory": None if memory.tightest() is None else memory.tightest().to_dict(),
         "weights_used": decided.weights,
         # bottleneck: the head on cached features (then fine-tuning, if asked); whole: no
         # pretrained weights, the whole network on images.
