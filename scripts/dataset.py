@@ -21,11 +21,12 @@ from pathlib import Path
 from scripts.archives import download, extract_into, fetch
 from scripts.steps import Context, Result, StepFailed, changed, ok
 from trainer.atomic import partial_folder, remove_leftovers, replacing, sha256_of, write_atomically
+from trainer.data.layout import choose_level, images_below, is_image_name, label_of, walk_files
+from trainer.errors import InputError, listed
 
 MANIFEST = "dataset.json"
 SHIPPED = "concrete"
 SHIPPED_FOLDER = Path(__file__).resolve().parent.parent / "datasets" / "concrete"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 DRIVE_LINK = re.compile(r"drive\.google\.com/(?:file/d/|open\?id=|uc\?(?:.*&)?id=)([A-Za-z0-9_-]{10,})")
 DRIVE_ID = re.compile(r"^(?:gdrive:)?([A-Za-z0-9_-]{25,})$")
 DRIVE_DOWNLOAD = "https://drive.google.com/uc?id={id}"
@@ -53,16 +54,13 @@ def count_images(folder: Path) -> dict[str, int]:
     """Images per class, by the trainer's own rule for class folders (trainer/data/layout.py: the
     folder one level down, or the inner one in SDNET2018's D/CD layout); where that rule finds
     the layout ambiguous, per folder path (the trainer then asks for --label-folder)."""
-    from trainer.data.layout import choose_level, images_below, label_of
-    from trainer.errors import InputError
-
-    images = images_below(folder)
+    images, _ = images_below(folder)
     try:
         level = choose_level(images, str(folder))
         counts = Counter(label_of(image, level) for image in images)
     except InputError:
         counts = Counter("/".join(image[:-1]) for image in images)
-    loose = sum(1 for path in folder.iterdir() if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES)
+    loose = sum(1 for path in folder.iterdir() if path.is_file() and is_image_name(path.name))
     if loose:
         counts["."] += loose
     return dict(sorted(counts.items()))
@@ -80,7 +78,7 @@ def find_layout(root: Path, csv_name: str) -> tuple[Path, str | None]:
     folder = root
     while True:
         children = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "__MACOSX"))]
-        files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+        files = [p for p in folder.iterdir() if p.is_file() and is_image_name(p.name)]
         if len(children) == 1 and not files:
             folder = children[0]
             continue
@@ -218,7 +216,7 @@ def dataset(
         if obtained is None:
             _make_demo(partial, demo_per_class, demo_seed)
         elif obtained.is_dir():
-            shutil.copytree(obtained, partial, dirs_exist_ok=True)
+            copy_folder(obtained, partial, ctx)
         else:
             extract_into(obtained, partial)
         folder, csv_name = find_layout(partial, csv)
@@ -235,6 +233,18 @@ def dataset(
     manifest = {**settings, "folder": str(folder), "file": csv_name, "counts": counts, "tree": tree_state(unpacked)}
     write_atomically(data_path / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return changed(f"{_describe(manifest)} from {source}")
+
+
+def copy_folder(source: Path, target: Path, ctx: Context) -> None:
+    """A local folder's regular files copied, by the trainer's rule for folders
+    (trainer.data.layout.walk_files: links followed, loops and pipes, sockets and devices
+    skipped with a warning, never opened)."""
+    files, skipped = walk_files(source)
+    for item in skipped:
+        ctx.echo(f"data: WARNING: skipped {item}")
+    for parts in files:
+        (target / Path(*parts)).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source.joinpath(*parts), target.joinpath(*parts))
 
 
 def _source_state(path: Path) -> str:
@@ -268,4 +278,4 @@ def _check_counts(counts: dict[str, int], wanted: dict[str, int]) -> None:
         if counts.get(label, 0) != number
     ]
     if wrong:
-        raise StepFailed("image counts differ: " + ", ".join(wrong), "check the source, or fix --expect")
+        raise StepFailed("image counts differ: " + listed(wrong), "check the source, or fix --expect")

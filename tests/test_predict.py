@@ -35,3 +35,25 @@ def test_predict_refuses_a_tflite_file_that_is_not_one(run_dir, tmp_path):
     assert result.returncode == 2
     assert result.stderr.startswith(f"trainer: error: --model: {bogus} is not a TensorFlow Lite model")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_damaged_artifact_is_one_line_naming_it_and_what_to_do(cli, run_dir, tmp_path):
+    """model.keras cut short, labels.txt that is not text, config.json and decision.json cut
+    short: each is exit 2 and one line naming the file, never a traceback."""
+    image = json.loads((run_dir / "exports.json").read_text())["images"][0]
+    for name, damage in (
+        ("model.keras", lambda data: data[: len(data) // 2]),
+        ("labels.txt", lambda data: b"\xff\xfe\x00garbage"),
+        ("decision.json", lambda data: b'{"label": "CD", "ind'),
+        ("config.json", lambda data: data[:40]),
+    ):
+        copy = tmp_path / name.replace(".", "-")
+        shutil.copytree(run_dir, copy)
+        path = copy / name
+        path.write_bytes(damage(path.read_bytes() if path.is_file() else b"{}"))
+        command = ("evaluate", "--model", copy, "--folder", copy.parent) if name == "config.json" else (
+            "predict", "--model", copy, image)  # fmt: skip
+        code, _, err = cli(*command)
+        assert code == 2, (name, err)
+        line = err.strip().splitlines()[-1]
+        assert line.startswith(f"trainer: error: {path}: ") and "damaged" in line and "previous" in line, line

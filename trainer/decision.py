@@ -26,7 +26,7 @@ import numpy as np
 from trainer import runfolder
 from trainer.atomic import write_atomically
 from trainer.config import parse_target
-from trainer.errors import InputError
+from trainer.errors import InputError, listed
 
 DECISION = runfolder.DECISION
 
@@ -34,7 +34,7 @@ DECISION = runfolder.DECISION
 def check_label(text: str, labels: list[str]) -> None:
     label, _ = parse_target(text)
     if label not in labels:
-        raise InputError(f"--target-recall: no class {label!r} in this data; the classes are {', '.join(labels)}")
+        raise InputError(f"--target-recall: no class {label!r} in this data; the classes are {listed(labels)}")
 
 
 @dataclass(frozen=True)
@@ -132,9 +132,9 @@ def read(folder: Path, labels: list[str]) -> Decision:
         decision = Decision(
             record["label"], int(record["index"]), float(record["threshold"]), float(record["target_recall"])
         )
-    except (OSError, ValueError, KeyError, TypeError) as error:
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
         raise InputError(
-            f"{path}: not a decision file ({type(error).__name__}: {error}); retrain or delete it"
+            f"{path}: damaged, not a decision file ({type(error).__name__}: {error}); {runfolder.DAMAGED}"
         ) from None
     if decision.index >= len(labels) or labels[decision.index] != decision.label:
         raise InputError(

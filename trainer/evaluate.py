@@ -13,7 +13,7 @@ from trainer.data.report import log_report
 from trainer.data.rows import load_rows
 from trainer.data.split import read_split
 from trainer.data.validate import validate
-from trainer.errors import InputError
+from trainer.errors import InputError, listed
 from trainer.metrics import classification_metrics, summary_line
 from trainer.predict import load_run
 
@@ -52,8 +52,7 @@ def evaluate_run(run_dir: str | Path, folder: str | None, file: str | None, stri
     unknown = sorted({row.label for row in rows} - set(run.labels))
     if unknown:
         raise InputError(
-            f"label(s) {', '.join(map(repr, unknown))} were never seen in training; "
-            f"this model knows {', '.join(run.labels)}"
+            f"label(s) {listed(map(repr, unknown))} were never seen in training; this model knows {listed(run.labels)}"
         )
     index = {label: i for i, label in enumerate(run.labels)}
     probabilities = run.predict([str(row.path) for row in rows], batch_size)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import logging
 import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +13,8 @@ import numpy as np
 
 from trainer import decision, runfolder
 from trainer.atomic import replacing
-from trainer.data.images import is_image_file, load_image
+from trainer.data.images import load_image
+from trainer.data.layout import is_image_name, special_kind, walk_files
 from trainer.data.pipeline import PARALLEL, make_dataset, prefetched
 from trainer.data.rows import read_csv_rows
 from trainer.errors import ImageError, InputError
@@ -67,12 +69,24 @@ def _load(location: Path) -> Run:
         )
     if not (run_dir / runfolder.LABELS).is_file():
         raise InputError(f"--model: {run_dir / runfolder.LABELS} not found; the run folder is incomplete")
-    import keras
-
-    model = keras.models.load_model(model_path, compile=False)
+    model = load_keras(model_path)
     labels = runfolder.read_labels([run_dir / runfolder.LABELS], model_path)
     _check_outputs(labels, model.output_shape[-1], run_dir / runfolder.LABELS)
     return Run(run_dir, lambda images: model.predict(images, verbose=0), labels, int(model.input_shape[1]), model)
+
+
+def load_keras(path: Path):
+    """A .keras file as a model; a damaged or cut-short one is one line naming it (Keras says
+    "File not found" of a truncated file that is there)."""
+    import keras
+
+    try:
+        return keras.models.load_model(path, compile=False)
+    except (ValueError, OSError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+        raise InputError(
+            f"{path}: not a readable Keras model, damaged or cut short ({reason}); {runfolder.DAMAGED}"
+        ) from None
 
 
 def _check_outputs(labels: list[str], outputs: int, labels_path: Path) -> None:
@@ -107,15 +121,18 @@ def collect_images(inputs: list[str]) -> list[Path]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p))
+            files, skipped = walk_files(path)  # the one rule for folders (trainer.data.layout)
+            for item in skipped:
+                log.warning("WARNING: skipped %s", item)
+            found = [path.joinpath(*parts) for parts in files if is_image_name(parts[-1])]
             if not found:
                 raise InputError(f"{path}: no images in this folder")
             paths += found
         elif path.suffix.lower() == ".csv" and path.is_file():
             rows, _ = read_csv_rows(path, path.parent)
             paths += [row.path for row in rows]
-        elif path.is_file():
-            paths.append(path)
+        elif path.is_file() or special_kind(path) is not None:
+            paths.append(path)  # a pipe or device is a row with its error, never opened
         else:
             raise InputError(f"{path}: no such file or folder")
     return paths

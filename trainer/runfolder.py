@@ -45,6 +45,10 @@ AUDIT = "audit.csv"
 AUDIT_FULL = "audit-full.csv"
 
 
+# What to do about a damaged file in a run folder.
+DAMAGED = "train again, or use the copy of the run kept beside the published one (<name>.previous)"
+
+
 def is_run(folder: Path) -> bool:
     """A finished run folder: one with a model in it."""
     return (folder / MODEL).is_file()
@@ -54,8 +58,8 @@ def read_json(path: Path) -> dict:
     """A run's JSON file, or {} when it is not there (an older run, exports turned off)."""
     try:
         return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except json.JSONDecodeError as error:
-        raise InputError(f"{path}: not valid JSON ({error}); the run folder is damaged") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise InputError(f"{path}: damaged, not valid JSON ({error}); {DAMAGED}") from None
 
 
 def read_settings(run_dir: Path) -> dict:
@@ -79,10 +83,14 @@ def read_labels(candidates: list[Path], model_path: Path) -> list[str]:
     """The first labels.txt of the candidates that exists; it must name at least one class."""
     for path in candidates:
         if path.is_file():
-            labels = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            try:
+                text = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                raise InputError(f"{path}: damaged, not UTF-8 text; {DAMAGED}") from None
+            labels = [line.strip() for line in text.splitlines() if line.strip()]
             if labels:
                 return labels
-            raise InputError(f"{path}: no labels in this file")
+            raise InputError(f"{path}: no labels in this file; {DAMAGED}")
     raise InputError(f"--model: no {LABELS} beside {model_path}; copy the run's {LABELS} there")
 
 

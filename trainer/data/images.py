@@ -16,13 +16,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from trainer.data.layout import special_kind
 from trainer.errors import ImageError
 
 # Refuse decompression bombs ourselves instead of relying on Pillow's warning, which only turns
 # into an error at twice its limit. 64 megapixels covers any camera photo.
 MAX_PIXELS = 64_000_000
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
 @dataclass(frozen=True)
@@ -108,7 +107,16 @@ def _decode(image: Image.Image, size: int) -> Image.Image:
     return to_rgb(image)
 
 
+def _never_open(path: Path) -> ImageError | None:
+    """A named pipe, socket or device is not read (a pipe would block forever)."""
+    kind = special_kind(path)
+    return None if kind is None else ImageError(f"{path}: {kind}, not an image file; skipped, never opened")
+
+
 def _read_bytes(path: Path) -> bytes:
+    refused = _never_open(path)
+    if refused is not None:
+        raise refused
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -147,6 +155,9 @@ def inspect_image(path: Path, draft_size: int = 64) -> ImageInfo:
 def read_and_inspect(path: Path, draft_size: int = 64) -> tuple[FileState | None, ImageInfo | ImageError]:
     """What validation learns of one file: its state (stat before the read, content hash; None
     when it cannot be read at all) and its ImageInfo, or the ImageError that makes it unusable."""
+    refused = _never_open(path)
+    if refused is not None:
+        return None, refused
     before = stat_of(path)
     try:
         data = path.read_bytes()
@@ -192,7 +203,3 @@ def load_image(path: str | Path, image_size: int) -> np.ndarray:
         if image.size != (image_size, image_size):
             image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
         return np.asarray(image, dtype=np.uint8)
-
-
-def is_image_file(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")

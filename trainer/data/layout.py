@@ -16,10 +16,11 @@ Standard library only: the data step counts a dataset's classes by the same rule
 from __future__ import annotations
 
 import os
+import stat
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from trainer.errors import InputError
+from trainer.errors import InputError, listed
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 LABEL_FOLDERS = ("auto", "top", "leaf")
@@ -29,16 +30,65 @@ def is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith(".")
 
 
-def images_below(folder: Path) -> list[tuple[str, ...]]:
-    """Every image under the class folders of `folder`, as its path's parts relative to it
-    (images directly in `folder` are not in a class, and hidden folders are skipped), sorted."""
-    found = []
-    for directory, folders, names in os.walk(folder):
+# What is never opened: reading a named pipe blocks forever (validation hung on one named
+# zz-pipe.jpg), and a socket or device is no image either.
+SPECIAL = {stat.S_IFIFO: "a named pipe", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
+           stat.S_IFBLK: "a block device"}  # fmt: skip
+
+
+def special_kind(path: str | Path) -> str | None:
+    """What a path is when it is neither a regular file nor a folder (after following links):
+    'a named pipe', ..., 'a broken link'; None for a regular file or folder (or nothing there)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "a broken link" if os.path.islink(path) else None
+    except OSError:
+        return None
+    return SPECIAL.get(stat.S_IFMT(mode))
+
+
+def walk_files(folder: Path) -> tuple[list[tuple[str, ...]], list[str]]:
+    """Every regular file under `folder`, as its path's parts relative to it, sorted; and what
+    was skipped, each with why. The one rule for a folder of files, shared by the trainer's
+    class folders, predict's folders and the data step's copy:
+
+    - hidden folders and files (a leading dot) are left out;
+    - named pipes, sockets, devices and broken links are skipped with a warning, never opened;
+    - links are followed, to files and to folders alike, but a folder already walked (a link
+      back up the tree, or a second link to one folder) or one that holds `folder` is skipped
+      with a warning, so a loop ends and no image is listed twice."""
+    found, skipped, seen = [], [], set()
+    top = Path(os.path.realpath(folder))
+    for directory, folders, names in os.walk(folder, followlinks=True):
+        info = os.stat(directory)
+        if (info.st_dev, info.st_ino) in seen:
+            folders[:] = []
+            skipped.append(f"{directory} (a link to a folder already listed)")
+            continue
+        if directory != str(folder) and top.is_relative_to(os.path.realpath(directory)):
+            folders[:] = []
+            skipped.append(f"{directory} (a link to a folder that holds this one: a loop)")
+            continue
+        seen.add((info.st_dev, info.st_ino))
         folders[:] = sorted(name for name in folders if not name.startswith("."))
         relative = Path(directory).relative_to(folder).parts
-        if relative:
-            found += [(*relative, name) for name in names if is_image_name(name)]
-    return sorted(found)
+        for name in sorted(names):
+            if name.startswith("."):
+                continue
+            kind = special_kind(os.path.join(directory, name))
+            if kind is None:
+                found.append((*relative, name))
+            else:
+                skipped.append(f"{os.path.join(directory, name)} ({kind})")
+    return sorted(found), skipped
+
+
+def images_below(folder: Path) -> tuple[list[tuple[str, ...]], list[str]]:
+    """Every image under the class folders of `folder` (images directly in `folder` are not in
+    a class), by walk_files's rule; and what was skipped."""
+    files, skipped = walk_files(folder)
+    return [parts for parts in files if len(parts) > 1 and is_image_name(parts[-1])], skipped
 
 
 def choose_level(parts: list[tuple[str, ...]], where: str, label_folder: str = "auto") -> str:
@@ -80,8 +130,6 @@ def merged(labels: list[str], mapping: dict[str, str]) -> list[str]:
     would otherwise leave a class unmerged without a word)."""
     unknown = sorted(set(mapping) - set(labels))
     if unknown:
-        found = ", ".join(sorted(set(labels))[:12])
-        raise InputError(
-            f"--merge-labels: no image is labelled {', '.join(map(repr, unknown))}; the labels are {found}"
-        )
+        found = listed(sorted(set(labels)), 12)
+        raise InputError(f"--merge-labels: no image is labelled {listed(map(repr, unknown))}; the labels are {found}")
     return [mapping.get(label, label) for label in labels]

@@ -14,7 +14,7 @@ from trainer.data.report import Report, log_report
 from trainer.data.rows import SPLITS, Row, load_rows
 from trainer.data.split import split
 from trainer.data.validate import validate
-from trainer.errors import InputError
+from trainer.errors import InputError, listed
 
 log = logging.getLogger("trainer")
 
@@ -58,12 +58,12 @@ def load_data(config: TrainConfig) -> Data:
     --validation-file, that CSV is the validation split and the test split comes from the rest."""
     rows, report = load_rows(config.folder, config.file, config.label_folder, config.merge_labels)
     log.info("read %d rows from %s", report.rows_read, config.file or config.folder)
-    listed = (list(rows), None)
+    as_listed = (list(rows), None)
     if config.validation_file:
         validation_rows, validation_report = load_rows(
             config.folder, config.validation_file, config.label_folder, config.merge_labels
         )
-        listed = (listed[0], list(validation_rows))
+        as_listed = (as_listed[0], list(validation_rows))
         validation_rows = validate(
             validation_rows, validation_report, strict=config.strict, min_class_size=1, allow_one_class=True
         )
@@ -86,11 +86,11 @@ def load_data(config: TrainConfig) -> Data:
     labels = sorted({row.label for name in SPLITS for row in parts[name]})
     unknown = sorted({row.label for row in parts["validation"]} - {row.label for row in parts["train"]})
     if unknown:
-        raise InputError(f"--validation-file: label(s) {', '.join(map(repr, unknown))} have no training images")
+        raise InputError(f"--validation-file: label(s) {listed(map(repr, unknown))} have no training images")
     for name in SPLITS:
         counts = Counter(row.label for row in parts[name])
         log.info("%-10s %4d images: %s", name, len(parts[name]), ", ".join(f"{k} {counts[k]}" for k in labels))
-    return Data(labels, parts, report, report.files, listed)
+    return Data(labels, parts, report, report.files, as_listed)
 
 
 def load_unsplit(config: TrainConfig) -> Data:

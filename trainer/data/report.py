@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainer.data.images import FileState
+from trainer.errors import listed
 
 log = logging.getLogger("trainer")
 
@@ -29,7 +30,7 @@ class Report:
     def lines(self, examples: int = 3) -> list[str]:
         out = []
         for kind, items in self.problems.items():
-            shown = "; ".join(items[:examples]) + ("; ..." if len(items) > examples else "")
+            shown = listed(items, examples, "; ")
             out.append(f"{kind}: {len(items)} ({shown})")
         return out
 

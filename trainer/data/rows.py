@@ -120,7 +120,9 @@ def read_folder_rows(folder: Path, label_folder: str = "auto") -> tuple[list[Row
     report = Report()
     if not folder.is_dir():
         raise InputError(f"--folder: {folder} is not a folder")
-    images = layout.images_below(folder)
+    images, skipped = layout.images_below(folder)
+    for item in skipped:
+        report.add("skipped: not a regular file, or a folder already listed", item)
     if not images:
         raise InputError(
             f"--folder: no images in class subfolders of {folder}; "

@@ -19,7 +19,7 @@ from pathlib import Path
 from trainer.data.images import FileState, ImageInfo, read_and_inspect
 from trainer.data.report import Report
 from trainer.data.rows import Row
-from trainer.errors import ImageError, InputError
+from trainer.errors import ImageError, InputError, listed
 from trainer.progress import progress_bar
 
 log = logging.getLogger("trainer")
@@ -134,7 +134,7 @@ def validate(
     final = Counter(row.label for row in kept)
     needed = 1 if allow_one_class else 2
     if len(final) < needed:
-        found = ", ".join(f"{label!r} ({count})" for label, count in sorted(counts.items())) or "no usable images"
+        found = listed(f"{label!r} ({count})" for label, count in sorted(counts.items())) or "no usable images"
         raise InputError(
             f"need {'a class' if needed == 1 else 'at least two classes'} with {min_class_size}+ usable "
             f"images each, found {found}; " + ("; ".join(report.lines(1)) or "add images of another class")
@@ -172,14 +172,14 @@ def _one_row_per_file(rows: list[Row], report: Report) -> list[Row]:
     for row in rows:
         by_path[row.path].append(row)
     unique = []
-    for listed in by_path.values():
-        labels = {row.label for row in listed}
+    for same_file in by_path.values():
+        labels = {row.label for row in same_file}
         if len(labels) > 1:
-            report.add("files listed with different labels", f"{listed[0].written} as {sorted(labels)}")
+            report.add("files listed with different labels", f"{same_file[0].written} as {sorted(labels)}")
             continue
-        if len(listed) > 1:
-            report.add("duplicate rows", f"{_where(listed[1])} repeats line {listed[0].line}")
-        unique.append(listed[0])
+        if len(same_file) > 1:
+            report.add("duplicate rows", f"{_where(same_file[1])} repeats line {same_file[0].line}")
+        unique.append(same_file[0])
     if len(unique) < len(rows):
         report.notes.append(f"{len(rows)} rows hold {len(unique)} distinct images")
     return unique
