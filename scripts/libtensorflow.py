@@ -269,6 +269,20 @@ def install_tree(partial: Path, prefix: Path) -> dict[str, int | None]:
     return installed
 
 
+def remove_stale(prefix: Path, recorded, installed: dict) -> int:
+    """Remove the files an earlier install recorded under the prefix that this one did not
+    install (another version's library and headers); returns how many went."""
+    if not isinstance(recorded, dict):
+        return 0
+    removed = 0
+    for relative in sorted(set(recorded) - set(installed)):
+        path = prefix / relative
+        if path.is_relative_to(prefix) and (path.is_file() or path.is_symlink()):
+            path.unlink()
+            removed += 1
+    return removed
+
+
 def verify(prefix: Path, version: str, ctx: Context) -> str:
     """Compile and run a program that prints TF_Version(), with no -I or -L flags."""
     with tempfile.TemporaryDirectory() as work:
@@ -311,9 +325,15 @@ def install(
         verify(partial, version, ctx)
         # The stamp says "done": it goes before the prefix changes and comes back last
         # (see scripts/steps.py).
+        before = installed_state(prefix_path) or {}
         (prefix_path / STAMP).unlink(missing_ok=True)
         files = install_tree(partial, prefix_path)
     actions = [f"installed {len(files)} files"]
+    # Another version's files go before ldconfig runs: ldconfig points libtensorflow.so.2 at the
+    # highest-numbered file of that name, so a 2.21 library left beside 2.20's would win again.
+    stale = remove_stale(prefix_path, before.get("files"), files)
+    if stale:
+        actions.append(f"removed {stale} files of TensorFlow {before.get('version', 'another version')}")
     if register:
         if not _ldconfig_searches(prefix_path / "lib"):
             ctx.run(privileged(["tee", str(LDCONF)]), input=f"{prefix_path / 'lib'}\n", capture=True)
@@ -344,6 +364,12 @@ def libtensorflow(
         prefix = "/usr/local" if os.access("/usr/local", os.W_OK) else str(Path.home() / ".local")
     register = _wants_ldconfig(ldconfig)
     prefix_path = Path(prefix).expanduser().resolve()
+    if not register and any(separator in str(prefix_path) for separator in ":;"):
+        raise StepFailed(
+            f"--prefix: the loader splits LD_LIBRARY_PATH at ':' and ';', so {prefix_path / 'lib'} could not be found "
+            "through it",
+            "pick a prefix without them, or let ldconfig register it (as root, libtensorflow.ldconfig: auto)",
+        )
     version = version or wanted_version(ctx, source)
     env_path = ctx.root / env_file if not Path(env_file).is_absolute() else Path(env_file)
     state = installed_state(prefix_path)
@@ -360,7 +386,8 @@ def libtensorflow(
         return ok(f"TensorFlow C library {version} in {prefix_path}")
     if ctx.dry_run:
         return ctx.would(f"install the TensorFlow C library {version} from {source} into {prefix_path}")
-    if not os.access(prefix_path if prefix_path.exists() else prefix_path.parent, os.W_OK):
+    existing = next(folder for folder in (prefix_path, *prefix_path.parents) if folder.exists())
+    if not os.access(existing, os.W_OK):
         raise StepFailed(f"{prefix_path} is not writable", "rerun as root, or pass --prefix to a folder of yours")
 
     actions = [] if is_current else install(ctx, prefix_path, source, sha256, version, register)
@@ -368,9 +395,14 @@ def libtensorflow(
         write_atomically(env_path, env_file_text(prefix_path))
         actions.append(f"wrote {env_path}")
     if not register:
-        actions.append("not registered with ldconfig (no root): source the env file")
+        why = "libtensorflow.ldconfig: no" if _setting_says_no(ldconfig) else "no root"
+        actions.append(f"not registered with ldconfig ({why}): source the env file")
     ctx.echo("in a notebook:\n" + notebook)
     return changed(", ".join(actions))
+
+
+def _setting_says_no(setting: str | bool) -> bool:
+    return str(setting).strip().lower() in ("no", "false", "off", "0")
 
 
 def _wants_ldconfig(setting: str | bool) -> bool:

@@ -32,12 +32,14 @@ class Step:
     settings: dict[str, Setting] = field(default_factory=dict)
 
     def options(self, configured: dict, flags: dict) -> dict:
-        """The function's keyword arguments: each setting from its flag when given, else from
-        the configuration (invoke.yaml under INVOKE_* variables), checked by its kind. A
-        setting the configuration lacks raises KeyError naming it."""
+        """The function's keyword arguments: each setting from its flag when it is one of this
+        step's flags and given (`invoke setup` hands every step all the flags: --source is the
+        data step's, not the C library's), else from the configuration (invoke.yaml under
+        INVOKE_* variables), checked by its kind. A setting the configuration lacks raises
+        KeyError naming it."""
         out = {}
         for key, setting in self.settings.items():
-            given = flags.get(key)
+            given = flags.get(key) if setting.flag else None
             value = configured[key] if given is None else given
             value = check_value(f"{self.name}.{key}", setting.kind, value)
             if setting.kind == WORDS and isinstance(value, str):

@@ -137,10 +137,10 @@ def installed(tmp_path_factory) -> tuple[Path, Path]:
     return prefix, env_file
 
 
-def _other_version_tarball(path: Path) -> Path:
-    """An official-looking tarball whose library reports TensorFlow 2.18.0: the real C API
-    headers, and a stub libtensorflow.so.2 that defines TF_Version()."""
-    gathered = path.parent / "other-version"
+def other_version_tarball(path: Path, version: str = "2.18.0") -> Path:
+    """An official-looking tarball whose library reports another TensorFlow version: the real C
+    API headers, and a stub libtensorflow.so.2 that defines TF_Version()."""
+    gathered = path.parent / f"other-version-{version}"
     include = _wheel_dir(VERSION) / "include"
     for header in _header_closure(include):
         target = gathered / "include" / header.relative_to(include)
@@ -148,11 +148,11 @@ def _other_version_tarball(path: Path) -> Path:
         shutil.copy2(header, target)
     (gathered / "lib").mkdir()
     stub = gathered / "stub.c"
-    stub.write_text('const char* TF_Version(void) { return "2.18.0"; }\n')
-    library = gathered / "lib" / "libtensorflow.so.2.18.0"
+    stub.write_text(f'const char* TF_Version(void) {{ return "{version}"; }}\n')
+    library = gathered / "lib" / f"libtensorflow.so.{version}"
     subprocess.run(["gcc", "-shared", "-fPIC", "-Wl,-soname,libtensorflow.so.2", stub, "-o", library], check=True)
     stub.unlink()
-    (gathered / "lib" / "libtensorflow.so.2").symlink_to("libtensorflow.so.2.18.0")
+    (gathered / "lib" / "libtensorflow.so.2").symlink_to(f"libtensorflow.so.{version}")
     (gathered / "lib" / "libtensorflow.so").symlink_to("libtensorflow.so.2")
     with tarfile.open(path, "w:gz") as handle:
         for item in sorted(gathered.rglob("*")):
@@ -190,7 +190,7 @@ def test_a_refused_c_library_source_leaves_the_installed_one_recorded_and_in_pla
             f"{tmp_path / 'empty.tar.gz'}: no include/tensorflow/c/c_api.h or lib/libtensorflow.so.2 inside",
         ),
         "another version": (
-            {"source": str(_other_version_tarball(tmp_path / "libtensorflow-cpu-linux-x86_64-2.18.0.tar.gz"))},
+            {"source": str(other_version_tarball(tmp_path / "libtensorflow-cpu-linux-x86_64-2.18.0.tar.gz"))},
             f"the C library reports TF_Version() '2.18.0', not {VERSION}",
         ),
         "URL without sha256": ({"source": url}, "a libtensorflow URL needs --sha256"),

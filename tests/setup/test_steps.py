@@ -383,3 +383,29 @@ def test_a_prefix_with_a_line_break_is_refused_before_anything_is_written(tmp_pa
     with pytest.raises(StepFailed, match="a folder name with a line break cannot go in ld.so.conf"):
         libtensorflow(Context(root=tmp_path, echo=lambda message: None), prefix=str(prefix))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_setup_hands_each_flag_to_the_step_that_owns_it_alone():
+    """`invoke setup --source X --sha256 Y` is the data step's source and checksum; the C
+    library's own source and sha256 stay as invoke.yaml says."""
+    from scripts import registry
+
+    configured = {
+        "prefix": "auto",
+        "source": "wheel",
+        "sha256": "",
+        "env_file": "libtensorflow.env",
+        "ldconfig": "auto",
+    }
+    flags = {"source": "my.zip", "sha256": "abc", "prefix": "/opt/tf", "expect": None}
+    options = registry.step("libtensorflow").options(configured, flags)
+    assert (options["source"], options["sha256"], options["prefix"]) == ("wheel", None, "/opt/tf")
+    data = {"source": "concrete", "dir": "data", "sha256": "", "expect": "", "csv": "training_data.csv",
+            "demo_per_class": 60}  # fmt: skip
+    options = registry.step("data").options(data, flags)
+    assert (options["source"], options["sha256"], options["expect"], options["data_dir"]) == (
+        "my.zip",
+        "abc",
+        None,
+        "data",
+    )
