@@ -253,7 +253,13 @@ def train(c, *, force=False, publish=True, dry_run=False, **trainer_flags):
                   file=sys.stderr, flush=True)  # fmt: skip
             _publish(c, str(decision.where), None, dry_run=False)
             return
-        print("train: training, since " + "; ".join(decision.reasons), file=sys.stderr, flush=True)
+        if decision.action == "finish":
+            # Killed during its diagnostics: the same trainer command on that folder finishes them.
+            print(f"train: {decision.where} was trained from this data and these options; finishing its diagnostics",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            command += ["--output", str(decision.where)]
+        else:
+            print("train: training, since " + "; ".join(decision.reasons), file=sys.stderr, flush=True)
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     stdout, _ = communicate(process)
     run_dir = training.landed_run(stdout, ROOT)

@@ -23,7 +23,7 @@ RECORD = "published.json"
 
 @dataclass
 class Decision:
-    action: str  # "ok" (published already), "publish" (a finished run), or "train"
+    action: str  # "ok" (published already), "publish" (a finished run), "finish" (its diagnostics), or "train"
     where: Path | None = None
     reasons: list[str] = field(default_factory=list)
 
@@ -127,6 +127,15 @@ def published_whole(folder: Path) -> bool:
         return False
 
 
+def pending_diagnostics(run: Path) -> list[str]:
+    """The diagnostics a run's manifest still has pending: its trainer was killed during them."""
+    try:
+        states = json.loads((run / runfolder.MANIFEST).read_text()).get("diagnostics", {})
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [name for name, state in states.items() if state == "pending"]
+
+
 def finished_run(runs_dir: Path, request: dict) -> Path | None:
     """The newest complete run in runs_dir trained from this request."""
     runs = [p for p in runs_dir.iterdir() if runfolder.is_run(p)] if runs_dir.is_dir() else []
@@ -139,11 +148,13 @@ def finished_run(runs_dir: Path, request: dict) -> Path | None:
 def decide(request: dict, published: Path | None, runs_dir: Path) -> Decision:
     from trainer.fingerprint import what_changed
 
-    if published is not None and recorded_request(published) == request and published_whole(published):
-        return Decision("ok", published)
     run = finished_run(runs_dir, request)
+    if published is not None and recorded_request(published) == request and published_whole(published):
+        if pending_diagnostics(published) and run is not None and pending_diagnostics(run):
+            return Decision("finish", run)  # the published run's trainer was killed during them
+        return Decision("ok", published)
     if run is not None:
-        return Decision("publish", run)
+        return Decision("finish" if pending_diagnostics(run) else "publish", run)
     if published is None or not (published / RECORD).is_file():
         return Decision("train", published, ["no model is published yet"])
     return Decision("train", published, what_changed(recorded_request(published), request))

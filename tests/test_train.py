@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import CONCRETE, run_module, train_args
+from tests.conftest import CONCRETE, ROOT, run_module, train_args
 from trainer.errors import InputError
 
 RUN_FILES = {
@@ -248,3 +251,21 @@ def test_a_failed_diagnostic_never_costs_the_model(cli, demo_dir, tmp_path, monk
     report_failed = runs["report"]
     assert not (report_failed / "report.html").exists() and (report_failed / "model.onnx").is_file()
     assert (report_failed / "audit.csv").is_file() and (report_failed / "heatmaps.png").is_file()
+
+
+@pytest.mark.slow
+def test_the_same_command_finishes_the_diagnostics_a_kill_left_pending(demo_dir, tmp_path):
+    """Killed during the diagnostics (SIGSEGV here, as a native library's crash), then run again
+    as it was: the run folder is not refused, its pending diagnostics run, nothing trains."""
+    run = tmp_path / "run"
+    args = train_args(demo_dir / "Images", output=run, workspace=tmp_path / "ws", audit=True, image_size=48)
+    killed = subprocess.run([sys.executable, "-m", "trainer", *args], cwd=tmp_path, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), "TRAINER_FAIL_DIAGNOSTIC": "audit:crash"})  # fmt: skip
+    assert killed.returncode == -11 and killed.stdout.strip() == str(run)
+    again = run_module(*args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "finishing its diagnostics: audit, heatmaps, exports, report" in again.stderr and "Epoch" not in again.stderr
+    states = json.loads((run / "manifest.json").read_text())["diagnostics"]
+    assert states == {"audit": "ok", "heatmaps": "ok", "exports": "ok", "report": "ok"}
+    other = run_module(*train_args(demo_dir / "Images", output=run, workspace=tmp_path / "ws", epochs=2))
+    assert other.returncode == 2 and "already exists and is not empty" in other.stderr  # another run's options

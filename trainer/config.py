@@ -274,7 +274,11 @@ def reference() -> str:
         accepts = option.metadata["accepts"]
         default = "" if option.default is None else f"`{described(option).rsplit('(default ', 1)[1][:-1]}`"
         what = option.metadata["help"].replace("|", "\\|")
-        rows.append(f"| `{flag(option.name)}` | {default} | {accepts.words if accepts else ''} | {what} |")
+        written = f"`{flag(option.name)}`"
+        if option.type == "bool":  # a yes/no option: on by default, it is turned off by --no-NAME
+            written += f", `--no-{option.name.replace('_', '-')}`" if option.default else ""
+            accepts = Accepts(bool, "a bare flag")
+        rows.append(f"| {written} | {default} | {accepts.words if accepts else ''} | {what} |")
     return "\n".join(rows) + "\n"
 
 

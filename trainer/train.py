@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainer import decision, device, operating_point, places
+from trainer import decision, device, operating_point, places, runfolder
 from trainer.choose import choose
 from trainer.config import TrainConfig
 from trainer.data.load import Data, load_data
@@ -124,12 +124,27 @@ def train_model(session: Session, data: Data, stage: Stages) -> Trained:
     return Trained(model, predictor, datasets, phases, name, extractor.weights, seconds, features, cache, extra)
 
 
+def finish_diagnostics(config: TrainConfig) -> Path:
+    """The same command rerun after a kill during the diagnostics: --output holds this run's
+    model with diagnostics still pending, so they are run, and nothing is trained again."""
+    run_dir = Path(config.output)
+    failed = runner.finish(config, run_dir, places.workspace(config))
+    if failed is None:
+        places.run_folder(config)  # refuses the folder, saying why
+    print(run_dir, flush=True)
+    if failed:
+        raise runner.DiagnosticsFailed(run_dir, failed)
+    return run_dir
+
+
 def main(config: TrainConfig) -> Path:
     """Train and evaluate; return the run folder. The model and what describes it are written to
     a hidden partial folder renamed into place, so a run folder always holds a complete model;
     its path is printed then, and the diagnostics follow (trainer.diagnostics), none of which
     can cost the model. Raises DiagnosticsFailed after the run when one of them failed."""
     config = config.check()
+    if config.output and (Path(config.output) / runfolder.MANIFEST).is_file():
+        return finish_diagnostics(config)
     stage = Stages()
     run_dir, workspace, weights_cache = (
         places.run_folder(config),

@@ -137,7 +137,8 @@ def test_rerun_trains_nothing_a_change_retrains_and_keeps_the_previous_model(dem
 def test_a_crash_after_the_model_landed_still_publishes_it(demo_dir, tmp_path):
     """The trainer killed by SIGSEGV in a diagnostic (as OpenBLAS once killed the audit at 24,000
     images): `invoke train` publishes the model it had printed, fails with one line that says
-    what never finished, and the published manifest says so too."""
+    what never finished, and the published manifest says so too. The same command run again
+    finishes the diagnostics on that run folder, trains nothing, and publishes it whole."""
     copy = bundle_copy(tmp_path)
     published = tmp_path / "MyDrive" / "ud-cd-classifier"
     published.parent.mkdir()
@@ -146,14 +147,24 @@ def test_a_crash_after_the_model_landed_still_publishes_it(demo_dir, tmp_path):
     result = invoke(
         copy, *train, "--weights", "none", "--image-size", "48", "--epochs", "1", "--export", "none", env=env
     )
-    assert result.returncode == 1
+    assert result.returncode == 128 + 11
     last = result.stderr.strip().splitlines()[-1]
     assert (
-        "is complete and was published, but the trainer ended with signal 11: heatmaps, report never finished" in last
+        "is complete and was published, but the trainer ended with signal SIGSEGV: heatmaps, report never finished"
+        in last
     )
     assert (published / "model.keras").is_file() and (published / "metrics.json").is_file()
     states = json.loads((published / "manifest.json").read_text())["diagnostics"]
     assert states == {"audit": "ok", "heatmaps": "pending", "exports": "skipped", "report": "pending"}
+    env.pop("TRAINER_FAIL_DIAGNOSTIC")
+    again = invoke(
+        copy, *train, "--weights", "none", "--image-size", "48", "--epochs", "1", "--export", "none", env=env
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "finishing its diagnostics" in again.stderr and "Epoch" not in again.stderr  # nothing trained again
+    states = json.loads((published / "manifest.json").read_text())["diagnostics"]
+    assert states == {"audit": "ok", "heatmaps": "ok", "exports": "skipped", "report": "ok"}
+    assert (published / "report.html").is_file() and (published / "heatmaps.png").is_file()
 
 
 def test_the_trainers_digest_is_invokes_and_lists_nothing_again(demo_dir, tmp_path, monkeypatch):

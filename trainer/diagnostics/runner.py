@@ -26,9 +26,12 @@ from pathlib import Path
 
 from trainer import places, runfolder
 from trainer.config import TrainConfig
+from trainer.data.load import load_data
 from trainer.diagnostics import report
 from trainer.diagnostics.table import DIAGNOSTICS, NAMES, REPORT, Finished, Skipped
 from trainer.errors import CheckFailed, InputError, is_machine_error, os_error_sentence
+from trainer.features.extract import extract, load_extractor
+from trainer.fingerprint import training_request
 
 log = logging.getLogger("trainer")
 
@@ -114,3 +117,27 @@ def redo(run_dir, names: tuple[str, ...], **settings) -> None:
     failed = run(finished, manifest, only=names)
     if failed:
         raise CheckFailed("; ".join(failed.values()))
+
+
+def finish(config: TrainConfig, run_dir: Path, workspace: Path) -> dict[str, str] | None:
+    """The same `train` command rerun on a run folder whose diagnostics did not finish (the
+    process was killed during them): run the ones still pending and return {name: reason} of
+    those that failed. None when run_dir holds no such run: nothing pending, or a run trained
+    from other data or options (the caller then refuses the folder as it is)."""
+    manifest = runfolder.read_json(run_dir / runfolder.MANIFEST)
+    pending = [name for name, state in manifest.get("diagnostics", {}).items() if state == "pending"]
+    if not pending or not runfolder.is_run(run_dir):
+        return None
+    data = load_data(config)
+    request = training_request(config, data.files, data.listed)
+    if manifest.get("request") != request:
+        return None
+    log.info("%s holds this run's model; finishing its diagnostics: %s", run_dir, ", ".join(pending))
+    decided = runfolder.read_json(run_dir / runfolder.DECIDED)
+    features = None
+    if config.audit and decided.get("weights", "none") != "none":
+        # The run's own features of each image, from the workspace's cache (the run stored them).
+        extractor = load_extractor(decided["backbone"], config.image_size, decided["weights"], config.feature_layer)
+        features, _ = extract(extractor, [(data.rows(), ("id",))], workspace)
+    finished = Finished(run_dir, config, workspace, data, None, features, config.export_benchmark)
+    return run(finished, manifest)
