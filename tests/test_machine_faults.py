@@ -58,6 +58,7 @@ def _clean(stderr: str) -> None:
     assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_a_full_workspace_costs_the_cache_and_the_checkpoints_not_the_run(tmpfs, demo_dir, tiny_weights, tmp_path):
     workspace = tmpfs("ws")
     filler = fill(workspace)
@@ -74,6 +75,7 @@ def test_a_full_workspace_costs_the_cache_and_the_checkpoints_not_the_run(tmpfs,
     assert "WARNING" not in again.stderr
 
 
+@pytest.mark.slow
 def test_a_full_run_folder_disk_is_one_line_and_the_rerun_reuses_the_work(tmpfs, demo_dir, tiny_weights, tmp_path):
     output = tmpfs("out")
     filler = fill(output)
@@ -92,6 +94,7 @@ def test_a_full_run_folder_disk_is_one_line_and_the_rerun_reuses_the_work(tmpfs,
     assert manifest["feature_cache"]["views"]["id"]["featurized"] == 0  # every feature from the cache
 
 
+@pytest.mark.slow
 def test_a_read_only_workspace_with_a_complete_cache_trains_and_says_so(tmpfs, demo_dir, tiny_weights, tmp_path):
     workspace = tmpfs("ws")
     first = _train(demo_dir / "Images", workspace, tmp_path / "first", weights=tiny_weights)

@@ -41,7 +41,9 @@ log = logging.getLogger("trainer")
 
 # Bump when the decoding or resizing of images changes: old features would no longer match.
 PREPROCESSING = "pil-exif-rgb-bilinear-v1"
-SHARD_SECONDS = 30.0
+# Seconds of featurizing between shards: what a kill can cost. TRAINER_SHARD_SECONDS overrides
+# it (a slow network disk may want fewer, larger writes; the fault tests want many).
+SHARD_SECONDS = float(os.environ.get("TRAINER_SHARD_SECONDS") or 30.0)
 READ_ROWS = 4096  # rows read from a shard at a time
 
 
