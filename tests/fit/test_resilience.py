@@ -116,3 +116,32 @@ def test_deterministic_runs_give_identical_metrics(demo_dir, tmp_path):
     assert metrics[0] == metrics[1]
     history = [(tmp_path / name / "history.csv").read_text() for name in ("a", "b")]
     assert history[0] == history[1]
+
+
+def test_two_runs_in_one_workspace_keep_their_checkpoints_apart(tmp_path, trainer_log):
+    """A second run of the same command while the first trains: the first holds its checkpoint
+    folder, so the second keeps its own (FOLDER-PID) and never resumes from one being written.
+    The lock goes with the process that held it."""
+    import subprocess
+    import sys
+
+    from trainer.fit.session import claim
+
+    folder = tmp_path / "ws" / "checkpoints" / "abc"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from trainer.fit.session import claim; "
+         f"claim(Path({str(folder)!r})); print('held', flush=True); time.sleep(60)"],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        second = claim(folder)
+        assert second == folder.with_name(f"abc-{os.getpid()}")
+        assert any(f"another run (pid {holder.pid})" in record.getMessage() for record in trainer_log)
+    finally:
+        holder.kill()
+        holder.wait()
+    import trainer.fit.session as session
+
+    session._claimed.clear()  # this process may claim again once the holder is gone
+    assert claim(folder) == folder
