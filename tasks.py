@@ -18,7 +18,7 @@ from invoke import Collection, Exit
 from invoke import task as invoke_task
 
 from scripts import registry
-from scripts.settings import FALSE, TRUE, check_or_exit
+from scripts.settings import FALSE, TRUE, SettingError, check_flags, check_or_exit
 from scripts.steps import Context, Result, communicate, run_step, table, write_report
 from trainer.config import described, flag, options
 
@@ -97,8 +97,13 @@ def _run_one(c, name: str, dry_run: bool, **flags) -> Result:
     function, options = _step_options(c, name, **flags)
     result = run_step(name, function, Context(dry_run=dry_run), **options)
     if result.status == "failed":
-        raise Exit(f"{name} failed: {result.detail}", code=1)
+        raise Exit(f"{name} failed: {result.detail}", code=_failed_code(result))
     return result
+
+
+def _failed_code(result: Result) -> int:
+    """2 when the step refused the user's input (nothing changed), 1 when the machine failed it."""
+    return 2 if result.refused else 1
 
 
 @task(help={**registry.step("check").flags(), "dry_run": "change nothing"})
@@ -164,7 +169,7 @@ def setup(c, dry_run=False, report=None, require_gpu=False, source=None, sha256=
         write_report(results, report_path if report_path.is_absolute() else ROOT / report_path)
     failed = [r for r in results if r.status == "failed"]
     if failed:
-        raise Exit(f"setup failed at {failed[0].name}: {failed[0].detail}", code=1)
+        raise Exit(f"setup failed at {failed[0].name}: {failed[0].detail}", code=_failed_code(failed[0]))
 
 
 def _trainer_value(option, given, configured):
@@ -178,20 +183,23 @@ def _trainer_value(option, given, configured):
     return _yes(value) if option.type == "bool" else value
 
 
-def _train_command(c, flags: dict) -> list[str]:
-    """`python -m trainer train` with the options from invoke.yaml, overridden by flags."""
-    from scripts.dataset import read_manifest
+def _train_command(c, flags: dict, name: str | None = None) -> list[str]:
+    """`python -m trainer train` with the options from invoke.yaml, overridden by flags. The
+    model is named by --name (or --model-name), else after the dataset the data step fetched."""
+    from scripts.dataset import dataset_name, read_manifest
 
     conf = _conf(c, "train")
     values = {
         option.name: _trainer_value(option, flags.get(option.name), conf.get(option.name)) for option in options()
     }
+    values["model_name"] = name or values["model_name"]
     if not values["folder"]:
         manifest = read_manifest(ROOT / _setting(c, "data", "dir"))
         if manifest is None:
             raise Exit("train: no dataset yet; run `invoke data` (or `invoke setup`) first, or pass --folder", code=1)
         values["folder"] = manifest["folder"]
         values["file"] = values["file"] or manifest.get("file")
+        values["model_name"] = values["model_name"] or manifest.get("name") or dataset_name(manifest["source"])
     command = [sys.executable, "-m", "trainer", "train"]
     for option in options():
         value = values[option.name]
@@ -216,10 +224,11 @@ def _with_trainer_options(function):
     return function
 
 
-TRAIN_FLAGS = {"force": False, "publish": True, "dry_run": False}
+TRAIN_FLAGS = {"name": None, "force": False, "publish": True, "dry_run": False}
 TRAIN_HELP = {
     **{option.name: described(option) for option in options()},
     "folder": "image folder (default: what `invoke data` fetched)",
+    "name": "the model's name, and its published folder's (default: the dataset's, e.g. ud-cd-classifier)",
     "force": "train even when the published model was trained from the same data, options and stack",
     "publish": "copy the run to the Drive folder afterwards (default on)",
     "dry_run": "print the trainer command, run nothing",
@@ -228,13 +237,18 @@ TRAIN_HELP = {
 
 @task(help=TRAIN_HELP, auto_shortflags=False, optional=[option.name for option in options() if option.type == "bool"])
 @_with_trainer_options
-def train(c, *, force=False, publish=True, dry_run=False, **trainer_flags):
+def train(c, *, name=None, force=False, publish=True, dry_run=False, **trainer_flags):
     """Train the classifier (options from invoke.yaml) unless the published model already is it; publish the run."""
     from scripts import training
     from scripts.check import installed_version
 
-    command = _train_command(c, trainer_flags)
+    command = _train_command(c, trainer_flags, name)
     print("$ " + shlex.join(command), flush=True)
+    model = _model_name(command)
+    published = _published_folder(c, model) if publish else None
+    if published is not None:
+        print(f"train: this data's model is {model}: published to {published} (the one before it is kept as "
+              f"{published.name}.previous; other datasets' models are left alone)", file=sys.stderr, flush=True)  # fmt: skip
     if dry_run:
         return
     _exclusive(c, dry_run)
@@ -243,7 +257,7 @@ def train(c, *, force=False, publish=True, dry_run=False, **trainer_flags):
     asked = None if force or _yes(_setting(c, "train", "force")) else training.request_of(command[4:], ROOT)
     if asked is not None:
         config, request = asked
-        decision = training.decide(request, _published_folder(c) if publish else None, ROOT / config.runs_dir)
+        decision = training.decide(request, published, ROOT / config.runs_dir)
         if decision.action == "ok":
             print(f"train: ok (the model in {decision.where} was trained from this data, these options and this "
                   "stack; --force retrains)", file=sys.stderr, flush=True)  # fmt: skip
@@ -251,7 +265,7 @@ def train(c, *, force=False, publish=True, dry_run=False, **trainer_flags):
         if decision.action == "publish":
             print(f"train: {decision.where} was trained from this data and these options; publishing it",
                   file=sys.stderr, flush=True)  # fmt: skip
-            _publish(c, str(decision.where), None, dry_run=False)
+            _publish(c, str(decision.where), None, dry_run=False, name=model)
             return
         if decision.action == "finish":
             # Killed during its diagnostics: the same trainer command on that folder finishes them.
@@ -266,7 +280,7 @@ def train(c, *, force=False, publish=True, dry_run=False, **trainer_flags):
     if process.returncode != 0 and run_dir is None:
         raise Exit(f"train: {training.failure(process.returncode)}", code=training.exit_code(process.returncode))
     if publish:
-        _publish(c, str(run_dir), None, dry_run=False)
+        _publish(c, str(run_dir), None, dry_run=False, name=model)
     if process.returncode != 0:
         # The model landed and is published; a diagnostic (audit, heatmaps, exports, report) did not.
         raise Exit(f"train: {training.diagnostics_outcome(run_dir, process.returncode, publish)}",
@@ -277,15 +291,23 @@ def _yes(value) -> bool:
     return value if isinstance(value, bool) else str(value).strip().lower() in TRUE
 
 
-def _published_folder(c) -> Path | None:
-    """Where `invoke publish` puts the model, or None where that is not known (Colab without Drive)."""
+def _model_name(command: list[str]) -> str:
+    """The --model-name a trainer command gives, else the trainer's default."""
+    if "--model-name" in command:
+        return command[command.index("--model-name") + 1]
+    return next(option.default for option in options() if option.name == "model_name")
+
+
+def _published_folder(c, model: str) -> Path | None:
+    """Where `invoke publish` puts this model, or None where that is not known (Colab without Drive)."""
     from scripts.publish import default_destination
     from scripts.steps import StepFailed
 
     if _setting(c, "publish", "to"):
         return Path(_setting(c, "publish", "to"))
     try:
-        return default_destination(Context(), _setting(c, "publish", "folder"), _setting(c, "publish", "local_folder"))
+        folder = _setting(c, "publish", "folder") or model
+        return default_destination(Context(), folder, _setting(c, "publish", "local_folder"))
     except StepFailed:
         return None
 
@@ -293,16 +315,17 @@ def _published_folder(c) -> Path | None:
 @task(
     help={
         "run": "run folder to publish (default: the latest under runs/)",
-        "to": "the folder to publish into (default: MyDrive/<publish.folder> when Drive is mounted, else published/<publish.folder>)",
+        "to": "the folder to publish into (default: MyDrive/NAME when Drive is mounted, else published/NAME)",
+        "name": "NAME (default: the run's model name: ud-cd-classifier for the shipped photos, else the dataset's)",
         "dry_run": "change nothing",
     }
 )
-def publish(c, run=None, to=None, dry_run=False):
+def publish(c, run=None, to=None, name=None, dry_run=False):
     """Copy a run to the Drive folder: temporary name, hash check, rename; the previous one is kept."""
-    _publish(c, run, to, dry_run)
+    _publish(c, run, to, dry_run, name)
 
 
-def _publish(c, run, to, dry_run: bool) -> None:
+def _publish(c, run, to, dry_run: bool, name: str | None = None) -> None:
     from scripts.publish import publish as publish_run
 
     _exclusive(c, dry_run)
@@ -312,11 +335,11 @@ def _publish(c, run, to, dry_run: bool) -> None:
         Context(dry_run=dry_run),
         run=run,
         to=to or _setting(c, "publish", "to") or None,
-        folder=_setting(c, "publish", "folder"),
+        folder=_setting(c, "publish", "folder") or name,
         local_folder=_setting(c, "publish", "local_folder"),
     )
     if result.status == "failed":
-        raise Exit(f"publish failed: {result.detail}", code=1)
+        raise Exit(f"publish failed: {result.detail}", code=_failed_code(result))
 
 
 @task(
@@ -347,3 +370,13 @@ ns = Collection.from_module(
     sys.modules[__name__],
     config={"train": {option.name: option.default if option.type == "bool" else "" for option in options()}},
 )
+
+
+# Unknown flags are refused here, before invoke parses them, with the task's nearest flag and
+# exit code 2 (invoke's own refusal names none and exits 1); only when invoke is the program.
+if Path(sys.argv[0]).name in ("invoke", "inv") or Path(sys.argv[0]).parent.name == "invoke":
+    try:
+        check_flags({name: ns.tasks[name] for name in ns.task_names}, sys.argv[1:])
+    except SettingError as error:
+        print(f"invoke: {error}", file=sys.stderr)
+        raise SystemExit(2) from None

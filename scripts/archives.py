@@ -16,7 +16,7 @@ import urllib.request
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from scripts.steps import StepFailed
+from scripts.steps import StepFailed, StepRefused
 from trainer.atomic import partial_folder, replacing, sha256_of, write_atomically
 
 # A zip bomb's tell: far more bytes out than in. Real image archives are near 1:1 (JPEGs do not
@@ -25,7 +25,7 @@ MAX_RATIO = 200
 MAX_TOTAL = 20 * 1024**3
 
 
-class UnsafeArchive(StepFailed):
+class UnsafeArchive(StepRefused):
     def __init__(self, archive: Path, reason: str):
         super().__init__(f"{archive}: refused, {reason}", "nothing was extracted; use a trusted archive")
 
@@ -136,7 +136,7 @@ def extract_into(archive: Path, folder: Path) -> None:
                 info.mode &= 0o755  # never world-writable, never setuid
                 handle.extract(info, folder, filter="tar" if hasattr(tarfile, "data_filter") else None)
     else:
-        raise StepFailed(f"{archive}: neither a zip nor a tar archive", "check the source")
+        raise StepRefused(f"{archive}: neither a zip nor a tar archive", "check the source")
 
 
 def checksum_file(path: Path) -> Path:
@@ -176,7 +176,7 @@ def fetch(target: Path, get, sha256: str | None = None, echo=print, what: str | 
             continue
         write_atomically(record, f"{actual}  {target.name}\n")
         return target
-    raise StepFailed(
+    raise StepRefused(
         f"{what or target.name}: the download does not match --sha256 twice",
         "check the checksum, or the source changed",
     )
@@ -206,7 +206,7 @@ def download(url: str, destination: Path, echo=print, timeout: float = 60) -> Pa
                     f"{url}: transfer cut short ({received} of {expected} bytes)", "retry; check the network"
                 )
     except urllib.error.HTTPError as error:
-        raise StepFailed(
+        raise StepRefused(
             f"{url}: HTTP {error.code} {error.reason}", "check the URL and that it is shared publicly"
         ) from None
     except http.client.HTTPException as error:

@@ -10,7 +10,6 @@ to the form invoke reads correctly.
 
 from __future__ import annotations
 
-import difflib
 import os
 import sys
 from dataclasses import Field
@@ -19,8 +18,9 @@ from pathlib import Path
 from scripts.kinds import FALSE, FLAG, TEXT, TRUE, SettingError, check_value, seconds
 from scripts.registry import STEPS
 from trainer.config import options
+from trainer.errors import nearest
 
-__all__ = ["FALSE", "SCHEMA", "TRUE", "SettingError", "check_environment", "check_file", "check_or_exit"]
+__all__ = ["FALSE", "SCHEMA", "TRUE", "SettingError", "check_environment", "check_file", "check_flags", "check_or_exit"]
 
 # Each setup step's settings come from its row in scripts.registry; the tasks' own sections here.
 SCHEMA: dict[str, dict[str, object]] = {
@@ -33,8 +33,8 @@ SCHEMA: dict[str, dict[str, object]] = {
 
 
 def _suggest(word: str, choices) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f" (did you mean {close[0]}?)" if close else ""
+    close = nearest(word, choices)
+    return f" (did you mean {close}?)" if close else ""
 
 
 def check_file(path: Path, invoke_sections=()) -> None:
@@ -84,8 +84,8 @@ def check_environment(environ) -> dict[str, str]:
             continue
         key = rest[len(section) + 1 :]
         if key not in SCHEMA[section]:
-            close = difflib.get_close_matches(key, list(SCHEMA[section]), n=1)
-            hint = f" (did you mean INVOKE_{section.upper()}_{close[0].upper()}?)" if close else ""
+            close = nearest(key, SCHEMA[section])
+            hint = f" (did you mean INVOKE_{section.upper()}_{close.upper()}?)" if close else ""
             raise SettingError(f"{name} is not a setting{hint}; unset it")
         kind = SCHEMA[section][key]
         checked = check_value(name, kind, value)
@@ -109,3 +109,48 @@ def check_or_exit(root: Path) -> None:
     except SettingError as error:
         print(f"invoke: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def check_flags(tasks: dict, argv: list[str]) -> None:
+    """The flags after each task name on an invoke command line, against that task's own:
+    invoke refuses an unknown one with `No idea what '--epoch' is!` and exit code 1; here it is
+    one line naming the task and its nearest flag, with exit code 2, as the trainer does.
+    `tasks` maps each task name to its invoke Task. Invoke's own options before the first task
+    are invoke's business."""
+    current = None
+    values_follow = False
+    for word in argv:
+        if values_follow:
+            values_follow = False
+            continue
+        if word == "--":
+            return
+        if word in tasks:
+            current = tasks[word]
+            continue
+        if current is None or not word.startswith("-") or word in ("-h", "--help"):
+            continue
+        arguments = current.get_arguments()
+        longs = {name: argument for argument in arguments for name in argument.names if len(name) > 1}
+        shorts = {name: argument for argument in arguments for name in argument.names if len(name) == 1}
+        if word.startswith("--"):
+            name, equals, _ = word[2:].partition("=")
+            argument = longs.get(name)
+            if argument is None and name.startswith("no-") and name[3:] in longs:
+                argument = longs[name[3:]] if longs[name[3:]].kind is bool else None
+            if argument is None:
+                choices = [f"--{known}" for known in longs] + [f"--no-{k}" for k, a in longs.items() if a.kind is bool]
+                raise SettingError(
+                    f"{current.name} has no option --{name}{_suggest('--' + name, choices)}; "
+                    f"see `invoke --help {current.name}`"
+                )
+            values_follow = argument.kind is not bool and not argument.optional and not equals
+        else:
+            letters = word[1:]
+            for index, letter in enumerate(letters):
+                argument = shorts.get(letter)
+                if argument is None:
+                    raise SettingError(f"{current.name} has no option -{letter}; see `invoke --help {current.name}`")
+                if argument.kind is not bool:
+                    values_follow = index == len(letters) - 1
+                    break

@@ -40,6 +40,7 @@ class Result:
     status: str
     detail: str
     seconds: float = 0.0
+    refused: bool = False  # the user's input was refused (StepRefused): exit code 2, not 1
 
 
 class StepFailed(Exception):
@@ -49,6 +50,11 @@ class StepFailed(Exception):
         super().__init__(f"{reason}; {todo}" if todo else reason)
         self.reason = reason
         self.todo = todo
+
+
+class StepRefused(StepFailed):
+    """The user's input is refused (a source, a path, a setting) and nothing changed: the task
+    exits with 2, as the trainer does for its input, where a failure of the machine exits with 1."""
 
 
 def ok(detail: str) -> Result:
@@ -169,7 +175,7 @@ def run_step(name: str, function: Callable[..., Result], ctx: Context, **options
     try:
         result = function(ctx, **options)
     except StepFailed as error:
-        result = Result(name, "failed", str(error))
+        result = Result(name, "failed", str(error), refused=isinstance(error, StepRefused))
     except OSError as error:
         if not is_machine_error(error):
             raise

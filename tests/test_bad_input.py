@@ -201,3 +201,35 @@ def test_animated_image_is_a_warning_and_its_first_frame_is_used(tmp_path, cli):
     assert len(kept) == 7
     assert any(note.startswith("WARNING: 1 animated image(s), e.g. CD/moving.gif (3 frames)") for note in report.notes)
     assert tuple(load_image(images / "CD" / "moving.gif", 8)[0, 0]) == (255, 0, 0)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("train", "--epoch", "5"), "invoke: train has no option --epoch (did you mean --epochs?)"),
+        (("train", "--lr", "0.1"), "invoke: train has no option --lr (did you mean --learning-rate?)"),
+        (("setup", "--sourc", "demo"), "invoke: setup has no option --sourc (did you mean --source?)"),
+        (("data", "-z"), "invoke: data has no option -z; see `invoke --help data`"),
+        (("data", "--dry-run", "publish", "--too", "x"), "invoke: publish has no option --too (did you mean --to?)"),
+    ],
+)
+def test_an_unknown_invoke_flag_names_the_nearest_and_exits_2(tmp_path, args, message):
+    copy = bundle_copy(tmp_path)
+    state = snapshot(copy)
+    _one_line_error(invoke(copy, *args), 2, message)
+    assert snapshot(copy) == state
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--epoch", "5"), "unrecognized arguments: --epoch 5 (did you mean --epochs?)"),
+        (("--lr", "0.1"), "unrecognized arguments: --lr 0.1 (did you mean --learning-rate?)"),
+        (("--lr-sched", "cosine"), "unrecognized arguments: --lr-sched cosine (did you mean --lr-schedule?)"),
+    ],
+)
+def test_trainer_options_are_taken_exactly_as_written(tmp_path, args, message):
+    """No option is guessed from a prefix (argparse's default would run --epoch 5 as --epochs 5)."""
+    result = subprocess.run([sys.executable, "-m", "trainer", "train", "--folder", str(tmp_path), *args],
+                            capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    _one_line_error(result, 2, message)

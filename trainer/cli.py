@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import json
 import logging
 import os
@@ -35,6 +34,7 @@ from trainer.errors import (
     InputError,
     MachineError,
     is_machine_error,
+    nearest,
     os_error_sentence,
 )
 from trainer.evaluate import evaluate_run
@@ -64,8 +64,8 @@ class Parser(argparse.ArgumentParser):
             command = getattr(known, "command", None)
             chosen = self.commands.get(command, self) if hasattr(self, "commands") else self
             names = [name for action in chosen._actions for name in action.option_strings if name.startswith("--")]
-            close = difflib.get_close_matches(unknown[0].split("=")[0], names, n=1, cutoff=0.6)
-            hint = f" (did you mean {close[0]}?)" if close else ""
+            close = nearest(unknown[0].split("=")[0], names)
+            hint = f" (did you mean {close}?)" if close else ""
             chosen.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
         return known
 
@@ -305,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
         log.addHandler(handler)
         log.setLevel(logging.INFO)
         log.propagate = False
+    # TensorFlow's Python warnings (tf.function retracing when predict meets a new batch shape,
+    # which the operating point's folds do) say nothing a user can act on.
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
     previous = interrupt_once()
     try:
         return run(sys.argv[1:] if argv is None else argv)

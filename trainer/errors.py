@@ -11,6 +11,7 @@ error the operating system raised. Standard library only: the setup steps use it
 
 from __future__ import annotations
 
+import difflib
 import errno
 from pathlib import Path
 
@@ -53,6 +54,29 @@ CAUSES = {
     errno.EMFILE: ("too many open files", "raise the limit (ulimit -n), then rerun"),
     errno.ENOENT: ("no such file or folder", "check the path; is Drive mounted?"),
 }
+
+
+def nearest(word: str, choices) -> str | None:
+    """The real option a mistyped one most likely meant, or None: one the word abbreviates by
+    initials (--lr: --learning-rate), then one it begins (--epoch: --epochs), then the closest
+    spelling. Only ever a suggestion: nothing is guessed from a prefix."""
+    choices = list(choices)
+    bare = word.lstrip("-").lower()
+    if not bare:
+        return None
+
+    def words(choice: str) -> list[str]:
+        return [part for part in choice.lstrip("-").lower().replace("_", "-").split("-") if part]
+
+    for choice in choices:
+        parts = words(choice)
+        if len(parts) > 1 and "".join(part[0] for part in parts) == bare.replace("-", "").replace("_", ""):
+            return choice
+    starting = [choice for choice in choices if choice.lstrip("-").lower().startswith(bare)]
+    if starting:
+        return min(starting, key=len)
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return close[0] if close else None
 
 
 def listed(items, limit: int = 10, separator: str = ", ") -> str:

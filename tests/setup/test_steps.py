@@ -36,7 +36,7 @@ def test_run_step_times_reports_and_turns_failures_into_a_result():
 def test_report_json_shape(tmp_path):
     write_report([Result("check", "ok", "x", 0.5)], tmp_path / "r" / "report.json")
     assert json.loads((tmp_path / "r" / "report.json").read_text()) == {
-        "steps": [{"name": "check", "status": "ok", "detail": "x", "seconds": 0.5}]
+        "steps": [{"name": "check", "status": "ok", "detail": "x", "seconds": 0.5, "refused": False}]
     }
 
 
@@ -409,3 +409,26 @@ def test_setup_hands_each_flag_to_the_step_that_owns_it_alone():
         None,
         "data",
     )
+
+
+def test_each_datasets_model_publishes_to_its_own_folder_and_a_users_folder_is_never_swapped(tmp_path, monkeypatch):
+    """publish.folder empty (invoke.yaml's default): the folder is the run's model name, so the
+    shipped photos' model and a zip's live side by side; a folder of that name that is not a
+    published model (the user's own) is refused, untouched."""
+    monkeypatch.setattr(publish, "drive_folder", lambda: None)
+    ctx = Context(root=tmp_path, echo=lambda message: None)
+    for name, content in (("ud-cd-classifier", "concrete model"), ("images-classifier", "zip model")):
+        run = _fake_run(tmp_path / "runs" / name, content)
+        (run / "config.json").write_text(json.dumps({"model_name": name}))
+        assert publish.publish(ctx, run=str(run), folder="", local_folder="published").status == "changed"
+    assert (tmp_path / "published" / "ud-cd-classifier" / "model.keras").read_text() == "concrete model"
+    assert (tmp_path / "published" / "images-classifier" / "model.keras").read_text() == "zip model"
+    mine = tmp_path / "published" / "photos"
+    mine.mkdir()
+    (mine / "holiday.jpg").write_text("not a model")
+    with pytest.raises(StepFailed, match=r"photos exists and is not a published model .*pass --name"):
+        publish.publish(
+            ctx, run=str(tmp_path / "runs" / "images-classifier"), folder="photos", local_folder="published"
+        )
+    assert sorted(p.name for p in mine.iterdir()) == ["holiday.jpg"]
+    assert not (tmp_path / "published" / "photos.previous").exists()
