@@ -38,14 +38,7 @@ from trainer.atomic import link_or_copy, remove_leftovers, sha256_of, temporary_
 STAMP = "share/libtensorflow/install.json"
 LDCONF = Path("/etc/ld.so.conf.d/libtensorflow.conf")
 LIBRARIES = ("libtensorflow", "libtensorflow_framework")
-HELLO_C = """#include <stdio.h>
-#include <tensorflow/c/c_api.h>
-
-int main(void) {
-  printf("%s\\n", TF_Version());
-  return 0;
-}
-"""
+HELLO_C = Path(__file__).with_name("hello_tf.c")  # the check program, shipped for users to build too
 # The C headers ship beside C++ ones in the wheel; these are the C API's public entry points,
 # and whatever they include is copied with them.
 HEADER_ROOTS = re.compile(
@@ -286,13 +279,11 @@ def remove_stale(prefix: Path, recorded, installed: dict) -> int:
 def verify(prefix: Path, version: str, ctx: Context) -> str:
     """Compile and run a program that prints TF_Version(), with no -I or -L flags."""
     with tempfile.TemporaryDirectory() as work:
-        source = Path(work) / "hello_tf.c"
-        source.write_text(HELLO_C)
         env = {
             key: f"{value}:{os.environ[key]}" if os.environ.get(key) else value
             for key, value in env_lines(prefix).items()
         }
-        ctx.run(["gcc", str(source), "-o", str(Path(work) / "hello_tf"), "-ltensorflow"], env=env, capture=True)
+        ctx.run(["gcc", str(HELLO_C), "-o", str(Path(work) / "hello_tf"), "-ltensorflow"], env=env, capture=True)
         printed = ctx.run([str(Path(work) / "hello_tf")], env=env, capture=True).stdout.strip()
     if printed != version:
         raise StepFailed(f"the C library reports TF_Version() {printed!r}, not {version}", "check --source")
