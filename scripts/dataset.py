@@ -19,9 +19,9 @@ from collections import Counter
 from pathlib import Path
 
 from scripts.archives import download, extract_into, fetch
-from scripts.steps import Context, Result, StepFailed, changed, ok
+from scripts.steps import Context, Result, StepFailed, StepRefused, changed, ok
 from trainer.atomic import partial_folder, remove_leftovers, replacing, sha256_of, write_atomically
-from trainer.data.layout import choose_level, images_below, is_image_name, label_of, walk_files
+from trainer.data.layout import MIN_CLASS_SIZE, choose_level, images_below, is_image_name, label_of, walk_files
 from trainer.errors import InputError, listed
 
 MANIFEST = "dataset.json"
@@ -48,6 +48,28 @@ def source_kind(source: str) -> tuple[str, str]:
     if bare and not Path(source).exists():
         return "gdrive", bare.group(1)
     return "local", source
+
+
+SHIPPED_NAME = "ud-cd-classifier"
+
+
+def dataset_name(source: str) -> str:
+    """The name a source's model is published under: the shipped photos keep the original
+    workflow's `ud-cd-classifier`; another source is named after its file or folder (`my.zip`
+    -> `my-classifier`, a Drive id -> `drive-<its first 8 characters>-classifier`), so that each
+    dataset's model has its own folder and training on one never replaces another's; the
+    suffix keeps it from ever being the data's own folder's name. `--name` overrides it."""
+    if source == SHIPPED:
+        return SHIPPED_NAME
+    kind, value = source_kind(source)
+    if kind == "demo":
+        return "demo-classifier"
+    if kind == "gdrive":
+        return f"drive-{value[:8]}-classifier"
+    stem = Path(value.split("?")[0].rstrip("/\\")).name
+    for suffix in (".zip", ".tar.gz", ".tgz", ".tar"):
+        stem = stem[: -len(suffix)] if stem.lower().endswith(suffix) else stem
+    return (re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip(".-").lower() or "dataset") + "-classifier"
 
 
 def count_images(folder: Path) -> dict[str, int]:
@@ -79,10 +101,48 @@ def find_layout(root: Path, csv_name: str) -> tuple[Path, str | None]:
     while True:
         children = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "__MACOSX"))]
         files = [p for p in folder.iterdir() if p.is_file() and is_image_name(p.name)]
-        if len(children) == 1 and not files:
+        # A lone folder that holds folders wraps the dataset (Images/CD, Images/UD); one that
+        # holds the images is a class, and the folder above it the dataset (of one class).
+        if len(children) == 1 and not files and any(p.is_dir() for p in children[0].iterdir()):
             folder = children[0]
             continue
         return folder, None
+
+
+def trainers_counts(folder: Path, csv_name: str | None, unpacked: Path, source: str) -> dict[str, int]:
+    """Images per class as the trainer will read them (trainer.data.rows: the CSV's columns and
+    labels, or the class folders by its layout rule), each file once; StepRefused, naming what
+    was found, where the trainer would refuse the data: so that a source the trainer cannot use
+    never replaces a dataset it can. A layout the trainer asks --label-folder for is accepted,
+    counted per folder path (that choice is the trainer's option)."""
+    try:
+        from trainer.data.rows import load_rows  # pandas, numpy and Pillow, only when there is new data
+    except ImportError as error:
+        raise StepFailed(
+            f"checking the data needs {error.name}, which is not installed", "run `invoke pins` first"
+        ) from None
+    keep = "the previous dataset is kept"
+    try:
+        rows, _ = load_rows(folder, csv_name)
+    except InputError as error:
+        if csv_name is None and "--label-folder" in str(error):
+            return count_images(folder)
+        said = str(error).replace(str(unpacked), source).replace("--folder: ", "").replace("--file: ", "")
+        raise StepRefused(f"{source}: {said}", keep) from None
+    first_label: dict[Path, str] = {}
+    for row in rows:
+        if row.path.is_file():
+            first_label.setdefault(row.path, row.label)
+    counts = dict(sorted(Counter(first_label.values()).items()))
+    if sum(count >= MIN_CLASS_SIZE for count in counts.values()) < 2:
+        found = listed([f"{label} ({count})" for label, count in counts.items()], 12) or "none"
+        where = f"the CSV {csv_name}" if csv_name else "class folders"
+        raise StepRefused(
+            f"{source}: the trainer needs at least two classes of {MIN_CLASS_SIZE}+ images; classes found in {where}: "
+            f"{found}",
+            f"{keep}; lay images out as FOLDER/<class>/<image> or give a CSV ImagePath,Label",
+        )
+    return counts
 
 
 def expected_counts(text: str | None) -> dict[str, int]:
@@ -93,7 +153,7 @@ def expected_counts(text: str | None) -> dict[str, int]:
     for part in text.split(","):
         label, _, number = part.partition("=")
         if not label.strip() or not number.strip().isdigit():
-            raise StepFailed(f"--expect: {part!r} is not LABEL=COUNT", "write it like CD=200,UD=200")
+            raise StepRefused(f"--expect: {part!r} is not LABEL=COUNT", "write it like CD=200,UD=200")
         wanted[label.strip()] = int(number)
     return wanted
 
@@ -139,7 +199,7 @@ def _fetch_gdrive(file_id: str, destination: Path, ctx: Context, url_template: s
                     f"Google Drive refused file {file_id}: its download quota is used up for now",
                     "retry in a day, or copy the zip into your Drive and pass its /content/drive path",
                 ) from None
-            raise StepFailed(
+            raise StepRefused(
                 f"Google Drive refused file {file_id} (not shared with 'Anyone with the link')",
                 "share it that way, or copy the zip into your Drive and pass its /content/drive path",
             ) from None
@@ -152,7 +212,7 @@ def _fetch_gdrive(file_id: str, destination: Path, ctx: Context, url_template: s
                 f"Google Drive download of {file_id} failed ({reason})", "check the network; retry"
             ) from None
         if result is None or not temporary.is_file():
-            raise StepFailed(f"Google Drive download of {file_id} produced no file", "check the id and its sharing")
+            raise StepRefused(f"Google Drive download of {file_id} produced no file", "check the id and its sharing")
     return destination
 
 
@@ -162,9 +222,9 @@ def _obtain(kind: str, value: str, downloads: Path, ctx: Context, sha256: str | 
     if kind == "local":
         path = Path(value).expanduser()
         if not path.exists():
-            raise StepFailed(f"--source: {path} does not exist", "check the path; is Drive mounted?")
+            raise StepRefused(f"--source: {path} does not exist", "check the path; is Drive mounted?")
         if sha256 and path.is_file() and sha256_of(path) != sha256:
-            raise StepFailed(f"--source: {path} does not match --sha256", "check the file or the checksum")
+            raise StepRefused(f"--source: {path} does not match --sha256", "check the file or the checksum")
         return path
     name = Path(value).name if kind == "url" else f"{value}.zip"
     name = re.sub(r"[^A-Za-z0-9._-]", "_", name.split("?")[0]).lstrip(".") or "download"
@@ -220,17 +280,14 @@ def dataset(
         else:
             extract_into(obtained, partial)
         folder, csv_name = find_layout(partial, csv)
-        counts = count_images(folder)
-        if not counts:
-            raise StepFailed(
-                f"no images found in {source}", "the source must hold image files, in class folders or with a CSV"
-            )
+        counts = trainers_counts(folder, csv_name, partial, source)
         _check_counts(counts, wanted_counts)
         # The manifest says "done": it goes just before the new folder replaces the old one and
         # comes back last, so a run killed in between leaves none, and the rerun does the work.
         (data_path / MANIFEST).unlink(missing_ok=True)
     folder = unpacked / folder.relative_to(partial)
-    manifest = {**settings, "folder": str(folder), "file": csv_name, "counts": counts, "tree": tree_state(unpacked)}
+    manifest = {**settings, "name": dataset_name(source), "folder": str(folder), "file": csv_name, "counts": counts,
+                "tree": tree_state(unpacked)}  # fmt: skip
     write_atomically(data_path / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return changed(f"{_describe(manifest)} from {source}")
 
@@ -278,4 +335,7 @@ def _check_counts(counts: dict[str, int], wanted: dict[str, int]) -> None:
         if counts.get(label, 0) != number
     ]
     if wrong:
-        raise StepFailed("image counts differ: " + listed(wrong), "check the source, or fix --expect")
+        found = listed([f"{label} {count}" for label, count in counts.items()], 12)
+        raise StepRefused(
+            f"image counts differ: {listed(wrong)}; classes found: {found}", "check the source, or fix --expect"
+        )

@@ -3,8 +3,10 @@
     TO/            the published run: every artifact plus published.json
     TO.previous/   what was published before it
 
-TO is `MyDrive/ud-cd-classifier` when Drive is mounted, `published/ud-cd-classifier` in the
-bundle elsewhere, or `--to`. The copy goes to a hidden temporary folder beside it, every file's
+TO is `MyDrive/NAME` when Drive is mounted, `published/NAME` in the bundle elsewhere, or `--to`;
+NAME is the run's model name (its --model-name: `ud-cd-classifier` for the shipped photos, the
+source's name for other data, see scripts/dataset.dataset_name), so each dataset's model has its
+own folder, unless invoke.yaml's publish.folder names one for all. The copy goes to a hidden temporary folder beside it, every file's
 SHA-256 is checked against the run, and only then does it take the published name, so an
 interruption never leaves a partial model where a good one was. Where the filesystem can
 (Linux's renameat2 RENAME_EXCHANGE: ext4, xfs, tmpfs), the new folder and the old one swap
@@ -24,7 +26,7 @@ import time
 from pathlib import Path
 
 from scripts.check import drive_folder, in_colab
-from scripts.steps import Context, Result, StepFailed, changed, ok
+from scripts.steps import Context, Result, StepFailed, StepRefused, changed, ok
 from trainer import runfolder
 from trainer.atomic import partial_folder, remove_leftovers, sha256_of
 
@@ -49,6 +51,15 @@ def default_destination(ctx: Context, folder: str, local_folder: str) -> Path:
             "Google Drive is not mounted", "run the notebook's first cell (drive.mount), or pass --to a folder"
         )
     return ctx.root / local_folder / folder
+
+
+def model_name(run_dir: Path) -> str:
+    """The name the run's model was saved under (config.json's model_name)."""
+    try:
+        name = json.loads((run_dir / runfolder.CONFIG).read_text()).get("model_name")
+    except (OSError, ValueError, AttributeError):
+        name = None
+    return name if isinstance(name, str) and name.strip() and "/" not in name else "ud-cd-classifier"
 
 
 def is_published(current: Path, run_files: dict[str, str], run_dir: Path) -> bool:
@@ -79,16 +90,24 @@ def publish(
     folder: str | None = None,
     local_folder: str | None = None,
 ) -> Result:
-    """`to`, or else invoke.yaml's publish.folder under MyDrive (or under local_folder off Colab)."""
+    """`to`, or else `folder` (default: the run's model name) under MyDrive (or under
+    local_folder off Colab)."""
     run_dir = Path(run) if run else latest_run(ctx.root / runs_dir)
     if not runfolder.is_run(run_dir):
-        raise StepFailed(f"--run: {run_dir} has no model.keras", "pass a run folder written by `invoke train`")
-    current = Path(to) if to else default_destination(ctx, folder, local_folder)
+        raise StepRefused(f"--run: {run_dir} has no model.keras", "pass a run folder written by `invoke train`")
+    current = Path(to) if to else default_destination(ctx, folder or model_name(run_dir), local_folder)
     previous = current.with_name(f"{current.name}.previous")
     destination = current.parent
     source_hashes = hashes(run_dir)
     if is_published(current, source_hashes, run_dir):
         return ok(f"{run_dir.name} is already published in {current}")
+    if current.is_dir() and not (current / RECORD).is_file() and any(current.iterdir()):
+        # Publishing swaps the folder aside and later deletes what it swapped: never a folder of
+        # the user's own (their images, say) that happens to have the model's name.
+        raise StepRefused(
+            f"{current} exists and is not a published model (no {RECORD} in it)",
+            f"the run stays in {run_dir}; pass --name (or --to) for another folder, or move that one",
+        )
     if ctx.dry_run:
         return ctx.would(f"copy {run_dir} to {current}")
     if not to and drive_folder() is None:
@@ -127,5 +146,5 @@ def publish(
             f"the run stays in {run_dir}; fix the folder and rerun `invoke publish`",
         ) from None
     return changed(
-        f"{run_dir.name} -> {current}" + (f" (previous kept in {previous.name})" if previous.exists() else "")
+        f"{run_dir.name} -> {current}" + (f" (the one before is kept as {previous.name})" if previous.exists() else "")
     )

@@ -169,7 +169,9 @@ class TrainConfig:
     )
     output: str | None = option(None, "the run folder to create (default: <runs-dir>/<time>-<backbone>)", place=True)
     runs_dir: str = option("runs", "where default run folders go", place=True)
-    model_name: str = option("ud-cd-classifier", "the model is also saved as NAME.keras")
+    model_name: str = option(
+        "ud-cd-classifier", "the model is also saved as NAME.keras, and published as NAME", place=True
+    )
     export: str = option(
         "all", "all, none, or a comma list of saved_model, tflite, onnx; each export is checked against Keras"
     )

@@ -138,3 +138,52 @@ def test_a_local_zip_replaced_in_place_is_unpacked_again(tmp_path):
     images_zip(tmp_path / "Images.zip", per_class=4)  # a new version under the same name
     result = dataset.dataset(quiet(tmp_path), source=str(archive))
     assert result.status == "changed" and "8 images (CD 4, UD 4)" in result.detail
+
+
+def _classes(folder: Path, counts: dict[str, int]) -> Path:
+    for label, count in counts.items():
+        (folder / label).mkdir(parents=True)
+        for i in range(count):
+            Image.new("RGB", (8, 8), (i * 20 % 255, 0, 0)).save(folder / label / f"{i}.jpg")
+    return folder
+
+
+def test_a_source_the_trainer_would_refuse_keeps_the_previous_dataset(tmp_path):
+    """The data step reads a new source by the trainer's rules before it replaces data/: one
+    class, a CSV without an ImagePath column, or classes other than --expect's are refused with
+    what was found (StepRefused: exit code 2), and the previous dataset stays recorded."""
+    from scripts.steps import StepRefused
+
+    good = _classes(tmp_path / "good", {"CD": 3, "UD": 3})
+    assert dataset.dataset(quiet(tmp_path), source=str(good)).status == "changed"
+    before = (tmp_path / "data" / dataset.MANIFEST).read_text()
+    one = _classes(tmp_path / "one", {"CD": 30})
+    with pytest.raises(StepRefused, match=r"one: the trainer needs at least two classes of 3\+ images; classes found "
+                                          r"in class folders: CD \(30\); the previous dataset is kept"):  # fmt: skip
+        dataset.dataset(quiet(tmp_path), source=str(one))
+    columns = _classes(tmp_path / "columns", {"CD": 3, "UD": 3})
+    (columns / "training_data.csv").write_text("path,Label\nCD/0.jpg,CD\n")
+    with pytest.raises(
+        StepRefused, match=r"columns: .*training_data.csv: no ImagePath column \(found 'path', 'Label'\)"
+    ):
+        dataset.dataset(quiet(tmp_path), source=str(columns))
+    digits = _classes(tmp_path / "digits", {str(d): 3 for d in range(10)})
+    with pytest.raises(StepRefused, match=r"CD 0 \(expected 3\), UD 0 \(expected 3\); classes found: 0 3, 1 3, "):
+        dataset.dataset(quiet(tmp_path), source=str(digits), expect="CD=3,UD=3")
+    assert (tmp_path / "data" / dataset.MANIFEST).read_text() == before
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["dataset", dataset.MANIFEST]  # nothing partial
+
+
+@pytest.mark.parametrize(
+    "source, name",
+    [
+        ("concrete", "ud-cd-classifier"),
+        ("demo", "demo-classifier"),
+        ("/content/drive/MyDrive/Images.zip", "images-classifier"),
+        ("my photos/", "my-photos-classifier"),
+        ("https://example.org/data/flowers.tar.gz?download=1", "flowers-classifier"),
+        ("1AbCdEfGhIjKlMnOpQrStUvWxYz012345", "drive-1AbCdEfG-classifier"),
+    ],
+)
+def test_each_dataset_names_its_model(source, name):
+    assert dataset.dataset_name(source) == name

@@ -24,6 +24,10 @@ from trainer.errors import InputError, listed
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 LABEL_FOLDERS = ("auto", "top", "leaf")
+# The fewest images a class needs to be split into training, validation and test; smaller ones
+# are dropped with a warning (trainer.data.validate), and the data step refuses a source that
+# would leave fewer than two classes (scripts/dataset.py).
+MIN_CLASS_SIZE = 3
 
 
 def is_image_name(name: str) -> bool:

@@ -16,6 +16,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from pathlib import Path
 
+from trainer.data import layout
 from trainer.data.images import FileState, ImageInfo, read_and_inspect
 from trainer.data.report import Report
 from trainer.data.rows import Row
@@ -102,7 +103,7 @@ def validate(
     report: Report,
     *,
     strict: bool = False,
-    min_class_size: int = 3,
+    min_class_size: int = layout.MIN_CLASS_SIZE,
     allow_one_class: bool = False,
     workers: int | None = None,
 ) -> list[Row]:
