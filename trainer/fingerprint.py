@@ -152,6 +152,15 @@ def request_key(request: dict) -> str:
     return hashlib.sha256(json.dumps(request, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _shown(value) -> str:
+    """An option's value as a user writes it: `CD=0.95`, `0.001`, `yes`; unset as `(unset)`."""
+    if value is None or value == "":
+        return "(unset)"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
 def what_changed(old: dict | None, new: dict) -> list[str]:
     """Short reasons a model trained from `old` is not the one `new` asks for."""
     if not old:
@@ -161,7 +170,7 @@ def what_changed(old: dict | None, new: dict) -> list[str]:
         reasons.append("the data changed")
     before, after = old.get("options") or {}, new["options"]
     changed = sorted(key for key in set(before) | set(after) if before.get(key) != after.get(key))
-    reasons += [f"--{key.replace('_', '-')} {before.get(key)!r} -> {after.get(key)!r}" for key in changed]
+    reasons += [f"--{key.replace('_', '-')} {_shown(before.get(key))} -> {_shown(after.get(key))}" for key in changed]
     moved = sorted(name for name in new["stack"] if (old.get("stack") or {}).get(name) != new["stack"][name])
     reasons += [f"{name} {(old.get('stack') or {}).get(name)} -> {new['stack'][name]}" for name in moved]
     if old.get("code") != new["code"]:

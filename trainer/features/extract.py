@@ -157,6 +157,16 @@ def wanted(rows, views: tuple[str, ...], start: int = 0) -> list[tuple[str, str,
     ]
 
 
+def _tallied(tallies: dict[str, tuple[int, int]]) -> str:
+    """'400 reused, 0 to featurize; the 7 other views (h, v, ...) 320 reused, 0 to featurize
+    each': one line for the image and every flip or turn of it, not one line a view."""
+    said = [f"{reused} reused, {lacking} to featurize" for reused, lacking in tallies.values()]
+    views = [view for view in tallies if view != "id"]
+    if "id" in tallies and len(set(said[1:])) == 1 and len(views) > 1:
+        return f"{said[0]}; the {len(views)} other views ({', '.join(views)}) {said[1]} each"
+    return "; ".join(text if view == "id" else f"{text} as {view}" for view, text in zip(tallies, said, strict=True))
+
+
 def fill(feature_model, wanted: list[tuple[str, str, str, int]], out: np.ndarray, image_size: int,
          batch_size: int, folder: Path, jit_compile: bool = False, counts: dict | None = None,
          cache: FeatureCache | None = None) -> str | None:  # fmt: skip
@@ -182,14 +192,15 @@ def fill(feature_model, wanted: list[tuple[str, str, str, int]], out: np.ndarray
     keys = list(positions)
     absent = cache.read(keys, out, np.array([positions[key][0] for key in keys], dtype=np.int64))
     missing = {key for key, gone in zip(keys, absent, strict=True) if gone}
+    tallies = {}
     for view in dict.fromkeys(source[key][2] for key in keys):
         of_view = [key for key in keys if source[key][2] == view]
         lacking = sum(key in missing for key in of_view)
-        seen_as = "" if view == "id" else f" (seen as {view})"
-        log.info("feature cache %s: %d images%s reused, %d to featurize", folder, len(of_view) - lacking, seen_as,
-                 lacking)  # fmt: skip
+        tallies[view] = (len(of_view) - lacking, lacking)
         if counts is not None:
             counts[view] = {"reused": len(of_view) - lacking, "featurized": lacking}
+    if tallies:
+        log.info("feature cache %s: %s", folder, _tallied(tallies))
     # Each image with the views it lacks; images lacking the same views go through together.
     lacks: dict[str, tuple[str, list[str]]] = {}
     for key in keys:
