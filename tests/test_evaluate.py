@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,3 +44,33 @@ def test_metrics_cover_auc_averages_and_validation(run_dir):
     rows = (run_dir / "predictions.csv").read_text().splitlines()
     assert rows[0] == "ImagePath,Label,Split,PredictedLabel,Score,P(CD),P(UD)"
     assert sum(",test," in row for row in rows) == metrics["count"]
+
+
+def test_evaluating_on_images_the_model_has_seen_says_so_and_scores_the_new_ones_apart(cli, run_dir, tmp_path):
+    """evaluate --folder on the training folder: by content hash it finds the images the run
+    trained or validated on (copies under other names too), warns, and scores the test images
+    (the only unseen ones) apart; predict notes the same."""
+    import csv
+
+    images = run_dir.parent / "Images"
+    split = list(csv.DictReader((run_dir / "split.csv").open()))
+    learnt = {name: sum(row["Split"] == name for row in split) for name in ("train", "validation", "test")}
+    code, out, err = cli("evaluate", "--model", run_dir, "--folder", images, "--file", "training_data.csv")
+    assert code == 0, err
+    seen = json.loads(out)["seen"]
+    assert (seen["train"], seen["validation"], seen["unseen"]) == (
+        learnt["train"],
+        learnt["validation"],
+        learnt["test"],
+    )
+    assert seen["unseen_metrics"]["count"] == learnt["test"]
+    warning = next(line for line in err.splitlines() if "flatters" in line)
+    assert warning.startswith(f"WARNING: {learnt['train'] + learnt['validation']} of these {len(split)} images are ")
+    assert f"on the {learnt['test']} it has not seen: accuracy " in warning
+    copy = tmp_path / "renamed.jpg"
+    copy.write_bytes(Path(next(row["ImagePath"] for row in split if row["Split"] == "train")).read_bytes())
+    code, out, err = cli("predict", "--model", run_dir, copy)
+    assert code == 0, err
+    assert "note: 1 of these 1 images are ones the model was trained on (1) or validated on (0)" in err
+    code, out, err = cli("evaluate", "--model", run_dir)  # its own test split: nothing to say
+    assert code == 0 and "flatters" not in err and "seen" not in json.loads(out)

@@ -11,7 +11,7 @@ import numpy as np
 from trainer import runfolder
 from trainer.data.report import log_report
 from trainer.data.rows import load_rows
-from trainer.data.split import read_split
+from trainer.data.split import learnt_from, read_split
 from trainer.data.validate import validate
 from trainer.errors import InputError, listed
 from trainer.metrics import classification_metrics, summary_line
@@ -57,4 +57,36 @@ def evaluate_run(run_dir: str | Path, folder: str | None, file: str | None, stri
     index = {label: i for i, label in enumerate(run.labels)}
     probabilities = run.predict([str(row.path) for row in rows], batch_size)
     y_true = np.array([index[row.label] for row in rows])
-    return classification_metrics(y_true, probabilities, run.labels, run.decision.predict(probabilities))
+    predicted = run.decision.predict(probabilities)
+    metrics = classification_metrics(y_true, probabilities, run.labels, predicted)
+    if folder is not None:
+        seen_apart(metrics, rows, learnt_from(run.path / runfolder.SPLIT), y_true, probabilities, predicted, run.labels)
+    return metrics
+
+
+def seen_apart(metrics: dict, rows, learnt: dict, y_true, probabilities, predicted, labels) -> None:
+    """When some of the images are ones the model trained or validated on (same content), say
+    so, and score the unseen ones apart: metrics["seen"] holds the counts and the unseen images'
+    metrics (None when every image was seen)."""
+    where = [learnt.get(row.sha256) for row in rows]
+    seen = sum(split is not None for split in where)
+    if not seen:
+        return
+    unseen = np.array([split is None for split in where])
+    counts = {name: sum(split == name for split in where) for name in ("train", "validation")}
+    apart = (
+        classification_metrics(y_true[unseen], probabilities[unseen], labels, np.asarray(predicted)[unseen])
+        if unseen.any()
+        else None
+    )
+    metrics["seen"] = {**counts, "unseen": int(unseen.sum()), "unseen_metrics": apart}
+    on_unseen = (
+        f"on the {int(unseen.sum())} it has not seen: accuracy {apart['accuracy']:.3f}"
+        if apart
+        else "no image here is new to it, so this is no test of the model"
+    )
+    log.warning(
+        "WARNING: %d of these %d images are ones the model was trained on (%d) or validated on (%d), so the overall score "
+        "flatters it; %s",
+        seen, len(rows), counts["train"], counts["validation"], on_unseen,
+    )  # fmt: skip

@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 
 from trainer import decision, runfolder
-from trainer.atomic import replacing
+from trainer.atomic import replacing, sha256_of
 from trainer.data.images import load_image
 from trainer.data.layout import is_image_name, special_kind, walk_files
 from trainer.data.pipeline import PARALLEL, make_dataset, prefetched
 from trainer.data.rows import read_csv_rows
+from trainer.data.split import learnt_from
 from trainer.errors import ImageError, InputError
 from trainer.export import runtimes
 from trainer.progress import progress
@@ -155,7 +156,29 @@ def predict_images(run: Run, inputs: list[str], output: str | None, batch_size: 
     if counts["errors"]:
         log.warning("WARNING: %d of %d image(s) could not be read; their rows name the error", counts["errors"],
                     len(paths))  # fmt: skip
+    _say_seen(run, paths)
     return counts
+
+
+def _say_seen(run: Run, paths: list[Path]) -> None:
+    """A note when some images are ones the model trained or validated on (same content, by
+    hash): their predictions show what it learnt, not how it does on new photos."""
+    learnt = learnt_from(run.path / runfolder.SPLIT)
+    if not learnt:
+        return
+    where = []
+    for path in paths:
+        try:
+            where.append(learnt.get(sha256_of(path)))
+        except OSError:
+            where.append(None)
+    seen = {name: where.count(name) for name in ("train", "validation")}
+    if any(seen.values()):
+        log.warning(
+            "note: %d of these %d images are ones the model was trained on (%d) or validated on (%d): its predictions "
+            "there are no test of it",
+            sum(seen.values()), len(paths), seen["train"], seen["validation"],
+        )  # fmt: skip
 
 
 def _stream(run: Run, paths: list[Path], batch_size: int, handle) -> int:

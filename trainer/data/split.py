@@ -51,3 +51,14 @@ def read_split(path: Path) -> dict[str, list[Row]]:
                 Row(line, record["ImagePath"], Path(record["ImagePath"]), record["Label"], record["Sha256"])
             )
     return parts
+
+
+def learnt_from(path: Path) -> dict[str, str]:
+    """Content hash -> "train" or "validation" for every image a run (its split.csv at path)
+    trained or validated on: what evaluate and predict compare other images with, so that a
+    score on images the model has seen is never mistaken for a test of it. Empty when there is
+    no split.csv (a bare .keras file, a SavedModel)."""
+    if not path.is_file():
+        return {}
+    parts = read_split(path)
+    return {row.sha256: name for name in ("train", "validation") for row in parts[name] if row.sha256}
