@@ -186,3 +186,46 @@ def test_the_audit_finds_flipped_labels_among_ten_classes_of_real_images(digits,
         f"seed {seed}: {len(flagged)} flagged, recall {found / len(flipped):.2f}, precision {found / len(flagged):.2f}"
     )
     assert found >= 0.8 * len(flipped) and found >= 0.7 * len(flagged)
+
+
+def zero_quantization_tables(path) -> None:
+    """Zero every JPEG quantization table's 64 entries (the DQT segments, 0xFFDB): the file still
+    decodes without error, to one flat grey, where a cut or flipped byte would fail to."""
+    data = bytearray(path.read_bytes())
+    start = 0
+    while (start := data.find(b"\xff\xdb", start)) != -1:
+        length = int.from_bytes(data[start + 2 : start + 4], "big")
+        end = start + 2 + length
+        at = start + 4
+        while at < end:
+            precision = 2 if data[at] >> 4 else 1
+            data[at + 1 : at + 1 + 64 * precision] = bytes(64 * precision)
+            at += 1 + 64 * precision
+        start = end
+    path.write_bytes(bytes(data))
+
+
+def test_a_photo_that_decodes_to_flat_grey_is_listed_among_60(tmp_path):
+    """60 real photos (30 per class), one with its quantization tables zeroed: validation takes
+    it (it decodes), and the audit lists it as an outlier with no picture in it."""
+    from tests.conftest import CONCRETE
+
+    images = tmp_path / "Images"
+    for label in ("CD", "UD"):
+        (images / label).mkdir(parents=True)
+        for photo in sorted((CONCRETE / label).glob("*.jpg"))[:30]:
+            shutil.copy(photo, images / label / photo.name)
+    garbled = sorted((images / "UD").glob("*.jpg"))[5]
+    zero_quantization_tables(garbled)
+    with Image.open(garbled) as decoded:
+        assert np.asarray(decoded.convert("L")).std() < audit.FLAT  # it decodes, to no picture
+    result = run_module(
+        "audit", "--folder", images, "--workspace", tmp_path / "workspace", "--output", tmp_path / "audit.csv"
+    )
+    assert result.returncode == 0, result.stderr
+    with (tmp_path / "audit.csv").open(newline="") as handle:
+        rows = {row["ImagePath"]: row["Reason"] for row in csv.DictReader(handle)}
+    assert rows[str(garbled)] == "outlier: one flat tone, no picture"
+    assert not [
+        path for path, reason in rows.items() if reason.startswith("outlier: one flat") and path != str(garbled)
+    ]

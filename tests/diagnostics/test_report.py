@@ -28,8 +28,9 @@ def test_a_run_leaves_its_pictures_and_they_are_real_pngs(run_dir):
     count = json.loads((run_dir / "metrics.json").read_text())["count"]
     columns = min(4, count)
     with Image.open(run_dir / "worst_test_images.png") as image:
-        # A 48 px title, then one 300 x 330 px cell per test image, up to 4 columns.
-        assert image.format == "PNG" and image.size == (300 * columns, 48 + 330 * -(-count // columns))
+        # A 48 px title, then one 300 x 348 px cell per test image (its file name, label and
+        # prediction above it), up to 4 columns.
+        assert image.format == "PNG" and image.size == (300 * columns, 48 + 348 * -(-count // columns))
         assert len(np.unique(np.asarray(image.convert("L")))) > 20, "the sheet has no photos"
 
 
@@ -179,3 +180,51 @@ def test_report_of_a_folder_that_is_not_a_run_is_one_line(tmp_path):
         result.stderr.strip()
         == f"trainer: error: {tmp_path}: no metrics.json; pass a run folder written by 'trainer train'"
     )
+
+
+def _tables(page: str) -> list[list[list[str]]]:
+    """Each <table>'s rows, each row's cells (th and td alike)."""
+    return [
+        [re.findall(r"<t[hd]>(.*?)</t[hd]>", row) for row in re.findall(r"<tr>(.*?)</tr>", table)]
+        for table in re.findall(r"<table>(.*?)</table>", page, re.S)
+    ]
+
+
+def test_the_report_is_one_an_inspector_can_act_on(run_dir, tmp_path):
+    """Every table's rows as wide as its header; settings as the run used them (1e-05, not
+    0.0000); the wrong test images by name, label, prediction and score, with predictions.csv
+    named; a class name the pictures' font cannot draw said so, without a matplotlib warning."""
+    page = (run_dir / "report.html").read_text()
+    for table in _tables(page):
+        assert len({len(row) for row in table}) == 1, table[:2]
+    config = json.loads((run_dir / "config.json").read_text())
+    settings = dict(row for row in next(t for t in _tables(page) if t[0] == ["setting", "value"])[1:])
+    assert settings["end_learning_rate"] == repr(config["end_learning_rate"]) and "e-" in settings["end_learning_rate"]
+    assert "<code>predictions.csv</code>" in page
+    wrong = [row for row in csv.DictReader((run_dir / "predictions.csv").open())
+             if row["Split"] == "test" and row["Label"] != row["PredictedLabel"]]  # fmt: skip
+    if wrong:
+        named = next(t for t in _tables(page) if t[0] == ["image", "label", "predicted", "score", "P(label)"])
+        assert {row[0] for row in named[1:]} <= {row["ImagePath"] for row in wrong} and len(named) > 1
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    metrics = json.loads((copy / "metrics.json").read_text())
+    metrics["labels"] = ["écaillé 剥落", metrics["labels"][1]]
+    (copy / "metrics.json").write_text(json.dumps(metrics))
+    result = run_module("report", copy)
+    assert result.returncode == 0 and "Glyph" not in result.stderr and "missing from" not in result.stderr, (
+        result.stderr
+    )
+    assert "has no glyphs for some characters of écaillé 剥落" in (copy / "report.html").read_text()
+
+
+def test_explain_captions_each_heatmap_with_the_file_the_class_and_the_score(cli, run_dir, tmp_path):
+    from PIL import Image
+
+    photo = next((run_dir.parent / "Images" / "CD").glob("*.jpg"))
+    code, out, err = cli("explain", "--model", run_dir, photo, "--output", tmp_path)
+    assert code == 0, err
+    _, predicted, score, heatmap = out.splitlines()[1].split(",")
+    with Image.open(heatmap) as picture, Image.open(photo) as original:
+        band = np.asarray(picture.convert("L"))[: picture.height - original.height]
+    assert band.shape[0] >= 40 and (band < 128).any()  # a white band above the photo, with text in it

@@ -27,7 +27,11 @@ From pretrained features (the bottleneck cache's), in seconds rather than a retr
   at 5,658 and 56,058 alike. A thumbnail correlation of IDENTICAL or more counts whatever the
   neighbours (a picture filed more than CANDIDATES times);
 - outliers: images far from all others (their mean cosine distance to the 5 nearest
-  neighbours is more than 3.5 robust standard deviations above the median).
+  neighbours is more than 3.5 robust standard deviations above the median), and images of one
+  flat tone (their 16 x 16 thumbnail's grey levels spread less than FLAT): a file whose bytes
+  decode without error to no picture, as a JPEG whose quantization table was zeroed decodes to
+  flat grey. Validation cannot see those (the file is a valid image), and at 60 images the
+  feature distance cannot single one out, so this test does not depend on the set's size.
 
 audit.csv lists at most SHOWN findings of each kind, the likeliest first; when a kind has more,
 audit-full.csv beside it has them all.
@@ -53,6 +57,7 @@ THUMBNAIL = 16
 CANDIDATES = 10  # nearest images per image looked at for near-duplicates, by thumbnail and by features
 OUTLIER_Z = 3.5
 NEIGHBOURS = 5
+FLAT = 0.5  # grey levels: a thumbnail whose standard deviation is below this holds no picture
 # Unlikely labels: the held-out heads' probabilities, averaged over REPEATS fold splits, blended
 # half and half with the votes of each image's 10 nearest images. On 600 real photos of 10
 # classes (scikit-learn's handwritten digits, 64 px, EfficientNet-Lite0 features) with 10% of
@@ -156,6 +161,35 @@ def thumbnails(paths) -> np.ndarray:
     return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
 
+def tonal_spread(rows, known: dict[str, bytes] | None) -> np.ndarray:
+    """[n]: each image's 16 x 16 luminance thumbnail's standard deviation in grey levels, from
+    validation's thumbnails where it has them (the rest are read again)."""
+    from PIL import Image, ImageOps
+
+    known = known or {}
+    size = THUMBNAIL * THUMBNAIL
+    out = np.zeros(len(rows), dtype=np.float32)
+    for index, row in enumerate(rows):
+        raw = known.get(row.sha256, b"")
+        if len(raw) == size:
+            out[index] = np.frombuffer(raw, dtype=np.uint8).astype(np.float32).std()
+            continue
+        try:
+            with Image.open(row.path) as image:
+                image.draft("L", (4 * THUMBNAIL, 4 * THUMBNAIL))
+                small = ImageOps.exif_transpose(image).convert("L").resize((THUMBNAIL, THUMBNAIL), Image.Resampling.BOX)
+            out[index] = np.asarray(small, dtype=np.float32).std()
+        except (OSError, ValueError):
+            out[index] = np.inf  # unreadable is validation's finding, not this one's
+    return out
+
+
+def flat_pictures(spread: np.ndarray, labels: np.ndarray) -> list[Finding]:
+    """Images of one flat tone: no picture to learn from, whatever the label says."""
+    return [Finding(int(i), int(labels[i]), float(FLAT - spread[i]), "outlier: one flat tone, no picture")
+            for i in np.flatnonzero(spread < FLAT)]  # fmt: skip
+
+
 def thumbnails_of(rows, known: dict[str, bytes] | None) -> np.ndarray:
     """thumbnails() for rows, from the 8-bit thumbnails validation made as it decoded each file
     (trainer.data.report.Report.thumbnails, by sha256) where it has them; only the rest are read again."""
@@ -243,9 +277,10 @@ def outliers(features: np.ndarray, labels: np.ndarray, seed: int = 0, similarity
 
 
 def audit(features: np.ndarray, small: np.ndarray | None, labels, classes: int, groups: list[str], seed: int = 0,
-          config=None):  # fmt: skip
+          config=None, spread: np.ndarray | None = None):  # fmt: skip
     """Every finding, the unlikely labels first (least likely first), then near-duplicates (when
-    thumbnails are given), then outliers. The features' neighbour table is found once for both.
+    thumbnails are given), then outliers (flat pictures first, when `spread`, tonal_spread(), is
+    given). The features' neighbour table is found once for both.
     `config`: the run's options, whose head options the held-out heads follow (defaults: None)."""
     labels = np.asarray(labels)
     unit = _unit(features)
@@ -254,7 +289,9 @@ def audit(features: np.ndarray, small: np.ndarray | None, labels, classes: int, 
     probabilities = (1 - VOTE_WEIGHT) * heads + VOTE_WEIGHT * neighbour_votes(indices, similarity, labels, classes)
     found = sorted(unlikely_labels(probabilities, labels), key=lambda finding: -finding.score)
     duplicates = [] if small is None else near_duplicates(features, small, labels, groups, seed, (unit, indices))
-    return found + duplicates + outliers(features, labels, seed, similarity)
+    flat = [] if spread is None else flat_pictures(spread, labels)
+    distant = [f for f in outliers(features, labels, seed, similarity) if f.index not in {g.index for g in flat}]
+    return found + duplicates + flat + distant
 
 
 DEFAULT_BACKBONE, DEFAULT_SIZE = "efficientnet_lite0", 224  # the one with offline ImageNet weights
@@ -344,7 +381,7 @@ def audit_data(data, features: np.ndarray | None, workspace, output, config=None
     index = {label: number for number, label in enumerate(data.labels)}
     given = np.array([index[row.label] for row in rows])
     findings = audit(vectors, thumbnails_of(rows, data.report.thumbnails), given, len(data.labels), groups,
-                     config.seed, config)  # fmt: skip
+                     config.seed, config, tonal_spread(rows, data.report.thumbnails))  # fmt: skip
     write_lists(output, rows, findings, data.labels)
     kinds = {kind: sum(kind_of(f) == kind for f in findings) for kind in KINDS}
     duplicate_groups = len({f.group for f in findings if kind_of(f) == "near-duplicate"})

@@ -23,7 +23,7 @@ import numpy as np
 
 from trainer.atomic import replacing
 from trainer.data.images import load_image
-from trainer.diagnostics.pictures import Cell, contact_sheet
+from trainer.diagnostics.pictures import Cell, captioned, contact_sheet
 from trainer.errors import InputError
 
 
@@ -121,8 +121,10 @@ def explain_images(run, paths: list[Path], output: Path) -> list[dict]:
         with Image.open(path) as image:
             photo = ImageOps.exif_transpose(image).convert("RGB")
         target = output / f"{Path(path).stem}.heatmap.png"
+        score = float(maps.probabilities[0, predicted])
+        caption = [Path(path).name, f"predicted {run.labels[predicted]} {score:.2f}; bright: the evidence for it"]
         with replacing(target, suffix=".png") as temporary:
-            overlay(photo, maps.evidence(0, predicted)).save(temporary, format="PNG")
+            captioned(overlay(photo, maps.evidence(0, predicted)), caption).save(temporary, format="PNG")
         results.append(
             {"path": str(path), "predicted": run.labels[predicted], "score": float(maps.probabilities[0, predicted]),
              "heatmap": str(target)}
@@ -153,7 +155,7 @@ def heatmap_sheet(model, predictions: list[dict], labels: list[str], image_size:
 
     cells = [
         Cell(
-            (f"true {item['label']}", f"predicted {item['predicted']} {item['score']:.2f}"),
+            (Path(item["path"]).name, f"true {item['label']}", f"predicted {item['predicted']} {item['score']:.2f}"),
             "firebrick" if item["label"] != item["predicted"] else "black",
             lambda item=item: photo(item),
         )

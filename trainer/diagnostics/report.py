@@ -83,6 +83,53 @@ def _table(rows: list[list], header: list[str] | None = None) -> str:
     return f"<table>{head}{body}</table>"
 
 
+def _as_set(value):
+    """A setting as the run used it: 1e-05 stays 1e-05 (a metric's 4 decimals would show 0.0000)."""
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    if isinstance(value, float):
+        return repr(value)
+    return value
+
+
+def _settings_table(settings: dict) -> str:
+    return _table([[key, _as_set(value)] for key, value in settings.items()], ["setting", "value"])
+
+
+def _worst_section(run_dir: Path, shown: int = 16) -> str:
+    """The test images the model got wrong, by name, as the worst-images picture shows them."""
+    predictions = runfolder.read_predictions(run_dir / runfolder.PREDICTIONS)
+    wrong = sorted((p for p in predictions if p["label"] != p["predicted"]), key=lambda p: p["true_probability"])
+    pointer = (
+        f"<p>Every test image's label, prediction and per-class probabilities are in "
+        f"<code>{runfolder.PREDICTIONS}</code> (its Split column says which split each row is from).</p>"
+    )
+    if not predictions:
+        return pointer
+    if not wrong:
+        return f"<p>Every one of the {len(predictions)} test images is classified right.</p>" + pointer
+    rows = [[p["path"], p["label"], p["predicted"], f"{p['score']:.3f}", f"{p['true_probability']:.3f}"]
+            for p in wrong[:shown]]  # fmt: skip
+    more = f" (the {shown} with the lowest probability for their label)" if len(wrong) > shown else ""
+    return (
+        f"<p>{len(wrong)} of {len(predictions)} test images are classified wrong{more}:</p>"
+        + _table(rows, ["image", "label", "predicted", "score", "P(label)"])
+        + pointer
+    )
+
+
+def _glyphs_note(labels: list[str]) -> str:
+    """Class names the pictures' font cannot draw: said, since they show as boxes there."""
+    missing = [label for label in labels if not pictures.drawable(label)]
+    if not missing:
+        return ""
+    return (
+        f"<p><small>The pictures' font ({html.escape(pictures.FONT_NAME)}) has no glyphs for some characters of "
+        f"{html.escape(', '.join(missing[:10]))}: they show as boxes in the pictures; the tables here show "
+        "them right.</small></p>"
+    )
+
+
 def _metrics_section(name: str, metrics: dict) -> str:
     if not metrics:
         return ""
@@ -164,7 +211,7 @@ def _exports_section(exports: dict) -> str:
     verdict = "every leg agrees" if exports.get("ok") else "SOME LEGS DISAGREE"
     return (
         f"<p>{len(exports.get('images', []))} test images through each runtime: {verdict}.</p>"
-        + _table(rows, ["runtime", "file", "max |p - p_keras|", "tolerance", "same top class", "ok"])
+        + _table(rows, ["runtime", "file", "max |p - p_keras|", "tolerance", "same top class", "ok", "detail"])
         + _export_benchmark(exports.get("benchmark"))
     )
 
@@ -332,7 +379,10 @@ def render(run_dir: Path, name: str) -> str:
         _metrics_section("validation", metrics.get("validation", {})),
         _metrics_section("train", metrics.get("train", {})),
         "<h2>Pictures</h2>",
+        _glyphs_note(metrics.get("labels", [])),
         *(_picture(run_dir / name, caption) for name, caption in PICTURES.items()),
+        "<h3>Wrong test images</h3>",
+        _worst_section(run_dir),
         "<h2>Data</h2>",
         _data_section(metrics, _split_counts(run_dir)),
         "<h2>Labels to check</h2>",
@@ -340,26 +390,15 @@ def render(run_dir: Path, name: str) -> str:
         "<h2>Exports</h2>",
         _exports_section(exports),
         "<h2>Configuration</h2>",
-        _table(
-            [[key, json.dumps(value) if isinstance(value, (list, dict)) else value] for key, value in asked.items()]
-        ),
+        _settings_table(asked),
         "<h3>Decided by the run</h3>" if decided else "",
-        _table(
-            [[key, json.dumps(value) if isinstance(value, (list, dict)) else value] for key, value in decided.items()]
-        )
-        if decided
-        else "",
+        _settings_table(decided) if decided else "",
         "<h2>Versions and hardware</h2>",
         _table([[name, version] for name, version in manifest.get("versions", {}).items()], ["package", "version"]),
         _table(
-            [
-                [key, json.dumps(value) if isinstance(value, (list, dict)) else value]
-                for key, value in manifest.get("hardware", {}).items()
-            ]
-            + [
-                [f"policy {key}", json.dumps(value) if isinstance(value, (list, dict)) else value]
-                for key, value in manifest.get("policy", {}).items()
-            ]
+            [[key, _as_set(value)] for key, value in manifest.get("hardware", {}).items()]
+            + [[f"policy {key}", _as_set(value)] for key, value in manifest.get("policy", {}).items()],
+            ["machine", "value"],
         ),
         f"<p><small>Written {time.strftime('%Y-%m-%d %H:%M:%S')} by <code>python -m trainer report</code>.</small></p>",
     ]
