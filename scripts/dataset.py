@@ -127,6 +127,11 @@ def trainers_counts(folder: Path, csv_name: str | None, unpacked: Path, source: 
     except InputError as error:
         if csv_name is None and "--label-folder" in str(error):
             return count_images(folder)
+        if csv_name is None and "no images in class subfolders" in str(error):
+            raise StepRefused(
+                f"no images found in {source}",
+                f"the source must hold image files, in class folders or with a CSV; {keep}",
+            ) from None
         said = str(error).replace(str(unpacked), source).replace("--folder: ", "").replace("--file: ", "")
         raise StepRefused(f"{source}: {said}", keep) from None
     first_label: dict[Path, str] = {}

@@ -25,7 +25,7 @@ from pathlib import Path
 CONTENT = Path("/content")
 MY_DRIVE = CONTENT / "drive" / "MyDrive"
 BUNDLE_ON_DRIVE = MY_DRIVE / "ud-cd-classifier-bundle"  # the notebook's BUNDLE
-PUBLISHED = MY_DRIVE / "ud-cd-classifier"
+PUBLISHED = MY_DRIVE / "images-classifier"  # Images.zip's model (scripts/dataset.dataset_name)
 # Left out when the bundle is not a git checkout: what runs here leave behind.
 LEFT_OUT = ("runs", "data", "published", "workspace", ".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache",
             "libtensorflow.env")  # fmt: skip
@@ -104,8 +104,9 @@ def reset_runtime() -> None:
             shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
 
 
-def run_notebook(notebook: Path, name: str, out: Path, **variables: str) -> dict:
-    """Execute every cell in a new kernel with /content as its folder, as Colab does."""
+def run_notebook(notebook: Path, name: str, out: Path, source: str, **variables: str) -> dict:
+    """Execute every cell in a new kernel with /content as its folder, as Colab does, with the
+    job cell's SOURCE line set to `source`, as a user edits it."""
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
@@ -113,6 +114,9 @@ def run_notebook(notebook: Path, name: str, out: Path, **variables: str) -> dict
     saved = dict(os.environ)
     os.environ.update(variables)
     document = nbformat.read(notebook, as_version=4)
+    job = document.cells[-1]
+    assert 'SOURCE = "concrete"' in job.source, "the job cell carries the source"
+    job.source = job.source.replace('SOURCE = "concrete"', f"SOURCE = {json.dumps(source)}")
     client = NotebookClient(
         document, timeout=3600, kernel_name="python3", resources={"metadata": {"path": str(CONTENT)}}
     )
@@ -165,15 +169,16 @@ def main(bundle: Path, images: Path, out: Path, trainer: dict[str, str], changed
     zipped = images_zip(images, MY_DRIVE / "Images.zip")
     os.environ.update(COLAB_ENVIRONMENT)
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
-    os.environ.update({"INVOKE_DATA_SOURCE": str(MY_DRIVE / "Images.zip"), **trainer})
+    os.environ.update(trainer)
     notebook = BUNDLE_ON_DRIVE / "colab.ipynb"
+    source = str(MY_DRIVE / "Images.zip")
     before = freeze()
-    runs = [run_notebook(notebook, "1-first", out)]
+    runs = [run_notebook(notebook, "1-first", out, source)]
     reset_runtime()
-    runs.append(run_notebook(notebook, "2-after-reset", out))
-    runs.append(run_notebook(notebook, "3-option-changed", out, **changed))
+    runs.append(run_notebook(notebook, "2-after-reset", out, source))
+    runs.append(run_notebook(notebook, "3-option-changed", out, source, **changed))
     reset_runtime()
-    runs.append(run_notebook(notebook, "4-failing-step", out, INVOKE_DATA_SOURCE=str(MY_DRIVE / "Imagse.zip")))
+    runs.append(run_notebook(notebook, "4-failing-step", out, str(MY_DRIVE / "Imagse.zip")))
     after = freeze()
     summary = {
         "python": sys.version.split()[0],

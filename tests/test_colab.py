@@ -204,7 +204,7 @@ def test_the_notebook_on_a_colab_like_runtime(image, tmp_path):
     assert reset_steps["pins"][0] == "ok" and reset_steps["data"][0] == "changed"  # /content/bundle/data went
     # The library in /usr/local is kept (as the environment is); the env file in the bundle is rewritten.
     assert reset_steps["libtensorflow"] == ("changed", "wrote /content/bundle/libtensorflow.env")
-    assert "train: ok (the model in /content/drive/MyDrive/ud-cd-classifier was trained" in _outputs(after_reset)
+    assert "train: ok (the model in /content/drive/MyDrive/images-classifier was trained" in _outputs(after_reset)
     assert after_reset["runs"] == []
     assert after_reset["published"] == published
 
@@ -217,8 +217,8 @@ def test_the_notebook_on_a_colab_like_runtime(image, tmp_path):
         assert changed["phases"] == ["fine_tune", "head"], changed["phases"]
     assert changed["previous"] == published and changed["published"] != published
 
-    # A failing step fails its cell, so "Run all" stops there.
-    assert failing["error"] is not None and "invoke setup train failed (exit code 1)" in failing["error"]
+    # A failing step fails its cell, so "Run all" stops there (a source refused: exit code 2).
+    assert failing["error"] is not None and "invoke setup train failed (exit code 2)" in failing["error"]
     assert "setup failed at data: --source: /content/drive/MyDrive/Imagse.zip does not exist" in _outputs(failing)
 
 

@@ -66,3 +66,43 @@ def test_every_test_the_docs_name_exists():
                                         source.read_text(encoding="utf-8")):  # fmt: skip
                 missing.append(f"{page.name}: tests/{path}::{name}")
     assert not missing, "; ".join(missing)
+
+
+def _main_job_run():
+    import os
+    from pathlib import Path
+
+    from tests.conftest import IN_CI
+
+    folder = os.environ.get("TRAINER_MAIN_JOB_RUN")
+    if not folder:
+        if IN_CI:
+            pytest.fail("TRAINER_MAIN_JOB_RUN is not set; .ci/run sets it after the README's main job")
+        pytest.skip("TRAINER_MAIN_JOB_RUN is not set (the README's main job's run folder)")
+    return Path(folder)
+
+
+def test_the_audit_counts_docs_trainer_md_quotes_are_the_main_jobs():
+    """docs/trainer.md says how many labels the audit lists on the 400 concrete photos; the
+    README's main job (run by .ci/run before the tests) is that run, so the sentence is held to it."""
+    import csv
+    from collections import Counter
+
+    text = " ".join((ROOT / "docs" / "trainer.md").read_text().split())
+    said = re.search(r"On the 400 concrete photos the audit lists (\d+): (\d+) `CD` and (\d+) `UD`", text)
+    assert said, "docs/trainer.md no longer quotes the audit's counts on the concrete photos"
+    with (_main_job_run() / "audit.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    labels = Counter(row["Label"] for row in rows if row["Reason"].startswith("label"))
+    assert tuple(map(int, said.groups())) == (len(rows), labels["CD"], labels["UD"]), (len(rows), labels)
+
+
+def test_the_accuracy_the_docs_quote_is_accuracy_mds_20_seed_figure():
+    """One figure everywhere: the README and docs/trainer.md quote the default's 20-seed mean
+    that ACCURACY.md decides on."""
+    accuracy = (ROOT / "ACCURACY.md").read_text()
+    figure = re.search(r"the default's 20-seed mean is (0\.\d+)", " ".join(accuracy.split())).group(1)
+    for page in ("README.md", "docs/trainer.md"):
+        text = " ".join((ROOT / page).read_text().split())
+        quoted = set(re.findall(r"(0\.\d{3}) ± 0\.\d{3} test accuracy over (\d+) seeds", text))
+        assert quoted == {(figure, "20")}, (page, quoted)

@@ -16,7 +16,7 @@ import pytest
 
 from scripts import dataset, publish
 from scripts.libtensorflow import _header_closure, _wheel_dir, libtensorflow, pinned_version
-from scripts.steps import Context, StepFailed
+from scripts.steps import Context, StepFailed, StepRefused
 from tests.conftest import ROOT, bundle_copy, images_zip, invoke, make_tar, make_zip, tar_member
 
 
@@ -95,7 +95,7 @@ def test_a_refused_data_source_leaves_the_dataset_recorded_and_in_place(refusal,
     data = tmp_path / "data"
     before = state_of(data)
     options, message = _refused_sources(tmp_path, http_server)[refusal]
-    with pytest.raises(StepFailed) as refused:
+    with pytest.raises(StepRefused) as refused:  # exit code 2 under invoke
         dataset.dataset(quiet(tmp_path), **options)
     assert str(refused.value).startswith(message), str(refused.value)
     assert "\n" not in str(refused.value)
@@ -112,7 +112,7 @@ def test_a_refused_source_through_invoke_then_setup_finds_the_data_ok(tmp_path):
     before = state_of(tmp_path / "data")
     evil = make_zip(tmp_path / "evil.zip", {"Images/CD/a.png": b"x", "../evil.sh": b"rm -rf ~"})
     refused = invoke(copy, "data", "--source", str(evil), env=env)
-    assert refused.returncode == 1
+    assert refused.returncode == 2  # the user's input refused
     assert refused.stderr.strip().splitlines()[-1].startswith(f"data failed: {evil}: refused, member '../evil.sh'")
     assert state_of(tmp_path / "data") == before
     again = invoke(copy, "data", env=env)

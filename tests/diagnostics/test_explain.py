@@ -46,7 +46,11 @@ def test_explain_writes_a_heatmap_per_image_and_a_csv(run_dir, tmp_path):
         path, label, score, heatmap = line.split(",")
         assert path == str(image) and label in ("CD", "UD") and 0.5 <= float(score) <= 1
         with Image.open(heatmap) as picture, Image.open(image) as photo:
-            assert picture.format == "PNG" and picture.size == photo.size
+            # The photo under a white band captioned with its file name, the class and the score.
+            assert picture.format == "PNG"
+            assert picture.size == (max(photo.width, 240), photo.height + 44)
+            band = np.asarray(picture.convert("L"))[:44]
+            assert (band < 128).any() and np.median(band) == 255
 
 
 def test_explain_refuses_a_model_it_cannot_split(run_dir, tmp_path):
