@@ -229,7 +229,7 @@ COMMANDS = (
     )),
     Command("audit", "labels to check: unlikely labels, near-duplicates, outliers", audit, (
         arg("--output", default="audit.csv", help="the list to write (default audit.csv)"),
-    ), train_options=("folder", "file", "label_folder", "merge_labels", "seed", "head_c", "class_weights",
+    ), train_options=("folder", "file", "label_folder", "merge_labels", "corrections", "seed", "head_c", "class_weights",
                       "workspace")),
     Command("cache", "what the feature cache holds; drop what no dataset of yours uses", cache, (
         arg("--workspace", default="workspace", help="the workspace whose cache to read (default ./workspace)"),

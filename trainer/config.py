@@ -82,6 +82,12 @@ class TrainConfig:
     validation_fraction: float = option(0.1, "of each class, at least one image", within(0, 0.5, "()"))
     test_fraction: float = option(0.1, "of each class, at least one image", within(0, 0.5, "()"))
     validation_file: str | None = option(None, "a CSV of validation images, instead of --validation-fraction")
+    corrections: str | None = option(
+        None,
+        "a CSV ImagePath,Label[,Sha256] of label corrections (a class, a new class, or drop), applied after the split "
+        "so the test images stay the same; the report's review form writes one",
+        place=True,  # its content, not its path, is part of what the model is trained from
+    )
     seed: int = option(42, "split, shuffling and weight initialisation")
     # Model
     backbone: str = option(
@@ -215,6 +221,8 @@ class TrainConfig:
         parse_merge(self.merge_labels)
         if self.validation_file is not None and not self.validation_file.strip():
             raise InputError("--validation-file must name a CSV")
+        if self.corrections is not None and not Path(self.corrections).is_file():
+            raise InputError(f"--corrections: {self.corrections!r} is not a file; give the CSV the review form saved")
         return checked
 
     def _check_backbone(self) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from trainer.atomic import sha256_of, write_atomically
 from trainer.config import TrainConfig
 from trainer.config import options as config_options
+from trainer.data.corrections import digest as corrections_digest
 from trainer.data.images import FileState, stat_of
 from trainer.data.rows import load_rows
 
@@ -134,6 +135,7 @@ def training_request(config: TrainConfig, files: dict | None = None, listed: tup
     say what changed. `files`, `listed`: as for data_digest."""
     return {
         "data": data_digest(config, files, listed),
+        "corrections": corrections_digest(config.corrections),
         "options": compared_options(config),
         "stack": stack(),
         "code": code_digest(),
@@ -168,6 +170,8 @@ def what_changed(old: dict | None, new: dict) -> list[str]:
     reasons = []
     if old.get("data") != new["data"]:
         reasons.append("the data changed")
+    if old.get("corrections") != new.get("corrections"):
+        reasons.append("the corrections changed" if new.get("corrections") else "the corrections were taken away")
     before, after = old.get("options") or {}, new["options"]
     changed = sorted(key for key in set(before) | set(after) if before.get(key) != after.get(key))
     reasons += [f"--{key.replace('_', '-')} {_shown(before.get(key))} -> {_shown(after.get(key))}" for key in changed]

@@ -31,6 +31,7 @@ from trainer.errors import InputError
 MODEL = "model.keras"
 LABELS = "labels.txt"
 CONFIG = "config.json"
+CORRECTIONS = "corrections.csv"  # --corrections, as the run applied them
 DECIDED = "decided.json"
 SPLIT = "split.csv"
 HISTORY = "history.csv"

@@ -78,6 +78,8 @@ def manifest(data, policy, decided: Decided, cache: dict | None, seconds: float,
             "fingerprint": data.fingerprint(),
             "images": {name: len(data.parts[name]) for name in SPLITS},
             "hashes": "split.csv lists every image's SHA-256",
+            # --corrections: how many were relabelled and dropped, per class (corrections.csv is the file)
+            "corrections": data.corrections,
         },
         "memory": None if memory.tightest() is None else memory.tightest().to_dict(),
         "weights_used": decided.weights,
@@ -108,6 +110,8 @@ def write_run(run_dir: Path, config: TrainConfig, decided: Decided, model, data,
             save_config(config, partial / runfolder.CONFIG)
             runfolder.write_json(partial / runfolder.DECIDED, decided.to_dict())
             write_split(data.parts, partial / runfolder.SPLIT)
+            if config.corrections:
+                shutil.copyfile(config.corrections, partial / runfolder.CORRECTIONS)
             runfolder.write_history(partial / runfolder.HISTORY, history)
             runfolder.write_json(partial / runfolder.MANIFEST, run_manifest)
             write_metrics(

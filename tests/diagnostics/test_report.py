@@ -136,9 +136,9 @@ def _pictures_and_thumbnails_load(run: Path, tmp_path: Path) -> None:
     for alt, complete, width, height in pictures:
         assert complete and width > 100 and height > 100, alt
     flagged = len((run / "audit.csv").read_text().splitlines()) - 1
-    assert len(thumbnails) == min(flagged, 40)  # the audit's, one per image it lists
+    assert len(thumbnails) == min(flagged, 500)  # the review form's, one per image the audit lists
     for alt, complete, width, height in thumbnails:
-        assert complete and 0 < max(width, height) <= 96, alt
+        assert complete and 0 < max(width, height) <= 192, alt
 
 
 def test_every_picture_loads_in_a_real_headless_browser(run_dir, tmp_path):

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from trainer.config import TrainConfig
+from trainer.data import corrections as label_corrections
 from trainer.data.report import Report, log_report
 from trainer.data.rows import SPLITS, Row, load_rows
 from trainer.data.split import split
@@ -26,6 +27,7 @@ class Data:
     report: Report
     files: dict = field(default_factory=dict)  # every listed file's FileState, as validation read it
     listed: tuple = ((), None)  # (rows, validation rows) as listed, before validation: the digest's input
+    corrections: dict | None = None  # what --corrections changed (trainer.data.corrections.apply's summary)
 
     def y(self, name: str) -> np.ndarray:
         index = {label: i for i, label in enumerate(self.labels)}
@@ -83,6 +85,7 @@ def load_data(config: TrainConfig) -> Data:
         rows = validate(rows, report, strict=config.strict)
         parts = split(rows, config.validation_fraction, config.test_fraction, config.seed)
     log_report(report)
+    parts, corrected = _corrected(config, parts)
     labels = sorted({row.label for name in SPLITS for row in parts[name]})
     unknown = sorted({row.label for row in parts["validation"]} - {row.label for row in parts["train"]})
     if unknown:
@@ -90,7 +93,25 @@ def load_data(config: TrainConfig) -> Data:
     for name in SPLITS:
         counts = Counter(row.label for row in parts[name])
         log.info("%-10s %4d images: %s", name, len(parts[name]), ", ".join(f"{k} {counts[k]}" for k in labels))
-    return Data(labels, parts, report, report.files, as_listed)
+    return Data(labels, parts, report, report.files, as_listed, corrected)
+
+
+def _corrected(config: TrainConfig, parts: dict) -> tuple[dict, dict | None]:
+    """--corrections applied to the split parts (trainer.data.corrections), said in one line."""
+    if not config.corrections:
+        return parts, None
+    parts, summary = label_corrections.apply(parts, config.corrections, config.folder)
+    if "train" in parts:
+        untrained = sorted(
+            {row.label for rows in parts.values() for row in rows} - {row.label for row in parts["train"]}
+        )
+        if untrained:
+            raise InputError(
+                f"--corrections: class(es) {listed(map(repr, untrained))} have no training image after the corrections "
+                "(their images all fall in the validation or test split); relabel more images to them"
+            )
+    log.info("corrections from %s: %s", config.corrections, label_corrections.described(summary))
+    return parts, summary
 
 
 def load_unsplit(config: TrainConfig) -> Data:
@@ -100,4 +121,5 @@ def load_unsplit(config: TrainConfig) -> Data:
     log.info("read %d rows from %s", report.rows_read, config.file or config.folder)
     rows = validate(rows, report, strict=config.strict)
     log_report(report)
-    return Data(sorted({row.label for row in rows}), {"all": rows}, report, report.files)
+    parts, corrected = _corrected(config, {"all": rows})
+    return Data(sorted({row.label for row in parts["all"]}), parts, report, report.files, corrections=corrected)

@@ -40,7 +40,7 @@ def resolve_csv(folder: Path, file: str) -> Path:
     raise InputError(f"--file: CSV {file!r} not found in {folder} or the working directory")
 
 
-def _resolve_image_path(written: str, bases: list[Path]) -> Path:
+def resolve_image_path(written: str, bases: list[Path]) -> Path:
     """Relative paths resolve against the CSV's folder first, then the image folder. A Windows
     path (..\\Images\\CD\\x.jpg, or C:\\data\\CD\\x.jpg written on another machine) is matched by
     its trailing parts, longest first."""
@@ -107,7 +107,7 @@ def read_csv_rows(csv_path: Path, image_folder: Path) -> tuple[list[Row], Report
         if not written or not label:
             report.add("rows with an empty ImagePath or Label", f"line {line}")
             continue
-        rows.append(Row(line, written, _resolve_image_path(written, bases), label))
+        rows.append(Row(line, written, resolve_image_path(written, bases), label))
     if report.rows_read == 0:
         raise InputError(f"{csv_path}: header only, no rows; add lines like 'CD/0001.jpg,CD'")
     return rows, report

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from trainer import decision, runfolder
 from trainer.atomic import write_atomically
-from trainer.diagnostics import pictures
+from trainer.diagnostics import pictures, review
 from trainer.diagnostics.table import DIAGNOSTICS, REPORT
 from trainer.errors import InputError
 from trainer.runfolder import read_json
@@ -236,24 +236,6 @@ def _export_benchmark(benchmark: dict | None) -> str:
     )
 
 
-def _thumbnail(path: str, side: int = 96) -> str:
-    """An <img> of the photo, JPEG, `side` pixels at most: the page stays one file."""
-    import io
-
-    from PIL import Image, ImageOps
-
-    try:
-        with Image.open(path) as image:
-            photo = ImageOps.exif_transpose(image).convert("RGB")
-    except (OSError, ValueError):
-        return "(image not found)"
-    photo.thumbnail((side, side))
-    buffer = io.BytesIO()
-    photo.save(buffer, format="JPEG", quality=80)
-    encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
-    return f"<img src='data:image/jpeg;base64,{encoded}' alt='{html.escape(Path(path).name)}'>"
-
-
 def _ranking_section(ranking: list[dict] | None) -> str:
     """--backbone auto: the candidates as they were ranked."""
     if not ranking:
@@ -294,7 +276,8 @@ def _operating_section(run_dir: Path) -> str:
     )
 
 
-def _audit_section(path: Path, summary: dict | None, shown: int = 40) -> str:
+def _audit_section(run_dir: Path, summary: dict | None, labels: list[str]) -> str:
+    path = run_dir / runfolder.AUDIT
     if not path.is_file():
         return "<p>No label audit in this run (--no-audit).</p>"
     rows = runfolder.read_audit(path)
@@ -312,19 +295,24 @@ def _audit_section(path: Path, summary: dict | None, shown: int = 40) -> str:
         + (f"; the near-duplicates in {groups} group(s)" if groups else "")
         + f"), from {html.escape((summary or {}).get('features', 'pretrained features'))}: "
         "a label that held-out heads find unlikely, an image nearly identical to one under another label or in another "
-        f"split, or one unlike all others. The list is <code>{runfolder.AUDIT}</code>; the first {shown} are here."
-        f"{listed}</p>"
+        f"split, or one unlike all others. The list is <code>{runfolder.AUDIT}</code>.{listed}</p>"
     )
-    if not rows:
-        return intro
-    cells = "".join(
-        f"<tr><td>{_thumbnail(row['ImagePath'])}</td><td>{html.escape(Path(row['ImagePath']).name)}</td>"
-        f"<td>{html.escape(row['Label'])}</td><td>{html.escape(row['SuggestedLabel'])}</td>"
-        f"<td>{float(row['Score']):.3f}</td><td>{html.escape(row['Reason'])}</td></tr>"
-        for row in rows[:shown]
+    return intro + review.form(rows, labels, review.hashes(run_dir))
+
+
+def _corrections_section(corrections: dict | None) -> str:
+    """What --corrections changed, when the run had them."""
+    if not corrections:
+        return ""
+    rows = [[label, tally.get("in", 0), tally.get("out", 0), tally.get("dropped", 0)]
+            for label, tally in corrections["classes"].items()]  # fmt: skip
+    new = f" New classes: {html.escape(', '.join(corrections['new_classes']))}." if corrections["new_classes"] else ""
+    return (
+        f"<h3>Corrections applied</h3><p>{corrections['relabelled']} images relabelled and {corrections['dropped']} "
+        f"dropped by <code>{runfolder.CORRECTIONS}</code> ({corrections['lines']} lines; {corrections['unchanged']} "
+        f"kept their label), after the split, so the test split is the same photos as without them.{new}</p>"
+        + _table(rows, ["class", "relabelled to it", "relabelled from it", "dropped"])
     )
-    header = "<tr><th></th><th>image</th><th>label</th><th>suggested</th><th>score</th><th>why</th></tr>"
-    return f"{intro}<table>{header}{cells}</table>"
 
 
 STYLE = """
@@ -336,6 +324,9 @@ th { background: #f2f2f2; }
 img { max-width: 100%; border: 1px solid #ddd; }
 figure { margin: 1em 0; }
 code { background: #f4f4f4; padding: 1px 4px; }
+table.review img { max-width: 192px; max-height: 192px; }
+.review-controls { margin: 0.5em 0; display: flex; flex-wrap: wrap; gap: 0.5em; align-items: center; }
+.review-controls input[type=number] { width: 4em; }
 """
 
 
@@ -385,8 +376,9 @@ def render(run_dir: Path, name: str) -> str:
         _worst_section(run_dir),
         "<h2>Data</h2>",
         _data_section(metrics, _split_counts(run_dir)),
+        _corrections_section(manifest.get("data", {}).get("corrections")),
         "<h2>Labels to check</h2>",
-        _audit_section(run_dir / runfolder.AUDIT, manifest.get("audit")),
+        _audit_section(run_dir, manifest.get("audit"), metrics.get("labels", [])),
         "<h2>Exports</h2>",
         _exports_section(exports),
         "<h2>Configuration</h2>",

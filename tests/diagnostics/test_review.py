@@ -1,0 +1,111 @@
+"""The review form in report.html, driven in a real browser: Debian's chromium through
+chromium-driver with Selenium, from file:// with no server. In CI (TRAINER_CI=1) a missing
+browser or driver fails the test instead of skipping it."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import IN_CI, run_module, train_args
+
+CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+
+
+@pytest.fixture()
+def browser(tmp_path):
+    """A headless chromium that saves downloads into tmp_path/downloads without asking."""
+    missing = [str(path) for path in (CHROMIUM, DRIVER) if not path.is_file()]
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        missing.append("selenium (requirements-dev.txt)")
+    if missing:
+        if IN_CI:
+            pytest.fail(f"{', '.join(missing)} not installed; .ci/run installs chromium and chromium-driver")
+        pytest.skip(f"{', '.join(missing)} not here")
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(argument)
+    options.add_experimental_option(
+        "prefs", {"download.default_directory": str(downloads), "download.prompt_for_download": False}
+    )
+    driver = webdriver.Chrome(service=Service(str(DRIVER)), options=options)
+    driver.downloads = downloads
+    yield driver
+    driver.quit()
+
+
+def _waited_for(path: Path, seconds: float = 30) -> Path:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if path.is_file() and path.stat().st_size > 0:
+            return path
+        time.sleep(0.1)
+    raise AssertionError(f"{path} never arrived")
+
+
+def test_an_inspector_relabels_one_drops_another_downloads_and_trains_with_it(browser, run_dir, tmp_path):
+    """The run's report with two of its training images listed by the audit: in the browser,
+    relabel the first, drop the second, download corrections.csv; load it back into a fresh page
+    (the decisions return); then `train --corrections` on the same data relabels one and drops
+    one, and keeps the same test split."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    split = list(csv.DictReader((run / "split.csv").open()))
+    chosen = [row for row in split if row["Split"] == "train"][:2]
+    with (run / "audit.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["ImagePath", "Label", "SuggestedLabel", "Score", "Reason", "Group"])
+        other = {"CD": "UD", "UD": "CD"}
+        for row in chosen:
+            writer.writerow([row["ImagePath"], row["Label"], other[row["Label"]], "0.9100", "label: unlikely", ""])
+    assert run_module("report", run).returncode == 0
+
+    browser.get((run / "report.html").as_uri())
+    selects = browser.find_elements(By.CSS_SELECTOR, "table.review tr[data-path] select")
+    assert len(selects) == 2
+    relabel_to = other[chosen[0]["Label"]]
+    Select(selects[0]).select_by_value(relabel_to)
+    Select(selects[1]).select_by_value("drop")
+    assert browser.find_element(By.ID, "review-status").text == "1 relabelled, 1 dropped of 2"
+    browser.find_element(By.ID, "review-download").click()
+    saved = _waited_for(browser.downloads / "corrections.csv")
+    decisions = list(csv.DictReader(saved.open()))
+    assert [(d["ImagePath"], d["Label"], d["Sha256"]) for d in decisions] == [
+        (chosen[0]["ImagePath"], relabel_to, chosen[0]["Sha256"]),
+        (chosen[1]["ImagePath"], "drop", chosen[1]["Sha256"]),
+    ]
+
+    browser.get((run / "report.html").as_uri())  # a later sitting: the decisions load back
+    browser.find_element(By.ID, "review-load").send_keys(str(saved))
+    deadline = time.monotonic() + 10
+    while "loaded" not in browser.find_element(By.ID, "review-status").text and time.monotonic() < deadline:
+        time.sleep(0.1)
+    selects = browser.find_elements(By.CSS_SELECTOR, "table.review tr[data-path] select")
+    assert [Select(s).first_selected_option.get_attribute("value") for s in selects] == [relabel_to, "drop"]
+
+    corrected = tmp_path / "corrected"
+    images = run_dir.parent / "Images"
+    result = run_module(*train_args(images, epochs=1, output=corrected, workspace=tmp_path / "ws", corrections=saved))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((corrected / "manifest.json").read_text())["data"]["corrections"]
+    assert (summary["relabelled"], summary["dropped"]) == (1, 1)
+    assert (corrected / "corrections.csv").read_bytes() == saved.read_bytes()
+    after = {row["ImagePath"]: row for row in csv.DictReader((corrected / "split.csv").open())}
+    assert chosen[1]["ImagePath"] not in after
+    assert after[chosen[0]["ImagePath"]]["Label"] == relabel_to
+    assert {p for p, r in after.items() if r["Split"] == "test"} == {r["ImagePath"] for r in split if r["Split"] == "test"}
+    assert "Corrections applied" in (corrected / "report.html").read_text()
