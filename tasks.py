@@ -23,6 +23,7 @@ from scripts.steps import Context, Result, communicate, run_step, table, write_r
 from trainer.config import described, flag, options
 
 ROOT = Path(__file__).resolve().parent
+CORRECTIONS = "corrections.csv"  # NAME-corrections.csv beside the published NAME/ is used by invoke train
 check_or_exit(ROOT)  # invoke.yaml and INVOKE_* checked before invoke reads them (scripts/settings.py)
 SETUP_STEPS = registry.SETUP_STEPS
 
@@ -243,9 +244,15 @@ def train(c, *, name=None, force=False, publish=True, dry_run=False, **trainer_f
     from scripts.check import installed_version
 
     command = _train_command(c, trainer_flags, name)
-    print("$ " + shlex.join(command), flush=True)
     model = _model_name(command)
     published = _published_folder(c, model) if publish else None
+    reviewed = None if published is None else published.with_name(f"{published.name}-{CORRECTIONS}")
+    if "--corrections" not in command and reviewed is not None and reviewed.is_file():
+        # What the review form saved beside the published model (colab.ipynb's review cell).
+        command += ["--corrections", str(reviewed)]
+        print(f"train: with the corrections in {reviewed} (the review form's; delete the file to train without)",
+              file=sys.stderr, flush=True)  # fmt: skip
+    print("$ " + shlex.join(command), flush=True)
     if published is not None:
         print(f"train: this data's model is {model}: published to {published} (the one before it is kept as "
               f"{published.name}.previous; other datasets' models are left alone)", file=sys.stderr, flush=True)  # fmt: skip

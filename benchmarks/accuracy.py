@@ -28,6 +28,10 @@ CONCRETE = ROOT / "datasets" / "concrete" / "Images"
 # lever away or add one.
 VARIANTS = {
     "head": ("bottleneck head: dihedral feature views, L2 (C 0.02), the defaults", []),
+    "head_refit": (
+        "the defaults, then the head trained again on training and validation images (--head-refit)",
+        ["--head-refit"],
+    ),
     "head_plain": (
         "bottleneck head without the dihedral views (--feature-augment none)",
         ["--feature-augment", "none"],

@@ -104,9 +104,22 @@ def reset_runtime() -> None:
             shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
 
 
-def run_notebook(notebook: Path, name: str, out: Path, source: str, **variables: str) -> dict:
+# What the review form's "Save to Drive" does in Colab (the page calls the kernel function the
+# review cell registered): here a cell calls it, relabelling the audit's first image.
+SAVE_FROM_THE_FORM = """
+import csv
+from pathlib import Path
+from google.colab import output
+rows = list(csv.DictReader(open(Path(PUBLISHED) / "audit.csv")))
+first, sha = rows[0], review.hashes(Path(PUBLISHED))
+other = next(label for label in (Path(PUBLISHED) / "labels.txt").read_text().split() if label != first["Label"])
+print(output.call(review.SAVE_CALLBACK, f"ImagePath,Label,Sha256\\n{first['ImagePath']},{other},{sha[first['ImagePath']]}\\n"))
+"""
+
+
+def run_notebook(notebook: Path, name: str, out: Path, source: str, after: str | None = None, **variables: str) -> dict:
     """Execute every cell in a new kernel with /content as its folder, as Colab does, with the
-    job cell's SOURCE line set to `source`, as a user edits it."""
+    job cell's SOURCE line set to `source`, as a user edits it; `after`, a cell run last."""
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
@@ -114,9 +127,10 @@ def run_notebook(notebook: Path, name: str, out: Path, source: str, **variables:
     saved = dict(os.environ)
     os.environ.update(variables)
     document = nbformat.read(notebook, as_version=4)
-    job = document.cells[-1]
-    assert 'SOURCE = "concrete"' in job.source, "the job cell carries the source"
+    job = next(cell for cell in document.cells if 'SOURCE = "concrete"' in cell.source)  # the job cell
     job.source = job.source.replace('SOURCE = "concrete"', f"SOURCE = {json.dumps(source)}")
+    if after:
+        document.cells.append(nbformat.v4.new_code_cell(after))
     client = NotebookClient(
         document, timeout=3600, kernel_name="python3", resources={"metadata": {"path": str(CONTENT)}}
     )
@@ -135,7 +149,9 @@ def run_notebook(notebook: Path, name: str, out: Path, source: str, **variables:
             continue
         text = "".join(output.get("text", "") for output in cell.get("outputs", []) if output.output_type == "stream")
         errors = [f"{o.ename}: {o.evalue}" for o in cell.get("outputs", []) if o.output_type == "error"]
-        cells.append({"source": cell.source, "output": text, "errors": errors})
+        shown = "".join(o.get("data", {}).get("text/html", "") for o in cell.get("outputs", [])
+                        if o.output_type == "display_data")  # fmt: skip
+        cells.append({"source": cell.source, "output": text, "errors": errors, "html": shown})
     report = CONTENT / "bundle" / "runs" / "setup-report.json"
     split = PUBLISHED / "split.csv"
     exports = json.loads((PUBLISHED / "exports.json").read_text()) if (PUBLISHED / "exports.json").is_file() else None
@@ -152,6 +168,9 @@ def run_notebook(notebook: Path, name: str, out: Path, source: str, **variables:
         "phases": sorted({line.split(",", 1)[0] for line in history.read_text().splitlines()[1:]})
         if history.is_file()
         else [],
+        "corrections": json.loads((PUBLISHED / "manifest.json").read_text())["data"].get("corrections")
+        if (PUBLISHED / "manifest.json").is_file()
+        else None,
         "versions": json.loads((PUBLISHED / "manifest.json").read_text())["versions"]
         if (PUBLISHED / "manifest.json").is_file()
         else None,
@@ -175,7 +194,7 @@ def main(bundle: Path, images: Path, out: Path, trainer: dict[str, str], changed
     before = freeze()
     runs = [run_notebook(notebook, "1-first", out, source)]
     reset_runtime()
-    runs.append(run_notebook(notebook, "2-after-reset", out, source))
+    runs.append(run_notebook(notebook, "2-after-reset", out, source, after=SAVE_FROM_THE_FORM))
     runs.append(run_notebook(notebook, "3-option-changed", out, source, **changed))
     reset_runtime()
     runs.append(run_notebook(notebook, "4-failing-step", out, str(MY_DRIVE / "Imagse.zip")))

@@ -207,11 +207,20 @@ def test_the_notebook_on_a_colab_like_runtime(image, tmp_path):
     assert "train: ok (the model in /content/drive/MyDrive/images-classifier was trained" in _outputs(after_reset)
     assert after_reset["runs"] == []
     assert after_reset["published"] == published
+    # The review cell shows the audit's list as the form; its "Save to Drive" (called as the page
+    # would) writes the decisions beside the published model, where the next `invoke train` looks.
+    assert any("<table class='review'>" in cell["html"] for cell in after_reset["cells"])
+    saved = "1 decision(s) in /content/drive/MyDrive/images-classifier-corrections.csv"
+    assert saved in after_reset["cells"][-1]["output"], after_reset["cells"][-1]
 
     # One option changed: it retrains, publishes, and keeps the first model as .previous.
     assert changed["error"] is None, _outputs(changed)
     since = next(line for line in _outputs(changed).splitlines() if line.startswith("train: training, since "))
-    assert reason in since, since
+    assert reason in since and "the corrections changed" in since, since
+    assert "train: with the corrections in /content/drive/MyDrive/images-classifier-corrections.csv" in _outputs(
+        changed
+    )
+    assert (changed["corrections"]["relabelled"], changed["corrections"]["dropped"]) == (1, 0)
     assert changed["exports"]["ok"], changed["exports"]
     if "INVOKE_TRAIN_FINE_TUNE_LAYERS" in option:
         assert changed["phases"] == ["fine_tune", "head"], changed["phases"]

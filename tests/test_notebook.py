@@ -11,7 +11,7 @@ def test_notebook_mounts_drive_then_runs_the_job_and_fails_the_cell_on_error():
     notebook = json.loads((ROOT / "colab.ipynb").read_text())
     code = ["".join(cell["source"]) for cell in notebook["cells"] if cell["cell_type"] == "code"]
     assert 'drive.mount("/content/drive")' in code[0]
-    job = code[-1]
+    job = next(cell for cell in code if "invoke setup" in cell)
     assert 'SOURCE = "concrete"\nsource = shlex.quote(SOURCE)\n' in job  # the cell carries its data
     assert "!pip install -q invoke==3.0.3 && invoke setup --source {source} train" in job
     assert "if _exit_code != 0:" in job and "raise RuntimeError" in job

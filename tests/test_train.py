@@ -269,3 +269,41 @@ def test_the_same_command_finishes_the_diagnostics_a_kill_left_pending(demo_dir,
     assert states == {"audit": "ok", "heatmaps": "ok", "exports": "ok", "report": "ok"}
     other = run_module(*train_args(demo_dir / "Images", output=run, workspace=tmp_path / "ws", epochs=2))
     assert other.returncode == 2 and "already exists and is not empty" in other.stderr  # another run's options
+
+
+@pytest.mark.slow
+def test_a_retrain_with_corrections_reuses_every_feature_and_redoes_the_audit_and_threshold(tmp_path):
+    """60 real photos with ImageNet features, --target-recall and the audit: then the same run
+    with two images relabelled and one dropped featurizes nothing (every view from the cache),
+    keeps the same test photos, and audits and chooses its threshold on the corrected labels."""
+    import shutil
+
+    images = tmp_path / "Images"
+    for label in ("CD", "UD"):
+        (images / label).mkdir(parents=True)
+        for photo in sorted((CONCRETE / label).glob("*.jpg"))[:30]:
+            shutil.copy(photo, images / label / photo.name)
+    options = dict(backbone="efficientnet_lite0", weights="imagenet", image_size=224, epochs=10, audit=True,
+                   feature_augment="flips", target_recall="CD=0.9", export="none", workspace=tmp_path / "ws")  # fmt: skip
+    first = run_module(*train_args(images, csv=None, output=tmp_path / "first", **options))
+    assert first.returncode == 0, first.stderr
+    split = list(csv.DictReader((tmp_path / "first" / "split.csv").open()))
+    train = [row for row in split if row["Split"] == "train"]
+    fixes = tmp_path / "fixes.csv"
+    fixes.write_text(f"ImagePath,Label\n{train[0]['ImagePath']},UD\n{train[1]['ImagePath']},UD\n"
+                     f"{train[-1]['ImagePath']},drop\n")  # fmt: skip
+    second = run_module(*train_args(images, csv=None, output=tmp_path / "second", corrections=fixes, **options))
+    assert second.returncode == 0, second.stderr
+    manifest = json.loads((tmp_path / "second" / "manifest.json").read_text())
+    assert {view: counts["featurized"] for view, counts in manifest["feature_cache"]["views"].items()} == dict.fromkeys(
+        manifest["feature_cache"]["views"], 0
+    )
+    assert manifest["diagnostics"]["audit"] == "ok" and manifest["data"]["corrections"]["relabelled"] == 2
+    after = {row["ImagePath"]: row for row in csv.DictReader((tmp_path / "second" / "split.csv").open())}
+    assert {p for p, r in after.items() if r["Split"] == "test"} == {
+        r["ImagePath"] for r in split if r["Split"] == "test"
+    }
+    audited = {row["ImagePath"]: row["Label"] for row in csv.DictReader((tmp_path / "second" / "audit.csv").open())}
+    assert all(after[path]["Label"] == label for path, label in audited.items())  # the corrected labels
+    point = json.loads((tmp_path / "second" / "decision.json").read_text())
+    assert point["out_of_fold"]["images"] == sum(r["Split"] != "test" for r in after.values())

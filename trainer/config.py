@@ -119,6 +119,12 @@ class TrainConfig:
         "LogisticRegression C: smaller is stronger, 0 is none",
         at_least(0),
     )
+    head_refit: bool = option(
+        False,
+        "bottleneck mode: once early stopping has chosen the epochs on the validation split, train the deployed "
+        "head again on the training and validation images for that many epochs (its validation metrics are then "
+        "on images it saw)",
+    )
     feature_augment: str = option(
         "dihedral",
         "bottleneck mode: the head also trains on the features of each training image flipped (flips: 4 views) "

@@ -19,6 +19,7 @@ Two ways to train a head, from the same options:
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -27,6 +28,8 @@ from trainer.config import TrainConfig
 from trainer.data.rows import SPLITS
 from trainer.features.store import Rows, feature_datasets
 from trainer.fit.loop import class_weights, make_optimizer
+
+log = logging.getLogger("trainer")
 
 OUT_OF_FOLD_IMAGES = 5000  # at most, stratified: a threshold's recall to about +-0.01 at 0.95
 FOLDS = 5
@@ -117,7 +120,27 @@ def train_head(session, data, features):
     with session.strategy.scope():
         head = make_head(features.train_parts(), len(data.labels), config.dropout, config.head_c, sizes["train"])
     phase = session.fit(head, datasets, phase="head", epochs=config.epochs, images=len(splits["train"][0]))
+    if config.head_refit and sizes["validation"]:
+        head, phase.refit = refit_head(session, data, features, splits, phase.best_epochs(config))
     return head, datasets, phase
+
+
+def refit_head(session, data, features, splits: dict, epochs: int):
+    """--head-refit: a new head, made and trained the same way, on the training and the
+    validation images (each validation image's own features repeated once a view, so that it
+    weighs as a training image does) for the epochs early stopping chose on the validation split.
+    Its validation metrics are then on images it trained on. Returns (head, phase)."""
+    config, sizes = session.config, features.sizes
+    validation = features.start("validation") + np.arange(sizes["validation"])
+    indices = np.concatenate([splits["train"][0], np.tile(validation, features.views)])
+    labels = np.concatenate([splits["train"][1], np.tile(data.y("validation"), features.views)])
+    datasets = feature_datasets(features.rows, {**splits, "train": (indices, labels)}, session.batch_size, config.seed)
+    log.info("--head-refit: the head trained again on the training and validation images for %d epochs", epochs)
+    with session.strategy.scope():
+        head = make_head([*features.train_parts(), features.split("validation")], len(data.labels), config.dropout,
+                         config.head_c, sizes["train"] + sizes["validation"])  # fmt: skip
+    phase = session.fit(head, datasets, phase="head_refit", epochs=epochs, images=len(indices))
+    return head, phase
 
 
 # ---------------------------------------------------------------------------------------------

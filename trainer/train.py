@@ -107,6 +107,8 @@ def train_model(session: Session, data: Data, stage: Stages) -> Trained:
             features, cache = featurize(session, extractor, data)
         with stage("head"):
             head, datasets, phases["head"] = train_head(session, data, features)
+            if phases["head"].refit is not None:
+                phases["head_refit"] = phases["head"].refit
             with session.strategy.scope():
                 model = make_model(extractor.backbone, name, len(data.labels), True, config.dropout, head)
         if config.fine_tune_layers:

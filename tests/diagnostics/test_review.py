@@ -107,5 +107,31 @@ def test_an_inspector_relabels_one_drops_another_downloads_and_trains_with_it(br
     after = {row["ImagePath"]: row for row in csv.DictReader((corrected / "split.csv").open())}
     assert chosen[1]["ImagePath"] not in after
     assert after[chosen[0]["ImagePath"]]["Label"] == relabel_to
-    assert {p for p, r in after.items() if r["Split"] == "test"} == {r["ImagePath"] for r in split if r["Split"] == "test"}
+    assert {p for p, r in after.items() if r["Split"] == "test"} == {
+        r["ImagePath"] for r in split if r["Split"] == "test"
+    }
     assert "Corrections applied" in (corrected / "report.html").read_text()
+
+
+def test_the_review_cells_save_lands_where_invoke_train_looks(tmp_path):
+    """colab.ipynb's review cell: its save (the kernel side of "Save to Drive") checks the form's
+    CSV and writes NAME-corrections.csv beside the published NAME/; `invoke train` then passes
+    it as --corrections and says so. A CSV --corrections would refuse is refused, nothing written."""
+    from tests.conftest import bundle_copy, invoke
+    from trainer.diagnostics import review
+    from trainer.errors import InputError
+
+    published = tmp_path / "drive" / "cracks"
+    published.mkdir(parents=True)
+    with pytest.raises(InputError, match="the header must be ImagePath,Label"):
+        review.save_beside(published, "path,label\nCD/1.jpg,UD\n")
+    assert not review.corrections_beside(published).exists()
+    said = review.save_beside(published, "ImagePath,Label,Sha256\nCD/1.jpg,UD,\n")
+    saved = tmp_path / "drive" / "cracks-corrections.csv"
+    assert said.startswith(f"1 decision(s) in {saved}") and saved.is_file()
+    copy = bundle_copy(tmp_path)
+    result = invoke(copy, "train", "--folder", str(tmp_path), "--name", "cracks", "--dry-run",
+                    env={"INVOKE_PUBLISH_TO": str(published)})  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"--corrections {saved}" in result.stdout
+    assert f"train: with the corrections in {saved}" in result.stderr

@@ -50,6 +50,11 @@ def read_corrections(path: str | Path) -> list[Correction]:
         raise InputError(f"--corrections: cannot read {path} ({error.strerror or error})") from None
     except UnicodeDecodeError:
         raise InputError(f"--corrections: {path} is not UTF-8 text; save it as UTF-8 CSV") from None
+    return parse_corrections(text, path)
+
+
+def parse_corrections(text: str, path: str | Path) -> list[Correction]:
+    """The corrections in `text` (a CSV), each line checked; `path` names it in errors."""
     records = list(csv.reader(io.StringIO(text)))
     if not records:
         raise InputError(f"--corrections: {path} is empty; expected a header ImagePath,Label and rows")

@@ -20,6 +20,8 @@ import json
 from pathlib import Path
 
 from trainer import runfolder
+from trainer.atomic import write_atomically
+from trainer.data.corrections import parse_corrections
 
 SHOWN = 500  # images in the form, the likeliest first (audit.csv's order); the rest stay in audit.csv
 SIDE = 192  # pixels, the longest side of each photo: enough to judge a crack at a glance
@@ -205,3 +207,38 @@ SCRIPT = r"""
   count();
 })();
 """
+
+
+# ---------------------------------------------------------------------------------------------
+# In a notebook (colab.ipynb's review cell): the form of a published model, and its save button's
+# kernel side
+
+
+def corrections_beside(published: str | Path) -> Path:
+    """Where the review form saves a published model's corrections, and `invoke train` looks:
+    NAME-corrections.csv beside the published NAME/ folder (publishing replaces the folder; the
+    decisions must outlive it)."""
+    published = Path(published)
+    return published.with_name(f"{published.name}-corrections.csv")
+
+
+def published_form(published: str | Path) -> str:
+    """The review form of a published run (its audit.csv, labels and split), as HTML for a
+    notebook's output."""
+    published = Path(published)
+    rows = runfolder.read_audit(published / runfolder.AUDIT)
+    if not rows:
+        return f"<p>No labels to check in {html.escape(str(published))} (no audit.csv, or it lists nothing).</p>"
+    labels = (published / runfolder.LABELS).read_text(encoding="utf-8").split()
+    saved = corrections_beside(published)
+    where = f"<p>Save to Drive writes <code>{html.escape(str(saved))}</code>; rerun the job cell to train with it.</p>"
+    return f"<style>table.review img {{ max-width: {SIDE}px; }}</style>{where}" + form(rows, labels, hashes(published))
+
+
+def save_beside(published: str | Path, text: str) -> str:
+    """The save button's kernel side: the form's CSV checked as --corrections reads it, then
+    written whole (temporary name, renamed) beside the published model. Returns what to say."""
+    target = corrections_beside(published)
+    decisions = parse_corrections(text, target)
+    write_atomically(target, text)
+    return f"{len(decisions)} decision(s) in {target}; rerun the job cell to retrain with them"

@@ -25,6 +25,7 @@ class Phase:
 
     history: dict[str, list[float]] = field(default_factory=dict)
     resumed_from: int = 0
+    refit: Phase | None = None  # --head-refit: the head trained again on training and validation images
 
     def best_epochs(self, config: TrainConfig) -> int:
         """The epochs the model kept: early stopping restores the best epoch's weights."""

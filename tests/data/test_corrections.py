@@ -1,0 +1,97 @@
+"""trainer/data/corrections.py: --corrections matched by hash, by path as the data's CSV writes
+paths, or by a moved file's content; applied after the split; part of the training request."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from PIL import Image
+
+from trainer.config import TrainConfig
+from trainer.data import corrections
+from trainer.data.report import Report
+from trainer.data.rows import load_rows
+from trainer.data.split import split
+from trainer.data.validate import validate
+from trainer.errors import InputError
+
+
+def _dataset(folder, per_class: int = 4):
+    for label in ("CD", "UD"):
+        (folder / label).mkdir(parents=True)
+        for i in range(per_class):
+            Image.new("RGB", (8, 8), (40 * i, 100 if label == "CD" else 200, 7)).save(folder / label / f"{i}.png")
+    rows = validate(load_rows(folder, None)[0], Report())
+    return split(rows, 0.25, 0.25, 0)
+
+
+def _write(path, *lines: str):
+    path.write_text("\n".join(["ImagePath,Label,Sha256", *lines]) + "\n")
+    return path
+
+
+def test_lines_match_by_hash_by_path_as_written_and_by_a_moved_files_content(tmp_path):
+    images = tmp_path / "data" / "Images"
+    parts = _dataset(images, per_class=6)
+    rows = {row.path.name + row.label: row for part in parts.values() for row in part}
+    moved = tmp_path / "elsewhere" / "copy-of-ud-1.png"
+    moved.parent.mkdir()
+    shutil.copy(images / "UD" / "1.png", moved)
+    file = _write(
+        tmp_path / "data" / "fixes.csv",
+        f"anything/at/all.png,UD,{rows['0.pngCD'].sha256}",  # by content hash, whatever the path says
+        "Images/CD/1.png,drop,",  # relative to the corrections file's folder
+        "..\\\\Images\\\\CD\\\\2.png,UD,",  # Windows separators, as the original CSV writes them
+        f"{moved},CD,",  # a copy elsewhere, matched by its content
+        "UD/2.png,UD,",  # relative to the image folder, and no change at all
+    )
+    corrected, summary = corrections.apply(parts, file, images)
+    after = {row.path.name + "@" + str(row.path.parent.name): row.label for part in corrected.values() for row in part}
+    assert after["0.png@CD"] == "UD" and after["2.png@CD"] == "UD" and after["1.png@UD"] == "CD"
+    assert "1.png@CD" not in after
+    assert (summary["relabelled"], summary["dropped"], summary["unchanged"]) == (3, 1, 1)
+    assert summary["classes"] == {"CD": {"dropped": 1, "in": 1, "out": 2}, "UD": {"in": 2, "out": 1}}
+    for name in parts:  # every image stays in its split; only the dropped one leaves
+        before = {row.path for row in parts[name]} - {images / "CD" / "1.png"}
+        assert {row.path for row in corrected[name]} == before
+
+
+def test_a_line_naming_no_image_or_a_class_left_too_small_is_one_clear_error(tmp_path):
+    images = tmp_path / "Images"
+    parts = _dataset(images)
+    file = _write(tmp_path / "fixes.csv", "CD/0.png,UD,", "CD/nope.png,UD,")
+    with pytest.raises(InputError, match=r"fixes.csv line 3: CD/nope.png names no image of this dataset"):
+        corrections.apply(parts, file, images)
+    file = _write(tmp_path / "fixes.csv", "CD/0.png,cracked-badly,")
+    with pytest.raises(InputError, match=r"leaves 'cracked-badly' \(1\) with fewer than 3 images"):
+        corrections.apply(parts, file, images)
+    (tmp_path / "bad.csv").write_text("path,label\nCD/0.png,UD\n")
+    with pytest.raises(InputError, match=r"the header must be ImagePath,Label\[,Sha256\] \(found 'path', 'label'\)"):
+        corrections.read_corrections(tmp_path / "bad.csv")
+
+
+def test_the_training_request_follows_the_corrections_content_not_their_path(tmp_path):
+    from trainer.fingerprint import training_request, what_changed
+
+    images = tmp_path / "Images"
+    _dataset(images)
+    first = _write(tmp_path / "a.csv", "CD/0.png,UD,")
+    same = tmp_path / "b" / "a.csv"
+    same.parent.mkdir()
+    shutil.copy(first, same)
+    base = TrainConfig(folder=str(images), runs_dir=str(tmp_path / "runs"))
+    plain = training_request(base)
+    with_first = training_request(TrainConfig(**{**base.to_dict(), "corrections": str(first)}))
+    with_same = training_request(TrainConfig(**{**base.to_dict(), "corrections": str(same)}))
+    assert with_first == with_same and with_first != plain
+    assert what_changed(plain, with_first) == ["the corrections changed"]
+    _write(same, "CD/0.png,drop,")
+    with_other = training_request(TrainConfig(**{**base.to_dict(), "corrections": str(same)}))
+    assert what_changed(with_first, with_other) == ["the corrections changed"]
+
+
+def test_train_with_a_missing_corrections_file_is_one_line_and_exit_2(cli, tmp_path):
+    code, _, err = cli("train", "--folder", tmp_path, "--corrections", tmp_path / "none.csv")
+    assert code == 2 and err.strip().count("\n") == 0
+    assert "--corrections: " in err and "none.csv' is not a file" in err
