@@ -8,6 +8,8 @@ One run trains on that, its audit lists the labels to check, and two inspectors 
     knowing      reviews every listed image and relabels the ones whose label is wrong to the
                  truth, keeping the rest (a person who can tell the classes apart)
     blind        accepts every relabel suggestion, right or wrong, and looks at nothing else
+    confident    accepts the suggestions scored 0.8 or more, unseen (the form's "accept every
+                 relabel suggestion scored at least 0.8" button, and nothing else)
 
 Each retrains with its corrections.csv (`--corrections`). Reported: the held-out test images'
 accuracy against the true labels before and after, how many images each reviewed and changed,
@@ -29,6 +31,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from trainer.diagnostics.review import CONFIDENT  # the form's default threshold
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -77,22 +81,22 @@ def clean_accuracy(run: Path, truth: dict[str, str]) -> float:
     return float(np.mean([truth[row["ImagePath"]] == row["PredictedLabel"] for row in test]))
 
 
-def inspect(run: Path, truth: dict[str, str], knowing: bool) -> tuple[Path, dict]:
+def inspect(run: Path, truth: dict[str, str], who: str) -> tuple[Path, dict]:
     """corrections.csv from the run's audit, as one inspector decides; and what they did."""
     with (run / "audit.csv").open(newline="") as handle:
         listed = [row for row in csv.DictReader(handle) if row["Reason"].startswith("label")]
     decided = []
     for row in listed:
-        if knowing and row["Label"] != truth[row["ImagePath"]]:
+        if who == "knowing" and row["Label"] != truth[row["ImagePath"]]:
             decided.append([row["ImagePath"], truth[row["ImagePath"]]])
-        elif not knowing:
+        elif who == "blind" or (who == "confident" and float(row["Score"]) >= CONFIDENT):
             decided.append([row["ImagePath"], row["SuggestedLabel"]])
-    path = run.parent / f"corrections-{'knowing' if knowing else 'blind'}.csv"
+    path = run.parent / f"corrections-{who}.csv"
     with path.open("w", newline="") as handle:
         csv.writer(handle).writerows([["ImagePath", "Label"], *decided])
     fixed = sum(label == truth[image] for image, label in decided)
     wrong_before = sum(row["Label"] != truth[row["ImagePath"]] for row in listed)
-    return path, {"reviewed": len(listed), "changed": len(decided), "right_after": fixed,
+    return path, {"reviewed": len(listed) if who != "confident" else 0, "changed": len(decided), "right_after": fixed,
                   "listed_wrong": wrong_before}  # fmt: skip
 
 
@@ -112,9 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         first = train(folder, folder / "first", workspace)
         figures = {"images": len(truth), "flipped": flipped, "first": {
             "seconds": round(first, 1), "clean_test_accuracy": clean_accuracy(folder / "first", truth)}}  # fmt: skip
-        for knowing in (True, False):
-            name = "knowing" if knowing else "blind"
-            corrections, did = inspect(folder / "first", truth, knowing)
+        for name in ("knowing", "blind", "confident"):
+            corrections, did = inspect(folder / "first", truth, name)
             seconds = train(folder, folder / name, workspace, corrections)
             manifest = json.loads((folder / name / "manifest.json").read_text())
             featurized = sum(

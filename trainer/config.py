@@ -120,10 +120,10 @@ class TrainConfig:
         at_least(0),
     )
     head_refit: bool = option(
-        False,
-        "bottleneck mode: once early stopping has chosen the epochs on the validation split, train the deployed "
-        "head again on the training and validation images for that many epochs (its validation metrics are then "
-        "on images it saw)",
+        True,
+        "bottleneck mode without fine-tuning: once early stopping has chosen the epochs on the validation split, "
+        "train the deployed head again on the training and validation images for that many epochs (ACCURACY.md: "
+        "0.868 against 0.856 over 20 seeds); its validation metrics are then on images it saw",
     )
     feature_augment: str = option(
         "dihedral",

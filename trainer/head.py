@@ -120,7 +120,8 @@ def train_head(session, data, features):
     with session.strategy.scope():
         head = make_head(features.train_parts(), len(data.labels), config.dropout, config.head_c, sizes["train"])
     phase = session.fit(head, datasets, phase="head", epochs=config.epochs, images=len(splits["train"][0]))
-    if config.head_refit and sizes["validation"]:
+    if config.head_refit and sizes["validation"] and not config.fine_tune_layers:
+        # (Fine-tuning keeps the validation images apart: its guard judges it on them.)
         head, phase.refit = refit_head(session, data, features, splits, phase.best_epochs(config))
     return head, datasets, phase
 

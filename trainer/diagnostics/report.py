@@ -367,7 +367,12 @@ def render(run_dir: Path, name: str) -> str:
         _operating_section(run_dir),
         "<h2>Metrics</h2>",
         _metrics_section("test", metrics),
-        _metrics_section("validation", metrics.get("validation", {})),
+        _metrics_section(
+            "validation (the deployed head also trained on these: --head-refit)"
+            if "head_refit" in metrics.get("epochs_run", {})
+            else "validation",
+            metrics.get("validation", {}),
+        ),
         _metrics_section("train", metrics.get("train", {})),
         "<h2>Pictures</h2>",
         _glyphs_note(metrics.get("labels", [])),
