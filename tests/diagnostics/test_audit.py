@@ -73,7 +73,10 @@ def flippable(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [0, 1, 2])
+# CI runs seed 0; seeds 1 and 2 repeat the path (-m extended)
+@pytest.mark.parametrize(
+    "seed", [0, pytest.param(1, marks=pytest.mark.extended), pytest.param(2, marks=pytest.mark.extended)]
+)
 def test_the_audit_finds_flipped_labels(flippable, seed):
     """10% of the labels flipped at random: at least 80% of them found, at least 70% of what is
     flagged flipped."""
@@ -169,7 +172,10 @@ def digits(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [0, 1, 2])
+# CI runs seed 0; seeds 1 and 2 repeat the path (-m extended)
+@pytest.mark.parametrize(
+    "seed", [0, pytest.param(1, marks=pytest.mark.extended), pytest.param(2, marks=pytest.mark.extended)]
+)
 def test_the_audit_finds_flipped_labels_among_ten_classes_of_real_images(digits, seed):
     """10% of 600 labels moved to another class at random: at least 80% of them found, at least
     70% of what is flagged moved (one split of heads alone reached 0.62-0.66 precision here)."""
