@@ -29,6 +29,7 @@ from scripts.check import drive_folder, in_colab
 from scripts.steps import Context, Result, StepFailed, StepRefused, changed, ok
 from trainer import runfolder
 from trainer.atomic import partial_folder, remove_leftovers, sha256_of
+from trainer.config import TrainConfig
 
 RECORD = "published.json"
 
@@ -59,7 +60,17 @@ def model_name(run_dir: Path) -> str:
         name = json.loads((run_dir / runfolder.CONFIG).read_text()).get("model_name")
     except (OSError, ValueError, AttributeError):
         name = None
-    return name if isinstance(name, str) and name.strip() and "/" not in name else "ud-cd-classifier"
+    return name if isinstance(name, str) and name.strip() and "/" not in name else TrainConfig().model_name
+
+
+def _refuse_a_folder_of_the_users(current: Path, run_dir: Path) -> None:
+    """Publishing swaps the folder aside and later deletes what it swapped: never a folder of the
+    user's own (their images, say) that happens to have the model's name."""
+    if current.is_dir() and not (current / RECORD).is_file() and any(current.iterdir()):
+        raise StepRefused(
+            f"{current} exists and is not a published model (no {RECORD} in it)",
+            f"the run stays in {run_dir}; pass --name (or --to) for another folder, or move that one",
+        )
 
 
 def is_published(current: Path, run_files: dict[str, str], run_dir: Path) -> bool:
@@ -101,13 +112,7 @@ def publish(
     source_hashes = hashes(run_dir)
     if is_published(current, source_hashes, run_dir):
         return ok(f"{run_dir.name} is already published in {current}")
-    if current.is_dir() and not (current / RECORD).is_file() and any(current.iterdir()):
-        # Publishing swaps the folder aside and later deletes what it swapped: never a folder of
-        # the user's own (their images, say) that happens to have the model's name.
-        raise StepRefused(
-            f"{current} exists and is not a published model (no {RECORD} in it)",
-            f"the run stays in {run_dir}; pass --name (or --to) for another folder, or move that one",
-        )
+    _refuse_a_folder_of_the_users(current, run_dir)
     if ctx.dry_run:
         return ctx.would(f"copy {run_dir} to {current}")
     if not to and drive_folder() is None:

@@ -147,16 +147,21 @@ def _unit(features: np.ndarray) -> np.ndarray:
     return unit_rows(features)
 
 
-def thumbnails(paths) -> np.ndarray:
-    """[n, 256]: each image as a 16 x 16 luminance thumbnail, mean removed, unit length (float32)."""
+def luminance(path) -> np.ndarray:
+    """[256]: the image as a 16 x 16 luminance thumbnail, grey levels as float32."""
     from PIL import Image, ImageOps
 
+    with Image.open(path) as image:
+        image.draft("L", (4 * THUMBNAIL, 4 * THUMBNAIL))
+        small = ImageOps.exif_transpose(image).convert("L").resize((THUMBNAIL, THUMBNAIL), Image.Resampling.BOX)
+    return np.asarray(small, dtype=np.float32).ravel()
+
+
+def thumbnails(paths) -> np.ndarray:
+    """[n, 256]: each image as a 16 x 16 luminance thumbnail, mean removed, unit length (float32)."""
     out = np.zeros((len(paths), THUMBNAIL * THUMBNAIL), dtype=np.float32)
     for index, path in enumerate(paths):
-        with Image.open(path) as image:
-            image.draft("L", (4 * THUMBNAIL, 4 * THUMBNAIL))
-            small = ImageOps.exif_transpose(image).convert("L").resize((THUMBNAIL, THUMBNAIL), Image.Resampling.BOX)
-        vector = np.asarray(small, dtype=np.float32).ravel()
+        vector = luminance(path)
         out[index] = vector - vector.mean()
     return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
@@ -164,8 +169,6 @@ def thumbnails(paths) -> np.ndarray:
 def tonal_spread(rows, known: dict[str, bytes] | None) -> np.ndarray:
     """[n]: each image's 16 x 16 luminance thumbnail's standard deviation in grey levels, from
     validation's thumbnails where it has them (the rest are read again)."""
-    from PIL import Image, ImageOps
-
     known = known or {}
     size = THUMBNAIL * THUMBNAIL
     out = np.zeros(len(rows), dtype=np.float32)
@@ -175,10 +178,7 @@ def tonal_spread(rows, known: dict[str, bytes] | None) -> np.ndarray:
             out[index] = np.frombuffer(raw, dtype=np.uint8).astype(np.float32).std()
             continue
         try:
-            with Image.open(row.path) as image:
-                image.draft("L", (4 * THUMBNAIL, 4 * THUMBNAIL))
-                small = ImageOps.exif_transpose(image).convert("L").resize((THUMBNAIL, THUMBNAIL), Image.Resampling.BOX)
-            out[index] = np.asarray(small, dtype=np.float32).std()
+            out[index] = luminance(row.path).std()
         except (OSError, ValueError):
             out[index] = np.inf  # unreadable is validation's finding, not this one's
     return out
