@@ -2,7 +2,9 @@
 
 Each task is one step: it parses options (defaults in invoke.yaml, overridable by INVOKE_*
 environment variables and flags), calls one function in scripts/ or trainer/, and prints the
-outcome. A failed step ends the run with exit code 1 and one line that says what to do.
+outcome. The setup steps' tasks are made from their rows in scripts/registry.py, and `train`
+takes every trainer option of trainer/config.py. A failed step ends the run with exit code 1
+(2 when it refused the user's input) and one line that says what to do.
 """
 
 from __future__ import annotations
@@ -18,12 +20,12 @@ from invoke import Collection, Exit
 from invoke import task as invoke_task
 
 from scripts import registry
-from scripts.settings import FALSE, TRUE, SettingError, check_flags, check_or_exit
-from scripts.steps import Context, Result, communicate, run_step, table, write_report
-from trainer.config import described, flag, options
+from scripts.kinds import FLAG
+from scripts.settings import TRUE, SettingError, check_flags, check_or_exit
+from scripts.steps import Context, Result, StepFailed, run_step, table, write_report
+from trainer.config import described, options
 
 ROOT = Path(__file__).resolve().parent
-CORRECTIONS = "corrections.csv"  # NAME-corrections.csv beside the published NAME/ is used by invoke train
 check_or_exit(ROOT)  # invoke.yaml and INVOKE_* checked before invoke reads them (scripts/settings.py)
 SETUP_STEPS = registry.SETUP_STEPS
 
@@ -56,6 +58,21 @@ def task(*args, **kwargs):
     return decorate
 
 
+def _keywords(function, flags: dict, context: bool = True):
+    """Give `function` these keyword parameters (name: default), after invoke's context `c`:
+    how a task takes flags that a table defines (a step's row, TrainConfig's fields)."""
+    parameters = [inspect.Parameter("c", inspect.Parameter.POSITIONAL_OR_KEYWORD)] if context else []
+    parameters += [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=value) for name, value in flags.items()
+    ]
+    function.__signature__ = inspect.Signature(parameters)
+    return function
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 def _conf(c, section: str) -> dict:
     return dict(c.config.get(section, {}))
 
@@ -70,8 +87,9 @@ def _setting(c, section: str, key: str):
 
 def _step_options(c, name: str, **flags) -> tuple:
     """The function behind a setup step and its options, from its row in scripts/registry.py:
-    each setting from its flag when given, else from config."""
+    each setting from its flag when given (a yes/no flag left off: invoke.yaml's), else from config."""
     step = registry.step(name)
+    flags = {key: None if value is False else value for key, value in flags.items()}
     try:
         return step.function, step.options(_conf(c, name), flags)
     except KeyError as missing:
@@ -82,8 +100,7 @@ def _step_options(c, name: str, **flags) -> tuple:
 
 def _exclusive(c, dry_run: bool) -> None:
     """Wait for any other invoke in this bundle to finish (dry runs change nothing, so need not)."""
-    from scripts.lock import acquire
-    from scripts.steps import StepFailed
+    from scripts.lock import acquire  # fcntl and a process listing, only when a task changes things
 
     if dry_run:
         return
@@ -94,7 +111,7 @@ def _exclusive(c, dry_run: bool) -> None:
 
 
 def _run_one(c, name: str, dry_run: bool, **flags) -> Result:
-    _exclusive(c, dry_run or name == "check")  # check only reads
+    _exclusive(c, dry_run or registry.step(name).reads_only)
     function, options = _step_options(c, name, **flags)
     result = run_step(name, function, Context(dry_run=dry_run), **options)
     if result.status == "failed":
@@ -107,54 +124,28 @@ def _failed_code(result: Result) -> int:
     return 2 if result.refused else 1
 
 
-@task(help={**registry.step("check").flags(), "dry_run": "change nothing"})
-def check(c, require_gpu=False, dry_run=False):
-    """Report the machine: OS, CPU, memory, Python, GPU, CUDA, TensorFlow, Colab, Drive."""
-    _run_one(c, "check", dry_run, require_gpu=require_gpu or None)  # a flag left off: invoke.yaml's
+def _flag_defaults(steps) -> dict:
+    """Each step flag's default: off for a yes/no one, else None (both: invoke.yaml's value)."""
+    return {key: False if step.settings[key].kind == FLAG else None for step in steps for key in step.flags()}
 
 
-@task(help={"dry_run": "say what would be installed, install nothing"})
-def apt(c, dry_run=False):
-    """Install the configured Debian packages that dpkg says are missing."""
-    _run_one(c, "apt", dry_run)
+def _step_task(step: registry.Step):
+    """A setup step's task, from its row in scripts/registry.py: its flags and --dry-run."""
+
+    def run(c, dry_run=False, **flags):
+        _run_one(c, step.name, dry_run, **flags)
+
+    run.__name__ = run.__qualname__ = step.name
+    run.__doc__ = step.doc
+    _keywords(run, {**_flag_defaults([step]), "dry_run": False})
+    return task(name=step.name, help={**step.flags(), "dry_run": step.dry_run})(run)
 
 
-@task(help={**registry.step("pins").flags(), "dry_run": "say what would be installed, change nothing"})
-def pins(c, exact=False, dry_run=False):
-    """Keep the runtime's packages in supported.txt's ranges; install what is missing at requirements.txt's versions."""
-    _run_one(c, "pins", dry_run, exact=exact or None)
+globals().update({step.name: _step_task(step) for step in registry.STEPS})
 
 
-@task(help={**registry.step("libtensorflow").flags(), "dry_run": "change nothing"})
-def libtensorflow(c, prefix=None, dry_run=False):
-    """Install the pinned TensorFlow C library under a prefix, register it, and verify it."""
-    _run_one(c, "libtensorflow", dry_run, prefix=prefix)
-
-
-@task(help={**registry.step("data").flags(), "dry_run": "change nothing"})
-def data(c, source=None, sha256=None, expect=None, dry_run=False):
-    """Fetch and unpack the dataset into the data folder and count the images per class."""
-    _run_one(c, "data", dry_run, source=source, sha256=sha256, expect=expect)
-
-
-@task(help={"dry_run": "change nothing"})
-def stage(c, dry_run=False):
-    """Restore the executable bit on the bundle's own scripts (Drive drops it)."""
-    _run_one(c, "stage", dry_run)
-
-
-@task(
-    help={
-        "dry_run": "report what each step would do, change nothing",
-        "report": "write the summary as JSON here (default runs/setup-report.json)",
-        **registry.setup_flags(),
-    }
-)
-def setup(c, dry_run=False, report=None, require_gpu=False, source=None, sha256=None, expect=None, exact=False,
-          prefix=None):  # fmt: skip
+def setup(c, dry_run=False, report=None, **flags):  # its flags: every step's, from scripts/registry.py
     """Run check, apt, pins, libtensorflow, data and stage; print a summary table and write it as JSON."""
-    flags = {"require_gpu": require_gpu or None, "source": source, "sha256": sha256, "expect": expect, "exact": exact or None,
-             "prefix": prefix}  # fmt: skip
     _exclusive(c, dry_run)
     ctx = Context(dry_run=dry_run)
     results = []
@@ -173,56 +164,13 @@ def setup(c, dry_run=False, report=None, require_gpu=False, source=None, sha256=
         raise Exit(f"setup failed at {failed[0].name}: {failed[0].detail}", code=_failed_code(failed[0]))
 
 
-def _trainer_value(option, given, configured):
-    """A flag given on the command line, else invoke.yaml's value (INVOKE_TRAIN_*), else None:
-    the trainer's default. A yes/no option given alone (`--strict`) is True."""
-    value = configured if given is None else given
-    if value in ("", None):
-        return None
-    if option.type == "bool" and not isinstance(value, bool) and str(value).strip().lower() not in TRUE + FALSE:
-        raise Exit(f"train: {flag(option.name)} must be yes or no (got {value!r})", code=2)
-    return _yes(value) if option.type == "bool" else value
-
-
-def _train_command(c, flags: dict, name: str | None = None) -> list[str]:
-    """`python -m trainer train` with the options from invoke.yaml, overridden by flags. The
-    model is named by --name (or --model-name), else after the dataset the data step fetched."""
-    from scripts.dataset import dataset_name, read_manifest
-
-    conf = _conf(c, "train")
-    values = {
-        option.name: _trainer_value(option, flags.get(option.name), conf.get(option.name)) for option in options()
+setup = task(
+    help={
+        "dry_run": "report what each step would do, change nothing",
+        "report": "write the summary as JSON here (default runs/setup-report.json)",
+        **registry.setup_flags(),
     }
-    values["model_name"] = name or values["model_name"]
-    if not values["folder"]:
-        manifest = read_manifest(ROOT / _setting(c, "data", "dir"))
-        if manifest is None:
-            raise Exit("train: no dataset yet; run `invoke data` (or `invoke setup`) first, or pass --folder", code=1)
-        values["folder"] = manifest["folder"]
-        values["file"] = values["file"] or manifest.get("file")
-        values["model_name"] = values["model_name"] or manifest.get("name") or dataset_name(manifest["source"])
-    command = [sys.executable, "-m", "trainer", "train"]
-    for option in options():
-        value = values[option.name]
-        if option.type == "bool":
-            if value is not None and value != option.default:
-                command.append(flag(option.name) if value else "--no-" + flag(option.name)[2:])
-        elif value not in (None, ""):
-            command += [flag(option.name), str(value)]
-    command += shlex.split(conf.get("extra") or "")
-    return command
-
-
-def _with_trainer_options(function):
-    """`invoke train` takes every trainer option (trainer/config.py) as a flag; one left out
-    means invoke.yaml's value, and an empty one there the trainer's default."""
-    own = [
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=value) for name, value in TRAIN_FLAGS.items()
-    ]
-    trainer = [inspect.Parameter(option.name, inspect.Parameter.KEYWORD_ONLY, default=None) for option in options()]
-    context = inspect.Parameter("c", inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    function.__signature__ = inspect.Signature([context, *trainer, *own])
-    return function
+)(_keywords(setup, {"dry_run": False, "report": None, **_flag_defaults(registry.STEPS)}))
 
 
 TRAIN_FLAGS = {"name": None, "force": False, "publish": True, "dry_run": False}
@@ -232,91 +180,109 @@ TRAIN_HELP = {
     "name": "the model's name, and its published folder's (default: the dataset's, e.g. ud-cd-classifier)",
     "force": "train even when the published model was trained from the same data, options and stack",
     "publish": "copy the run to the Drive folder afterwards (default on)",
-    "dry_run": "print the trainer command, run nothing",
+    "dry_run": "print the trainer's options, run nothing",
 }
 
 
-@task(help=TRAIN_HELP, auto_shortflags=False, optional=[option.name for option in options() if option.type == "bool"])
-@_with_trainer_options
+def _train_options(c, flags: dict, name: str | None, training):
+    """The checked TrainConfig (scripts/training.train_config), the folder its model is
+    published to (None where that is not known: Colab without Drive) and the data step's manifest."""
+    from scripts.dataset import read_manifest
+
+    manifest = read_manifest(ROOT / _setting(c, "data", "dir"))
+    try:
+        config = training.train_config(_conf(c, "train"), flags, manifest, name, None)
+    except training.NoData as error:
+        raise Exit(f"train: {error}", code=1) from None
+    except (SettingError, training.InputError) as error:
+        raise Exit(f"train: {error}", code=2) from None
+    published = _published_folder(c, config.model_name)
+    if config.record is None:
+        config = training.with_record(config, published, ROOT / _setting(c, "publish", "local_folder"), _say)
+    return config, published, manifest
+
+
+def _decide(c, config, published: Path | None, publish: bool, force: bool, training):
+    """None when nothing is left to train (the published model is this one, or a finished run
+    is, and is published now); else the options to train with (--output set to finish a run
+    whose diagnostics were cut short)."""
+    asked = None if force or _yes(_setting(c, "train", "force")) else training.request_of(config, ROOT)
+    if asked is None:
+        return config
+    request, decisions = asked
+    _say(
+        f"train: {decisions.described()}" + ("; `invoke decisions --clear` sets them aside" if decisions.chosen else "")
+    )
+    decision = training.decide(request, published if publish else None, ROOT / config.runs_dir)
+    if decision.action == "ok":
+        _say(f"train: ok (the model in {decision.where} was trained from this data, these decisions, these options "
+             "and this stack; --force retrains)")  # fmt: skip
+        return None
+    if decision.action == "publish":
+        if not publish:
+            _say(f"train: ok ({decision.where} was trained from this data and these options; --no-publish)")
+            return None
+        _say(f"train: {decision.where} was trained from this data and these options; publishing it")
+        _publish(c, str(decision.where), None, dry_run=False, name=config.model_name)
+        return None
+    if decision.action == "finish":
+        # Killed during its diagnostics: the same options with that folder as --output finish them.
+        _say(f"train: {decision.where} was trained from this data and these options; finishing its diagnostics")
+        return training.finishing(config, decision.where)
+    _say("train: training, since " + "; ".join(decision.reasons))
+    return config
+
+
 def train(c, *, name=None, force=False, publish=True, dry_run=False, **trainer_flags):
     """Train the classifier (options from invoke.yaml) unless the published model already is it; publish the run."""
-    from scripts import training
+    from scripts import training  # numpy and Pillow, which only training needs
     from scripts.check import installed_version
 
-    command = _train_command(c, trainer_flags, name)
-    model = _model_name(command)
-    published = _published_folder(c, model) if publish else None
-    reviewed = None if published is None else published.with_name(f"{published.name}-{CORRECTIONS}")
-    if "--corrections" not in command and reviewed is not None and reviewed.is_file():
-        # What the review form saved beside the published model (colab.ipynb's review cell).
-        command += ["--corrections", str(reviewed)]
-        print(f"train: with the corrections in {reviewed} (the review form's; delete the file to train without)",
-              file=sys.stderr, flush=True)  # fmt: skip
-    print("$ " + shlex.join(command), flush=True)
-    if published is not None:
-        print(f"train: this data's model is {model}: published to {published} (the one before it is kept as "
-              f"{published.name}.previous; other datasets' models are left alone)", file=sys.stderr, flush=True)  # fmt: skip
+    config, published, manifest = _train_options(c, trainer_flags, name, training)
+    if publish and published is not None:
+        _say(f"train: this data's model is {config.model_name}: published to {published} (the one before it is kept "
+             f"as {published.name}.previous; other datasets' models are left alone)")  # fmt: skip
     if dry_run:
+        print(f"$ python -m trainer train --config FILE, FILE holding: {training.as_flags(config)}")
+        asked = training.request_of(config, ROOT)
+        if asked is not None:
+            _say(f"train: {asked[1].described()}")
         return
     _exclusive(c, dry_run)
+    training.remember_dataset(config, manifest)
     if installed_version("tensorflow") is None:
         raise Exit("train: TensorFlow is not installed; run `invoke pins` (or `invoke setup`) first", code=1)
-    asked = None if force or _yes(_setting(c, "train", "force")) else training.request_of(command[4:], ROOT)
-    if asked is not None:
-        config, request = asked
-        decision = training.decide(request, published, ROOT / config.runs_dir)
-        if decision.action == "ok":
-            print(f"train: ok (the model in {decision.where} was trained from this data, these options and this "
-                  "stack; --force retrains)", file=sys.stderr, flush=True)  # fmt: skip
-            return
-        if decision.action == "publish":
-            print(f"train: {decision.where} was trained from this data and these options; publishing it",
-                  file=sys.stderr, flush=True)  # fmt: skip
-            _publish(c, str(decision.where), None, dry_run=False, name=model)
-            return
-        if decision.action == "finish":
-            # Killed during its diagnostics: the same trainer command on that folder finishes them.
-            print(f"train: {decision.where} was trained from this data and these options; finishing its diagnostics",
-                  file=sys.stderr, flush=True)  # fmt: skip
-            command += ["--output", str(decision.where)]
-        else:
-            print("train: training, since " + "; ".join(decision.reasons), file=sys.stderr, flush=True)
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    stdout, _ = communicate(process)
-    run_dir = training.landed_run(stdout, ROOT)
-    if process.returncode != 0 and run_dir is None:
-        raise Exit(f"train: {training.failure(process.returncode)}", code=training.exit_code(process.returncode))
+    config = _decide(c, config, published, publish, force, training)
+    if config is None:
+        return
+    returncode, answer = training.run_trainer(config, ROOT)
+    run_dir = training.landed_run(answer, ROOT)
+    if returncode != 0 and run_dir is None:
+        raise Exit(f"train: {training.failure(returncode)}", code=training.exit_code(returncode))
     if publish:
-        _publish(c, str(run_dir), None, dry_run=False, name=model)
-    if process.returncode != 0:
-        # The model landed and is published; a diagnostic (audit, heatmaps, exports, report) did not.
-        raise Exit(f"train: {training.diagnostics_outcome(run_dir, process.returncode, publish)}",
-                   code=training.exit_code(process.returncode))  # fmt: skip
+        _publish(c, str(run_dir), None, dry_run=False, name=config.model_name)
+    if returncode != 0:
+        # The model landed (and is published); a diagnostic (audit, heatmaps, exports, report) did not.
+        raise Exit(f"train: {training.diagnostics_outcome(run_dir, returncode, publish)}",
+                   code=training.exit_code(returncode))  # fmt: skip
+
+
+train = task(
+    help=TRAIN_HELP, auto_shortflags=False, optional=[option.name for option in options() if option.type == "bool"]
+)(
+    _keywords(train, {**{option.name: None for option in options()}, **TRAIN_FLAGS})
+)  # every trainer option (trainer/config.py) is a flag: one left out is invoke.yaml's, else the trainer's default
 
 
 def _yes(value) -> bool:
     return value if isinstance(value, bool) else str(value).strip().lower() in TRUE
 
 
-def _model_name(command: list[str]) -> str:
-    """The --model-name a trainer command gives, else the trainer's default."""
-    if "--model-name" in command:
-        return command[command.index("--model-name") + 1]
-    return next(option.default for option in options() if option.name == "model_name")
-
-
 def _published_folder(c, model: str) -> Path | None:
     """Where `invoke publish` puts this model, or None where that is not known (Colab without Drive)."""
-    from scripts.publish import default_destination
-    from scripts.steps import StepFailed
+    from scripts.publish import published_folder  # the Drive check, only when a task publishes
 
-    if _setting(c, "publish", "to"):
-        return Path(_setting(c, "publish", "to"))
-    try:
-        folder = _setting(c, "publish", "folder") or model
-        return default_destination(Context(), folder, _setting(c, "publish", "local_folder"))
-    except StepFailed:
-        return None
+    return published_folder(_conf(c, "publish"), model)
 
 
 @task(
@@ -347,6 +313,36 @@ def _publish(c, run, to, dry_run: bool, name: str | None = None) -> None:
     )
     if result.status == "failed":
         raise Exit(f"publish failed: {result.detail}", code=_failed_code(result))
+
+
+@task(
+    help={
+        "name": "the model whose record to show (default: the dataset's, as invoke train names it)",
+        "clear": "set every decision aside (kept in the record as cleared-<time>/, to restore by hand)",
+        "export": "write the latest decision about each image to this CSV (a file --corrections reads)",
+    }
+)
+def decisions(c, name=None, clear=False, export=None):
+    """Show the dataset's record: its data, its published model, your review decisions; --clear sets them aside."""
+    from scripts import decisions as record_of  # numpy and Pillow, through the corrections reader
+    from scripts.dataset import read_manifest
+    from trainer.errors import InputError
+
+    manifest = read_manifest(ROOT / _setting(c, "data", "dir")) or {}
+    model = name or _conf(c, "train").get("model_name") or manifest.get("name") or "ud-cd-classifier"
+    folder = record_of.record_folder(
+        _published_folder(c, model), model, ROOT / _setting(c, "publish", "local_folder"), _say
+    )
+    try:
+        if clear:
+            _exclusive(c, False)
+            count, aside = record_of.clear(folder)
+            _say(f"decisions: set {count} decision(s) aside in {aside}" if count else f"decisions: none in {folder}")
+        if export:
+            _say(f"decisions: {record_of.export(folder, Path(export))} decision(s) written to {export}")
+        print("\n".join(record_of.summary(folder)))
+    except InputError as error:
+        raise Exit(f"decisions: {error}", code=2) from None
 
 
 @task(

@@ -20,6 +20,7 @@ would be), it says to mount it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
@@ -27,9 +28,10 @@ from pathlib import Path
 
 from scripts.check import drive_folder, in_colab
 from scripts.steps import Context, Result, StepFailed, StepRefused, changed, ok
-from trainer import runfolder
+from trainer import record, runfolder
 from trainer.atomic import partial_folder, remove_leftovers, sha256_of
 from trainer.config import TrainConfig
+from trainer.errors import InputError
 
 RECORD = "published.json"
 
@@ -52,6 +54,20 @@ def default_destination(ctx: Context, folder: str, local_folder: str) -> Path:
             "Google Drive is not mounted", "run the notebook's first cell (drive.mount), or pass --to a folder"
         )
     return ctx.root / local_folder / folder
+
+
+def published_folder(settings: dict, model: str) -> Path | None:
+    """Where `invoke publish` puts the model `model`, from invoke.yaml's publish section
+    (INVOKE_PUBLISH_* over it): its `to`, else its `folder` (or the model's name) under MyDrive,
+    or under its local_folder off Colab; None on Colab without Drive, where that is not known."""
+    if settings.get("to"):
+        return Path(settings["to"])
+    try:
+        return default_destination(
+            Context(), settings.get("folder") or model, settings.get("local_folder") or "published"
+        )
+    except StepFailed:
+        return None
 
 
 def model_name(run_dir: Path) -> str:
@@ -150,6 +166,22 @@ def publish(
             f"cannot write to {destination} ({error.strerror or error})",
             f"the run stays in {run_dir}; fix the folder and rerun `invoke publish`",
         ) from None
+    remember_published(current, run_dir)
     return changed(
         f"{run_dir.name} -> {current}" + (f" (the one before is kept as {previous.name})" if previous.exists() else "")
     )
+
+
+def remember_published(current: Path, run_dir: Path) -> None:
+    """The dataset's record says what its published model was trained from (the run's request,
+    which `invoke train` compares); a record that cannot be written costs the publish nothing."""
+    manifest, metrics = (
+        runfolder.read_json(run_dir / runfolder.MANIFEST),
+        runfolder.read_json(run_dir / runfolder.METRICS),
+    )
+    with contextlib.suppress(OSError, InputError):
+        record.update_info(record.beside(current), {"published": {
+            "folder": str(current), "run": run_dir.name, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "request_key": manifest.get("request_key"), "request": manifest.get("request"),
+            "test_accuracy": metrics.get("accuracy"),
+        }})  # fmt: skip

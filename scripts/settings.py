@@ -11,6 +11,7 @@ to the form invoke reads correctly.
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from dataclasses import Field
 from pathlib import Path
@@ -111,6 +112,37 @@ def check_or_exit(root: Path) -> None:
         raise SystemExit(2) from None
 
 
+def _long_names(task) -> dict:
+    return {name: argument for argument in task.get_arguments() for name in argument.names if len(name) > 1}
+
+
+def _not_an_option(current, word: str, tasks: dict, argv: list[str], position: int) -> str:
+    """Why a flag is refused: the task whose flag it is, with the command line that gives it
+    there (`--source belongs to invoke setup: invoke setup --source my.zip train`), else the
+    task's nearest flag."""
+    name = word[2:].partition("=")[0]
+    owners = [other for other, task in tasks.items() if other != current.name and name in _long_names(task)]
+    if not owners:
+        longs = _long_names(current)
+        choices = [f"--{known}" for known in longs] + [f"--no-{k}" for k, a in longs.items() if a.kind is bool]
+        return (
+            f"{current.name} has no option --{name}{_suggest('--' + name, choices)}; see `invoke --help {current.name}`"
+        )
+    owner = "setup" if "setup" in owners else owners[0]
+    takes_value = _long_names(tasks[owner])[name].kind is not bool and "=" not in word
+    moved = argv[position : position + (2 if takes_value else 1)]
+    words = argv[:position] + argv[position + len(moved) :]
+    if owner in words:
+        at = words.index(owner) + 1
+    else:  # the setup steps run before training; train after them
+        at = words.index(current.name) + (1 if owner == "train" else 0)
+        words.insert(at, owner)
+        at += 1
+    words[at:at] = moved
+    others = "".join(f" (and invoke {other})" for other in owners if other != owner)
+    return f"{current.name} has no option --{name}: it belongs to invoke {owner}{others}: invoke {shlex.join(words)}"
+
+
 def check_flags(tasks: dict, argv: list[str]) -> None:
     """The flags after each task name on an invoke command line, against that task's own:
     invoke refuses an unknown one with `No idea what '--epoch' is!` and exit code 1; here it is
@@ -119,7 +151,7 @@ def check_flags(tasks: dict, argv: list[str]) -> None:
     are invoke's business."""
     current = None
     values_follow = False
-    for word in argv:
+    for position, word in enumerate(argv):
         if values_follow:
             values_follow = False
             continue
@@ -139,11 +171,7 @@ def check_flags(tasks: dict, argv: list[str]) -> None:
             if argument is None and name.startswith("no-") and name[3:] in longs:
                 argument = longs[name[3:]] if longs[name[3:]].kind is bool else None
             if argument is None:
-                choices = [f"--{known}" for known in longs] + [f"--no-{k}" for k, a in longs.items() if a.kind is bool]
-                raise SettingError(
-                    f"{current.name} has no option --{name}{_suggest('--' + name, choices)}; "
-                    f"see `invoke --help {current.name}`"
-                )
+                raise SettingError(_not_an_option(current, word, tasks, argv, position))
             values_follow = argument.kind is not bool and not argument.optional and not equals
         else:
             letters = word[1:]

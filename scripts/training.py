@@ -1,8 +1,13 @@
-"""train as an idempotent step: before training, find a model already trained from the same
-data, options, stack and code (trainer/fingerprint.py), published or finished in runs/.
+"""train as an idempotent step: the options built and checked once, the decision whether to
+train, the trainer run on them, and its answer read.
 
-Deciding reads every image file and a few JSON files; it never imports TensorFlow, so a rerun
-after a Colab reset costs seconds, not a retraining.
+`invoke train` makes one TrainConfig (train_config: the trainer's defaults, invoke.yaml's train
+section with INVOKE_TRAIN_* over it, train.extra's flags, the task's flags) and hands it to
+`python -m trainer train --config FILE --result FILE`; the trainer answers in the result file
+(trainer/result.py). Before that, the decision finds a model already trained from the same
+data, decisions in force, options, stack and code (trainer/fingerprint.py), published or
+finished in runs/; deciding reads every image file (through a stat cache) and a few JSON files
+and never imports TensorFlow, so a rerun after a Colab reset costs seconds, not a retraining.
 """
 
 from __future__ import annotations
@@ -10,15 +15,28 @@ from __future__ import annotations
 import contextlib
 import json
 import resource
+import shlex
 import signal
-from dataclasses import dataclass, field
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from scripts.steps import died_of
+from scripts.decisions import record_folder, remember_dataset
+from scripts.kinds import SettingError, check_option
+from scripts.steps import communicate, died_of
+from trainer import result as run_result
 from trainer import runfolder
-from trainer.atomic import sha256_of
+from trainer.atomic import sha256_of, write_atomically
+from trainer.config import TrainConfig, flag, options
+from trainer.errors import InputError
+from trainer.fingerprint import decisions_in_force, training_request, what_changed
+from trainer.flags import parse_flags
+from trainer.memory import gigabytes, tightest
 
 RECORD = "published.json"
+__all__ = ["InputError", "NoData", "SettingError", "remember_dataset"]  # for tasks.py, beside the functions
 
 
 @dataclass
@@ -28,30 +46,98 @@ class Decision:
     reasons: list[str] = field(default_factory=list)
 
 
-def request_of(trainer_args: list[str], cwd: Path):
-    """(config, request) for `python -m trainer train ARGS` run in cwd, or None when the options
-    are not valid: the trainer then runs and says why."""
-    from trainer.cli import train_config
-    from trainer.errors import InputError
-    from trainer.fingerprint import training_request
+class NoData(Exception):
+    """No --folder, and the data step has fetched nothing yet."""
 
+
+def train_config(conf: dict, flags: dict, manifest: dict | None, name: str | None, record: Path | None) -> TrainConfig:
+    """`invoke train`'s options, checked once: the trainer's defaults, under invoke.yaml's train
+    section (INVOKE_TRAIN_* over it, as invoke merges them), under train.extra's flags, under
+    the task's flags; the image folder, CSV and model name from the data step's manifest when not
+    given; the dataset's record at `record` unless --record says. SettingError or InputError
+    naming the setting at fault; NoData when there is no folder at all."""
+    values = {}
+    for option in options():
+        where = f"invoke.yaml's train.{option.name} (or INVOKE_TRAIN_{option.name.upper()})"
+        value = check_option(where, option, conf.get(option.name))
+        if value != "":
+            values[option.name] = value
+    values.update(parse_flags(shlex.split(conf.get("extra") or ""), "invoke.yaml's train.extra"))
+    for option in options():
+        if flags.get(option.name) is not None:
+            value = check_option(flag(option.name), option, flags[option.name])
+            if value != "":
+                values[option.name] = value
+    values["model_name"] = name or values.get("model_name")
+    if "folder" not in values:
+        if manifest is None:
+            raise NoData("no dataset yet; run `invoke data` (or `invoke setup`) first, or pass --folder")
+        values["folder"], values["file"] = manifest["folder"], values.get("file") or manifest.get("file")
+        values["model_name"] = values["model_name"] or manifest.get("name")
+    if not values["model_name"]:
+        del values["model_name"]
+    if record is not None:
+        values.setdefault("record", str(record))
+    return TrainConfig(**values).check()
+
+
+def as_flags(config: TrainConfig) -> str:
+    """The options that differ from the trainer's defaults, as `python -m trainer train` flags:
+    what a person reads (the trainer itself gets the file)."""
+    words = []
+    for option in options():
+        value = getattr(config, option.name)
+        if value == option.default:
+            continue
+        if option.type == "bool":
+            words.append(flag(option.name) if value else "--no-" + flag(option.name)[2:])
+        else:
+            words += [flag(option.name), str(value)]
+    return shlex.join(words)
+
+
+def with_record(config: TrainConfig, published: Path | None, local_folder: Path, say) -> TrainConfig:
+    """The options with the dataset's record beside the published model (scripts/decisions.py)."""
+    return replace(config, record=str(record_folder(published, config.model_name, local_folder, say)))
+
+
+def finishing(config: TrainConfig, run_dir: Path) -> TrainConfig:
+    """The options that finish the diagnostics of a run killed during them: its folder as --output."""
+    return replace(config, output=str(run_dir))
+
+
+def request_of(config: TrainConfig, root: Path):
+    """(request, decisions in force) for these options, computed in `root` as the trainer will
+    (relative paths mean what they mean to it), or None when the data or decisions are not
+    usable: the trainer then runs and says why, as it would."""
     try:
-        with contextlib.chdir(cwd):  # relative paths mean what they mean to the trainer
-            config = train_config(trainer_args)
-            return config, training_request(config)
+        with contextlib.chdir(root):
+            return training_request(config), decisions_in_force(config)
     except InputError:
         return None
 
 
-def landed_run(stdout: str, cwd: Path) -> Path | None:
-    """The run folder the trainer printed once its model was complete (its last line of
-    output), if that folder holds a model: after a failed diagnostic, or a crash after the
-    model landed, the run is still worth publishing."""
-    lines = stdout.strip().splitlines()
-    if not lines:
+def run_trainer(config: TrainConfig, root: Path) -> tuple[int, dict | None]:
+    """`python -m trainer train` on these options, handed over as a file; its exit code and its
+    answer (trainer/result.py), None when it wrote none (it ended before its model landed)."""
+    folder = root / config.runs_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".invoke-train-", dir=folder) as scratch:
+        options, answer = Path(scratch) / "options.json", Path(scratch) / "result.json"
+        write_atomically(options, json.dumps(config.to_dict(), indent=2) + "\n")
+        command = [sys.executable, "-m", "trainer", "train", "--config", str(options), "--result", str(answer)]
+        process = subprocess.Popen(command, cwd=root)
+        communicate(process)
+        return process.returncode, run_result.read(answer)
+
+
+def landed_run(answer: dict | None, root: Path) -> Path | None:
+    """The run folder the trainer answered with, if it holds a model: after a failed diagnostic,
+    or a crash after the model landed, the run is still worth publishing."""
+    if answer is None:
         return None
-    folder = Path(lines[-1])
-    folder = folder if folder.is_absolute() else cwd / folder
+    folder = Path(answer["run_dir"])
+    folder = folder if folder.is_absolute() else root / folder
     return folder if runfolder.is_run(folder) else None
 
 
@@ -66,8 +152,6 @@ def failure(returncode: int) -> str:
     if returncode > 0:
         return f"the trainer stopped ({died_of(returncode)}); its own message above says why"
     if returncode == -signal.SIGKILL:
-        from trainer.memory import gigabytes, tightest
-
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
         limit = tightest()
         machine = (
@@ -146,8 +230,6 @@ def finished_run(runs_dir: Path, request: dict) -> Path | None:
 
 
 def decide(request: dict, published: Path | None, runs_dir: Path) -> Decision:
-    from trainer.fingerprint import what_changed
-
     run = finished_run(runs_dir, request)
     if published is not None and recorded_request(published) == request and published_whole(published):
         if pending_diagnostics(published) and run is not None and pending_diagnostics(run):

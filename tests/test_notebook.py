@@ -12,8 +12,11 @@ def test_notebook_mounts_drive_then_runs_the_job_and_fails_the_cell_on_error():
     code = ["".join(cell["source"]) for cell in notebook["cells"] if cell["cell_type"] == "code"]
     assert 'drive.mount("/content/drive")' in code[0]
     job = next(cell for cell in code if "invoke setup" in cell)
-    assert 'SOURCE = "concrete"\nsource = shlex.quote(SOURCE)\n' in job  # the cell carries its data
-    assert "!pip install -q invoke==3.0.3 && invoke setup --source {source} train" in job
+    # The cell carries its data and its model's name, which the review cell shares.
+    assert 'SOURCE = "concrete"\nNAME = ""\nsource, name = shlex.quote(SOURCE), shlex.quote(NAME)\n' in job
+    assert "!pip install -q invoke==3.0.3 && invoke setup --source {source} train --name {name}" in job
+    review = next(cell for cell in code if "review_cell" in cell)
+    assert "review_cell(SOURCE, NAME)" in review
     assert "if _exit_code != 0:" in job and "raise RuntimeError" in job
     pinned = [line for line in (ROOT / "requirements.txt").read_text().splitlines() if line.startswith("invoke==")]
     assert pinned == ["invoke==3.0.3"], "the notebook installs the pinned invoke"

@@ -57,7 +57,7 @@ def test_dry_run_changes_nothing(tmp_path):
     published = invoke(copy, "publish", "--dry-run", "--to", str(drive), env=env)
     assert "would copy" in published.stderr and published.returncode == 0
     trained = invoke(copy, "train", "--dry-run", "--folder", str(data), env=env)
-    assert "-m trainer train --folder" in trained.stdout and trained.returncode == 0
+    assert "python -m trainer train --config FILE, FILE holding: --folder" in trained.stdout and trained.returncode == 0
     assert snapshot(copy, prefix, data, drive, *system) == before
 
 

@@ -6,7 +6,6 @@ model landed but a diagnostic did not)."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -18,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainer import device, runfolder
-from trainer.config import TrainConfig, described, flag, options, parse_formats
+from trainer.config import TrainConfig, parse_formats
 from trainer.data.demo import make_demo_data
 from trainer.data.load import load_unsplit
 from trainer.diagnostics.audit import audit_data
@@ -34,11 +33,11 @@ from trainer.errors import (
     InputError,
     MachineError,
     is_machine_error,
-    nearest,
     os_error_sentence,
 )
 from trainer.evaluate import evaluate_run
 from trainer.features.cache import summarize_caches
+from trainer.flags import Parser, add_train_options, given
 from trainer.metrics import summary_line, write_metrics
 from trainer.places import workspace
 from trainer.predict import collect_images, load_run, predict_images
@@ -47,49 +46,10 @@ from trainer.train import main as train_main
 log = logging.getLogger("trainer")
 
 
-class Parser(argparse.ArgumentParser):
-    """Options exactly as written (no guessing from a prefix: --epoch is not --epochs), and usage
-    errors as one line that names the nearest real option and where to look."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, allow_abbrev=False, **kwargs)
-
-    def error(self, message: str) -> None:
-        raise InputError(f"{message} (see '{self.prog} --help')")
-
-    def parse_args(self, args=None, namespace=None):
-        """As argparse's, but an unknown option names the command's nearest real one."""
-        known, unknown = self.parse_known_args(args, namespace)
-        if unknown:
-            command = getattr(known, "command", None)
-            chosen = self.commands.get(command, self) if hasattr(self, "commands") else self
-            names = [name for action in chosen._actions for name in action.option_strings if name.startswith("--")]
-            close = nearest(unknown[0].split("=")[0], names)
-            hint = f" (did you mean {close}?)" if close else ""
-            chosen.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
-        return known
-
-
-TYPES = {"str": str, "str | None": str, "int": int, "float": float, "bool": bool}
-
-
-def add_train_options(parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None) -> None:
-    """One flag per TrainConfig field (or each of `names`), from its type, default and help
-    (trainer/config.py)."""
-    for option in options():
-        if names is not None and option.name not in names:
-            continue
-        kind = TYPES[option.type]
-        if kind is bool:
-            action = argparse.BooleanOptionalAction if option.default else "store_true"
-            parser.add_argument(flag(option.name), action=action, default=option.default, help=described(option))
-        else:
-            parser.add_argument(flag(option.name), type=kind, default=option.default, help=described(option))
-
-
 def config_from(args: argparse.Namespace) -> TrainConfig:
-    names = {field.name for field in dataclasses.fields(TrainConfig)}
-    return TrainConfig(**{key: value for key, value in vars(args).items() if key in names})
+    """The options a command line gives, over its --config file's when it has one."""
+    base = TrainConfig.from_file(args.config).to_dict() if getattr(args, "config", None) else {}
+    return TrainConfig(**{**base, **given(args)})
 
 
 def train_config(argv: list[str]) -> TrainConfig:
@@ -105,7 +65,7 @@ def train_config(argv: list[str]) -> TrainConfig:
 def train(args) -> int:
 
     try:
-        train_main(config_from(args))  # prints the run folder once its model is complete
+        train_main(config_from(args), args.result)  # prints the run folder once its model is complete
     except DiagnosticsFailed as failure:
         print(f"trainer: warning: {failure}", file=sys.stderr)
         return EXIT_DIAGNOSTICS
@@ -207,7 +167,12 @@ class Command:
 MODEL_HELP = "run folder written by 'train'"
 CSV_HELP = "CSV with ImagePath,Label, found in --folder or the working directory"
 COMMANDS = (
-    Command("train", "train a classifier on a folder or CSV of labelled images", train, train_options=None),
+    Command("train", "train a classifier on a folder or CSV of labelled images", train, (
+        arg("--config", metavar="FILE", help="options as JSON (a run's config.json, or what invoke train hands "
+            "over); flags given beside it win"),
+        arg("--result", metavar="FILE", help="write what the run did here as JSON (trainer/result.py): the run "
+            "folder, the model, the headline figures, what it decided, the diagnostics' outcome"),
+    ), train_options=None),
     Command("evaluate", "metrics of a trained run on labelled images", evaluate, (
         arg("--model", required=True, help=MODEL_HELP),
         arg("--folder", help="images to evaluate on (default: the run's own test split)"),
@@ -229,8 +194,8 @@ COMMANDS = (
     )),
     Command("audit", "labels to check: unlikely labels, near-duplicates, outliers", audit, (
         arg("--output", default="audit.csv", help="the list to write (default audit.csv)"),
-    ), train_options=("folder", "file", "label_folder", "merge_labels", "corrections", "seed", "head_c", "class_weights",
-                      "workspace")),
+    ), train_options=("folder", "file", "label_folder", "merge_labels", "corrections", "record", "model_name", "seed",
+                      "head_c", "class_weights", "workspace")),
     Command("cache", "what the feature cache holds; drop what no dataset of yours uses", cache, (
         arg("--workspace", default="workspace", help="the workspace whose cache to read (default ./workspace)"),
         arg("--keep-folder", help="drop every entry but this dataset's images (with --keep-file for a CSV)"),

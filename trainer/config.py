@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainer.backbones import BACKBONES, canonical_backbone
-from trainer.errors import InputError
+from trainer.errors import InputError, nearest
 
 SCHEDULES = ("none", "exponential", "polynomial", "cosine")
 # auto: from the hardware; on: the device's own kind (float16 on GPUs, bfloat16 elsewhere);
@@ -87,6 +87,13 @@ class TrainConfig:
         "a CSV ImagePath,Label[,Sha256] of label corrections (a class, a new class, or drop), applied after the split "
         "so the test images stay the same; the report's review form writes one",
         place=True,  # its content, not its path, is part of what the model is trained from
+    )
+    record: str | None = option(
+        None,
+        "the dataset's record, where its review decisions are kept and read (trainer/record.py; default: beside "
+        "the published model, MyDrive/<model-name>-record with Drive mounted, else published/<model-name>-record); "
+        "none: train without the record's decisions",
+        place=True,  # the decisions it holds, not where it is, are part of what the model is trained from
     )
     seed: int = option(42, "split, shuffling and weight initialisation")
     # Model
@@ -257,12 +264,43 @@ class TrainConfig:
         return cls(**{key: value for key, value in values.items() if key in known})
 
     @classmethod
-    def from_dict(cls, values: dict) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
+    def from_dict(cls, values: dict, where: str = "options") -> TrainConfig:
+        """Options given as data (a --config file, invoke's hand-over): known names, values of
+        each option's type; InputError naming `where` and the option otherwise."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
         if unknown:
-            raise InputError(f"unknown trainer option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**values)
+            close = nearest(unknown[0], known)
+            hint = f" (did you mean {close}?)" if close else ""
+            raise InputError(f"{where}: {', '.join(map(repr, unknown))} is not a trainer option{hint}")
+        return cls(**{name: _typed(known[name], value, where) for name, value in values.items()})
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> TrainConfig:
+        """The options a JSON file holds: a run's config.json, or what `invoke train` hands over."""
+        try:
+            values = json.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as error:
+            raise InputError(f"--config: cannot read {path} ({error.strerror or error})") from None
+        except ValueError as error:
+            raise InputError(f"--config: {path} is not JSON ({error}); give a run's config.json") from None
+        if not isinstance(values, dict):
+            raise InputError(f"--config: {path} must hold an object of options, as a run's config.json does")
+        return cls.from_dict(values, f"--config {path}")
+
+
+def _typed(option: dataclasses.Field, value, where: str):
+    """`value` as `option` takes it: an int for a float option is a float; any other type is an
+    InputError naming the option."""
+    wanted = option.type
+    if value is None and wanted.endswith("| None"):
+        return None
+    if wanted == "float" and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    kinds = {"str": str, "str | None": str, "int": int, "float": float, "bool": bool}
+    if isinstance(value, kinds[wanted]) and (wanted == "bool" or not isinstance(value, bool)):
+        return value
+    raise InputError(f"{where}: {option.name} must be {wanted.replace(' | None', ' or null')} (got {value!r})")
 
 
 def save_config(config: TrainConfig, path: Path, **resolved: object) -> None:

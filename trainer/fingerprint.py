@@ -13,13 +13,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
 
+from trainer import places, record
 from trainer.atomic import sha256_of, write_atomically
 from trainer.config import TrainConfig
 from trainer.config import options as config_options
-from trainer.data.corrections import digest as corrections_digest
 from trainer.data.images import FileState, stat_of
 from trainer.data.rows import load_rows
 
@@ -36,13 +37,7 @@ def data_digest(config: TrainConfig, files: dict | None = None, listed: tuple | 
     (`invoke train`'s decision) the hashes come from the stat cache, reading only what changed.
     `listed`: (rows, validation rows) as load_rows returned them, so the listing is not read
     again; without it the folder or CSV is listed here."""
-
-    if listed is not None:
-        rows = listed[0]
-    else:
-        rows, _ = load_rows(config.folder, config.file, config.label_folder, config.merge_labels)
-    if files is None or any(row.path not in files for row in rows):
-        files = {**(files or {}), **file_states([row.path for row in rows], stat_cache(config))}
+    rows, files = _listed_rows(config, files, listed)
     digest = hashlib.sha256()
     for row in rows:
         state = files[row.path]
@@ -52,6 +47,33 @@ def data_digest(config: TrainConfig, files: dict | None = None, listed: tuple | 
                                  runs_dir=config.runs_dir)  # fmt: skip
         digest.update(b"validation:" + data_digest(validation, files, listed and (listed[1], None)).encode())
     return digest.hexdigest()
+
+
+def _listed_rows(config: TrainConfig, files: dict | None, listed: tuple | None) -> tuple[list, dict]:
+    """The rows as listed and every listed file's FileState (see data_digest)."""
+    if listed is not None:
+        rows = listed[0]
+    else:
+        rows, _ = load_rows(config.folder, config.file, config.label_folder, config.merge_labels)
+    if files is None or any(row.path not in files for row in rows):
+        files = {**(files or {}), **file_states([row.path for row in rows], stat_cache(config))}
+    return rows, files
+
+
+def decisions_in_force(config: TrainConfig, files: dict | None = None, listed: tuple | None = None) -> record.InForce:
+    """The decisions in force for the data as listed (the dataset's record and --corrections:
+    trainer/record.py), read only: what invoke says before training, and what the request holds."""
+    rows, files = _listed_rows(config, files, listed)
+    hashed = [replace(row, sha256=files[row.path].sha256) for row in rows if files.get(row.path)]
+    return record.gather(places.record(config), config.corrections, hashed, [Path(config.folder)], keep_file=False)
+
+
+def decisions_digest(decisions: record.InForce) -> str | None:
+    """The label changes in force, by content (a keep changes nothing): None when there are none."""
+    changes = decisions.changes()
+    if not changes:
+        return None
+    return hashlib.sha256(json.dumps(changes).encode()).hexdigest()
 
 
 def weights_identity(weights: str) -> str:
@@ -133,9 +155,10 @@ def stack() -> dict[str, str | None]:
 def training_request(config: TrainConfig, files: dict | None = None, listed: tuple | None = None) -> dict:
     """{"data", "options", "stack", "code"}: each part compared on its own, so that a rerun can
     say what changed. `files`, `listed`: as for data_digest."""
+    rows, files = _listed_rows(config, files, listed)
     return {
         "data": data_digest(config, files, listed),
-        "corrections": corrections_digest(config.corrections),
+        "corrections": decisions_digest(decisions_in_force(config, files, (rows, None))),
         "options": compared_options(config),
         "stack": stack(),
         "code": code_digest(),
@@ -171,7 +194,8 @@ def what_changed(old: dict | None, new: dict) -> list[str]:
     if old.get("data") != new["data"]:
         reasons.append("the data changed")
     if old.get("corrections") != new.get("corrections"):
-        reasons.append("the corrections changed" if new.get("corrections") else "the corrections were taken away")
+        reasons.append("the review decisions in force changed" if new.get("corrections")
+                       else "no review decision is in force any more")  # fmt: skip
     before, after = old.get("options") or {}, new["options"]
     changed = sorted(key for key in set(before) | set(after) if before.get(key) != after.get(key))
     reasons += [f"--{key.replace('_', '-')} {_shown(before.get(key))} -> {_shown(after.get(key))}" for key in changed]

@@ -1,6 +1,6 @@
-"""Where a run's things go: the run folder, the workspace (feature cache and checkpoints), and
-the cache of downloaded ImageNet weights. On Colab, with Drive mounted, the workspace and the
-weights live on Drive, so a reset runtime finds them again."""
+"""Where a run's things go: the run folder, the workspace (feature cache and checkpoints), the
+cache of downloaded ImageNet weights, and the dataset's record (its review decisions). On Colab,
+with Drive mounted, all but the run folder live on Drive, so a reset runtime finds them again."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from trainer.config import TrainConfig
 from trainer.errors import InputError
 
 DRIVE = Path("/content/drive/MyDrive")
+PUBLISHED = Path("published")  # where models are published off Drive (invoke.yaml's publish.local_folder)
+NO_RECORD = "none"
 
 
 def drive_workspace(config: TrainConfig) -> Path:
@@ -53,3 +55,14 @@ def run_folder(config: TrainConfig) -> Path:
         run_dir = Path(config.runs_dir) / f"{stem}-{suffix}"
         suffix += 1
     return run_dir
+
+
+def record(config: TrainConfig) -> Path | None:
+    """The dataset's record (trainer/record.py): --record, else beside where the model is
+    published: MyDrive/<model name>-record with Drive mounted, else published/<model name>-record;
+    None with --record none."""
+    if config.record == NO_RECORD:
+        return None
+    if config.record:
+        return _folder(Path(config.record), "--record")
+    return _folder((DRIVE if DRIVE.is_dir() else PUBLISHED) / f"{config.model_name}-record", "--record")

@@ -14,8 +14,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from trainer import decision, device, memory, runfolder
-from trainer.atomic import link_or_copy, partial_folder
+from trainer.atomic import link_or_copy, partial_folder, write_atomically
 from trainer.config import TrainConfig, save_config
+from trainer.data.corrections import format_corrections
 from trainer.data.rows import SPLITS
 from trainer.data.split import write_split
 from trainer.errors import MachineError, os_error_sentence
@@ -78,8 +79,10 @@ def manifest(data, policy, decided: Decided, cache: dict | None, seconds: float,
             "fingerprint": data.fingerprint(),
             "images": {name: len(data.parts[name]) for name in SPLITS},
             "hashes": "split.csv lists every image's SHA-256",
-            # --corrections: how many were relabelled and dropped, per class (corrections.csv is the file)
-            "corrections": data.corrections,
+            # The decisions in force: how many were relabelled and dropped, per class (corrections.csv holds them)
+            "corrections": None
+            if data.corrections is None
+            else {key: value for key, value in data.corrections.items() if key != "in_force"},
         },
         "memory": None if memory.tightest() is None else memory.tightest().to_dict(),
         "weights_used": decided.weights,
@@ -110,8 +113,8 @@ def write_run(run_dir: Path, config: TrainConfig, decided: Decided, model, data,
             save_config(config, partial / runfolder.CONFIG)
             runfolder.write_json(partial / runfolder.DECIDED, decided.to_dict())
             write_split(data.parts, partial / runfolder.SPLIT)
-            if config.corrections:
-                shutil.copyfile(config.corrections, partial / runfolder.CORRECTIONS)
+            if data.corrections:
+                write_atomically(partial / runfolder.CORRECTIONS, format_corrections(data.corrections["in_force"]))
             runfolder.write_history(partial / runfolder.HISTORY, history)
             runfolder.write_json(partial / runfolder.MANIFEST, run_manifest)
             write_metrics(

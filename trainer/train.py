@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainer import decision, device, operating_point, places, runfolder
+from trainer import result as run_result
 from trainer.choose import choose
 from trainer.config import TrainConfig
 from trainer.data.load import Data, load_data
@@ -126,7 +127,7 @@ def train_model(session: Session, data: Data, stage: Stages) -> Trained:
     return Trained(model, predictor, datasets, phases, name, extractor.weights, seconds, features, cache, extra)
 
 
-def finish_diagnostics(config: TrainConfig) -> Path:
+def finish_diagnostics(config: TrainConfig, result: str | None = None) -> Path:
     """The same command rerun after a kill during the diagnostics: --output holds this run's
     model with diagnostics still pending, so they are run, and nothing is trained again."""
     run_dir = Path(config.output)
@@ -134,19 +135,61 @@ def finish_diagnostics(config: TrainConfig) -> Path:
     if failed is None:
         places.run_folder(config)  # refuses the folder, saying why
     print(run_dir, flush=True)
+    run_result.write(result, run_dir, "done")
     if failed:
         raise runner.DiagnosticsFailed(run_dir, failed)
     return run_dir
 
 
-def main(config: TrainConfig) -> Path:
+def assess(session: Session, data: Data, trained: Trained, stage: Stages) -> tuple:
+    """The operating point (--target-recall) and the held-out splits' metrics under it:
+    (rule, point or None, metrics, probabilities)."""
+    config, rule, point = session.config, decision.ARGMAX, None
+    if config.target_recall:
+        with stage("operating_point"):
+            rule, point = operating_point.choose(session, data, trained.features, trained.phases.get("head"))
+    with stage("evaluate"):
+        metrics, probabilities = evaluate_splits(config, data, trained.predictor, trained.datasets, rule)
+    if point is not None:
+        operating_point.on_test(rule, point, probabilities["test"], data.y("test"))
+    return rule, point, metrics, probabilities
+
+
+def land(run_dir: Path, session: Session, data: Data, trained: Trained, assessed: tuple, request: dict,
+         stage: Stages) -> tuple[dict, object]:  # fmt: skip
+    """The run folder's core, whole (trainer.runwriter): returns its manifest and what the
+    audit still needs of the features (each image's own, or None)."""
+    config, (rule, point, metrics, probabilities) = session.config, assessed
+    decided = Decided(trained.backbone, trained.weights, data.labels, str(Path(config.folder).resolve()),
+                      trained.extra.get("backbone_auto", {}).get("ranking"), trained.extra.get("fine_tune"),
+                      None if point is None else rule.describe())  # fmt: skip
+    record = manifest(data, session.policy, decided, trained.cache, trained.seconds, trained.phases)
+    record.update(request=request, request_key=request_key(request), **trained.extra)
+    record["stages"], record["diagnostics"] = stage.record, pending(config)
+    # The audit reads each image's own features only; the head's datasets and every other view go.
+    audit_features = None
+    if trained.features is not None:
+        if config.audit:
+            trained.features.keep_images_only()
+            audit_features = trained.features.store
+        else:
+            trained.features.release()
+    model, trained.features, trained.datasets = trained.model, None, None
+    with stage("write"):
+        write_run(run_dir, config, decided, model, data, (metrics, probabilities), join_history(trained.phases),
+                  record, (rule, point))  # fmt: skip
+    return record, audit_features
+
+
+def main(config: TrainConfig, result: str | None = None) -> Path:
     """Train and evaluate; return the run folder. The model and what describes it are written to
     a hidden partial folder renamed into place, so a run folder always holds a complete model;
-    its path is printed then, and the diagnostics follow (trainer.diagnostics), none of which
-    can cost the model. Raises DiagnosticsFailed after the run when one of them failed."""
+    its path is printed then (and written to `result`: trainer.result), and the diagnostics
+    follow (trainer.diagnostics), none of which can cost the model. Raises DiagnosticsFailed
+    after the run when one of them failed."""
     config = config.check()
     if config.output and (Path(config.output) / runfolder.MANIFEST).is_file():
-        return finish_diagnostics(config)
+        return finish_diagnostics(config, result)
     stage = Stages()
     run_dir, workspace, weights_cache = (
         places.run_folder(config),
@@ -165,46 +208,21 @@ def main(config: TrainConfig) -> Path:
         remember(data.files, stat_cache(config))
     if config.target_recall:
         decision.check_label(config.target_recall, data.labels)
-
     session = start_session(config, data, workspace, request["options"])
     trained = train_model(session, data, stage)
-    rule, point = decision.ARGMAX, None
-    if config.target_recall:
-        with stage("operating_point"):
-            rule, point = operating_point.choose(session, data, trained.features, trained.phases.get("head"))
-    with stage("evaluate"):
-        metrics, probabilities = evaluate_splits(config, data, trained.predictor, trained.datasets, rule)
-    if point is not None:
-        operating_point.on_test(rule, point, probabilities["test"], data.y("test"))
+    assessed = assess(session, data, trained, stage)
     if not device.is_chief():
         shutil.rmtree(session.checkpoint_root, ignore_errors=True)
         log.info("worker done; the chief writes the run folder")
         return run_dir
-
-    decided = Decided(trained.backbone, trained.weights, data.labels, str(Path(config.folder).resolve()),
-                      trained.extra.get("backbone_auto", {}).get("ranking"), trained.extra.get("fine_tune"),
-                      None if point is None else rule.describe())  # fmt: skip
-    record = manifest(data, session.policy, decided, trained.cache, trained.seconds, trained.phases)
-    record.update(request=request, request_key=request_key(request), **trained.extra)
-    record["stages"] = stage.record
-    record["diagnostics"] = pending(config)
-    # The audit reads each image's own features only; the head's datasets and every other view go.
-    audit_features = None
-    if trained.features is not None:
-        if config.audit:
-            trained.features.keep_images_only()
-            audit_features = trained.features.store
-        else:
-            trained.features.release()
-    model, trained.features, trained.datasets = trained.model, None, None
-    with stage("write"):
-        write_run(run_dir, config, decided, model, data, (metrics, probabilities), join_history(trained.phases),
-                  record, (rule, point))  # fmt: skip
+    record, audit_features = land(run_dir, session, data, trained, assessed, request, stage)
     print(run_dir, flush=True)  # the model is complete: `invoke train` publishes it whatever follows
+    run_result.write(result, run_dir, "model")
     log.info("run folder: %s", run_dir)
-    finished = Finished(run_dir, config, workspace, data, model, audit_features, config.export_benchmark)
+    finished = Finished(run_dir, config, workspace, data, trained.model, audit_features, config.export_benchmark)
     failed = runner.run(finished, record, stage=stage)
     shutil.rmtree(session.checkpoint_root, ignore_errors=True)
+    run_result.write(result, run_dir, "done")
     if failed:
         raise runner.DiagnosticsFailed(run_dir, failed)
     return run_dir

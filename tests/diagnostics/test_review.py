@@ -80,13 +80,14 @@ def test_an_inspector_relabels_one_drops_another_downloads_and_trains_with_it(br
     relabel_to = other[chosen[0]["Label"]]
     Select(selects[0]).select_by_value(relabel_to)
     Select(selects[1]).select_by_value("drop")
-    assert browser.find_element(By.ID, "review-status").text == "1 relabelled, 1 dropped of 2"
+    assert browser.find_element(By.ID, "review-status").text == "1 relabelled, 1 dropped, 0 kept of 2"
     browser.find_element(By.ID, "review-download").click()
     saved = _waited_for(browser.downloads / "corrections.csv")
     decisions = list(csv.DictReader(saved.open()))
-    assert [(d["ImagePath"], d["Label"], d["Sha256"]) for d in decisions] == [
-        (chosen[0]["ImagePath"], relabel_to, chosen[0]["Sha256"]),
-        (chosen[1]["ImagePath"], "drop", chosen[1]["Sha256"]),
+    opinions = [f"label:{other[row['Label']]}" for row in chosen]
+    assert [(d["ImagePath"], d["Label"], d["Sha256"], d["Opinion"]) for d in decisions] == [
+        (chosen[0]["ImagePath"], relabel_to, chosen[0]["Sha256"], opinions[0]),
+        (chosen[1]["ImagePath"], "drop", chosen[1]["Sha256"], opinions[1]),
     ]
 
     browser.get((run / "report.html").as_uri())  # a later sitting: the decisions load back
@@ -99,39 +100,52 @@ def test_an_inspector_relabels_one_drops_another_downloads_and_trains_with_it(br
 
     corrected = tmp_path / "corrected"
     images = run_dir.parent / "Images"
-    result = run_module(*train_args(images, epochs=1, output=corrected, workspace=tmp_path / "ws", corrections=saved))
+    dataset_record = tmp_path / "cracks-record"
+    result = run_module(*train_args(images, epochs=1, output=corrected, workspace=tmp_path / "ws", corrections=saved,
+                                    record=dataset_record))  # fmt: skip
     assert result.returncode == 0, result.stderr
     summary = json.loads((corrected / "manifest.json").read_text())["data"]["corrections"]
-    assert (summary["relabelled"], summary["dropped"]) == (1, 1)
-    assert (corrected / "corrections.csv").read_bytes() == saved.read_bytes()
+    assert (summary["relabelled"], summary["dropped"], summary["record"]) == (1, 1, str(dataset_record))
+    # The run keeps the decisions it applied; the record holds them for every later run.
+    applied = [(d["ImagePath"], d["Label"]) for d in csv.DictReader((corrected / "corrections.csv").open())]
+    assert applied == [(d["ImagePath"], d["Label"]) for d in decisions]
+    assert len(list((dataset_record / "decisions").glob("*.csv"))) == 1
     after = {row["ImagePath"]: row for row in csv.DictReader((corrected / "split.csv").open())}
     assert chosen[1]["ImagePath"] not in after
     assert after[chosen[0]["ImagePath"]]["Label"] == relabel_to
     assert {p for p, r in after.items() if r["Split"] == "test"} == {
         r["ImagePath"] for r in split if r["Split"] == "test"
     }
-    assert "Corrections applied" in (corrected / "report.html").read_text()
+    assert "Review decisions applied" in (corrected / "report.html").read_text()
 
 
-def test_the_review_cells_save_lands_where_invoke_train_looks(tmp_path):
+def test_the_review_cells_save_lands_in_the_record_invoke_train_reads(tmp_path):
     """colab.ipynb's review cell: its save (the kernel side of "Save to Drive") checks the form's
-    CSV and writes NAME-corrections.csv beside the published NAME/; `invoke train` then passes
-    it as --corrections and says so. A CSV --corrections would refuse is refused, nothing written."""
+    CSV and adds it to the dataset's record beside the published model, where `invoke train`
+    reads it and says so. A CSV --corrections would refuse is refused, nothing written."""
     from tests.conftest import bundle_copy, invoke
+    from trainer import record
     from trainer.diagnostics import review
     from trainer.errors import InputError
 
     published = tmp_path / "drive" / "cracks"
     published.mkdir(parents=True)
+    folder = record.beside(published)
     with pytest.raises(InputError, match="the header must be ImagePath,Label"):
-        review.save_beside(published, "path,label\nCD/1.jpg,UD\n")
-    assert not review.corrections_beside(published).exists()
-    said = review.save_beside(published, "ImagePath,Label,Sha256\nCD/1.jpg,UD,\n")
-    saved = tmp_path / "drive" / "cracks-corrections.csv"
-    assert said.startswith(f"1 decision(s) in {saved}") and saved.is_file()
+        review.save_to_record(folder, "path,label\nCD/1.jpg,UD\n")
+    assert not folder.exists()
+    images = tmp_path / "Images"
+    (images / "CD").mkdir(parents=True)
+    (images / "UD").mkdir()
+    from PIL import Image
+
+    for index in range(3):
+        Image.new("RGB", (8, 8), (index * 40, 10, 10)).save(images / "CD" / f"{index}.png")
+        Image.new("RGB", (8, 8), (10, index * 40, 10)).save(images / "UD" / f"{index}.png")
+    said = review.save_to_record(folder, f"ImagePath,Label\n{images / 'CD' / '1.png'},UD\n")
+    assert said.startswith(f"1 decision(s) added to the dataset's record {folder}")
     copy = bundle_copy(tmp_path)
-    result = invoke(copy, "train", "--folder", str(tmp_path), "--name", "cracks", "--dry-run",
+    result = invoke(copy, "train", "--folder", str(images), "--name", "cracks", "--dry-run",
                     env={"INVOKE_PUBLISH_TO": str(published)})  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert f"--corrections {saved}" in result.stdout
-    assert f"train: with the corrections in {saved}" in result.stderr
+    assert f"--record {folder}" in result.stdout

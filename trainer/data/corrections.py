@@ -1,13 +1,15 @@
-"""Label corrections as data: a CSV `ImagePath,Label[,Sha256]` whose Label is a class, a new
-class name, or `drop`, applied to a run's rows after the split (`--corrections FILE`, for
-`train` and `audit`; the report's review form writes one).
+"""Label decisions as data: a CSV `ImagePath,Label[,Sha256,Opinion,Decided]` whose Label is a
+class, a new class name, `drop` or `keep`, applied to a run's rows after the split. The report's
+review form writes one; the dataset's record (trainer/record.py) keeps every decision in this
+form; `--corrections FILE` adds one to it.
 
 Each line names an image of the dataset by its content hash (the Sha256 column the form
 writes) or by its path, matched the way the data's own CSV paths are (relative to the
 corrections file's folder or the image folder, `../Images/...`, Windows separators), and when
-that path is a file elsewhere, by its content: so a corrections file survives the data being
-moved or unpacked again. A line that names no image of the dataset is an error, never silently
-skipped.
+that path is a file elsewhere, by its content: so a decision survives the data being moved or
+unpacked again. In a file given with --corrections, a line that names no image of the dataset is
+an error, never silently skipped; the record's decisions about images no longer in the data are
+skipped and counted (trainer/record.py).
 
 The split is made from the labels as given, then corrected: a relabelled image stays in its
 split under its new label and a dropped one leaves it, so the test split of a run with
@@ -18,7 +20,6 @@ are over the same photos (scored against the corrected labels).
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 from collections import Counter
 from dataclasses import dataclass, replace
@@ -30,15 +31,27 @@ from trainer.data.rows import Row, resolve_image_path
 from trainer.errors import InputError, listed
 
 DROP = "drop"
+KEEP = "keep"  # a decision that changes nothing: the image was looked at and its label is right
 FILE = "corrections.csv"  # its copy in the run folder
+COLUMNS = ("ImagePath", "Label", "Sha256", "Opinion", "Decided")
 
 
 @dataclass(frozen=True)
 class Correction:
+    """One decision about one image."""
+
     line: int
-    written: str
-    label: str  # a class, a new class, or DROP
+    written: str  # the image's path as the file wrote it
+    label: str  # a class, a new class, DROP or KEEP
     sha256: str = ""
+    opinion: str = ""  # the audit's view when it was decided ("label:UD"): trainer/record.py
+    decided: str = ""  # when (UTC, ISO 8601): the latest decision about an image wins
+    file: str = ""  # the file it came from, for messages
+
+    @property
+    def kind(self) -> str:
+        """keep, drop or relabel (a keep or a label the image already has changes nothing)."""
+        return self.label.lower() if self.label.lower() in (KEEP, DROP) else "relabel"
 
 
 def read_corrections(path: str | Path) -> list[Correction]:
@@ -53,16 +66,16 @@ def read_corrections(path: str | Path) -> list[Correction]:
     return parse_corrections(text, path)
 
 
-def parse_corrections(text: str, path: str | Path) -> list[Correction]:
-    """The corrections in `text` (a CSV), each line checked; `path` names it in errors."""
+def parse_corrections(text: str, path: str | Path, what: str = "--corrections") -> list[Correction]:
+    """The corrections in `text` (a CSV), each line checked; `what` and `path` name it in errors."""
     records = list(csv.reader(io.StringIO(text)))
     if not records:
-        raise InputError(f"--corrections: {path} is empty; expected a header ImagePath,Label and rows")
+        raise InputError(f"{what}: {path} is empty; expected a header ImagePath,Label and rows")
     header = [name.strip().lower() for name in records[0]]
     if "imagepath" not in header or "label" not in header:
         found = ", ".join(repr(name) for name in records[0]) or "none"
-        raise InputError(f"--corrections: {path}: the header must be ImagePath,Label[,Sha256] (found {found})")
-    at = {name: header.index(name) for name in ("imagepath", "label", "sha256") if name in header}
+        raise InputError(f"{what}: {path}: the header must be ImagePath,Label[,Sha256] (found {found})")
+    at = {name.lower(): header.index(name.lower()) for name in COLUMNS if name.lower() in header}
     out = []
     for line, record in enumerate(records[1:], start=2):
         if not any(cell.strip() for cell in record):
@@ -70,23 +83,24 @@ def parse_corrections(text: str, path: str | Path) -> list[Correction]:
         cells = {name: record[index].strip() if index < len(record) else "" for name, index in at.items()}
         written, label = cells["imagepath"], cells["label"]
         if not written or not label:
-            raise InputError(f"--corrections: {path} line {line}: needs an ImagePath and a Label (a class or {DROP})")
-        out.append(Correction(line, written, label, cells.get("sha256", "").lower()))
+            raise InputError(f"{what}: {path} line {line}: needs an ImagePath and a Label (a class, {DROP} or {KEEP})")
+        out.append(Correction(line, written, label, cells.get("sha256", "").lower(), cells.get("opinion", ""),
+                              cells.get("decided", ""), Path(path).name))  # fmt: skip
     return out
 
 
-def digest(path: str | Path | None) -> str | None:
-    """The corrections as content (each line's path, label and hash, in order), for the record of
-    what a model is trained from: the same corrections in another file are the same."""
-    if path is None:
-        return None
-    hashed = hashlib.sha256()
-    for correction in read_corrections(path):
-        hashed.update(f"{correction.written}\0{correction.label}\0{correction.sha256}\n".encode())
-    return hashed.hexdigest()
+def format_corrections(decisions: list[Correction]) -> str:
+    """The decisions as a CSV that parse_corrections reads back, every column."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    for decision in decisions:
+        writer.writerow([decision.written, decision.label, decision.sha256, decision.opinion, decision.decided])
+    return buffer.getvalue()
 
 
-def _matcher(rows: list[Row], bases: list[Path]):
+def matcher(rows: list[Row], bases: list[Path]):
+    """A function from a correction to the row it names, or None."""
     by_sha = {row.sha256: row for row in rows if row.sha256}
     by_path = {str(row.path): row for row in rows}
     by_written = {row.written: row for row in rows}
@@ -106,16 +120,10 @@ def _matcher(rows: list[Row], bases: list[Path]):
     return match
 
 
-def apply(parts: dict[str, list[Row]], path: str | Path, image_folder: str | Path) -> tuple[dict, dict]:
-    """The parts with the corrections applied, and their summary for the manifest and report:
-    {"file", "lines", "relabelled", "dropped", "unchanged", "classes": {label: {"in", "out",
-    "dropped"}}, "new_classes"}. InputError for a line that names no image of the dataset, or for
-    corrections that leave a class with fewer than MIN_CLASS_SIZE images or fewer than two."""
-    path = Path(path)
-    corrections = read_corrections(path)
-    rows = [row for part in parts.values() for row in part]
-    match = _matcher(rows, [path.parent, Path(image_folder)])
-    wanted: dict[Path, tuple[Correction, Row]] = {}
+def match_strictly(corrections: list[Correction], rows: list[Row], bases: list[Path], path: Path) -> list[Correction]:
+    """Each correction of an explicit file with its image's content hash; InputError for a line
+    that names no image of the dataset."""
+    match, out = matcher(rows, bases), []
     for correction in corrections:
         row = match(correction)
         if row is None:
@@ -123,19 +131,27 @@ def apply(parts: dict[str, list[Row]], path: str | Path, image_folder: str | Pat
                 f"--corrections: {path} line {correction.line}: {correction.written} names no image of this dataset "
                 "(by path or by content); fix the path or remove the line"
             )
-        wanted[row.path] = (correction, row)  # a later line about the same image wins
-    given = {row.label for row in rows}
+        out.append(replace(correction, sha256=row.sha256 or correction.sha256))
+    return out
+
+
+def apply(parts: dict[str, list[Row]], chosen: dict[Path, Correction], where: str) -> tuple[dict, dict]:
+    """The parts with the chosen decisions applied (one per image, by its path), and their
+    summary for the manifest and report: {"relabelled", "dropped", "kept", "classes": {label:
+    {"in", "out", "dropped"}}, "new_classes"}. InputError naming `where` for decisions that leave a
+    class with fewer than MIN_CLASS_SIZE images or fewer than two classes."""
+    given = {row.label for part in parts.values() for row in part}
     classes: dict[str, Counter] = {}
     counts = Counter()
     out = {}
     for name, part in parts.items():
         kept = []
         for row in part:
-            correction = wanted.get(row.path, (None, None))[0]
-            if correction is None or correction.label == row.label:
-                counts["unchanged" if correction else "untouched"] += 1
+            correction = chosen.get(row.path)
+            if correction is None or correction.kind == KEEP or correction.label == row.label:
+                counts["kept" if correction else "untouched"] += 1
                 kept.append(row)
-            elif correction.label.lower() == DROP:
+            elif correction.kind == DROP:
                 counts["dropped"] += 1
                 classes.setdefault(row.label, Counter())["dropped"] += 1
             else:
@@ -148,17 +164,15 @@ def apply(parts: dict[str, list[Row]], path: str | Path, image_folder: str | Pat
     small = sorted(label for label, count in sizes.items() if count < MIN_CLASS_SIZE)
     if small:
         raise InputError(
-            f"--corrections: {path} leaves {listed(f'{label!r} ({sizes[label]})' for label in small)} with fewer "
+            f"{where} leaves {listed(f'{label!r} ({sizes[label]})' for label in small)} with fewer "
             f"than {MIN_CLASS_SIZE} images; relabel more images to it or drop it"
         )
     if len(sizes) < 2:
-        raise InputError(f"--corrections: {path} leaves fewer than two classes")
+        raise InputError(f"{where} leaves fewer than two classes")
     summary = {
-        "file": str(path),
-        "lines": len(corrections),
         "relabelled": counts["relabelled"],
         "dropped": counts["dropped"],
-        "unchanged": counts["unchanged"],
+        "kept": counts["kept"],
         "classes": {label: dict(sorted(tally.items())) for label, tally in sorted(classes.items())},
         "new_classes": sorted(set(sizes) - given),
     }

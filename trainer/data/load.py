@@ -6,9 +6,11 @@ import hashlib
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
+from trainer import places, record
 from trainer.config import TrainConfig
 from trainer.data import corrections as label_corrections
 from trainer.data.report import Report, log_report
@@ -27,7 +29,7 @@ class Data:
     report: Report
     files: dict = field(default_factory=dict)  # every listed file's FileState, as validation read it
     listed: tuple = ((), None)  # (rows, validation rows) as listed, before validation: the digest's input
-    corrections: dict | None = None  # what --corrections changed (trainer.data.corrections.apply's summary)
+    corrections: dict | None = None  # what the decisions in force changed (trainer.data.corrections.apply's summary)
 
     def y(self, name: str) -> np.ndarray:
         index = {label: i for i, label in enumerate(self.labels)}
@@ -97,20 +99,29 @@ def load_data(config: TrainConfig) -> Data:
 
 
 def _corrected(config: TrainConfig, parts: dict) -> tuple[dict, dict | None]:
-    """--corrections applied to the split parts (trainer.data.corrections), said in one line."""
-    if not config.corrections:
+    """The decisions in force (the dataset's record, and --corrections FILE, which is added to
+    it: trainer/record.py) applied to the split parts, said in one line."""
+    folder = places.record(config)
+    rows = [row for part in parts.values() for row in part]
+    decisions = record.gather(folder, config.corrections, rows, [Path(config.folder)], keep_file=True)
+    if not decisions.chosen:
+        if decisions.skipped:
+            log.info("%s", decisions.described())
         return parts, None
-    parts, summary = label_corrections.apply(parts, config.corrections, config.folder)
+    where = f"--corrections {config.corrections}" if config.corrections else f"the dataset's record {folder}"
+    parts, summary = label_corrections.apply(parts, decisions.chosen, where)
     if "train" in parts:
         untrained = sorted(
             {row.label for rows in parts.values() for row in rows} - {row.label for row in parts["train"]}
         )
         if untrained:
             raise InputError(
-                f"--corrections: class(es) {listed(map(repr, untrained))} have no training image after the corrections "
+                f"{where}: class(es) {listed(map(repr, untrained))} have no training image after the decisions "
                 "(their images all fall in the validation or test split); relabel more images to them"
             )
-    log.info("corrections from %s: %s", config.corrections, label_corrections.described(summary))
+    log.info("%s: %s", decisions.described(), label_corrections.described(summary))
+    summary.update(record=decisions.where or None, file=decisions.file or None, skipped=decisions.skipped)
+    summary["in_force"] = list(decisions.chosen.values())  # the run keeps them as corrections.csv
     return parts, summary
 
 

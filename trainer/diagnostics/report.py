@@ -297,20 +297,28 @@ def _audit_section(run_dir: Path, summary: dict | None, labels: list[str]) -> st
         "a label that held-out heads find unlikely, an image nearly identical to one under another label or in another "
         f"split, or one unlike all others. The list is <code>{runfolder.AUDIT}</code>.{listed}</p>"
     )
-    return intro + review.form(rows, labels, review.hashes(run_dir))
+    return intro + review.run_form(run_dir, rows, labels)
 
 
 def _corrections_section(corrections: dict | None) -> str:
-    """What --corrections changed, when the run had them."""
+    """What the review decisions in force changed, when the run had any (trainer/record.py)."""
     if not corrections:
         return ""
     rows = [[label, tally.get("in", 0), tally.get("out", 0), tally.get("dropped", 0)]
             for label, tally in corrections["classes"].items()]  # fmt: skip
     new = f" New classes: {html.escape(', '.join(corrections['new_classes']))}." if corrections["new_classes"] else ""
+    where = " and ".join(
+        f"<code>{html.escape(str(place))}</code>"
+        for place in (corrections.get("record"), corrections.get("file"))
+        if place
+    )
+    skipped = (f" {corrections['skipped']} decision(s) name images no longer in the data and were skipped."
+               if corrections.get("skipped") else "")  # fmt: skip
     return (
-        f"<h3>Corrections applied</h3><p>{corrections['relabelled']} images relabelled and {corrections['dropped']} "
-        f"dropped by <code>{runfolder.CORRECTIONS}</code> ({corrections['lines']} lines; {corrections['unchanged']} "
-        f"kept their label), after the split, so the test split is the same photos as without them.{new}</p>"
+        f"<h3>Review decisions applied</h3><p>{corrections['relabelled']} images relabelled, {corrections['dropped']} "
+        f"dropped and {corrections.get('kept', 0)} kept as they were, by the decisions in {where or 'force'} (this run's "
+        f"copy: <code>{runfolder.CORRECTIONS}</code>), after the split, so the test split is the same photos as "
+        f"without them.{skipped}{new}</p>"
         + _table(rows, ["class", "relabelled to it", "relabelled from it", "dropped"])
     )
 

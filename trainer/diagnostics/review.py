@@ -1,13 +1,18 @@
 """The labels-to-check list as a review form: report.html's section where an inspector decides,
 image by image, keep, relabel or drop, and downloads the decisions as corrections.csv (the
-file `--corrections` reads, trainer.data.corrections).
+file `--corrections` reads, trainer.data.corrections, and adds to the dataset's record).
 
 The page stays one self-contained file that works from file:// with no server and no network:
 the photos are embedded JPEGs, the form's script is inline, the download is a Blob, and earlier
 decisions load back from a picked file, so a long list can be reviewed in several sittings. In
 a Colab output cell (colab.ipynb's review cell) the same form gets a "Save to Drive" button that
-hands the file to the kernel (google.colab.kernel.invokeFunction), which writes it where
-`invoke train` picks it up.
+hands the decisions to the kernel (google.colab.kernel.invokeFunction), which adds them to the
+dataset's record (trainer/record.py), where every later `invoke train` reads them.
+
+What the dataset's record already says is shown: each listed photo's earlier decision, and how
+many photos were kept earlier and are not listed again. A kept photo is listed again only when
+the audit's opinion of it has changed: its reason (a doubted label, a near-duplicate, an outlier)
+or the label it suggests is not what it was when the photo was kept (`opinion`).
 """
 
 from __future__ import annotations
@@ -19,9 +24,8 @@ import io
 import json
 from pathlib import Path
 
-from trainer import runfolder
-from trainer.atomic import write_atomically
-from trainer.data.corrections import parse_corrections
+from trainer import record, runfolder
+from trainer.data.corrections import KEEP, Correction, parse_corrections, read_corrections
 
 SHOWN = 500  # images in the form, the likeliest first (audit.csv's order); the rest stay in audit.csv
 SIDE = 192  # pixels, the longest side of each photo: enough to judge a crack at a glance
@@ -54,33 +58,63 @@ def hashes(run_dir: Path) -> dict[str, str]:
         return {record["ImagePath"]: record.get("Sha256", "") for record in csv.DictReader(handle)}
 
 
+def run_form(run_dir: Path, rows: list[dict], labels: list[str]) -> str:
+    """A run's form, with the decisions that were in force when it trained (its corrections.csv):
+    what the dataset's record said then."""
+    path = run_dir / runfolder.CORRECTIONS
+    earlier = record.latest(read_corrections(path)) if path.is_file() else {}
+    return form(rows, labels, hashes(run_dir), earlier=earlier, where=f"{runfolder.CORRECTIONS}, as this run trained")
+
+
+def opinion(row: dict) -> str:
+    """What the audit thinks of an audit.csv row: its reason's kind and the label it suggests
+    ("label:UD", "near-duplicate:CD"). A keep is remembered with it; when it changes, the photo
+    is listed again."""
+    kind = row["Reason"].split(":")[0].split(" ")[0]
+    return f"{kind}:{row['SuggestedLabel']}"
+
+
 def _choice(row: dict, labels: list[str]) -> str:
-    options = ["<option value='keep'>keep</option>"]
+    options = ["<option value=''>undecided</option>", "<option value='keep'>keep</option>"]
     options += [f"<option value='{html.escape(label)}'>relabel to {html.escape(label)}</option>"
                 for label in labels if label != row["Label"]]  # fmt: skip
     options.append("<option value='drop'>drop</option>")
     return f"<select aria-label='decision for {html.escape(Path(row['ImagePath']).name)}'>{''.join(options)}</select>"
 
 
-def form(rows: list[dict], labels: list[str], sha: dict[str, str], shown: int = SHOWN) -> str:
-    """The review table for audit.csv's rows (the first `shown`), its buttons and its script."""
-    if not rows:
+def _earlier(decision: Correction | None) -> str:
+    if decision is None:
         return ""
-    body = []
-    for row in rows[:shown]:
-        kind = row["Reason"].split(":")[0].split(" ")[0]
-        attributes = {
-            "data-path": row["ImagePath"], "data-sha": sha.get(row["ImagePath"], ""), "data-label": row["Label"],
-            "data-suggested": row["SuggestedLabel"], "data-score": row["Score"], "data-kind": kind,
-        }  # fmt: skip
-        cells = "".join(f" {key}='{html.escape(value, quote=True)}'" for key, value in attributes.items())
-        suggestion = row["SuggestedLabel"] if row["SuggestedLabel"] != row["Label"] else "-"
-        body.append(
-            f"<tr{cells}><td>{photo(row['ImagePath'])}</td><td>{html.escape(Path(row['ImagePath']).name)}</td>"
-            f"<td>{html.escape(row['Label'])}</td><td>{html.escape(suggestion)}</td>"
-            f"<td>{float(row['Score']):.3f}</td><td>{html.escape(row['Reason'])}</td>"
-            f"<td>{_choice(row, labels)}</td></tr>"
-        )
+    what = {"keep": "kept", "drop": "dropped"}.get(decision.kind, f"relabelled {decision.label}")
+    when = decision.decided[:10]
+    thought = f", when the audit said {decision.opinion}" if decision.opinion else ""
+    return html.escape(f"{what} {when}{thought}")
+
+
+def listed_again(rows: list[dict], sha: dict[str, str], earlier: dict[str, Correction]) -> tuple[list[dict], int]:
+    """audit.csv's rows the form lists (all but photos kept under the same opinion) and how many
+    kept photos it leaves out."""
+    out, left_out = [], 0
+    for row in rows:
+        decision = earlier.get(sha.get(row["ImagePath"], ""))
+        if decision is not None and decision.kind == KEEP and decision.opinion == opinion(row):
+            left_out += 1
+        else:
+            out.append(row)
+    return out, left_out
+
+
+def form(rows: list[dict], labels: list[str], sha: dict[str, str], shown: int = SHOWN,
+         earlier: dict[str, Correction] | None = None, where: str = "") -> str:  # fmt: skip
+    """The review table for audit.csv's rows (the first `shown` the record does not settle), its
+    buttons and its script. `earlier`: the dataset's decisions so far, by content hash, from
+    `where` (the record, or the run's copy of them)."""
+    earlier = earlier or {}
+    rows, left_out = listed_again(rows, sha, earlier)
+    summary = _earlier_summary(earlier, left_out, where)
+    if not rows:
+        return summary
+    body = [_form_row(row, labels, sha, earlier) for row in rows[:shown]]
     more = (
         f" The form holds the first {shown}; <code>{runfolder.AUDIT}</code> lists all {len(rows)}, and a corrections "
         "file can name any image."
@@ -98,16 +132,47 @@ def form(rows: list[dict], labels: list[str], sha: dict[str, str], shown: int = 
         "<span id='review-status' role='status'></span></div>"
     )
     header = ("<tr><th>photo</th><th>file</th><th>label</th><th>suggested</th><th>score</th><th>why</th>"
-              "<th>decision</th></tr>")  # fmt: skip
+              "<th>earlier</th><th>decision</th></tr>")  # fmt: skip
     return (
-        "<p><b>Review:</b> decide for each image: keep its label, relabel it, or drop it. Download the decisions as "
-        "<code>corrections.csv</code> and train with <code>--corrections corrections.csv</code> (<code>invoke train "
-        "--corrections FILE</code>); the cached features are reused, so the retrain takes seconds. Decisions load "
-        f"back from that file to go on later.{more}</p>"
+        "<p><b>Review:</b> decide for each image: keep its label, relabel it, or drop it (undecided ones are left "
+        "for later). Download the decisions as <code>corrections.csv</code> and train with <code>invoke train "
+        "--corrections corrections.csv</code>: they join the dataset's record, so every later <code>invoke setup "
+        "train</code> keeps them, and the cached features are reused, so the retrain takes seconds. A photo you "
+        f"keep is not listed again while the audit's opinion of it stays the same.{more}</p>"
+        + summary
         + controls
         + f"<table class='review'>{header}{''.join(body)}</table>"
         + f"<script>{SCRIPT.replace('SAVE_CALLBACK', json.dumps(SAVE_CALLBACK))}</script>"
     )
+
+
+def _form_row(row: dict, labels: list[str], sha: dict[str, str], earlier: dict[str, Correction]) -> str:
+    attributes = {
+        "data-path": row["ImagePath"], "data-sha": sha.get(row["ImagePath"], ""), "data-label": row["Label"],
+        "data-suggested": row["SuggestedLabel"], "data-score": row["Score"], "data-kind": opinion(row).split(":")[0],
+        "data-opinion": opinion(row),
+    }  # fmt: skip
+    cells = "".join(f" {key}='{html.escape(value, quote=True)}'" for key, value in attributes.items())
+    suggestion = row["SuggestedLabel"] if row["SuggestedLabel"] != row["Label"] else "-"
+    before = _earlier(earlier.get(sha.get(row["ImagePath"], "")))
+    return (
+        f"<tr{cells}><td>{photo(row['ImagePath'])}</td><td>{html.escape(Path(row['ImagePath']).name)}</td>"
+        f"<td>{html.escape(row['Label'])}</td><td>{html.escape(suggestion)}</td>"
+        f"<td>{float(row['Score']):.3f}</td><td>{html.escape(row['Reason'])}</td><td>{before}</td>"
+        f"<td>{_choice(row, labels)}</td></tr>"
+    )
+
+
+def _earlier_summary(earlier: dict[str, Correction], left_out: int, where: str) -> str:
+    if not earlier:
+        return ""
+    kinds = [decision.kind for decision in earlier.values()]
+    counts = ", ".join(f"{kinds.count(kind)} {word}" for kind, word in
+                       (("relabel", "relabelled"), ("drop", "dropped"), ("keep", "kept")) if kinds.count(kind))  # fmt: skip
+    place = f" in <code>{html.escape(where)}</code>" if where else ""
+    hidden = (f" {left_out} photo(s) you kept are not listed again: the audit's opinion of them is unchanged."
+              if left_out else "")  # fmt: skip
+    return f"<p>The dataset's record{place} holds {len(kinds)} earlier decision(s) ({counts}).{hidden}</p>"
 
 
 # The form's behaviour: plain DOM, no library, nothing fetched.
@@ -117,20 +182,22 @@ SCRIPT = r"""
   const status = document.getElementById('review-status');
   const quote = (text) => /[",\r\n]/.test(text) ? '"' + text.replace(/"/g, '""') + '"' : text;
   function decided() {
-    return rows.filter((row) => row.querySelector('select').value !== 'keep');
+    return rows.filter((row) => row.querySelector('select').value !== '');
   }
   function csvText() {
-    const lines = ['ImagePath,Label,Sha256'];
+    const lines = ['ImagePath,Label,Sha256,Opinion'];
     for (const row of decided()) {
-      lines.push([row.dataset.path, row.querySelector('select').value, row.dataset.sha].map(quote).join(','));
+      const value = row.querySelector('select').value;
+      lines.push([row.dataset.path, value, row.dataset.sha, row.dataset.opinion].map(quote).join(','));
     }
     return lines.join('\n') + '\n';
   }
   function say(text) { status.textContent = text; }
   function count() {
-    const chosen = decided();
-    const dropped = chosen.filter((row) => row.querySelector('select').value === 'drop').length;
-    say(`${chosen.length - dropped} relabelled, ${dropped} dropped of ${rows.length}`);
+    const values = decided().map((row) => row.querySelector('select').value);
+    const dropped = values.filter((value) => value === 'drop').length;
+    const kept = values.filter((value) => value === 'keep').length;
+    say(`${values.length - dropped - kept} relabelled, ${dropped} dropped, ${kept} kept of ${rows.length}`);
   }
   rows.forEach((row) => row.querySelector('select').addEventListener('change', count));
   document.getElementById('review-accept').addEventListener('click', () => {
@@ -210,35 +277,32 @@ SCRIPT = r"""
 
 
 # ---------------------------------------------------------------------------------------------
-# In a notebook (colab.ipynb's review cell): the form of a published model, and its save button's
-# kernel side
+# In a notebook (colab.ipynb's review cell): the form of a published model with the dataset's
+# record, and its save button's kernel side
 
 
-def corrections_beside(published: str | Path) -> Path:
-    """Where the review form saves a published model's corrections, and `invoke train` looks:
-    NAME-corrections.csv beside the published NAME/ folder (publishing replaces the folder; the
-    decisions must outlive it)."""
-    published = Path(published)
-    return published.with_name(f"{published.name}-corrections.csv")
-
-
-def published_form(published: str | Path) -> str:
-    """The review form of a published run (its audit.csv, labels and split), as HTML for a
-    notebook's output."""
-    published = Path(published)
+def published_form(published: str | Path, record_folder: str | Path) -> str:
+    """The review form of a published run (its audit.csv, labels and split) with the earlier
+    decisions of the dataset's record, as HTML for a notebook's output."""
+    published, record_folder = Path(published), Path(record_folder)
     rows = runfolder.read_audit(published / runfolder.AUDIT)
     if not rows:
         return f"<p>No labels to check in {html.escape(str(published))} (no audit.csv, or it lists nothing).</p>"
-    labels = (published / runfolder.LABELS).read_text(encoding="utf-8").split()
-    saved = corrections_beside(published)
-    where = f"<p>Save to Drive writes <code>{html.escape(str(saved))}</code>; rerun the job cell to train with it.</p>"
-    return f"<style>table.review img {{ max-width: {SIDE}px; }}</style>{where}" + form(rows, labels, hashes(published))
+    labels = runfolder.read_labels([published / runfolder.LABELS], published)
+    where = (f"<p>Save to Drive adds your decisions to the dataset's record, <code>{html.escape(str(record_folder))}"
+             "</code>; rerun the job cell to train with them.</p>")  # fmt: skip
+    earlier = record.latest(record.read_decisions(record_folder))
+    return (f"<style>table.review img {{ max-width: {SIDE}px; }}</style>{where}"
+            + form(rows, labels, hashes(published), earlier=earlier, where=str(record_folder)))  # fmt: skip
 
 
-def save_beside(published: str | Path, text: str) -> str:
+def save_to_record(record_folder: str | Path, text: str) -> str:
     """The save button's kernel side: the form's CSV checked as --corrections reads it, then
-    written whole (temporary name, renamed) beside the published model. Returns what to say."""
-    target = corrections_beside(published)
-    decisions = parse_corrections(text, target)
-    write_atomically(target, text)
-    return f"{len(decisions)} decision(s) in {target}; rerun the job cell to retrain with them"
+    added to the dataset's record (a new file of it, whole: trainer/record.py). Returns what to
+    say."""
+    record_folder = Path(record_folder)
+    decisions = parse_corrections(text, "the form's decisions", what="Save to Drive")
+    added = record.add(record_folder, decisions)
+    already = len(decisions) - len(added)
+    return (f"{len(added)} decision(s) added to the dataset's record {record_folder}"
+            + (f" ({already} it held already)" if already else "") + "; rerun the job cell to retrain with them")  # fmt: skip
