@@ -41,27 +41,46 @@ def model_metadata(name: str, description: str, labels_file: str, image_size: in
     """A ModelMetadata flatbuffer for an image classifier: one RGB float input of 0-255 values
     (NormalizationOptions mean 0, std 1), one output of class probabilities labelled by
     `labels_file` (TENSOR_AXIS_LABELS)."""
-    import flatbuffers
+    w = _Writer()
+    input_tensor = _input_tensor(w, image_size)
+    output_tensor = _output_tensor(w, labels_file)
+    inputs, outputs = w.offsets([input_tensor]), w.offsets([output_tensor])
+    subgraph = w.table({2: ("offset", inputs), 3: ("offset", outputs)})
+    model_name, model_text, by = w.string(name), w.string(description), w.string(author)
+    subgraphs, parser = w.offsets([subgraph]), w.string(MIN_PARSER_VERSION)
+    root = w.table({0: ("offset", model_name), 1: ("offset", model_text), 3: ("offset", subgraphs),
+                    4: ("offset", by), 7: ("offset", parser)})  # fmt: skip
+    w.builder.Finish(root, file_identifier=b"M001")
+    return bytes(w.builder.Output())
 
-    b = flatbuffers.Builder(1024)
 
-    def string(text: str) -> int:
-        return b.CreateString(text)
+class _Writer:
+    """A flatbuffers.Builder with the few shapes ModelMetadata is made of. A flatbuffer is built
+    back to front, so each method returns the offset of what it built, for a later table."""
 
-    def floats(values: list[float]) -> int:
-        b.StartVector(4, len(values), 4)
+    def __init__(self, size: int = 1024):
+        import flatbuffers
+
+        self.builder = flatbuffers.Builder(size)
+
+    def string(self, text: str) -> int:
+        return self.builder.CreateString(text)
+
+    def floats(self, values: list[float]) -> int:
+        self.builder.StartVector(4, len(values), 4)
         for value in reversed(values):
-            b.PrependFloat32(value)
-        return b.EndVector()
+            self.builder.PrependFloat32(value)
+        return self.builder.EndVector()
 
-    def offsets(items: list[int]) -> int:
-        b.StartVector(4, len(items), 4)
+    def offsets(self, items: list[int]) -> int:
+        self.builder.StartVector(4, len(items), 4)
         for item in reversed(items):
-            b.PrependUOffsetTRelative(item)
-        return b.EndVector()
+            self.builder.PrependUOffsetTRelative(item)
+        return self.builder.EndVector()
 
-    def table(fields: dict[int, tuple[str, object]]) -> int:
+    def table(self, fields: dict[int, tuple[str, object]]) -> int:
         """fields: slot -> ("offset" | "uint8" | "uint32", value), values already built."""
+        b = self.builder
         b.StartObject(max(fields, default=-1) + 1)
         for slot, (kind, value) in sorted(fields.items(), reverse=True):
             if kind == "offset":
@@ -72,39 +91,36 @@ def model_metadata(name: str, description: str, labels_file: str, image_size: in
                 b.PrependUint32Slot(slot, value, 0)
         return b.EndObject()
 
-    def stats(top: float, bottom: float) -> int:
-        top_at, bottom_at = floats([top]), floats([bottom])
-        return table({0: ("offset", top_at), 1: ("offset", bottom_at)})
+    def stats(self, top: float, bottom: float) -> int:
+        top_at, bottom_at = self.floats([top]), self.floats([bottom])
+        return self.table({0: ("offset", top_at), 1: ("offset", bottom_at)})
 
-    # The input: an RGB image of pixel values 0-255, the normalization inside the model.
-    normalization = table({0: ("offset", floats([0.0])), 1: ("offset", floats([1.0]))})
-    unit = table({0: ("uint8", NORMALIZATION_OPTIONS), 1: ("offset", normalization)})
-    image = table({0: ("uint8", RGB)})
-    image_content = table({0: ("uint8", IMAGE_PROPERTIES), 1: ("offset", image)})
-    input_name, input_text = (
-        string("image"),
-        string(f"RGB pixel values 0-255, resized to {image_size} x {image_size}; the model normalizes them itself"),
+
+def _input_tensor(w: _Writer, image_size: int) -> int:
+    """The input's TensorMetadata: an RGB image of pixel values 0-255, normalized inside the model."""
+    normalization = w.table({0: ("offset", w.floats([0.0])), 1: ("offset", w.floats([1.0]))})
+    unit = w.table({0: ("uint8", NORMALIZATION_OPTIONS), 1: ("offset", normalization)})
+    image = w.table({0: ("uint8", RGB)})
+    content = w.table({0: ("uint8", IMAGE_PROPERTIES), 1: ("offset", image)})
+    name, text = (
+        w.string("image"),
+        w.string(f"RGB pixel values 0-255, resized to {image_size} x {image_size}; the model normalizes them itself"),
     )
-    input_stats, input_units = stats(255.0, 0.0), offsets([unit])
-    input_tensor = table({0: ("offset", input_name), 1: ("offset", input_text), 3: ("offset", image_content),
-                          4: ("offset", input_units), 5: ("offset", input_stats)})  # fmt: skip
-    # The output: softmax probabilities, one per line of labels.txt.
-    labels = table({0: ("offset", string(labels_file)), 1: ("offset", string("the class names, in output order")),
-                    2: ("uint8", TENSOR_AXIS_LABELS)})  # fmt: skip
-    feature = table({})
-    output_content = table({0: ("uint8", FEATURE_PROPERTIES), 1: ("offset", feature)})
-    output_name, output_text = string("probabilities"), string("softmax probability of each class")
-    output_stats, output_files = stats(1.0, 0.0), offsets([labels])
-    output_tensor = table({0: ("offset", output_name), 1: ("offset", output_text), 3: ("offset", output_content),
-                           5: ("offset", output_stats), 6: ("offset", output_files)})  # fmt: skip
-    inputs, outputs = offsets([input_tensor]), offsets([output_tensor])
-    subgraph = table({2: ("offset", inputs), 3: ("offset", outputs)})
-    model_name, model_text, by = string(name), string(description), string(author)
-    subgraphs, parser = offsets([subgraph]), string(MIN_PARSER_VERSION)
-    root = table({0: ("offset", model_name), 1: ("offset", model_text), 3: ("offset", subgraphs),
-                  4: ("offset", by), 7: ("offset", parser)})  # fmt: skip
-    b.Finish(root, file_identifier=b"M001")
-    return bytes(b.Output())
+    stats, units = w.stats(255.0, 0.0), w.offsets([unit])
+    return w.table({0: ("offset", name), 1: ("offset", text), 3: ("offset", content), 4: ("offset", units),
+                    5: ("offset", stats)})  # fmt: skip
+
+
+def _output_tensor(w: _Writer, labels_file: str) -> int:
+    """The output's TensorMetadata: softmax probabilities, one per line of `labels_file`."""
+    labels = w.table({0: ("offset", w.string(labels_file)), 1: ("offset", w.string("the class names, in output order")),
+                      2: ("uint8", TENSOR_AXIS_LABELS)})  # fmt: skip
+    feature = w.table({})
+    content = w.table({0: ("uint8", FEATURE_PROPERTIES), 1: ("offset", feature)})
+    name, text = w.string("probabilities"), w.string("softmax probability of each class")
+    stats, files = w.stats(1.0, 0.0), w.offsets([labels])
+    return w.table({0: ("offset", name), 1: ("offset", text), 3: ("offset", content), 5: ("offset", stats),
+                    6: ("offset", files)})  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,22 +174,20 @@ def read_metadata(model: bytes) -> bytes | None:
 def attach(model: bytes, metadata: bytes, files: dict[str, bytes]) -> bytes:
     """The model with `metadata` as its TFLITE_METADATA buffer (replacing one it had) and
     `files` zipped after it."""
-    import flatbuffers
-
     if model[4:8] != b"TFL3":
         raise ValueError("not a TensorFlow Lite flatbuffer (no TFL3 identifier)")
     zipped = _zip_start(model)
     old = model[:zipped] + b"\0" * (-zipped % 16)
-    root = _u32(old, 0)
-    fields = _fields(old, root)
-    buffers = _table_vector(old, _target(old, fields[4])) if 4 in fields else []
-    entries = _table_vector(old, _target(old, fields[6])) if 6 in fields else []
-    kept = []
-    for entry in entries:  # a metadata buffer written before is replaced, not stacked
-        name_at = _target(old, _fields(old, entry)[0])
-        if old[name_at + 4 : name_at + 4 + _u32(old, name_at)].decode() != METADATA_NAME:
-            kept.append(entry)
+    return _with_files(_with_metadata(old, metadata), files)
 
+
+def _with_metadata(old: bytes, metadata: bytes) -> bytes:
+    """A new root Model table in front of the old flatbuffer (kept byte for byte, its length a
+    multiple of 16), whose buffers and metadata vectors are the old ones and `metadata`'s."""
+    import flatbuffers
+
+    fields = _fields(old, _u32(old, 0))
+    buffers = _table_vector(old, _target(old, fields[4])) if 4 in fields else []
     b = flatbuffers.Builder(len(old) + len(metadata) + 4096)
     b.Prep(16, len(old))
     b.head -= len(old)
@@ -183,20 +197,9 @@ def attach(model: bytes, metadata: bytes, files: dict[str, bytes]) -> bytes:
     def at(position: int) -> int:  # the builder's offset of a position in the old bytes
         return base - position
 
-    b.StartVector(1, len(metadata), 16)  # Buffer.data is force_align 16
-    b.head -= len(metadata)
-    b.Bytes[b.head : b.head + len(metadata)] = metadata
-    data = b.EndVector()
-    b.StartObject(3)
-    b.PrependUOffsetTRelativeSlot(0, data, 0)
-    buffer = b.EndObject()
-    name = b.CreateString(METADATA_NAME)
-    b.StartObject(2)
-    b.PrependUint32Slot(1, len(buffers), 0)
-    b.PrependUOffsetTRelativeSlot(0, name, 0)
-    entry = b.EndObject()
+    buffer, entry = _metadata_tables(b, metadata, len(buffers))
     vectors = {}
-    for slot, (olds, new) in {4: (buffers, buffer), 6: (kept, entry)}.items():
+    for slot, (olds, new) in {4: (buffers, buffer), 6: (_other_entries(old, fields), entry)}.items():
         b.StartVector(4, len(olds) + 1, 4)
         b.PrependUOffsetTRelative(new)
         for position in reversed(olds):
@@ -210,7 +213,39 @@ def attach(model: bytes, metadata: bytes, files: dict[str, bytes]) -> bytes:
     b.PrependUOffsetTRelativeSlot(4, vectors[4], 0)
     b.PrependUint32Slot(0, _u32(old, fields[0]) if 0 in fields else 3, 0)
     b.Finish(b.EndObject(), file_identifier=b"TFL3")
-    out = io.BytesIO(bytes(b.Output()))
+    return bytes(b.Output())
+
+
+def _other_entries(old: bytes, fields: dict[int, int]) -> list[int]:
+    """The Model's metadata entries but TFLITE_METADATA: one written before is replaced, not stacked."""
+    kept = []
+    for entry in _table_vector(old, _target(old, fields[6])) if 6 in fields else []:
+        name_at = _target(old, _fields(old, entry)[0])
+        if old[name_at + 4 : name_at + 4 + _u32(old, name_at)].decode() != METADATA_NAME:
+            kept.append(entry)
+    return kept
+
+
+def _metadata_tables(b, metadata: bytes, index: int) -> tuple[int, int]:
+    """A Buffer holding `metadata` and the Metadata entry "TFLITE_METADATA" that names it, as
+    buffer number `index`: (buffer, entry)."""
+    b.StartVector(1, len(metadata), 16)  # Buffer.data is force_align 16
+    b.head -= len(metadata)
+    b.Bytes[b.head : b.head + len(metadata)] = metadata
+    data = b.EndVector()
+    b.StartObject(3)
+    b.PrependUOffsetTRelativeSlot(0, data, 0)
+    buffer = b.EndObject()
+    name = b.CreateString(METADATA_NAME)
+    b.StartObject(2)
+    b.PrependUint32Slot(1, index, 0)
+    b.PrependUOffsetTRelativeSlot(0, name, 0)
+    return buffer, b.EndObject()
+
+
+def _with_files(flat: bytes, files: dict[str, bytes]) -> bytes:
+    """The flatbuffer with `files` as a zip archive after it (TFLite's associated files)."""
+    out = io.BytesIO(flat)
     out.seek(0, io.SEEK_END)
     with zipfile.ZipFile(out, "a", compression=zipfile.ZIP_STORED) as archive:
         for file_name, content in files.items():
