@@ -12,8 +12,9 @@ PACKAGE = ROOT / "trainer"
 # Imports of project modules that may sit inside a function, each with its reason.
 LAZY = {("trainer.fit.loop", "trainer.fit.resume"): "resume subclasses a Keras callback, so importing it imports Keras"}
 BOTTOM = {
-    "trainer.config": {"trainer.errors", "trainer.backbones"},
+    "trainer.config": {"trainer.errors", "trainer.backbones", "trainer.exports"},
     "trainer.backbones": set(),
+    "trainer.exports": set(),
     "trainer.errors": set(),
 }
 

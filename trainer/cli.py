@@ -203,7 +203,8 @@ COMMANDS = (
     )),
     Command("export", "(re)write a run's exports and check them against Keras", export, (
         arg("run_dir", metavar="RUN_DIR"),
-        arg("--formats", default="all", help="all, or a comma list of saved_model, tflite, onnx (default all)"),
+        arg("--formats", default="all",
+            help=f"all, or a comma list of {', '.join(parse_formats('all'))} (default all)"),
         arg("--no-check", dest="check", action="store_false", help="write without the parity check"),
         arg("--check-only", action="store_true", help="check the exports already in RUN_DIR without rewriting them"),
         arg("--benchmark", action="store_true", help="also each format's test accuracy and latency at batch 1 and 32"),

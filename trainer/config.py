@@ -18,12 +18,12 @@ from pathlib import Path
 
 from trainer.backbones import BACKBONES, canonical_backbone
 from trainer.errors import InputError, nearest
+from trainer.exports import export_words
 
 SCHEDULES = ("none", "exponential", "polynomial", "cosine")
 # auto: from the hardware; on: the device's own kind (float16 on GPUs, bfloat16 elsewhere);
 # float16 / bfloat16: that policy on any device, so that a CPU can run what a GPU would.
 MIXED_PRECISION = ("auto", "on", "off", "float16", "bfloat16")
-EXPORT_FORMATS = ("saved_model", "tflite", "onnx")
 
 
 @dataclass(frozen=True)
@@ -192,7 +192,7 @@ class TrainConfig:
         "ud-cd-classifier", "the model is also saved as NAME.keras, and published as NAME", place=True
     )
     export: str = option(
-        "all", "all, none, or a comma list of saved_model, tflite, onnx; each export is checked against Keras"
+        "all", f"all, none, or a comma list of {', '.join(export_words())}; each export is checked against Keras"
     )
     export_benchmark: bool = option(
         True,
@@ -345,15 +345,16 @@ def options() -> tuple[dataclasses.Field, ...]:
 
 
 def parse_formats(text: str) -> tuple[str, ...]:
-    """--export: all, none, or a comma list of EXPORT_FORMATS."""
+    """--export: all, none, or a comma list of the export table's words (trainer/exports.py)."""
+    known = export_words()
     if text == "all":
-        return EXPORT_FORMATS
+        return known
     if text == "none":
         return ()
     chosen = tuple(part.strip() for part in text.split(",") if part.strip())
-    unknown = [part for part in chosen if part not in EXPORT_FORMATS]
+    unknown = [part for part in chosen if part not in known]
     if unknown or not chosen:
-        raise InputError(f"--export: {text!r}; use all, none, or a comma list of {', '.join(EXPORT_FORMATS)}")
+        raise InputError(f"--export: {text!r}; use all, none, or a comma list of {', '.join(known)}")
     return chosen
 
 

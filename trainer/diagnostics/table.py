@@ -4,7 +4,7 @@
     title      how the report names it
     applies    whether the run's options ask for it (else it is recorded "skipped")
     run        the function: Finished -> None, or a dict to merge into the manifest
-    shows      the files it leaves in the run folder
+    shows      a function giving the files it leaves in the run folder
 
 To add a diagnostic, add a row here with its function; trainer.diagnostics.runner runs every row
 that applies after the run folder's core has landed, in this order, and the report
@@ -25,6 +25,7 @@ from trainer.diagnostics.audit import audit_data
 from trainer.diagnostics.explain import heatmap_sheet
 from trainer.errors import InputError
 from trainer.export.formats import export_run
+from trainer.exports import export_files
 
 
 class Skipped(Exception):
@@ -84,15 +85,16 @@ class Diagnostic:
     title: str
     applies: Callable[[TrainConfig], bool]
     run: Callable[[Finished], dict | None]
-    shows: tuple[str, ...] = ()
+    shows: Callable[[], tuple[str, ...]]
 
 
 DIAGNOSTICS = (
     Diagnostic("audit", "Labels to check", lambda config: config.audit, _audit,
-               (runfolder.AUDIT, runfolder.AUDIT_FULL)),
-    Diagnostic("heatmaps", "Where the model looks", lambda config: True, _heatmaps, (runfolder.HEATMAPS,)),
+               lambda: (runfolder.AUDIT, runfolder.AUDIT_FULL)),
+    Diagnostic("heatmaps", "Where the model looks", lambda config: True, _heatmaps, lambda: (runfolder.HEATMAPS,)),
+    # Its files are the export table's (trainer/exports.py), whatever rows it holds when asked.
     Diagnostic("exports", "Exports", lambda config: bool(parse_formats(config.export)), _exports,
-               (runfolder.EXPORTS, "saved_model", "model.tflite", "model_int8.tflite", "model.onnx")),
+               lambda: (runfolder.EXPORTS, *export_files())),
 )  # fmt: skip
 # The report is drawn last, from the files the rows above left: trainer.diagnostics.runner.
 REPORT = "report"

@@ -12,8 +12,7 @@ import numpy as np
 from trainer import runfolder
 from trainer.data.pipeline import decoded
 from trainer.data.split import read_split
-from trainer.export import runtimes
-from trainer.export.capi import seconds_per_image
+from trainer.export.runtimes import measured, resolve
 from trainer.quiet import quiet
 
 log = logging.getLogger("trainer")
@@ -36,38 +35,30 @@ def benchmark_images(run_dir: Path, count: int = BENCHMARK_IMAGES) -> tuple[list
     return [str(row.path) for row in rows], [row.label for row in rows]
 
 
-def benchmark_exports(run_dir: Path, run, written: list) -> dict:
+def benchmark_exports(run_dir: Path, run, rows: list) -> dict:
     """As `yolo benchmark` does for its formats: each format's test accuracy (the run's decision
     rule applied, on at most BENCHMARK_IMAGES test images) and median seconds per image at
-    batch 1 and 32 on this machine, after one untimed call. Keras runs predict_on_batch; the C
-    library runs in its child process, its session loaded once."""
+    batch 1 and 32 on this machine, after one untimed call: Keras (predict_on_batch), then each
+    of `rows` (trainer/exports.py) through its runner, which measures itself (the C library runs
+    in its child process, its session loaded once)."""
     paths, labels = benchmark_images(run_dir)
     index = {label: i for i, label in enumerate(run.labels)}
     y = np.array([index[label] for label in labels if label in index])
     if not len(paths) or len(y) != len(paths):
         return {"images": 0, "formats": [], "note": "no test images with the model's labels"}
     images = decoded(paths, run.image_size)
-    loaders = [("Keras", runfolder.MODEL, lambda: run.model.predict_on_batch)]
-    loaders += [(runtime.name, runtime.file, lambda runtime=runtime: runtime.load(run_dir / runtime.file))
-                for runtime in written]  # fmt: skip
+    runners = [("Keras", runfolder.MODEL, lambda: measured(run.model.predict_on_batch, images, LATENCY_BATCHES))]
+    runners += [(row.name, row.file, lambda row=row: resolve(row.runner)(run_dir / row.file, images, LATENCY_BATCHES))
+                for row in rows]  # fmt: skip
     entries = []
-    for name, file, load in loaders:
+    for name, file, measure in runners:
         try:
             with quiet():
-                forward = load()
-                probabilities = np.concatenate([np.asarray(forward(images[i : i + 32])) for i in range(0, len(y), 32)])
-                latency = {size: seconds_per_image(forward, images, size) for size in LATENCY_BATCHES}
+                ran = measure()
         except Exception as error:  # noqa: BLE001 - one format's failure is its row, not the run's
             entries.append({"format": name, "file": file, "error": f"{type(error).__name__}: {str(error)[:200]}"})
             continue
-        entries.append(_benchmark_entry(name, file, run, probabilities, y, latency))
-    if any(runtime.format == "saved_model" for runtime in written):
-        try:
-            values, report = runtimes.run_c_api(run_dir / "saved_model", images, LATENCY_BATCHES)
-            entries.append(_benchmark_entry("TensorFlow C library", "saved_model", run, values, y,
-                                            runtimes.read_timings(report)))  # fmt: skip
-        except Exception as error:  # noqa: BLE001
-            entries.append({"format": "TensorFlow C library", "file": "saved_model", "error": str(error)[:200]})
+        entries.append(_benchmark_entry(name, file, run, ran.probabilities, y, ran.seconds_per_image))
     for entry in entries:
         if "error" not in entry:
             log.info("export benchmark %-21s accuracy %.3f on %d test images, %.1f ms/image at batch 1, %.1f at 32",

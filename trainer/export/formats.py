@@ -13,9 +13,10 @@ Every file has one input and one output (the serving signature, also in the READ
                             to the model's size; normalization is inside the model
     output "probabilities"  float32 [batch, classes], softmax, in labels.txt order
 
-The parity check runs up to five test images through Keras and then through every export (the
-SavedModel twice: in Python, and through the TensorFlow C library via ctypes in a separate
-process) and compares the probabilities. exports.json records each leg.
+The formats are the rows of trainer/exports.py (this module holds their writers). The parity
+check runs up to five test images through Keras and then through every row (the SavedModel
+twice: in Python, and through the TensorFlow C library via ctypes in a separate process) and
+compares the probabilities. exports.json records each leg.
 """
 
 from __future__ import annotations
@@ -31,21 +32,20 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer import decision, runfolder
+from trainer import decision, exports, runfolder
 from trainer.atomic import link_or_copy, partial_folder, remove, replacing, write_atomically
-from trainer.config import EXPORT_FORMATS
 from trainer.data.pipeline import decoded
 from trainer.data.split import read_split
 from trainer.errors import CheckFailed, InputError
-from trainer.export import runtimes, tflite_metadata
+from trainer.export import tflite_metadata
 from trainer.export.benchmark import benchmark_exports
+from trainer.export.runtimes import resolve
+from trainer.exports import ExportFormat
 from trainer.predict import load_run
 from trainer.quiet import quiet
 
 log = logging.getLogger("trainer")
 
-FLOAT_TOLERANCE = 1e-4  # float32 runtimes: the same arithmetic, different kernels
-QUANTIZED_TOLERANCE = 0.1  # int8 weights move probabilities; a conversion bug moves them much more
 CHECK_IMAGES = 5
 
 
@@ -147,6 +147,26 @@ def write_onnx(model, destination: Path, metadata: dict[str, str] | None = None)
         onnx.save(graph, str(temporary))
 
 
+# The table's writers (trainer/exports.py): (model, destination, saved_model) -> None, where
+# saved_model() gives a SavedModel of the model to convert from.
+
+
+def saved_model_file(model, destination: Path, saved_model: Callable[[], Path]) -> None:
+    write_saved_model(model, destination)
+
+
+def tflite_file(model, destination: Path, saved_model: Callable[[], Path]) -> None:
+    write_tflite(saved_model(), destination, quantize=False)
+
+
+def tflite_int8_file(model, destination: Path, saved_model: Callable[[], Path]) -> None:
+    write_tflite(saved_model(), destination, quantize=True)
+
+
+def onnx_file(model, destination: Path, saved_model: Callable[[], Path]) -> None:
+    write_onnx(model, destination, model_metadata(destination.parent))
+
+
 # ---------------------------------------------------------------------------------------------
 # The check
 
@@ -184,59 +204,23 @@ def compare(name: str, file: str, reference: np.ndarray, values: np.ndarray, tol
     return Leg(name, file, tolerance, difference, agrees, ok)
 
 
-@dataclass(frozen=True)
-class Runtime:
-    """One export and the runtime that checks it: the single place a leg is spelled out."""
-
-    name: str
-    file: str
-    format: str  # the --formats word that selects it
-    tolerance: float
-    enforced: bool  # False: a disagreement is a warning (quantization is lossy by design)
-    write: Callable  # (model, destination, saved_model_source) -> None
-    load: Callable  # path -> forward (images -> probabilities)
-
-    def run(self, path: Path, images: np.ndarray) -> np.ndarray:
-        return self.load(path)(images)
-
-
-# The functions are called through lambdas so that they are looked up when a leg runs.
-RUNTIMES = (
-    Runtime(
-        "SavedModel", "saved_model", "saved_model", FLOAT_TOLERANCE, True,
-        lambda model, path, source: write_saved_model(model, path), lambda path: runtimes.saved_model_forward(path)[0],
-    ),
-    Runtime(
-        "TFLite", "model.tflite", "tflite", FLOAT_TOLERANCE, True,
-        lambda model, path, source: write_tflite(source, path, False), runtimes.tflite_forward,
-    ),
-    Runtime(
-        "TFLite int8", "model_int8.tflite", "tflite", QUANTIZED_TOLERANCE, False,
-        lambda model, path, source: write_tflite(source, path, True), runtimes.tflite_forward,
-    ),
-    Runtime(
-        "ONNX Runtime", "model.onnx", "onnx", FLOAT_TOLERANCE, True,
-        lambda model, path, source: write_onnx(model, path, model_metadata(path.parent)),
-        runtimes.onnx_forward,
-    ),
-)  # fmt: skip
-
-
 EXPORT_INPUTS = (runfolder.MODEL, runfolder.LABELS, runfolder.SPLIT, runfolder.CONFIG, runfolder.DECIDED,
                  runfolder.DECISION)  # fmt: skip
 OPTIONAL_INPUTS = (runfolder.CONFIG, runfolder.DECIDED, runfolder.DECISION)
 
 
-def export_run(run_dir: str | Path, formats: tuple[str, ...] = EXPORT_FORMATS, check: bool = True,
+def export_run(run_dir: str | Path, formats: tuple[str, ...] | None = None, check: bool = True,
                write: bool = True, benchmark: bool = False) -> dict:  # fmt: skip
     """(Re)write a run's exports and check them against Keras; returns exports.json's content
-    (written too). What is written goes to a hidden folder beside the run's files and is moved
-    in when done, so an export killed halfway leaves nothing under a real name. write=False
-    checks the exports already in the folder (after copying them, say); benchmark: each
-    format's test accuracy and latency too (trainer.export.benchmark). Raises CheckFailed when
-    any leg disagrees or fails, after writing exports.json and moving in what was written.
-    The after-training diagnostic and `python -m trainer export` both call this."""
+    (written too). formats: --export's words (None: every one). What is written goes to a
+    hidden folder beside the run's files and is moved in when done, so an export killed halfway
+    leaves nothing under a real name. write=False checks the exports already in the folder
+    (after copying them, say); benchmark: each format's test accuracy and latency too
+    (trainer.export.benchmark). Raises CheckFailed when any leg disagrees or fails, after
+    writing exports.json and moving in what was written. The after-training diagnostic and
+    `python -m trainer export` both call this."""
     run_dir = Path(run_dir)
+    formats = exports.export_words() if formats is None else formats
     if not write:
         return _export_in(run_dir, formats, check, False, benchmark)
     staging = run_dir / ".exports.partial"
@@ -267,14 +251,14 @@ def _export_in(run_dir: Path, formats: tuple[str, ...], check: bool, write: bool
     run = load_run(run_dir, quiet=True)
     if run.model is None:
         raise InputError(f"{run_dir}: pass a run folder (with model.keras) to export from")
-    chosen = [runtime for runtime in RUNTIMES if runtime.format in formats]
+    chosen = [row for row in exports.FORMATS if row.word in formats]
     if write:
-        written, legs = write_exports(run.model, run_dir, chosen)
+        ready, legs = write_exports(run.model, run_dir, chosen)
     else:
-        for runtime in chosen:
-            if not (run_dir / runtime.file).exists():
-                raise InputError(f"{run_dir / runtime.file}: not found; run 'python -m trainer export {run_dir}'")
-        written, legs = chosen, []
+        for row in chosen:
+            if not (run_dir / row.file).exists():
+                raise InputError(f"{run_dir / row.file}: not found; run 'python -m trainer export {run_dir}'")
+        ready, legs = chosen, []
     result = {
         "serving": {
             "input": {"name": "image", "dtype": "float32", "shape": [None, run.image_size, run.image_size, 3]},
@@ -295,11 +279,11 @@ def _export_in(run_dir: Path, formats: tuple[str, ...], check: bool, write: bool
         result["images"] = check_images(run_dir)
         images = decoded(result["images"], run.image_size)
         reference = run.model.predict(images, verbose=0).astype(np.float64)
-        legs += check_exports(run_dir, written, images, reference)
+        legs += check_exports(run_dir, ready, images, reference)
         result["keras"] = reference.round(6).tolist()
     result["legs"] = [asdict(leg) for leg in legs]
     if benchmark:
-        result["benchmark"] = benchmark_exports(run_dir, run, written)
+        result["benchmark"] = benchmark_exports(run_dir, run, ready)
     failed = [leg for leg in legs if leg.detail.startswith("export") or (check and leg.enforced and not leg.ok)]
     result["ok"] = not failed
     runfolder.write_json(run_dir / runfolder.EXPORTS, result)
@@ -316,61 +300,67 @@ def _export_in(run_dir: Path, formats: tuple[str, ...], check: bool, write: bool
     return result
 
 
-def write_exports(model, run_dir: Path, chosen: list[Runtime]) -> tuple[list[Runtime], list[Leg]]:
-    """Write each chosen export: (those written, a failed leg for each that could not be)."""
+def write_exports(model, run_dir: Path, chosen: list[ExportFormat]) -> tuple[list[ExportFormat], list[Leg]]:
+    """Write each chosen export: (the rows to check, a failed leg for each that could not be
+    written). A row that writes nothing is checked when the file it runs is there."""
     written, failed = [], []
-    # TFLite converts from a SavedModel: the run's own, or one in a scratch folder.
     with tempfile.TemporaryDirectory(prefix=".export-") as scratch:
-        formats = {runtime.format for runtime in chosen}
-        source = run_dir / "saved_model" if "saved_model" in formats else Path(scratch) / "saved_model"
-        source_error = None
-        if "saved_model" not in formats and "tflite" in formats:
+        saved_model = _saved_model_source(model, run_dir / exports.SAVED_MODEL, Path(scratch) / exports.SAVED_MODEL)
+        for row in chosen:
+            if row.writer is None:
+                continue
             try:
-                write_saved_model(model, source)
-            except Exception as error:  # noqa: BLE001 - reported as the TFLite legs' failure
-                source_error = error
-        for runtime in chosen:
-            try:
-                if source_error is not None and runtime.format == "tflite":
-                    raise source_error
-                runtime.write(model, run_dir / runtime.file, source)
+                resolve(row.writer)(model, run_dir / row.file, saved_model)
             except Exception as error:  # noqa: BLE001 - every failure becomes a failed leg, reported
                 first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
                 detail = f"export failed: {type(error).__name__}: {first}"
-                failed.append(Leg(runtime.name, runtime.file, runtime.tolerance, detail=detail))
-                log.error("export %s failed: %s", runtime.file, first)
+                failed.append(Leg(row.name, row.file, row.tolerance, detail=detail))
+                log.error("export %s failed: %s", row.file, first)
             else:
-                written.append(runtime)
-    return written, failed
+                written.append(row)
+    ready = [row for row in chosen if row in written or (row.writer is None and (run_dir / row.file).exists())]
+    return ready, failed
 
 
-def check_exports(run_dir: Path, written: list[Runtime], images: np.ndarray, reference: np.ndarray) -> list[Leg]:
-    """Each written export run on `images` and compared with Keras's `reference` probabilities;
-    the SavedModel also through the TensorFlow C library."""
+def _saved_model_source(model, own: Path, scratch: Path) -> Callable[[], Path]:
+    """What a converter reads (TFLite converts from a SavedModel): `own` when this export has
+    written it, else one written once into `scratch`; a failure to write that one is raised to
+    every converter that asks."""
+    failed: list[Exception] = []
+
+    def source() -> Path:
+        if own.is_dir():
+            return own
+        if not scratch.is_dir() and not failed:
+            try:
+                write_saved_model(model, scratch)
+            except Exception as error:  # noqa: BLE001 - the converters' failure, each reported as its leg
+                failed.append(error)
+        if failed:
+            raise failed[0]
+        return scratch
+
+    return source
+
+
+def check_exports(run_dir: Path, rows: list[ExportFormat], images: np.ndarray, reference: np.ndarray) -> list[Leg]:
+    """Each row's runtime on `images`, compared with Keras's `reference` probabilities."""
     legs = []
-    for runtime in written:
+    for row in rows:
         try:
             with quiet():
-                values = runtime.run(run_dir / runtime.file, images)
-            leg = compare(runtime.name, runtime.file, reference, values, runtime.tolerance)
+                ran = resolve(row.runner)(run_dir / row.file, images)
+            leg = compare(row.name, row.file, reference, ran.probabilities, row.tolerance)
         except Exception as error:  # noqa: BLE001
-            legs.append(Leg(runtime.name, runtime.file, runtime.tolerance, detail=f"could not run: {error}"))
+            legs.append(Leg(row.name, row.file, row.tolerance, detail=f"could not run: {error}"))
             continue
-        leg.enforced = runtime.enforced
+        leg.enforced, leg.detail = row.enforced, ran.detail
         if not leg.enforced and not leg.ok:
             # Quantization is lossy by design: how much it costs depends on the model (deep nets
             # with random weights lose everything), so it is reported and warned about; the
             # float legs are the parity check.
             log.warning("WARNING: %s differs from Keras by up to %.2f in probability; quantization costs this "
-                        "model accuracy, so prefer model.tflite", runtime.file, leg.max_difference)  # fmt: skip
-        legs.append(leg)
-    if any(runtime.format == "saved_model" for runtime in written):
-        try:
-            values, library = runtimes.run_c_api(run_dir / "saved_model", images)
-            leg = compare("TensorFlow C library", "saved_model", reference, values, FLOAT_TOLERANCE)
-            leg.detail = library
-        except Exception as error:  # noqa: BLE001
-            leg = Leg("TensorFlow C library", "saved_model", FLOAT_TOLERANCE, detail=f"could not run: {error}")
+                        "model accuracy, so prefer model.tflite", row.file, leg.max_difference)  # fmt: skip
         legs.append(leg)
     return legs
 

@@ -7,22 +7,28 @@ softmax probabilities [n, classes], in labels.txt order.
     run_c_api            a SavedModel through the TensorFlow C library, in a child process that
                          never imports TensorFlow's Python package (trainer/export/capi.py)
 
-The exports' parity check (trainer.export.formats) and prediction from any format (trainer.predict)
-both run models through here.
+The export table's runners (trainer/exports.py) are the run_* functions: each runs a file on a
+batch of images and measures it (Measured), in this process or, for the C library, in its own.
+The exports' parity check and benchmark (trainer.export.formats, .benchmark) and prediction from
+any format (trainer.predict) all run models through here.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
 import tempfile
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from trainer.errors import InputError
+from trainer.export.capi import seconds_per_image
 
 
 def saved_model_forward(folder: Path):
@@ -120,3 +126,51 @@ def serving_tensors(saved_model: Path) -> tuple[str, str]:
     message.ParseFromString((saved_model / "saved_model.pb").read_bytes())
     signature = message.meta_graphs[0].signature_def["serving_default"]
     return signature.inputs["image"].name, signature.outputs["probabilities"].name
+
+
+# ---------------------------------------------------------------------------------------------
+# The export table's runners: (path, images, batches) -> Measured
+
+
+@dataclass
+class Measured:
+    """A runtime on a batch of images: their probabilities, the median seconds per image at each
+    batch size asked for, and what ran them when that is worth saying (the C library's file and
+    version)."""
+
+    probabilities: np.ndarray
+    seconds_per_image: dict[int, float]
+    detail: str = ""
+
+
+def measured(forward: Callable, images: np.ndarray, batches: tuple[int, ...] = ()) -> Measured:
+    """An in-process runtime's forward function on `images`, 32 at a time, then timed at each of
+    `batches` (trainer.export.capi.seconds_per_image: after one untimed call)."""
+    probabilities = np.concatenate([np.asarray(forward(images[i : i + 32])) for i in range(0, len(images), 32)])
+    return Measured(probabilities, {size: seconds_per_image(forward, images, size) for size in batches})
+
+
+def run_saved_model(path: Path, images: np.ndarray, batches: tuple[int, ...] = ()) -> Measured:
+    return measured(saved_model_forward(path)[0], images, batches)
+
+
+def run_tflite(path: Path, images: np.ndarray, batches: tuple[int, ...] = ()) -> Measured:
+    return measured(tflite_forward(path), images, batches)
+
+
+def run_onnx(path: Path, images: np.ndarray, batches: tuple[int, ...] = ()) -> Measured:
+    return measured(onnx_forward(path), images, batches)
+
+
+def run_c_library(path: Path, images: np.ndarray, batches: tuple[int, ...] = ()) -> Measured:
+    """The SavedModel at `path` through the TensorFlow C library, in its child process, which
+    times itself (its session loaded once)."""
+    probabilities, report = run_c_api(path, images, batches)
+    library = "\n".join(line for line in report.splitlines() if not line.startswith("seconds per image "))
+    return Measured(probabilities, read_timings(report), library)
+
+
+def resolve(reference: str) -> Callable:
+    """An export row's writer or runner, "module:function" (trainer/exports.py), imported now."""
+    module, _, name = reference.partition(":")
+    return getattr(importlib.import_module(module), name)
