@@ -3,7 +3,9 @@
     predictions.csv   every evaluated image: label, prediction, score, each class's probability
     history.csv       one row per epoch and phase
     metrics.json      test metrics, validation (and train) metrics, the data report
-    config.json, manifest.json, exports.json (when exports were written)
+    config.json, manifest.json
+    and each diagnostic's files (trainer.diagnostics.table): its row's section, under its
+    title, or its picture among the pictures
 
 `python -m trainer report RUN_DIR` redraws the pictures and rewrites the page; it needs no
 TensorFlow. The pictures are PNG files beside the page and embedded in it as data: URLs, so the
@@ -12,7 +14,6 @@ page can be mailed or downloaded alone.
 
 from __future__ import annotations
 
-import base64
 import csv
 import html
 import json
@@ -21,17 +22,18 @@ from pathlib import Path
 
 from trainer import decision, runfolder
 from trainer.atomic import write_atomically
-from trainer.diagnostics import pictures, review
-from trainer.diagnostics.table import DIAGNOSTICS, REPORT
+from trainer.diagnostics import pictures, sections, table
 from trainer.errors import InputError
 from trainer.runfolder import read_json
 
-PICTURES = {
+RUN_PICTURES = {
     "learning_curves.png": "Learning curves",
     "confusion_matrix.png": "Confusion matrix",
     "worst_test_images.png": "Worst-classified test images",
-    "heatmaps.png": "Where the model looks: the evidence for the predicted class (class activation maps)",
 }
+# Every picture of the page, in its order: the run's own (draw_pictures), then the one each
+# diagnostic draws (its row's `picture`).
+PICTURES = {**RUN_PICTURES, **dict(row.picture for row in table.DIAGNOSTICS if row.picture)}
 OPERATING_POINT = "operating_point.png"
 
 
@@ -72,17 +74,6 @@ def build(run_dir: str | Path, name: str | None = None) -> Path:
 # The page
 
 
-def _table(rows: list[list], header: list[str] | None = None) -> str:
-    def cell(value, tag="td") -> str:
-        if isinstance(value, float):
-            value = f"{value:.4f}"
-        return f"<{tag}>{html.escape('' if value is None else str(value))}</{tag}>"
-
-    head = "<tr>" + "".join(cell(h, "th") for h in header) + "</tr>" if header else ""
-    body = "".join("<tr>" + "".join(cell(v) for v in row) + "</tr>" for row in rows)
-    return f"<table>{head}{body}</table>"
-
-
 def _as_set(value):
     """A setting as the run used it: 1e-05 stays 1e-05 (a metric's 4 decimals would show 0.0000)."""
     if isinstance(value, (list, dict)):
@@ -93,7 +84,7 @@ def _as_set(value):
 
 
 def _settings_table(settings: dict) -> str:
-    return _table([[key, _as_set(value)] for key, value in settings.items()], ["setting", "value"])
+    return sections.table([[key, _as_set(value)] for key, value in settings.items()], ["setting", "value"])
 
 
 def _worst_section(run_dir: Path, shown: int = 16) -> str:
@@ -113,7 +104,7 @@ def _worst_section(run_dir: Path, shown: int = 16) -> str:
     more = f" (the {shown} with the lowest probability for their label)" if len(wrong) > shown else ""
     return (
         f"<p>{len(wrong)} of {len(predictions)} test images are classified wrong{more}:</p>"
-        + _table(rows, ["image", "label", "predicted", "score", "P(label)"])
+        + sections.table(rows, ["image", "label", "predicted", "score", "P(label)"])
         + pointer
     )
 
@@ -146,18 +137,8 @@ def _metrics_section(name: str, metrics: dict) -> str:
         [label, v["precision"], v["recall"], v["f1"], v["support"]] for label, v in metrics.get("per_class", {}).items()
     ]
     return (
-        f"<h3>{html.escape(name)}</h3><div class='row'>{_table(summary)}"
-        f"{_table(per_class, ['class', 'precision', 'recall', 'F1', 'images'])}</div>"
-    )
-
-
-def _picture(path: Path, title: str) -> str:
-    if not path.is_file():
-        return f"<p>{html.escape(title)}: not drawn.</p>"
-    encoded = base64.b64encode(path.read_bytes()).decode("ascii")
-    return (
-        f"<figure><img src='data:image/png;base64,{encoded}' alt='{html.escape(title)}'>"
-        f"<figcaption>{html.escape(title)} ({html.escape(path.name)})</figcaption></figure>"
+        f"<h3>{html.escape(name)}</h3><div class='row'>{sections.table(summary)}"
+        f"{sections.table(per_class, ['class', 'precision', 'recall', 'F1', 'images'])}</div>"
     )
 
 
@@ -170,13 +151,13 @@ def _data_section(metrics: dict, split_counts: dict) -> str:
     if split_counts:
         labels = sorted({label for counts in split_counts.values() for label in counts})
         parts.append(
-            _table(
+            sections.table(
                 [[split, sum(c.values()), *(c.get(label, 0) for label in labels)] for split, c in split_counts.items()],
                 ["split", "images", *labels],
             )
         )
     parts.append(
-        _table(problems, ["dropped or changed", "rows", "examples"]) if problems else "<p>No rows dropped.</p>"
+        sections.table(problems, ["dropped or changed", "rows", "examples"]) if problems else "<p>No rows dropped.</p>"
     )
     parts += [f"<p>{html.escape(note)}</p>" for note in report.get("notes", [])]
     return "".join(parts)
@@ -193,49 +174,6 @@ def _split_counts(run_dir: Path) -> dict:
     return counts
 
 
-def _exports_section(exports: dict) -> str:
-    if not exports:
-        return "<p>No exports written (run <code>python -m trainer export RUN_DIR</code>).</p>"
-    rows = [
-        [
-            leg["name"],
-            leg.get("file", ""),
-            leg["max_difference"],
-            leg["tolerance"],
-            leg["top_class_agrees"],
-            ("yes" if leg["ok"] else "NO") + ("" if leg.get("enforced", True) else " (reported only)"),
-            leg.get("detail", ""),
-        ]
-        for leg in exports.get("legs", [])
-    ]
-    verdict = "every leg agrees" if exports.get("ok") else "SOME LEGS DISAGREE"
-    return (
-        f"<p>{len(exports.get('images', []))} test images through each runtime: {verdict}.</p>"
-        + _table(rows, ["runtime", "file", "max |p - p_keras|", "tolerance", "same top class", "ok", "detail"])
-        + _export_benchmark(exports.get("benchmark"))
-    )
-
-
-def _export_benchmark(benchmark: dict | None) -> str:
-    """Each format's test accuracy and latency (export.benchmark_exports), when measured."""
-    if not benchmark or not benchmark.get("formats"):
-        return ""
-    rows = []
-    for entry in benchmark["formats"]:
-        if "error" in entry:
-            rows.append([entry["format"], entry["file"], "-", "-", "-", entry["error"]])
-            continue
-        latency = entry["ms_per_image"]
-        rows.append([entry["format"], entry["file"], f"{entry['accuracy']:.3f}", f"{latency['1']:.2f}",
-                     f"{latency['32']:.2f}", ""])  # fmt: skip
-    return (
-        f"<h3>Each format on this machine</h3><p>Test accuracy on {benchmark['images']} test images (the run's "
-        "decision rule applied) and the median milliseconds per image at batch 1 and batch 32, after one untimed "
-        "call (Keras: predict_on_batch; the C library: TF_SessionRun in its own process).</p>"
-        + _table(rows, ["format", "file", "test accuracy", "ms/image, batch 1", "ms/image, batch 32", "error"])
-    )
-
-
 def _ranking_section(ranking: list[dict] | None) -> str:
     """--backbone auto: the candidates as they were ranked."""
     if not ranking:
@@ -247,7 +185,7 @@ def _ranking_section(ranking: list[dict] | None) -> str:
     return (
         "<h2>Backbone chosen (--backbone auto)</h2><p>Each candidate featurized the training images once; a "
         "head's 5-fold cross-validated accuracy on those features ranked them, the best first.</p>"
-        + _table(rows, ["backbone", "weights", "CV accuracy", "CV log-loss", "featurize s"])
+        + sections.table(rows, ["backbone", "weights", "CV accuracy", "CV log-loss", "featurize s"])
     )
 
 
@@ -271,33 +209,9 @@ def _operating_section(run_dir: Path) -> str:
         f"probabilities each from a head that did not see the image ({point.get('folds', '?')} folds, "
         f"{point.get('epochs', '?')} epochs, as the deployed head trained). evaluate and predict apply it "
         f"(decision.json).</p>{note}"
-        + _table(rows, ["where", "images", f"{html.escape(point['label'])} images", "recall", "precision"])
-        + _picture(run_dir / OPERATING_POINT, f"Precision and recall of {point['label']}, and the chosen point")
+        + sections.table(rows, ["where", "images", f"{html.escape(point['label'])} images", "recall", "precision"])
+        + sections.picture(run_dir / OPERATING_POINT, f"Precision and recall of {point['label']}, and the chosen point")
     )
-
-
-def _audit_section(run_dir: Path, summary: dict | None, labels: list[str]) -> str:
-    path = run_dir / runfolder.AUDIT
-    if not path.is_file():
-        return "<p>No label audit in this run (--no-audit).</p>"
-    rows = runfolder.read_audit(path)
-    flagged = (summary or {}).get("flagged", {})
-    counts = ", ".join(f"{count} {kind}" for kind, count in flagged.items()) or f"{len(rows)} images"
-    groups = (summary or {}).get("near_duplicate_groups")
-    full = path.with_name(runfolder.AUDIT_FULL)
-    listed = (
-        f" It lists the likeliest 500 of each kind; <code>{runfolder.AUDIT_FULL}</code> has all {sum(flagged.values())}."
-        if full.is_file()
-        else ""
-    )
-    intro = (
-        f"<p>{sum(flagged.values()) or len(rows)} images to look at ({html.escape(counts)}"
-        + (f"; the near-duplicates in {groups} group(s)" if groups else "")
-        + f"), from {html.escape((summary or {}).get('features', 'pretrained features'))}: "
-        "a label that held-out heads find unlikely, an image nearly identical to one under another label or in another "
-        f"split, or one unlike all others. The list is <code>{runfolder.AUDIT}</code>.{listed}</p>"
-    )
-    return intro + review.run_form(run_dir, rows, labels)
 
 
 def _corrections_section(corrections: dict | None) -> str:
@@ -319,7 +233,7 @@ def _corrections_section(corrections: dict | None) -> str:
         f"dropped and {corrections.get('kept', 0)} kept as they were, by the decisions in {where or 'force'} (this run's "
         f"copy: <code>{runfolder.CORRECTIONS}</code>), after the split, so the test split is the same photos as "
         f"without them.{skipped}{new}</p>"
-        + _table(rows, ["class", "relabelled to it", "relabelled from it", "dropped"])
+        + sections.table(rows, ["class", "relabelled to it", "relabelled from it", "dropped"])
     )
 
 
@@ -342,15 +256,24 @@ def _diagnostics_note(manifest: dict) -> str:
     """A warning line for each diagnostic (trainer.diagnostics.table) that failed or never
     finished; the model itself is fine."""
     states = manifest.get("diagnostics", {})
-    titles = {row.name: row.title for row in DIAGNOSTICS} | {REPORT: "the report"}
+    titles = {row.name: row.title for row in table.DIAGNOSTICS} | {table.REPORT: "the report"}
     failed = {name: state["failed"] for name, state in states.items() if isinstance(state, dict) and "failed" in state}
     items = [f"<li><b>{html.escape(titles.get(name, name))}</b> ({html.escape(name)}): {html.escape(reason)}</li>"
              for name, reason in failed.items()]  # fmt: skip
     items += [f"<li><b>{html.escape(titles.get(name, name))}</b> ({html.escape(name)}): never finished</li>"
-              for name, state in states.items() if state == "pending" and name != REPORT]  # fmt: skip
+              for name, state in states.items() if state == "pending" and name != table.REPORT]  # fmt: skip
     if not items:
         return ""
     return f"<p><b>Warning:</b> the model is complete, but these diagnostics failed or never finished:</p><ul>{''.join(items)}</ul>"
+
+
+def _diagnostic_sections(run_dir: Path) -> list[str]:
+    """Each diagnostic's section (its row's `section`), under its title, in the table's order."""
+    parts = []
+    for row in table.DIAGNOSTICS:
+        if row.section is not None:
+            parts += [f"<h2>{html.escape(row.title)}</h2>", row.section(run_dir)]
+    return parts
 
 
 def render(run_dir: Path, name: str) -> str:
@@ -358,7 +281,6 @@ def render(run_dir: Path, name: str) -> str:
     config = runfolder.read_settings(run_dir)
     asked, decided = read_json(run_dir / runfolder.CONFIG), read_json(run_dir / runfolder.DECIDED)
     manifest = read_json(run_dir / runfolder.MANIFEST)
-    exports = read_json(run_dir / runfolder.EXPORTS)
     title = f"{name}: {config.get('backbone', '?')} classifier"
     point = read_json(run_dir / decision.DECISION)
     headline = (
@@ -368,7 +290,7 @@ def render(run_dir: Path, name: str) -> str:
         + f" trained in {metrics.get('training_seconds', '?')} s."
         + (f" Labels decided at the operating point ({html.escape(point['rule'])})." if point else "")
     )
-    sections = [
+    page = [
         f"<h1>{html.escape(title)}</h1><p>{headline}</p>",
         _diagnostics_note(manifest),
         _ranking_section(config.get("backbone_ranking")),
@@ -384,23 +306,22 @@ def render(run_dir: Path, name: str) -> str:
         _metrics_section("train", metrics.get("train", {})),
         "<h2>Pictures</h2>",
         _glyphs_note(metrics.get("labels", [])),
-        *(_picture(run_dir / name, caption) for name, caption in PICTURES.items()),
+        *(sections.picture(run_dir / name, caption) for name, caption in PICTURES.items()),
         "<h3>Wrong test images</h3>",
         _worst_section(run_dir),
         "<h2>Data</h2>",
         _data_section(metrics, _split_counts(run_dir)),
         _corrections_section(manifest.get("data", {}).get("corrections")),
-        "<h2>Labels to check</h2>",
-        _audit_section(run_dir, manifest.get("audit"), metrics.get("labels", [])),
-        "<h2>Exports</h2>",
-        _exports_section(exports),
+        *_diagnostic_sections(run_dir),
         "<h2>Configuration</h2>",
         _settings_table(asked),
         "<h3>Decided by the run</h3>" if decided else "",
         _settings_table(decided) if decided else "",
         "<h2>Versions and hardware</h2>",
-        _table([[name, version] for name, version in manifest.get("versions", {}).items()], ["package", "version"]),
-        _table(
+        sections.table(
+            [[name, version] for name, version in manifest.get("versions", {}).items()], ["package", "version"]
+        ),
+        sections.table(
             [[key, _as_set(value)] for key, value in manifest.get("hardware", {}).items()]
             + [[f"policy {key}", _as_set(value)] for key, value in manifest.get("policy", {}).items()],
             ["machine", "value"],
@@ -410,6 +331,6 @@ def render(run_dir: Path, name: str) -> str:
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
-        + "\n".join(section for section in sections if section)
+        + "\n".join(section for section in page if section)
         + "</body></html>\n"
     )

@@ -27,8 +27,8 @@ from pathlib import Path
 from trainer import places, runfolder
 from trainer.config import TrainConfig
 from trainer.data.load import load_data
-from trainer.diagnostics import report
-from trainer.diagnostics.table import DIAGNOSTICS, NAMES, REPORT, Finished, Skipped
+from trainer.diagnostics import report, table
+from trainer.diagnostics.table import REPORT, Finished, Skipped
 from trainer.errors import CheckFailed, InputError, is_machine_error, os_error_sentence
 from trainer.features.extract import extract, load_extractor
 from trainer.fingerprint import training_request
@@ -69,10 +69,10 @@ def run(finished: Finished, manifest: dict, only: tuple[str, ...] | None = None,
     its state), in the table's order and the report last, recording its outcome in
     manifest.json after each. `stage`: a trainer.stages.Stages that times each one. Returns
     {name: reason} of the failed ones."""
-    steps = {row.name: row.run for row in DIAGNOSTICS} | {REPORT: _report}
+    steps = {row.name: row.run for row in table.DIAGNOSTICS} | {REPORT: _report}
     failed: dict[str, str] = {}
     states = manifest.setdefault("diagnostics", {})
-    for name in NAMES:
+    for name in table.names():
         if (only is None and states.get(name) != "pending") or (only is not None and name not in only):
             continue
         try:

@@ -1,16 +1,19 @@
 """The diagnostics, one row each: what is drawn and checked about a model after it has landed.
 
     name       its key in manifest.json's `diagnostics`
-    title      how the report names it
+    title      how the report names it: its section's heading, and its line when it failed
     applies    whether the run's options ask for it (else it is recorded "skipped")
     run        the function: Finished -> None, or a dict to merge into the manifest
     shows      a function giving the files it leaves in the run folder
+    section    its section of report.html, under its title: a function from the run folder to
+               HTML (trainer.diagnostics.sections), or None
+    picture    or a picture it draws, (file, caption), shown among the report's pictures
 
-To add a diagnostic, add a row here with its function; trainer.diagnostics.runner runs every row
-that applies after the run folder's core has landed, in this order, and the report
-(trainer.diagnostics.report) lists each row's outcome under its title and shows its files. The
-stand-alone commands that redo a diagnostic on a run folder (`python -m trainer export`,
-`report`) go through the same rows.
+To add a diagnostic, add a row here with its function and its section; trainer.diagnostics.runner
+runs every row that applies after the run folder's core has landed, in this order, and the
+report (trainer.diagnostics.report) shows each row's section under its title, in this order, and
+names the ones that failed. The stand-alone commands that redo a diagnostic on a run folder
+(`python -m trainer export`, `report`) go through the same rows.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from trainer import runfolder
 from trainer.config import TrainConfig, parse_formats
 from trainer.diagnostics.audit import audit_data
 from trainer.diagnostics.explain import heatmap_sheet
+from trainer.diagnostics.sections import audit_section, exports_section
 from trainer.errors import InputError
 from trainer.export.formats import export_run
 from trainer.exports import export_files
@@ -86,19 +90,27 @@ class Diagnostic:
     applies: Callable[[TrainConfig], bool]
     run: Callable[[Finished], dict | None]
     shows: Callable[[], tuple[str, ...]]
+    section: Callable[[Path], str] | None = None
+    picture: tuple[str, str] | None = None
 
 
+HEATMAPS_CAPTION = "Where the model looks: the evidence for the predicted class (class activation maps)"
 DIAGNOSTICS = (
     Diagnostic("audit", "Labels to check", lambda config: config.audit, _audit,
-               lambda: (runfolder.AUDIT, runfolder.AUDIT_FULL)),
-    Diagnostic("heatmaps", "Where the model looks", lambda config: True, _heatmaps, lambda: (runfolder.HEATMAPS,)),
+               lambda: (runfolder.AUDIT, runfolder.AUDIT_FULL), section=audit_section),
+    Diagnostic("heatmaps", "Where the model looks", lambda config: True, _heatmaps, lambda: (runfolder.HEATMAPS,),
+               picture=(runfolder.HEATMAPS, HEATMAPS_CAPTION)),
     # Its files are the export table's (trainer/exports.py), whatever rows it holds when asked.
     Diagnostic("exports", "Exports", lambda config: bool(parse_formats(config.export)), _exports,
-               lambda: (runfolder.EXPORTS, *export_files())),
+               lambda: (runfolder.EXPORTS, *export_files()), section=exports_section),
 )  # fmt: skip
 # The report is drawn last, from the files the rows above left: trainer.diagnostics.runner.
 REPORT = "report"
-NAMES = (*(row.name for row in DIAGNOSTICS), REPORT)
+
+
+def names() -> tuple[str, ...]:
+    """Every diagnostic's name in the order they run, the report last."""
+    return (*(row.name for row in DIAGNOSTICS), REPORT)
 
 
 def by_name(name: str) -> Diagnostic:
