@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from scripts.decisions import record_folder, remember_dataset
-from scripts.kinds import SettingError, check_option
+from scripts.kinds import KINDS, SettingError, check_value
 from scripts.steps import communicate, died_of
 from trainer import result as run_result
 from trainer import runfolder
@@ -59,13 +59,13 @@ def train_config(conf: dict, flags: dict, manifest: dict | None, name: str | Non
     values = {}
     for option in options():
         where = f"invoke.yaml's train.{option.name} (or INVOKE_TRAIN_{option.name.upper()})"
-        value = check_option(where, option, conf.get(option.name))
+        value = check_value(where, KINDS[option.type], conf.get(option.name))
         if value != "":
             values[option.name] = value
     values.update(parse_flags(shlex.split(conf.get("extra") or ""), "invoke.yaml's train.extra"))
     for option in options():
-        if flags.get(option.name) is not None:
-            value = check_option(flag(option.name), option, flags[option.name])
+        if flags.get(option.name) is not None:  # its type here; its range in TrainConfig.check, as the trainer says it
+            value = check_value(flag(option.name), KINDS[option.type], flags[option.name])
             if value != "":
                 values[option.name] = value
     values["model_name"] = name or values.get("model_name")

@@ -304,7 +304,11 @@ def test_publish_copies_verifies_and_keeps_the_previous_version(tmp_path):
     assert publish.publish(ctx, to=to).status == "changed"  # the latest run by default
     assert (drive / "ud-cd-classifier" / "model.keras").read_text() == "model B"
     assert (drive / "ud-cd-classifier.previous" / "model.keras").read_text() == "model A"
-    assert sorted(p.name for p in drive.iterdir()) == ["ud-cd-classifier", "ud-cd-classifier.previous"]
+    # Beside them, the dataset's record says which run is published (trainer/record.py).
+    assert sorted(p.name for p in drive.iterdir()) == ["ud-cd-classifier", "ud-cd-classifier-record",
+                                                       "ud-cd-classifier.previous"]  # fmt: skip
+    published = json.loads((drive / "ud-cd-classifier-record" / "record.json").read_text())["published"]
+    assert (published["run"], published["folder"]) == ("b", to)
     assert second.is_dir()
 
 
@@ -345,7 +349,8 @@ def test_publish_goes_where_the_readme_says(tmp_path, monkeypatch):
     assert publish.publish(ctx, **places).status == "changed"
     _fake_run(tmp_path / "bundle" / "runs" / "b", "model B")
     assert publish.publish(ctx, **places).status == "changed"
-    assert sorted(p.name for p in my_drive.iterdir()) == ["ud-cd-classifier", "ud-cd-classifier.previous"]
+    assert sorted(p.name for p in my_drive.iterdir()) == ["ud-cd-classifier", "ud-cd-classifier-record",
+                                                          "ud-cd-classifier.previous"]  # fmt: skip
     assert (my_drive / "ud-cd-classifier" / "model.keras").read_text() == "model B"
     assert (my_drive / "ud-cd-classifier.previous" / "model.keras").read_text() == "model A"
 
