@@ -20,10 +20,14 @@ from invoke import Collection, Exit
 from invoke import task as invoke_task
 
 from scripts import registry
+from scripts.check import installed_version
+from scripts.dataset import read_manifest
 from scripts.kinds import FLAG
+from scripts.lock import acquire
 from scripts.settings import TRUE, SettingError, check_flags, check_or_exit
 from scripts.steps import Context, Result, StepFailed, run_step, table, write_report
 from trainer.config import described, options
+from trainer.errors import InputError
 
 ROOT = Path(__file__).resolve().parent
 check_or_exit(ROOT)  # invoke.yaml and INVOKE_* checked before invoke reads them (scripts/settings.py)
@@ -100,8 +104,6 @@ def _step_options(c, name: str, **flags) -> tuple:
 
 def _exclusive(c, dry_run: bool) -> None:
     """Wait for any other invoke in this bundle to finish (dry runs change nothing, so need not)."""
-    from scripts.lock import acquire  # fcntl and a process listing, only when a task changes things
-
     if dry_run:
         return
     try:
@@ -187,14 +189,12 @@ TRAIN_HELP = {
 def _train_options(c, flags: dict, name: str | None, training):
     """The checked TrainConfig (scripts/training.train_config), the folder its model is
     published to (None where that is not known: Colab without Drive) and the data step's manifest."""
-    from scripts.dataset import read_manifest
-
     manifest = read_manifest(ROOT / _setting(c, "data", "dir"))
     try:
         config = training.train_config(_conf(c, "train"), flags, manifest, name, None)
     except training.NoData as error:
         raise Exit(f"train: {error}", code=1) from None
-    except (SettingError, training.InputError) as error:
+    except (SettingError, InputError) as error:
         raise Exit(f"train: {error}", code=2) from None
     published = _published_folder(c, config.model_name)
     if config.record is None:
@@ -236,7 +236,6 @@ def _decide(c, config, published: Path | None, publish: bool, force: bool, train
 def train(c, *, name=None, force=False, publish=True, dry_run=False, **trainer_flags):
     """Train the classifier (options from invoke.yaml) unless the published model already is it; publish the run."""
     from scripts import training  # numpy and Pillow, which only training needs
-    from scripts.check import installed_version
 
     config, published, manifest = _train_options(c, trainer_flags, name, training)
     if publish and published is not None:
@@ -325,8 +324,6 @@ def _publish(c, run, to, dry_run: bool, name: str | None = None) -> None:
 def decisions(c, name=None, clear=False, export=None):
     """Show the dataset's record: its data, its published model, your review decisions; --clear sets them aside."""
     from scripts import decisions as record_of  # numpy and Pillow, through the corrections reader
-    from scripts.dataset import read_manifest
-    from trainer.errors import InputError
 
     manifest = read_manifest(ROOT / _setting(c, "data", "dir")) or {}
     model = name or _conf(c, "train").get("model_name") or manifest.get("name") or "ud-cd-classifier"

@@ -30,9 +30,9 @@ import time
 from pathlib import Path
 
 
-def main(argv: list[str]) -> int:
-    mode, backbone_name, size, weights, paths_file = argv[0], argv[1], int(argv[2]), argv[3], argv[4]
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+def one_pass_of(mode: str, backbone_name: str, size: int, weights: str, paths: list[str]) -> tuple:
+    """The featurization `mode` measures, as a function that runs one pass over `paths`, and the
+    batch size, passes and runtime it reports."""
     from trainer import device
 
     onednn = device.onednn()[0] if mode != "single" else None  # single: the environment as given
@@ -45,7 +45,6 @@ def main(argv: list[str]) -> int:
     from trainer.features.views import VIEWS
     from trainer.model import build_backbone, feature_extractor
 
-    paths = Path(paths_file).read_text(encoding="utf-8").splitlines()
     backbone = build_backbone(backbone_name, size, None if weights == "none" else weights)
     extractor = feature_extractor(backbone, backbone_name)
     per_call = device.featurize_batch_size(32, device.visible_devices(), onednn) if mode != "single" else 1
@@ -83,6 +82,14 @@ def main(argv: list[str]) -> int:
             for path in paths:
                 traced(load_image(path, size)[None].astype("float32")).numpy()
 
+    return one_pass, per_call, passes, runtime
+
+
+def main(argv: list[str]) -> int:
+    mode, backbone_name, size, weights, paths_file = argv[0], argv[1], int(argv[2]), argv[3], argv[4]
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    paths = Path(paths_file).read_text(encoding="utf-8").splitlines()
+    one_pass, per_call, passes, runtime = one_pass_of(mode, backbone_name, size, weights, paths)
     one_pass()
     print("ready", per_call, passes, runtime, flush=True)
     for line in sys.stdin:

@@ -9,16 +9,12 @@ the bundle's published/ folder, which a reset wipes, and the tasks say so.
 
 from __future__ import annotations
 
-import contextlib
 import html
 from pathlib import Path
 
 from scripts.dataset import dataset_name
 from scripts.publish import published_folder
 from trainer import record
-from trainer.config import TrainConfig
-from trainer.data.corrections import format_corrections
-from trainer.errors import InputError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,21 +28,6 @@ def record_folder(published: Path | None, model: str, local_folder: Path, say) -
     say(f"train: Google Drive is not mounted, so the dataset's record (your review decisions) is kept in {local}, "
         "which a runtime reset wipes; mount Drive (the notebook's first cell) to keep it")  # fmt: skip
     return local
-
-
-def remember_dataset(config: TrainConfig, manifest: dict | None) -> None:
-    """The record's facts about the dataset (its name, its source as the data step fetched it,
-    where it was unpacked), written when they change; a record that cannot be written costs the
-    training nothing (the decisions in it are still read)."""
-    if not config.record or config.record == "none":
-        return
-    folder = Path(config.record)
-    facts = {"name": config.model_name, "folder": config.folder, "file": config.file}
-    if manifest is not None and manifest.get("folder") == config.folder:
-        facts["source"] = manifest.get("source")
-    with contextlib.suppress(OSError, InputError):
-        if {key: record.read_info(folder).get(key) for key in facts} != facts:
-            record.update_info(folder, facts)
 
 
 def summary(folder: Path) -> list[str]:
@@ -81,9 +62,7 @@ def clear(folder: Path) -> tuple[int, Path | None]:
 
 def export(folder: Path, target: Path) -> int:
     """The latest decision about each image, as a corrections file (`--corrections` reads it)."""
-    decisions = list(record.latest(record.read_decisions(folder)).values())
-    target.write_text(format_corrections(decisions), encoding="utf-8")
-    return len(decisions)
+    return record.export(folder, target)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from importlib import metadata
 from pathlib import Path
 
 from scripts.archives import download, extract_into, fetch
+from scripts.pins import in_range, read_pins, read_ranges
 from scripts.steps import (
     Context,
     Result,
@@ -53,7 +54,6 @@ INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
 
 
 def pinned_version(ctx: Context, requirements: str = "requirements.txt") -> str:
-    from scripts.pins import read_pins
 
     pins = read_pins(ctx.root / requirements)
     if "tensorflow" not in pins:
@@ -67,7 +67,6 @@ def wanted_version(ctx: Context, source: str) -> str:
     for a tarball."""
     if source != "wheel":
         return pinned_version(ctx)
-    from scripts.pins import in_range, read_ranges
 
     installed = _tensorflow().version
     supported = read_ranges(ctx.root / "supported.txt").get("tensorflow")

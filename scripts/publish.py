@@ -142,25 +142,7 @@ def publish(
     try:
         remove_leftovers(destination, f".{current.name}.partial-", f".{current.name}.old-", f".{previous.name}.old-")
         with partial_folder(current, replace=True, keep_as=previous) as partial:
-            for source in sorted(run_dir.rglob("*")):
-                target = partial / source.relative_to(run_dir)
-                if source.is_dir():
-                    target.mkdir(parents=True, exist_ok=True)
-                else:
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(source, target)
-            copied = hashes(partial)
-            if copied != source_hashes:
-                bad = sorted(name for name in source_hashes if copied.get(name) != source_hashes[name])
-                raise StepFailed(
-                    f"the copy in {destination} differs from the run: {', '.join(bad)}", "rerun `invoke publish`"
-                )
-            record = {
-                "run": str(run_dir.resolve()),
-                "published": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "files": source_hashes,
-            }
-            (partial / RECORD).write_text(json.dumps(record, indent=2) + "\n")
+            _copy_verified(run_dir, partial, source_hashes, destination)
     except OSError as error:
         raise StepFailed(
             f"cannot write to {destination} ({error.strerror or error})",
@@ -170,6 +152,24 @@ def publish(
     return changed(
         f"{run_dir.name} -> {current}" + (f" (the one before is kept as {previous.name})" if previous.exists() else "")
     )
+
+
+def _copy_verified(run_dir: Path, partial: Path, source_hashes: dict[str, str], destination: Path) -> None:
+    """The run's files into the partial folder, each checked against its hash, then the record
+    of what was published (published.json)."""
+    for source in sorted(run_dir.rglob("*")):
+        target = partial / source.relative_to(run_dir)
+        if source.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+    copied = hashes(partial)
+    if copied != source_hashes:
+        bad = sorted(name for name in source_hashes if copied.get(name) != source_hashes[name])
+        raise StepFailed(f"the copy in {destination} differs from the run: {', '.join(bad)}", "rerun `invoke publish`")
+    record = {"run": str(run_dir.resolve()), "published": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "files": source_hashes}
+    (partial / RECORD).write_text(json.dumps(record, indent=2) + "\n")
 
 
 def remember_published(current: Path, run_dir: Path) -> None:

@@ -23,11 +23,11 @@ import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from scripts.decisions import record_folder, remember_dataset
-from scripts.kinds import KINDS, SettingError, check_value
+from scripts.decisions import record_folder
+from scripts.kinds import KINDS, check_value
 from scripts.steps import communicate, died_of
+from trainer import record, runfolder
 from trainer import result as run_result
-from trainer import runfolder
 from trainer.atomic import sha256_of, write_atomically
 from trainer.config import TrainConfig, flag, options
 from trainer.errors import InputError
@@ -36,7 +36,6 @@ from trainer.flags import parse_flags
 from trainer.memory import gigabytes, tightest
 
 RECORD = "published.json"
-__all__ = ["InputError", "NoData", "SettingError", "remember_dataset"]  # for tasks.py, beside the functions
 
 
 @dataclass
@@ -79,6 +78,21 @@ def train_config(conf: dict, flags: dict, manifest: dict | None, name: str | Non
     if record is not None:
         values.setdefault("record", str(record))
     return TrainConfig(**values).check()
+
+
+def remember_dataset(config: TrainConfig, manifest: dict | None) -> None:
+    """The record's facts about the dataset (its name, its source as the data step fetched it,
+    where it was unpacked), written when they change; a record that cannot be written costs the
+    training nothing (the decisions in it are still read)."""
+    if not config.record or config.record == "none":
+        return
+    folder = Path(config.record)
+    facts = {"name": config.model_name, "folder": config.folder, "file": config.file}
+    if manifest is not None and manifest.get("folder") == config.folder:
+        facts["source"] = manifest.get("source")
+    with contextlib.suppress(OSError, InputError):
+        if {key: record.read_info(folder).get(key) for key in facts} != facts:
+            record.update_info(folder, facts)
 
 
 def as_flags(config: TrainConfig) -> str:

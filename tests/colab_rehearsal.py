@@ -25,7 +25,9 @@ from pathlib import Path
 CONTENT = Path("/content")
 MY_DRIVE = CONTENT / "drive" / "MyDrive"
 BUNDLE_ON_DRIVE = MY_DRIVE / "ud-cd-classifier-bundle"  # the notebook's BUNDLE
-PUBLISHED = MY_DRIVE / "images-classifier"  # Images.zip's model (scripts/dataset.dataset_name)
+NAME = "cracks-2026"  # the job cell's NAME, as docs/colab.md suggests: the model's name and Drive folder
+PUBLISHED = MY_DRIVE / NAME
+RECORD = MY_DRIVE / f"{NAME}-record"  # the dataset's record, beside it
 # Left out when the bundle is not a git checkout: what runs here leave behind.
 LEFT_OUT = ("runs", "data", "published", "workspace", ".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache",
             "libtensorflow.env")  # fmt: skip
@@ -105,15 +107,22 @@ def reset_runtime() -> None:
 
 
 # What the review form's "Save to Drive" does in Colab (the page calls the kernel function the
-# review cell registered): here a cell calls it, relabelling the audit's first image.
-SAVE_FROM_THE_FORM = """
+# review cell registered): here a cell calls it with what the page would send, relabelling the
+# audit's first image and keeping its second.
+SAVE_FROM_THE_FORM = f"""
 import csv
 from pathlib import Path
 from google.colab import output
-rows = list(csv.DictReader(open(Path(PUBLISHED) / "audit.csv")))
-first, sha = rows[0], review.hashes(Path(PUBLISHED))
-other = next(label for label in (Path(PUBLISHED) / "labels.txt").read_text().split() if label != first["Label"])
-print(output.call(review.SAVE_CALLBACK, f"ImagePath,Label,Sha256\\n{first['ImagePath']},{other},{sha[first['ImagePath']]}\\n"))
+from trainer.diagnostics import review
+published = Path({str(PUBLISHED)!r})
+rows = list(csv.DictReader(open(published / "audit.csv")))
+sha = review.hashes(published)
+first, second = rows[0], rows[1]
+other = next(label for label in (published / "labels.txt").read_text().split() if label != first["Label"])
+lines = ["ImagePath,Label,Sha256,Opinion",
+         f"{{first['ImagePath']}},{{other}},{{sha[first['ImagePath']]}},{{review.opinion(first)}}",
+         f"{{second['ImagePath']}},keep,{{sha[second['ImagePath']]}},{{review.opinion(second)}}"]
+print(output.call(review.SAVE_CALLBACK, "\\n".join(lines) + "\\n"))
 """
 
 
@@ -129,6 +138,7 @@ def run_notebook(notebook: Path, name: str, out: Path, source: str, after: str |
     document = nbformat.read(notebook, as_version=4)
     job = next(cell for cell in document.cells if 'SOURCE = "concrete"' in cell.source)  # the job cell
     job.source = job.source.replace('SOURCE = "concrete"', f"SOURCE = {json.dumps(source)}")
+    job.source = job.source.replace('NAME = ""', f"NAME = {json.dumps(NAME)}")
     if after:
         document.cells.append(nbformat.v4.new_code_cell(after))
     client = NotebookClient(
@@ -171,6 +181,9 @@ def run_notebook(notebook: Path, name: str, out: Path, source: str, after: str |
         "corrections": json.loads((PUBLISHED / "manifest.json").read_text())["data"].get("corrections")
         if (PUBLISHED / "manifest.json").is_file()
         else None,
+        "record": sorted(path.name for path in (RECORD / "decisions").glob("*.csv"))
+        if (RECORD / "decisions").is_dir()
+        else [],
         "versions": json.loads((PUBLISHED / "manifest.json").read_text())["versions"]
         if (PUBLISHED / "manifest.json").is_file()
         else None,

@@ -204,23 +204,26 @@ def test_the_notebook_on_a_colab_like_runtime(image, tmp_path):
     assert reset_steps["pins"][0] == "ok" and reset_steps["data"][0] == "changed"  # /content/bundle/data went
     # The library in /usr/local is kept (as the environment is); the env file in the bundle is rewritten.
     assert reset_steps["libtensorflow"] == ("changed", "wrote /content/bundle/libtensorflow.env")
-    assert "train: ok (the model in /content/drive/MyDrive/images-classifier was trained" in _outputs(after_reset)
+    assert "train: ok (the model in /content/drive/MyDrive/cracks-2026 was trained" in _outputs(after_reset)
     assert after_reset["runs"] == []
     assert after_reset["published"] == published
-    # The review cell shows the audit's list as the form; its "Save to Drive" (called as the page
-    # would) writes the decisions beside the published model, where the next `invoke train` looks.
+    # The review cell finds the model by the job cell's NAME and shows the audit's list as the
+    # form; its "Save to Drive" (called as the page would) adds the decisions to the dataset's
+    # record on Drive, which the next `invoke train` reads.
     assert any("<table class='review'>" in cell["html"] for cell in after_reset["cells"])
-    saved = "1 decision(s) in /content/drive/MyDrive/images-classifier-corrections.csv"
+    saved = "2 decision(s) added to the dataset's record /content/drive/MyDrive/cracks-2026-record"
     assert saved in after_reset["cells"][-1]["output"], after_reset["cells"][-1]
+    assert len(after_reset["record"]) == 1
 
-    # One option changed: it retrains, publishes, and keeps the first model as .previous.
+    # One option changed: it retrains with the decisions, publishes, and keeps the first model as .previous.
     assert changed["error"] is None, _outputs(changed)
     since = next(line for line in _outputs(changed).splitlines() if line.startswith("train: training, since "))
-    assert reason in since and "the corrections changed" in since, since
-    assert "train: with the corrections in /content/drive/MyDrive/images-classifier-corrections.csv" in _outputs(
-        changed
-    )
-    assert (changed["corrections"]["relabelled"], changed["corrections"]["dropped"]) == (1, 0)
+    assert reason in since and "the review decisions in force changed" in since, since
+    in_force = "train: 2 decision(s) in force (1 relabel, 1 keep) from the dataset's record "
+    assert in_force + "/content/drive/MyDrive/cracks-2026-record" in _outputs(changed)
+    assert (changed["corrections"]["relabelled"], changed["corrections"]["kept"]) == (1, 1)
+    # The review cell, run again, shows what the record holds.
+    assert any("holds 2 earlier decision(s) (1 relabelled, 1 kept)" in cell["html"] for cell in changed["cells"])
     assert changed["exports"]["ok"], changed["exports"]
     if "INVOKE_TRAIN_FINE_TUNE_LAYERS" in option:
         assert changed["phases"] == ["fine_tune", "head"], changed["phases"]

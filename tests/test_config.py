@@ -10,7 +10,7 @@ import sys
 
 from tests.conftest import bundle_copy, documented_options, invoke
 
-MADE_UP = '    sharpness: float = option(0.5, "a made-up option", within(0, 1))\n'
+MADE_UP = '    sharpness: float = option(0.5, "a made-up option", within(0, 1), head=True)\n'
 
 
 def test_the_command_line_without_flags_is_the_dataclass_defaults():
@@ -65,6 +65,18 @@ def test_an_option_added_in_one_place_is_everywhere(tmp_path):
     )
     asked, defaults = json.loads(compared.stdout)
     assert asked["sharpness"] == 0.3 and defaults["sharpness"] == 0.5
+
+    # A head option: what trainer/head.py reads, and what a run's options file carries to the trainer.
+    heads = _python(
+        copy, "-c", "from trainer.config import options; print([o.name for o in options() if o.metadata['head']])"
+    )
+    assert "'sharpness'" in heads.stdout
+    handed = copy / "options.json"
+    handed.write_text(json.dumps({"folder": "x", "sharpness": 0.2}))
+    read = _python(
+        copy, "-c", f"from trainer.config import TrainConfig; print(TrainConfig.from_file({str(handed)!r}).sharpness)"
+    )
+    assert read.stdout.strip() == "0.2"
 
     # The reference table in docs/ is rendered from the definition; its check sees the new row.
     table = _python(copy, "-c", "from trainer.config import reference; print(reference(), end='')").stdout

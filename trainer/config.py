@@ -53,12 +53,14 @@ def one_of(*choices: str) -> Accepts:
     return Accepts(lambda value: value in choices, ", ".join(choices[:-1]) + " or " + choices[-1])
 
 
-def option(default, help: str, accepts: Accepts | None = None, *, place: bool = False):
+def option(default, help: str, accepts: Accepts | None = None, *, place: bool = False, head: bool = False):
     """A trainer option. Its default, help and accepted values live here alone: `python -m
     trainer train`'s flags, invoke.yaml's train section, INVOKE_TRAIN_* and `invoke train`'s
-    flags are all made from these fields (trainer.cli, scripts.settings, tasks.py). A `place`
-    says where things are, not what is trained: changing it does not call for retraining."""
-    return field(default=default, metadata={"help": help, "accepts": accepts, "place": place})
+    flags are all made from these fields (trainer.flags, scripts.settings, tasks.py). A `place`
+    says where things are, not what is trained: changing it does not call for retraining. A
+    `head` option is read by trainer/head.py alone, where every head (the deployed one, the
+    operating point's, the audit's, the ranking's) is made (tests/test_structure.py holds that)."""
+    return field(default=default, metadata={"help": help, "accepts": accepts, "place": place, "head": head})
 
 
 @dataclass(frozen=True)
@@ -125,12 +127,14 @@ class TrainConfig:
         "inverse strength of the L2 penalty on a head trained on cached features, as scikit-learn's "
         "LogisticRegression C: smaller is stronger, 0 is none",
         at_least(0),
+        head=True,
     )
     head_refit: bool = option(
         True,
         "bottleneck mode without fine-tuning: once early stopping has chosen the epochs on the validation split, "
         "train the deployed head again on the training and validation images for that many epochs (ACCURACY.md: "
         "0.868 against 0.856 over 20 seeds); its validation metrics are then on images it saw",
+        head=True,
     )
     feature_augment: str = option(
         "dihedral",

@@ -158,6 +158,14 @@ def clear(folder: Path) -> tuple[int, Path | None]:
     return len(decisions), aside
 
 
+def export(folder: Path, target: Path) -> int:
+    """The latest decision about each image, written to `target` as a corrections file (the
+    form --corrections reads); returns how many."""
+    decisions = list(latest(read_decisions(folder)).values())
+    write_atomically(target, format_corrections(decisions))
+    return len(decisions)
+
+
 def _take_legacy(folder: Path) -> list[Correction]:
     """<model>-corrections.csv, which the review cell saved beside the published model before
     the record existed: the first time the record is read, its decisions become a file of the
