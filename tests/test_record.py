@@ -197,8 +197,9 @@ def test_the_review_form_lists_a_kept_photo_again_only_when_the_audits_opinion_c
     }
     listed, left_out = review.listed_again(rows, sha, earlier)
     assert [row["ImagePath"] for row in listed] == ["/d/CD/2.jpg", "/d/UD/3.jpg"] and left_out == 1
-    page = review.form(rows, ["CD", "UD"], sha, earlier=earlier, where="cracks-record")
-    assert "1 photo(s) you kept are not listed again" in page and "holds 2 earlier decision(s) (2 kept)" in page
+    page = review.form(rows, ["CD", "UD"], sha, earlier=earlier, where="The dataset's record (cracks-record) holds")
+    assert "1 photo(s) kept earlier are not listed again" in page
+    assert "The dataset&#x27;s record (cracks-record) holds 2 earlier decision(s) (2 kept)" in page
     assert "kept 2026-12-01, when the audit said near-duplicate:CD" in page  # the earlier decision, shown
     assert "data-path='/d/CD/1.jpg'" not in page and "data-path='/d/CD/2.jpg'" in page
 

@@ -63,7 +63,8 @@ def run_form(run_dir: Path, rows: list[dict], labels: list[str]) -> str:
     what the dataset's record said then."""
     path = run_dir / runfolder.CORRECTIONS
     earlier = record.latest(read_corrections(path)) if path.is_file() else {}
-    return form(rows, labels, hashes(run_dir), earlier=earlier, where=f"{runfolder.CORRECTIONS}, as this run trained")
+    said = f"When this run trained, the dataset's record (this run's copy: {runfolder.CORRECTIONS}) held"
+    return form(rows, labels, hashes(run_dir), earlier=earlier, where=said)
 
 
 def opinion(row: dict) -> str:
@@ -107,8 +108,8 @@ def listed_again(rows: list[dict], sha: dict[str, str], earlier: dict[str, Corre
 def form(rows: list[dict], labels: list[str], sha: dict[str, str], shown: int = SHOWN,
          earlier: dict[str, Correction] | None = None, where: str = "") -> str:  # fmt: skip
     """The review table for audit.csv's rows (the first `shown` the record does not settle), its
-    buttons and its script. `earlier`: the dataset's decisions so far, by content hash, from
-    `where` (the record, or the run's copy of them)."""
+    buttons and its script. `earlier`: the dataset's decisions so far, by content hash; `where`
+    begins the sentence that counts them ("The dataset's record (...) holds")."""
     earlier = earlier or {}
     rows, left_out = listed_again(rows, sha, earlier)
     summary = _earlier_summary(earlier, left_out, where)
@@ -164,15 +165,15 @@ def _form_row(row: dict, labels: list[str], sha: dict[str, str], earlier: dict[s
 
 
 def _earlier_summary(earlier: dict[str, Correction], left_out: int, where: str) -> str:
+    """`where` says whose decisions these are: "The dataset's record (...) holds"."""
     if not earlier:
         return ""
     kinds = [decision.kind for decision in earlier.values()]
     counts = ", ".join(f"{kinds.count(kind)} {word}" for kind, word in
                        (("relabel", "relabelled"), ("drop", "dropped"), ("keep", "kept")) if kinds.count(kind))  # fmt: skip
-    place = f" in <code>{html.escape(where)}</code>" if where else ""
-    hidden = (f" {left_out} photo(s) you kept are not listed again: the audit's opinion of them is unchanged."
+    hidden = (f" {left_out} photo(s) kept earlier are not listed again: the audit's opinion of them is unchanged."
               if left_out else "")  # fmt: skip
-    return f"<p>The dataset's record{place} holds {len(kinds)} earlier decision(s) ({counts}).{hidden}</p>"
+    return f"<p>{html.escape(where)} {len(kinds)} earlier decision(s) ({counts}).{hidden}</p>"
 
 
 # The form's behaviour: plain DOM, no library, nothing fetched.
@@ -293,7 +294,8 @@ def published_form(published: str | Path, record_folder: str | Path) -> str:
              "</code>; rerun the job cell to train with them.</p>")  # fmt: skip
     earlier = record.latest(record.read_decisions(record_folder))
     return (f"<style>table.review img {{ max-width: {SIDE}px; }}</style>{where}"
-            + form(rows, labels, hashes(published), earlier=earlier, where=str(record_folder)))  # fmt: skip
+            + form(rows, labels, hashes(published), earlier=earlier,
+                   where=f"The dataset's record ({record_folder}) holds"))  # fmt: skip
 
 
 def save_to_record(record_folder: str | Path, text: str) -> str:
