@@ -180,7 +180,7 @@ TRAIN_HELP = {
     **{option.name: described(option) for option in options()},
     "folder": "image folder (default: what `invoke data` fetched)",
     "name": "the model's name, and its published folder's (default: the dataset's, e.g. ud-cd-classifier)",
-    "force": "train even when the published model was trained from the same data, options and stack",
+    "force": "train even when the published model was trained from the same data, decisions, options and stack",
     "publish": "copy the run to the Drive folder afterwards (default on)",
     "dry_run": "print the trainer's options, run nothing",
 }
