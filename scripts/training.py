@@ -31,7 +31,7 @@ from trainer import result as run_result
 from trainer.atomic import sha256_of, write_atomically
 from trainer.config import TrainConfig, flag, options
 from trainer.errors import InputError
-from trainer.fingerprint import decisions_in_force, training_request, what_changed
+from trainer.fingerprint import decisions_in_force, listing, training_request, what_changed
 from trainer.flags import parse_flags
 from trainer.memory import gigabytes, tightest
 
@@ -126,7 +126,8 @@ def request_of(config: TrainConfig, root: Path):
     usable: the trainer then runs and says why, as it would."""
     try:
         with contextlib.chdir(root):
-            return training_request(config), decisions_in_force(config)
+            listed, files = listing(config)  # once: a 56,000-image folder on Drive is slow to list
+            return training_request(config, files, listed), decisions_in_force(config, files, listed)
     except InputError:
         return None
 

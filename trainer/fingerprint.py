@@ -60,10 +60,26 @@ def _listed_rows(config: TrainConfig, files: dict | None, listed: tuple | None) 
     return rows, files
 
 
+def listing(config: TrainConfig) -> tuple[tuple, dict]:
+    """The data as listed, (rows, validation rows or None), and every listed file's FileState
+    from the stat cache: what invoke's decision computes once and hands to data_digest and
+    decisions_in_force, as the trainer hands them what validation read."""
+    rows, files = _listed_rows(config, None, None)
+    validation = None
+    if config.validation_file:
+        held = TrainConfig(folder=config.folder, file=config.validation_file, merge_labels=config.merge_labels,
+                           label_folder=config.label_folder, runs_dir=config.runs_dir)  # fmt: skip
+        validation, files = _listed_rows(held, files, None)
+    return (rows, validation), files
+
+
 def decisions_in_force(config: TrainConfig, files: dict | None = None, listed: tuple | None = None) -> record.InForce:
-    """The decisions in force for the data as listed (the dataset's record and --corrections:
-    trainer/record.py), read only: what invoke says before training, and what the request holds."""
-    rows, files = _listed_rows(config, files, listed)
+    """The decisions in force for the data as listed, validation file included (the dataset's
+    record and --corrections: trainer/record.py), read only: what invoke says before training,
+    and what the request holds."""
+    if listed is None or files is None:
+        listed, files = listing(config)
+    rows = [*listed[0], *(listed[1] or [])]
     hashed = [replace(row, sha256=files[row.path].sha256) for row in rows if files.get(row.path)]
     return record.gather(places.record(config), config.corrections, hashed, [Path(config.folder)], keep_file=False)
 
@@ -155,10 +171,11 @@ def stack() -> dict[str, str | None]:
 def training_request(config: TrainConfig, files: dict | None = None, listed: tuple | None = None) -> dict:
     """{"data", "options", "stack", "code"}: each part compared on its own, so that a rerun can
     say what changed. `files`, `listed`: as for data_digest."""
-    rows, files = _listed_rows(config, files, listed)
+    if listed is None or files is None:
+        listed, files = listing(config)
     return {
         "data": data_digest(config, files, listed),
-        "corrections": decisions_digest(decisions_in_force(config, files, (rows, None))),
+        "corrections": decisions_digest(decisions_in_force(config, files, listed)),
         "options": compared_options(config),
         "stack": stack(),
         "code": code_digest(),
