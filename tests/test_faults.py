@@ -400,7 +400,12 @@ def test_publish_killed_at_random_points_keeps_the_published_model_whole(trained
     assert rerun.returncode == 0, rerun.stderr
     assert _whole(drive / "ud-cd-classifier") == second_files
     assert _whole(drive / "ud-cd-classifier.previous") == first_files
-    assert sorted(p.name for p in drive.iterdir()) == ["ud-cd-classifier", "ud-cd-classifier.previous"]
+    # Nothing partial is left; beside the two, the dataset's record names the published run.
+    assert sorted(p.name for p in drive.iterdir()) == ["ud-cd-classifier", "ud-cd-classifier-record",
+                                                       "ud-cd-classifier.previous"]  # fmt: skip
+    assert [p.name for p in (drive / "ud-cd-classifier-record").iterdir()] == ["record.json"]
+    published = json.loads((drive / "ud-cd-classifier-record" / "record.json").read_text())["published"]
+    assert published["run"] == second.name
     image = next((demo_dir / "Images" / "CD").glob("*.jpg"))
     for folder in ("ud-cd-classifier", "ud-cd-classifier.previous"):
         predicted = subprocess.run(

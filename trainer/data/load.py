@@ -98,12 +98,12 @@ def load_data(config: TrainConfig) -> Data:
     return Data(labels, parts, report, report.files, as_listed, corrected)
 
 
-def _corrected(config: TrainConfig, parts: dict) -> tuple[dict, dict | None]:
-    """The decisions in force (the dataset's record, and --corrections FILE, which is added to
-    it: trainer/record.py) applied to the split parts, said in one line."""
+def _corrected(config: TrainConfig, parts: dict, keep_file: bool = True) -> tuple[dict, dict | None]:
+    """The decisions in force (the dataset's record, and --corrections FILE, which training adds
+    to it: trainer/record.py) applied to the split parts, said in one line."""
     folder = places.record(config)
     rows = [row for part in parts.values() for row in part]
-    decisions = record.gather(folder, config.corrections, rows, [Path(config.folder)], keep_file=True)
+    decisions = record.gather(folder, config.corrections, rows, [Path(config.folder)], keep_file=keep_file)
     if not decisions.chosen:
         if decisions.skipped:
             log.info("%s", decisions.described())
@@ -132,5 +132,5 @@ def load_unsplit(config: TrainConfig) -> Data:
     log.info("read %d rows from %s", report.rows_read, config.file or config.folder)
     rows = validate(rows, report, strict=config.strict)
     log_report(report)
-    parts, corrected = _corrected(config, {"all": rows})
+    parts, corrected = _corrected(config, {"all": rows}, keep_file=False)  # the audit only looks
     return Data(sorted({row.label for row in parts["all"]}), parts, report, report.files, corrections=corrected)
