@@ -347,9 +347,10 @@ def decisions(c, name=None, clear=False, export=None):
         "quick": "small sizes and one repetition: shows the suite works (goals are not enforced)",
         "report": "also write the results as JSON to this file",
         "only": "comma list of figures: head_epoch, featurization, batched, train, rerun, validation, setup",
+        "skip": "comma list of figures to leave out",
     }
 )
-def bench(c, quick=False, report=None, only=None):
+def bench(c, quick=False, report=None, only=None, skip=None):
     """Measure the speed figures side by side (benchmarks/); exit 1 when a goal is missed."""
     command = [sys.executable, "-m", "benchmarks"]
     if quick:
@@ -358,6 +359,8 @@ def bench(c, quick=False, report=None, only=None):
         command += ["--report", str(report)]
     if only:
         command += ["--only", *only.split(",")]
+    if skip:
+        command += ["--skip", *skip.split(",")]
     print("$ " + shlex.join(command), flush=True)
     result = subprocess.run(command, cwd=ROOT)
     if result.returncode != 0:

@@ -560,6 +560,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only", nargs="+", choices=sorted(FIGURES) + ["scale"], help="run only these figures (scale: only when named)"
     )
+    parser.add_argument("--skip", nargs="+", choices=sorted(FIGURES), default=[], help="run every figure but these")
     parser.add_argument(
         "--repeat", type=int, help="repetitions per figure (default 5, the whole train 3; 1 with --quick)"
     )
@@ -589,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
         bench = Bench(sizes, Path(scratch))
         log(f"data: {bench.dataset}; backbone {sizes.backbone} at {sizes.image_size} px, random local weights")
-        for name in args.only or FIGURES:
+        for name in [name for name in args.only or FIGURES if name not in args.skip]:
             log(f"measuring {name} ...")
             result = FIGURES[name](bench)
             figures += result if isinstance(result, list) else [result]

@@ -4,11 +4,13 @@ failing step. tests/test_colab.py starts it with a Python 3.13 environment holdi
 package versions, in a private mount namespace where /content is a fresh tmpfs, /usr/local an
 empty folder and /etc an overlay, so nothing of it reaches the machine.
 
-    python colab_rehearsal.py BUNDLE IMAGES OUT TRAINER CHANGED
+    python colab_rehearsal.py BUNDLE IMAGES OUT TRAINER CHANGED [STORY]
 
 BUNDLE is the project folder, IMAGES the concrete photos' Images folder (CD/, UD/ and the CSV),
 OUT a folder outside /content for the summary (summary.json) and the executed notebooks,
-TRAINER the INVOKE_TRAIN_* variables of every run (JSON), CHANGED those of the third run.
+TRAINER the INVOKE_TRAIN_* variables of every run (JSON), CHANGED those of the third run. STORY
+is `full` (the default: first run, reset and review, changed option, failing step) or `stack`:
+the first run and the changed option alone, what a new image's packages can change.
 """
 
 from __future__ import annotations
@@ -193,7 +195,8 @@ def run_notebook(notebook: Path, name: str, out: Path, source: str, after: str |
     }
 
 
-def main(bundle: Path, images: Path, out: Path, trainer: dict[str, str], changed: dict[str, str]) -> None:
+def main(bundle: Path, images: Path, out: Path, trainer: dict[str, str], changed: dict[str, str],
+         story: str = "full") -> None:  # fmt: skip
     if any(CONTENT.iterdir()):
         raise SystemExit(f"{CONTENT} is not empty: the rehearsal needs a fresh runtime")
     MY_DRIVE.mkdir(parents=True)
@@ -206,11 +209,13 @@ def main(bundle: Path, images: Path, out: Path, trainer: dict[str, str], changed
     source = str(MY_DRIVE / "Images.zip")
     before = freeze()
     runs = [run_notebook(notebook, "1-first", out, source)]
-    reset_runtime()
-    runs.append(run_notebook(notebook, "2-after-reset", out, source, after=SAVE_FROM_THE_FORM))
+    if story == "full":
+        reset_runtime()
+        runs.append(run_notebook(notebook, "2-after-reset", out, source, after=SAVE_FROM_THE_FORM))
     runs.append(run_notebook(notebook, "3-option-changed", out, source, **changed))
-    reset_runtime()
-    runs.append(run_notebook(notebook, "4-failing-step", out, str(MY_DRIVE / "Imagse.zip")))
+    if story == "full":
+        reset_runtime()
+        runs.append(run_notebook(notebook, "4-failing-step", out, str(MY_DRIVE / "Imagse.zip")))
     after = freeze()
     summary = {
         "python": sys.version.split()[0],
@@ -226,4 +231,5 @@ def main(bundle: Path, images: Path, out: Path, trainer: dict[str, str], changed
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), json.loads(sys.argv[4]), json.loads(sys.argv[5]))
+    main(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), json.loads(sys.argv[4]), json.loads(sys.argv[5]),
+         *sys.argv[6:7])  # fmt: skip

@@ -56,9 +56,14 @@ def test_a_review_survives_the_plain_command_a_reset_and_another_dataset_until_i
     assert (applied["relabelled"], applied["dropped"], applied["kept"]) == (1, 1, 1)
     model = (published / "model.keras").read_bytes()
 
-    # The plain command again: the review is in force, and the corrected model stays published.
-    plain = invoke(copy, *train, env=env)
+    # The plain command again: the review is in force, and the corrected model stays published;
+    # deciding that imported neither TensorFlow nor Keras.
+    plain = invoke(copy, *train, env={**env, "PYTHONPROFILEIMPORTTIME": "1"})
     assert plain.returncode == 0, plain.stderr
+    imported = {
+        line.rsplit("|", 1)[-1].strip() for line in plain.stderr.splitlines() if line.startswith("import time:")
+    }
+    assert "invoke" in imported and not {name for name in imported if name.split(".")[0] in ("tensorflow", "keras")}
     assert f"train: 3 decision(s) in force (1 relabel, 1 drop, 1 keep) from the dataset's record {record}" in (
         plain.stderr
     )
@@ -91,3 +96,6 @@ def test_a_review_survives_the_plain_command_a_reset_and_another_dataset_until_i
     assert "no review decision is in force any more" in without.stderr
     assert _manifest(published)["data"]["corrections"] is None
     assert (drive / "ud-cd-classifier.previous" / "model.keras").read_bytes() == model
+    forced = invoke(copy, *train, "--force", env=env)  # --force trains what is already there
+    assert forced.returncode == 0 and "train: ok" not in forced.stderr, forced.stderr
+    assert "publish: changed" in forced.stderr

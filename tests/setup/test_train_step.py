@@ -88,6 +88,7 @@ def test_decide_ok_publish_or_train(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # tests/setup/test_dataset_record.py walks the same reruns, a reset and --force
 def test_rerun_trains_nothing_a_change_retrains_and_keeps_the_previous_model(demo_dir, tmp_path):
     copy = bundle_copy(tmp_path)
     data = tmp_path / "data"
