@@ -21,7 +21,7 @@ from invoke import task as invoke_task
 
 from scripts import registry
 from scripts.check import installed_version
-from scripts.dataset import read_manifest
+from scripts.dataset import model_of, read_manifest, remember_model
 from scripts.kinds import FLAG
 from scripts.lock import acquire
 from scripts.settings import TRUE, SettingError, check_flags, check_or_exit
@@ -179,7 +179,8 @@ TRAIN_FLAGS = {"name": None, "force": False, "publish": True, "dry_run": False}
 TRAIN_HELP = {
     **{option.name: described(option) for option in options()},
     "folder": "image folder (default: what `invoke data` fetched)",
-    "name": "the model's name, and its published folder's (default: the dataset's, e.g. ud-cd-classifier)",
+    "name": "the model's name, and its published folder's and record's; kept for the dataset fetched (default: the "
+    "last one given for it, else the dataset's, e.g. ud-cd-classifier)",
     "force": "train even when the published model was trained from the same data, decisions, options and stack",
     "publish": "copy the run to the Drive folder afterwards (default on)",
     "dry_run": "print the trainer's options, run nothing",
@@ -249,6 +250,8 @@ def train(c, *, name=None, force=False, publish=True, dry_run=False, **trainer_f
         return
     _exclusive(c, dry_run)
     training.remember_dataset(config, manifest)
+    if name and manifest is not None and manifest.get("folder") == config.folder:
+        remember_model(ROOT / _setting(c, "data", "dir"), name)  # the next plain `invoke train` means it too
     if installed_version("tensorflow") is None:
         raise Exit("train: TensorFlow is not installed; run `invoke pins` (or `invoke setup`) first", code=1)
     config = _decide(c, config, published, publish, force, training)
@@ -326,7 +329,7 @@ def decisions(c, name=None, clear=False, export=None):
     from scripts import decisions as record_of  # numpy and Pillow, through the corrections reader
 
     manifest = read_manifest(ROOT / _setting(c, "data", "dir")) or {}
-    model = name or _conf(c, "train").get("model_name") or manifest.get("name") or "ud-cd-classifier"
+    model = name or _conf(c, "train").get("model_name") or (model_of(manifest) if manifest else "ud-cd-classifier")
     folder = record_of.record_folder(
         _published_folder(c, model), model, ROOT / _setting(c, "publish", "local_folder"), _say
     )

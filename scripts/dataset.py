@@ -183,6 +183,21 @@ def read_manifest(data_dir: Path) -> dict | None:
         return None
 
 
+def model_of(manifest: dict) -> str:
+    """The model's name for this dataset: the one `invoke train --name` last gave it, else its
+    own (dataset_name)."""
+    return manifest.get("model") or manifest.get("name") or dataset_name(manifest.get("source", SHIPPED))
+
+
+def remember_model(data_dir: Path, name: str) -> None:
+    """`invoke train --name NAME` on the data step's dataset: the name is kept in its manifest,
+    so that the next plain `invoke train` (and `invoke decisions`) means the same model and
+    record. Fetching another dataset writes a new manifest, and the name goes with the old one."""
+    manifest = read_manifest(data_dir)
+    if manifest is not None and manifest.get("model") != name:
+        write_atomically(data_dir / MANIFEST, json.dumps({**manifest, "model": name}, indent=2) + "\n")
+
+
 def _fetch_gdrive(file_id: str, destination: Path, ctx: Context, url_template: str) -> Path:
     """Download a shared Drive file with gdown, whole or not at all.
 

@@ -23,6 +23,7 @@ import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from scripts.dataset import model_of
 from scripts.decisions import record_folder
 from scripts.kinds import KINDS, check_value
 from scripts.steps import communicate, died_of
@@ -58,7 +59,7 @@ def train_config(conf: dict, flags: dict, manifest: dict | None, name: str | Non
     values = {}
     for option in options():
         where = f"invoke.yaml's train.{option.name} (or INVOKE_TRAIN_{option.name.upper()})"
-        value = check_value(where, KINDS[option.type], conf.get(option.name))
+        value = "" if conf.get(option.name) is None else check_value(where, KINDS[option.type], conf[option.name])
         if value != "":
             values[option.name] = value
     values.update(parse_flags(shlex.split(conf.get("extra") or ""), "invoke.yaml's train.extra"))
@@ -72,7 +73,7 @@ def train_config(conf: dict, flags: dict, manifest: dict | None, name: str | Non
         if manifest is None:
             raise NoData("no dataset yet; run `invoke data` (or `invoke setup`) first, or pass --folder")
         values["folder"], values["file"] = manifest["folder"], values.get("file") or manifest.get("file")
-        values["model_name"] = values["model_name"] or manifest.get("name")
+        values["model_name"] = values["model_name"] or model_of(manifest)
     if not values["model_name"]:
         del values["model_name"]
     if record is not None:

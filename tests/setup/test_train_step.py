@@ -201,3 +201,21 @@ def test_a_moved_runtime_retrains_and_names_what_moved(demo_dir):
         f"h5py 3.16.0-other -> {now['stack']['h5py']}",
         f"tensorflow 2.20.0-other -> {now['stack']['tensorflow']}",
     ]
+
+
+def test_a_name_given_once_is_the_datasets_until_another_dataset_comes(tmp_path):
+    """`invoke train --name cracks-2026` on the data step's dataset: the next plain `invoke
+    train` (and `invoke decisions`) mean that model and its record; a new dataset starts over."""
+    from scripts.dataset import dataset, model_of, read_manifest, remember_model
+    from scripts.steps import Context
+
+    data = tmp_path / "data"
+    data.mkdir()
+    manifest = {"source": "my.zip", "name": "my-classifier", "folder": str(tmp_path), "file": None, "counts": {}}
+    (data / "dataset.json").write_text(json.dumps(manifest))
+    assert training.train_config({}, {}, read_manifest(data), None, None).model_name == "my-classifier"
+    remember_model(data, "cracks-2026")
+    assert training.train_config({}, {}, read_manifest(data), None, None).model_name == "cracks-2026"
+    assert training.train_config({}, {}, read_manifest(data), "other", None).model_name == "other"
+    dataset(Context(root=tmp_path, echo=lambda message: None), source="demo", data_dir="data", demo_per_class=3)
+    assert model_of(read_manifest(data)) == "demo-classifier"
