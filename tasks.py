@@ -9,6 +9,7 @@ takes every trainer option of trainer/config.py. A failed step ends the run with
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import shlex
@@ -27,7 +28,7 @@ from scripts.lock import acquire
 from scripts.settings import TRUE, SettingError, check_flags, check_or_exit
 from scripts.steps import Context, Result, StepFailed, run_step, table, write_report
 from trainer.config import described, options
-from trainer.errors import InputError
+from trainer.errors import InputError, os_error_sentence
 
 ROOT = Path(__file__).resolve().parent
 check_or_exit(ROOT)  # invoke.yaml and INVOKE_* checked before invoke reads them (scripts/settings.py)
@@ -192,7 +193,8 @@ def _train_options(c, flags: dict, name: str | None, training):
     published to (None where that is not known: Colab without Drive) and the data step's manifest."""
     manifest = read_manifest(ROOT / _setting(c, "data", "dir"))
     try:
-        config = training.train_config(_conf(c, "train"), flags, manifest, name, None)
+        with contextlib.chdir(ROOT):  # relative paths, as the trainer will read them
+            config = training.train_config(_conf(c, "train"), flags, manifest, name)
     except training.NoData as error:
         raise Exit(f"train: {error}", code=1) from None
     except (SettingError, InputError) as error:
@@ -207,7 +209,7 @@ def _decide(c, config, published: Path | None, publish: bool, force: bool, train
     """None when nothing is left to train (the published model is this one, or a finished run
     is, and is published now); else the options to train with (--output set to finish a run
     whose diagnostics were cut short)."""
-    asked = None if force or _yes(_setting(c, "train", "force")) else training.request_of(config, ROOT)
+    asked = None if force or _yes(_setting(c, "train", "force")) else training.request_of(config, ROOT, settle=True)
     if asked is None:
         return config
     request, decisions = asked
@@ -215,6 +217,8 @@ def _decide(c, config, published: Path | None, publish: bool, force: bool, train
         f"train: {decisions.described()}" + ("; `invoke decisions --clear` sets them aside" if decisions.chosen else "")
     )
     decision = training.decide(request, published if publish else None, ROOT / config.runs_dir)
+    if decision.action != "train" and (said := training.keep_corrections(config, decisions, ROOT)):
+        _say(f"train: {said}")
     if decision.action == "ok":
         _say(f"train: ok (the model in {decision.where} was trained from this data, these decisions, these options "
              "and this stack; --force retrains)")  # fmt: skip
@@ -250,8 +254,9 @@ def train(c, *, name=None, force=False, publish=True, dry_run=False, **trainer_f
         return
     _exclusive(c, dry_run)
     training.remember_dataset(config, manifest)
-    if name and manifest is not None and manifest.get("folder") == config.folder:
-        remember_model(ROOT / _setting(c, "data", "dir"), name)  # the next plain `invoke train` means it too
+    chosen = name or trainer_flags.get("model_name")
+    if chosen and manifest is not None and manifest.get("folder") == config.folder:
+        remember_model(ROOT / _setting(c, "data", "dir"), config.model_name)  # the next plain `invoke train` means it
     if installed_version("tensorflow") is None:
         raise Exit("train: TensorFlow is not installed; run `invoke pins` (or `invoke setup`) first", code=1)
     config = _decide(c, config, published, publish, force, training)
@@ -330,9 +335,8 @@ def decisions(c, name=None, clear=False, export=None):
 
     manifest = read_manifest(ROOT / _setting(c, "data", "dir")) or {}
     model = name or _conf(c, "train").get("model_name") or (model_of(manifest) if manifest else "ud-cd-classifier")
-    folder = record_of.record_folder(
-        _published_folder(c, model), model, ROOT / _setting(c, "publish", "local_folder"), _say
-    )
+    folder = record_of.record_folder(_published_folder(c, model), model, ROOT / _setting(c, "publish", "local_folder"),
+                                     lambda message: _say(f"decisions: {message}"))  # fmt: skip
     try:
         if clear:
             _exclusive(c, False)
@@ -343,6 +347,8 @@ def decisions(c, name=None, clear=False, export=None):
         print("\n".join(record_of.summary(folder)))
     except InputError as error:
         raise Exit(f"decisions: {error}", code=2) from None
+    except OSError as error:
+        raise Exit(f"decisions: {os_error_sentence(error, doing='with')}", code=4) from None
 
 
 @task(

@@ -277,7 +277,10 @@ def dataset(
         settings["source_state"] = _source_state(Path(value).expanduser())
     unpacked = data_path / "dataset"
     manifest = read_manifest(data_path)
-    if manifest and {key: manifest.get(key) for key in settings} == settings:
+    same_source = bool(manifest) and {key: manifest.get(key) for key in settings} == settings
+    # The model's name `invoke train --name` gave this dataset stays with it when it is unpacked again.
+    kept = {"model": manifest["model"]} if same_source and manifest.get("model") else {}
+    if same_source:
         if unpacked.is_dir() and manifest.get("tree") == tree_state(unpacked):
             _check_counts(manifest["counts"], wanted_counts)
             return ok(f"{_describe(manifest)} from {source}")
@@ -307,7 +310,7 @@ def dataset(
         (data_path / MANIFEST).unlink(missing_ok=True)
     folder = unpacked / folder.relative_to(partial)
     manifest = {**settings, "name": dataset_name(source), "folder": str(folder), "file": csv_name, "counts": counts,
-                "tree": tree_state(unpacked)}  # fmt: skip
+                "tree": tree_state(unpacked), **kept}  # fmt: skip
     write_atomically(data_path / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return changed(f"{_describe(manifest)} from {source}")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from scripts.dataset import dataset_name
+from scripts.dataset import dataset_name, model_of, read_manifest
 from scripts.publish import published_folder
 from trainer import record
 
@@ -25,8 +25,8 @@ def record_folder(published: Path | None, model: str, local_folder: Path, say) -
     if published is not None:
         return record.beside(published)
     local = local_folder / f"{model}{record.SUFFIX}"
-    say(f"train: Google Drive is not mounted, so the dataset's record (your review decisions) is kept in {local}, "
-        "which a runtime reset wipes; mount Drive (the notebook's first cell) to keep it")  # fmt: skip
+    say(f"Google Drive is not mounted, so the dataset's record (your review decisions) is kept in {local}, which a "
+        "runtime reset wipes; mount Drive (the notebook's first cell) to keep it")  # fmt: skip
     return local
 
 
@@ -34,7 +34,7 @@ def summary(folder: Path) -> list[str]:
     """What `invoke decisions` shows: where the record is, the dataset's facts, what its
     published model was trained from, and its decisions (the latest about each image)."""
     info = record.read_info(folder)
-    decisions = list(record.latest(record.read_decisions(folder)).values())
+    decisions = sorted(record.latest(record.read_decisions(folder)).values(), key=lambda d: (d.decided, d.file, d.line))
     lines = [f"the dataset's record: {folder}" + ("" if folder.is_dir() else " (empty: nothing decided yet)")]
     if info.get("source"):
         lines.append(f"  data: {info['source']} (unpacked in {info.get('folder')})")
@@ -70,19 +70,30 @@ def export(folder: Path, target: Path) -> int:
 
 
 def model_name(source: str, name: str = "") -> str:
-    """The model's name as the job cell's `invoke setup --source SOURCE train [--name NAME]`
-    gives it: NAME, else the data's own (scripts/dataset.dataset_name)."""
-    return name or dataset_name(source)
+    """The model's name as the job cell's `invoke setup --source SOURCE train --name NAME` gives
+    it (scripts/training.train_config): NAME, else invoke.yaml's train.model_name (or
+    INVOKE_TRAIN_MODEL_NAME), else the name kept for the dataset the data step fetched from
+    SOURCE (an earlier --name), else the data's own (scripts/dataset.dataset_name)."""
+    if name:
+        return name
+    settings = invoke_settings()
+    configured = (settings.get("train") or {}).get("model_name")
+    if configured:
+        return configured
+    manifest = read_manifest(ROOT / ((settings.get("data") or {}).get("dir") or "data"))
+    if manifest is not None and manifest.get("source") == source:
+        return model_of(manifest)
+    return dataset_name(source)
 
 
-def publish_settings() -> dict:
-    """invoke.yaml's publish section with INVOKE_PUBLISH_* over it, as the tasks read it."""
+def invoke_settings() -> dict:
+    """invoke.yaml's sections with INVOKE_* over them, as the tasks read them."""
     from invoke import Config  # the notebook kernel has invoke once the job cell has run
 
     config = Config(project_location=str(ROOT))
     config.load_project()
     config.load_shell_env()
-    return dict(config.get("publish", {}))
+    return {section: dict(config.get(section) or {}) for section in ("data", "train", "publish")}
 
 
 def review_cell(source: str, name: str = "") -> None:
@@ -94,7 +105,7 @@ def review_cell(source: str, name: str = "") -> None:
     from trainer.diagnostics import review
 
     model = model_name(source, name)
-    published = published_folder(publish_settings(), model)
+    published = published_folder(invoke_settings()["publish"], model)
     if published is None:
         raise RuntimeError("Google Drive is not mounted: run the first cell, then the job cell, then this one")
     folder = record.beside(published)

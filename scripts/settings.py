@@ -134,8 +134,13 @@ def _not_an_option(current, word: str, tasks: dict, argv: list[str], position: i
     words = argv[:position] + argv[position + len(moved) :]
     if owner in words:
         at = words.index(owner) + 1
-    else:  # the setup steps run before training; train after them
-        at = words.index(current.name) + (1 if owner == "train" else 0)
+    elif owner == "train":  # training runs after the setup steps: after this task and its flags
+        start = words.index(current.name)
+        at = next((i for i in range(start + 1, len(words)) if words[i] in tasks), len(words))
+        words.insert(at, owner)
+        at += 1
+    else:  # a setup step runs before training: before this task
+        at = words.index(current.name)
         words.insert(at, owner)
         at += 1
     words[at:at] = moved

@@ -50,12 +50,12 @@ class NoData(Exception):
     """No --folder, and the data step has fetched nothing yet."""
 
 
-def train_config(conf: dict, flags: dict, manifest: dict | None, name: str | None, record: Path | None) -> TrainConfig:
+def train_config(conf: dict, flags: dict, manifest: dict | None, name: str | None) -> TrainConfig:
     """`invoke train`'s options, checked once: the trainer's defaults, under invoke.yaml's train
     section (INVOKE_TRAIN_* over it, as invoke merges them), under train.extra's flags, under
     the task's flags; the image folder, CSV and model name from the data step's manifest when not
-    given; the dataset's record at `record` unless --record says. SettingError or InputError
-    naming the setting at fault; NoData when there is no folder at all."""
+    given. SettingError or InputError naming the setting at fault; NoData when there is no
+    folder at all. Run it where the trainer runs: relative paths are checked from there."""
     values = {}
     for option in options():
         where = f"invoke.yaml's train.{option.name} (or INVOKE_TRAIN_{option.name.upper()})"
@@ -76,8 +76,6 @@ def train_config(conf: dict, flags: dict, manifest: dict | None, name: str | Non
         values["model_name"] = values["model_name"] or model_of(manifest)
     if not values["model_name"]:
         del values["model_name"]
-    if record is not None:
-        values.setdefault("record", str(record))
     return TrainConfig(**values).check()
 
 
@@ -113,7 +111,8 @@ def as_flags(config: TrainConfig) -> str:
 
 def with_record(config: TrainConfig, published: Path | None, local_folder: Path, say) -> TrainConfig:
     """The options with the dataset's record beside the published model (scripts/decisions.py)."""
-    return replace(config, record=str(record_folder(published, config.model_name, local_folder, say)))
+    folder = record_folder(published, config.model_name, local_folder, lambda message: say(f"train: {message}"))
+    return replace(config, record=str(folder))
 
 
 def finishing(config: TrainConfig, run_dir: Path) -> TrainConfig:
@@ -121,16 +120,38 @@ def finishing(config: TrainConfig, run_dir: Path) -> TrainConfig:
     return replace(config, output=str(run_dir))
 
 
-def request_of(config: TrainConfig, root: Path):
+def request_of(config: TrainConfig, root: Path, settle: bool = False):
     """(request, decisions in force) for these options, computed in `root` as the trainer will
     (relative paths mean what they mean to it), or None when the data or decisions are not
-    usable: the trainer then runs and says why, as it would."""
+    usable: the trainer then runs and says why, as it would. settle: a legacy corrections file
+    is taken into the record first (trainer/record.settle_legacy), as a run that writes does."""
     try:
         with contextlib.chdir(root):
+            if settle and record_of(config) is not None:
+                with contextlib.suppress(OSError):
+                    record.settle_legacy(record_of(config))
             listed, files = listing(config)  # once: a 56,000-image folder on Drive is slow to list
             return training_request(config, files, listed), decisions_in_force(config, files, listed)
     except InputError:
         return None
+
+
+def record_of(config: TrainConfig) -> Path | None:
+    """The dataset's record these options name (invoke always names one; --record none: None)."""
+    return None if config.record in (None, "none") else Path(config.record)
+
+
+def keep_corrections(config: TrainConfig, decisions: record.InForce, root: Path) -> str:
+    """--corrections FILE's decisions added to the dataset's record when no training follows
+    (the published model, or a finished run, was trained with them): as training adds them, so
+    that the next plain run has them too. Returns what to say ("" when nothing was added)."""
+    try:
+        with contextlib.chdir(root):
+            added = record.keep_given(record_of(config), decisions)
+    except OSError as error:
+        return f"WARNING: {error.strerror or error} writing the dataset's record {config.record}: a later run will " \
+               f"not have --corrections {config.corrections} unless it is given again"  # fmt: skip
+    return f"{len(added)} decision(s) of {config.corrections} added to the dataset's record" if added else ""
 
 
 def run_trainer(config: TrainConfig, root: Path) -> tuple[int, dict | None]:

@@ -27,9 +27,11 @@ from pathlib import Path
 CONTENT = Path("/content")
 MY_DRIVE = CONTENT / "drive" / "MyDrive"
 BUNDLE_ON_DRIVE = MY_DRIVE / "ud-cd-classifier-bundle"  # the notebook's BUNDLE
-NAME = "cracks-2026"  # the job cell's NAME, as docs/colab.md suggests: the model's name and Drive folder
-PUBLISHED = MY_DRIVE / NAME
-RECORD = MY_DRIVE / f"{NAME}-record"  # the dataset's record, beside it
+# The job cell's NAME: one of the user's (as docs/colab.md suggests), or "" as shipped (the model
+# named after Images.zip). tests/test_colab.py rehearses one image with each.
+NAME = os.environ.get("REHEARSAL_NAME", "cracks-2026")
+PUBLISHED = MY_DRIVE / (NAME or "images-classifier")
+RECORD = PUBLISHED.with_name(f"{PUBLISHED.name}-record")  # the dataset's record, beside it
 # Left out when the bundle is not a git checkout: what runs here leave behind.
 LEFT_OUT = ("runs", "data", "published", "workspace", ".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache",
             "libtensorflow.env")  # fmt: skip
@@ -140,7 +142,8 @@ def run_notebook(notebook: Path, name: str, out: Path, source: str, after: str |
     document = nbformat.read(notebook, as_version=4)
     job = next(cell for cell in document.cells if 'SOURCE = "concrete"' in cell.source)  # the job cell
     job.source = job.source.replace('SOURCE = "concrete"', f"SOURCE = {json.dumps(source)}")
-    job.source = job.source.replace('NAME = ""', f"NAME = {json.dumps(NAME)}")
+    if NAME:
+        job.source = job.source.replace('NAME = ""', f"NAME = {json.dumps(NAME)}")
     if after:
         document.cells.append(nbformat.v4.new_code_cell(after))
     client = NotebookClient(

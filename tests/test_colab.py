@@ -57,6 +57,8 @@ CHANGED = {
 # every export and the C library, and a changed option, with fine-tuning). The reset, the
 # review's save and a failing step are the notebook's and the bundle's, the same on both.
 STORY = {"2026-08": "full", "next-tf2.21": "stack"}
+# The job cell's NAME on each: a name of the user's, and none (the model named after Images.zip).
+NAME = {"2026-08": "cracks-2026", "next-tf2.21": ""}
 
 pytestmark = [pytest.mark.slow, pytest.mark.colab]
 
@@ -110,7 +112,7 @@ def colab_environment(image: str = "2026-08") -> Path:
     return environment
 
 
-def rehearse(environment: Path, out: Path, changed: dict[str, str], story: str = "full") -> dict:
+def rehearse(environment: Path, out: Path, changed: dict[str, str], story: str = "full", name: str = "") -> dict:
     overlays = out / "overlays"
     for name in ("usr-local", "etc-upper", "etc-work"):
         (overlays / name).mkdir(parents=True)
@@ -131,7 +133,7 @@ exec "$@"
     if created:
         Path("/content").mkdir()
     try:
-        env = {**os.environ, "PYTHONPATH": str(stand_in)}
+        env = {**os.environ, "PYTHONPATH": str(stand_in), "REHEARSAL_NAME": name}
         env.pop("TRAINER_CI", None)
         result = subprocess.run([str(part) for part in command], capture_output=True, text=True, env=env, timeout=3600)
     finally:
@@ -167,7 +169,7 @@ def test_the_notebook_on_a_colab_like_runtime(image, tmp_path):
     if not CONCRETE.is_dir():
         _unavailable(f"{CONCRETE} is not here")
     option, reason = CHANGED[image]
-    summary = rehearse(colab_environment(image), tmp_path, option, STORY[image])
+    summary = rehearse(colab_environment(image), tmp_path, option, STORY[image], NAME[image])
     whole = STORY[image] == "full"
     first, after_reset, changed, failing = summary["runs"] if whole else (summary["runs"][0], None,
                                                                           summary["runs"][1], None)  # fmt: skip
@@ -205,6 +207,9 @@ def test_the_notebook_on_a_colab_like_runtime(image, tmp_path):
     assert {"model.keras", "report.html", "metrics.json", "published.json"} <= set(published)
     assert summary["images_in_zip"] == 400 and first["images_used"] == 400
     assert first["previous"] is None
+    # The review cell finds the model by the job cell's SOURCE and NAME (empty: Images.zip's own
+    # name), and shows its labels to check.
+    assert any("<table class='review'>" in cell["html"] for cell in first["cells"]), first["cells"][-1]
 
     if whole:
         _after_a_reset_the_review_is_saved_to_the_record(after_reset, published)

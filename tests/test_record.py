@@ -45,12 +45,13 @@ def test_decisions_accumulate_and_the_latest_about_an_image_wins(tmp_path):
     first = record.add(folder, [_decision(by_name["CD/0.png"], "UD", "label:UD"),
                                 _decision(by_name["CD/1.png"], "keep", "label:UD")])  # fmt: skip
     assert len(first) == 2 and len(list((folder / record.DECISIONS).glob("*.csv"))) == 1
-    # A later review changes its mind about one image and drops another; the earlier file stays as it was.
-    second = record.add(folder, [_decision(by_name["CD/0.png"], "keep", "label:UD"),
+    # A later review changes its mind about one image (relabels it back) and drops another; the
+    # earlier file stays as it was.
+    second = record.add(folder, [_decision(by_name["CD/0.png"], "CD", "label:UD"),
                                  _decision(by_name["UD/2.png"], "drop", "outlier:UD")])  # fmt: skip
     assert len(second) == 2 and len(list((folder / record.DECISIONS).glob("*.csv"))) == 2
     latest = record.latest(record.read_decisions(folder))
-    assert {Path(d.written).name + d.label for d in latest.values()} == {"0.pngkeep", "1.pngkeep", "2.pngdrop"}
+    assert {Path(d.written).name + d.label for d in latest.values()} == {"0.pngCD", "1.pngkeep", "2.pngdrop"}
     # Adding what the record already says adds nothing (the same file given twice); a keep under
     # another opinion of the audit's is news.
     assert record.add(folder, [_decision(by_name["UD/2.png"], "drop", "outlier:UD")]) == []
@@ -72,10 +73,10 @@ def test_decisions_about_images_no_longer_in_the_data_are_skipped_and_counted(tm
     strict = tmp_path / "fixes.csv"
     strict.write_text("ImagePath,Label\n/gone/photo.jpg,drop\n")
     with pytest.raises(InputError, match="fixes.csv line 2: /gone/photo.jpg names no image of this dataset"):
-        record.gather(folder, str(strict), rows, [tmp_path / "Images"], keep_file=True)
+        record.gather(folder, str(strict), rows, [tmp_path / "Images"])
 
 
-def test_an_explicit_file_joins_the_record_and_is_the_latest(tmp_path):
+def test_an_explicit_file_is_the_latest_and_joins_the_record_when_kept(tmp_path):
     images = tmp_path / "Images"
     rows = _rows(images)
     folder = tmp_path / "cracks-record"
@@ -83,24 +84,27 @@ def test_an_explicit_file_joins_the_record_and_is_the_latest(tmp_path):
     record.add(folder, [_decision(cd0, "drop", decided="2026-01-01T00:00:00.000000Z")])
     given = tmp_path / "fixes.csv"
     given.write_text("ImagePath,Label\nCD/0.png,UD\n")
-    read_only = record.gather(folder, str(given), rows, [images], keep_file=False)
-    assert [d.label for d in read_only.chosen.values()] == ["UD"]
-    assert len(record.read_decisions(folder)) == 1  # invoke's decision reads, and writes nothing
-    record.gather(folder, str(given), rows, [images], keep_file=True)
+    in_force = record.gather(folder, str(given), rows, [images])
+    assert [d.label for d in in_force.chosen.values()] == ["UD"]
+    assert len(record.read_decisions(folder)) == 1  # gathering only reads (invoke's decision, a dry run)
+    record.keep_given(folder, in_force)  # what training does once the file applied cleanly
     assert [d.label for d in record.latest(record.read_decisions(folder)).values()] == ["UD"]
-    record.gather(folder, str(given), rows, [images], keep_file=True)  # the same file again: nothing new
+    assert record.keep_given(folder, record.gather(folder, str(given), rows, [images])) == []  # nothing new twice
     assert len(list((folder / record.DECISIONS).glob("*.csv"))) == 2
 
 
-def test_a_legacy_corrections_file_is_taken_in_once(tmp_path):
+def test_a_legacy_corrections_file_is_read_and_taken_in_once_by_a_run_that_writes(tmp_path):
     rows = _rows(tmp_path / "Images")
     legacy = tmp_path / "cracks-corrections.csv"  # what the review cell saved before the record
     legacy.write_text(f"ImagePath,Label,Sha256\nCD/0.png,UD,{rows[0].sha256}\n")
     folder = tmp_path / "cracks-record"
-    decisions = record.read_decisions(folder)
-    assert [(d.label, d.sha256) for d in decisions] == [("UD", rows[0].sha256)]
+    decisions = record.read_decisions(folder)  # a reader that only looks (a dry run, invoke decisions)
+    assert [(d.label, d.sha256) for d in decisions] == [("UD", rows[0].sha256)] and legacy.exists()
+    same = [(d.written, d.label, d.sha256, d.decided) for d in decisions]
+    taken = record.read_decisions(folder, settle=True)  # a run that writes takes it in
+    assert [(d.written, d.label, d.sha256, d.decided) for d in taken] == same
     assert not legacy.exists() and len(list((folder / record.DECISIONS).glob("*.csv"))) == 1
-    assert record.read_decisions(folder) == decisions  # taken in once
+    assert [(d.written, d.label, d.sha256, d.decided) for d in record.read_decisions(folder)] == same  # once
 
 
 def test_clear_sets_the_decisions_aside_whole(tmp_path):
@@ -208,8 +212,8 @@ def test_save_to_drive_adds_to_the_record_and_never_overwrites_it(tmp_path):
     from trainer.diagnostics import review
 
     folder = tmp_path / "drive" / "cracks-record"
-    with pytest.raises(InputError, match="the header must be ImagePath,Label"):
-        review.save_to_record(folder, "path,label\nCD/1.jpg,UD\n")
+    refused = review.save_to_record(folder, "path,label\nCD/1.jpg,UD\n")  # the page shows the answer
+    assert refused.startswith("not saved: Save to Drive: the form's decisions: the header must be ImagePath,Label")
     assert not folder.exists()
     said = review.save_to_record(folder, f"ImagePath,Label,Sha256,Opinion\n/d/CD/1.jpg,UD,{'a' * 64},label:UD\n")
     assert said.startswith(f"1 decision(s) added to the dataset's record {folder}")
@@ -241,3 +245,52 @@ def test_invoke_decisions_shows_the_record_and_clear_sets_it_aside(tmp_path):
     assert "decisions: 0 image(s)" in cleared.stdout and "set aside by --clear: cleared-" in cleared.stdout
     time.sleep(0.01)
     assert json.loads((folder / record.INFO).read_text())["source"] == "cracks.zip"  # the facts stay
+
+
+def test_a_keep_confirms_an_earlier_relabel_rather_than_undoing_it(tmp_path):
+    """The form shows a relabelled photo under its new label; keeping it says that label is
+    right. The relabel stays in force, and the keep is remembered for the next review."""
+    rows = _rows(tmp_path / "Images")
+    photo = next(row for row in rows if row.label == "CD")
+    folder = tmp_path / "cracks-record"
+    record.add(folder, [_decision(photo, "UD", "label:UD", "2026-12-01T10:00:00.000000Z")])
+    record.add(folder, [_decision(photo, "keep", "outlier:UD", "2026-12-02T10:00:00.000000Z")])
+    in_force = record.in_force(record.read_decisions(folder), rows, [tmp_path / "Images"], str(folder))
+    assert in_force.changes() == [(photo.sha256, "UD")]
+    assert [d.kind for d in in_force.decisions()] == ["relabel", "keep"]  # what a run keeps, and reads back
+    assert record.latest(record.read_decisions(folder))[photo.sha256].opinion == "outlier:UD"  # the form hides it
+    # A relabel back to the photo's own class undoes it.
+    record.add(folder, [_decision(photo, "CD", "label:CD", "2026-12-03T10:00:00.000000Z")])
+    assert record.in_force(record.read_decisions(folder), rows, [tmp_path / "Images"]).changes() == []
+
+
+def test_a_hash_that_names_no_image_is_skipped_even_where_another_photo_has_its_path(tmp_path):
+    """A new version of a zip reuses file names: a decision made about the old photo at
+    CD/0.png (by its content hash) is not applied to the new photo there."""
+    rows = _rows(tmp_path / "Images")
+    at_that_path = next(row for row in rows if row.path.name == "0.png" and row.label == "CD")
+    old_photo = Correction(0, str(at_that_path.path), "drop", "0" * 64, decided="2026-12-01T10:00:00.000000Z")
+    in_force = record.in_force([old_photo], rows, [tmp_path / "Images"])
+    assert in_force.chosen == {} and in_force.skipped == 1
+    no_hash = Correction(0, str(at_that_path.path), "drop", "", decided="2026-12-01T10:00:00.000000Z")
+    assert list(record.in_force([no_hash], rows, [tmp_path / "Images"]).chosen) == [at_that_path.path]
+
+
+def test_a_corrections_file_the_run_refuses_leaves_the_record_as_it_was(tmp_path):
+    from trainer.config import TrainConfig
+    from trainer.data.load import load_data
+
+    images = tmp_path / "Images"
+    _rows(images, per_class=6)
+    folder = tmp_path / "cracks-record"
+    bad = tmp_path / "bad.csv"
+    bad.write_text("ImagePath,Label\n" + "".join(f"CD/{i}.png,drop\n" for i in range(4)))
+    config = TrainConfig(folder=str(images), corrections=str(bad), record=str(folder), runs_dir=str(tmp_path / "r"))
+    with pytest.raises(InputError) as error:
+        load_data(config)
+    assert "leaves 'CD' (2) with fewer than 3 images" in str(error.value) and "--corrections" in str(error.value)
+    assert record.read_decisions(folder) == []  # nothing of the refused file was kept
+    good = tmp_path / "good.csv"
+    good.write_text("ImagePath,Label\nCD/0.png,drop\n")
+    load_data(TrainConfig(**{**config.to_dict(), "corrections": str(good)}))
+    assert [d.label for d in record.read_decisions(folder)] == ["drop"]  # a file that applies joins the record

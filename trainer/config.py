@@ -92,9 +92,9 @@ class TrainConfig:
     )
     record: str | None = option(
         None,
-        "the dataset's record, where its review decisions are kept and read (trainer/record.py; default: beside "
-        "the published model, MyDrive/<model-name>-record with Drive mounted, else published/<model-name>-record); "
-        "none: train without the record's decisions",
+        "the dataset's record, where its review decisions are kept and read (trainer/record.py; invoke train passes "
+        "the folder beside the published model; default: MyDrive/<model-name>-record with Drive mounted, else "
+        "published/<model-name>-record in the working directory); none: train without the record's decisions",
         place=True,  # the decisions it holds, not where it is, are part of what the model is trained from
     )
     seed: int = option(42, "split, shuffling and weight initialisation")

@@ -81,7 +81,7 @@ def decisions_in_force(config: TrainConfig, files: dict | None = None, listed: t
         listed, files = listing(config)
     rows = [*listed[0], *(listed[1] or [])]
     hashed = [replace(row, sha256=files[row.path].sha256) for row in rows if files.get(row.path)]
-    return record.gather(places.record(config), config.corrections, hashed, [Path(config.folder)], keep_file=False)
+    return record.gather(places.record(config), config.corrections, hashed, [Path(config.folder)])
 
 
 def decisions_digest(decisions: record.InForce) -> str | None:

@@ -31,7 +31,7 @@ def _dataset(folder, per_class: int = 4):
 def _applied(parts, file, images):
     """--corrections FILE alone (no record), as the trainer applies it."""
     rows = [row for part in parts.values() for row in part]
-    chosen = record.gather(None, str(file), rows, [images], keep_file=False).chosen
+    chosen = record.gather(None, str(file), rows, [images]).chosen
     return corrections.apply(parts, chosen, f"--corrections {file}")
 
 

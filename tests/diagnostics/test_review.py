@@ -126,13 +126,11 @@ def test_the_review_cells_save_lands_in_the_record_invoke_train_reads(tmp_path):
     from tests.conftest import bundle_copy, invoke
     from trainer import record
     from trainer.diagnostics import review
-    from trainer.errors import InputError
 
     published = tmp_path / "drive" / "cracks"
     published.mkdir(parents=True)
     folder = record.beside(published)
-    with pytest.raises(InputError, match="the header must be ImagePath,Label"):
-        review.save_to_record(folder, "path,label\nCD/1.jpg,UD\n")
+    assert review.save_to_record(folder, "path,label\nCD/1.jpg,UD\n").startswith("not saved: ")
     assert not folder.exists()
     images = tmp_path / "Images"
     (images / "CD").mkdir(parents=True)

@@ -213,9 +213,9 @@ def test_a_name_given_once_is_the_datasets_until_another_dataset_comes(tmp_path)
     data.mkdir()
     manifest = {"source": "my.zip", "name": "my-classifier", "folder": str(tmp_path), "file": None, "counts": {}}
     (data / "dataset.json").write_text(json.dumps(manifest))
-    assert training.train_config({}, {}, read_manifest(data), None, None).model_name == "my-classifier"
+    assert training.train_config({}, {}, read_manifest(data), None).model_name == "my-classifier"
     remember_model(data, "cracks-2026")
-    assert training.train_config({}, {}, read_manifest(data), None, None).model_name == "cracks-2026"
-    assert training.train_config({}, {}, read_manifest(data), "other", None).model_name == "other"
+    assert training.train_config({}, {}, read_manifest(data), None).model_name == "cracks-2026"
+    assert training.train_config({}, {}, read_manifest(data), "other").model_name == "other"
     dataset(Context(root=tmp_path, echo=lambda message: None), source="demo", data_dir="data", demo_per_class=3)
     assert model_of(read_manifest(data)) == "demo-classifier"

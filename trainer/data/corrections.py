@@ -54,16 +54,16 @@ class Correction:
         return self.label.lower() if self.label.lower() in (KEEP, DROP) else "relabel"
 
 
-def read_corrections(path: str | Path) -> list[Correction]:
-    """The file's corrections, each line checked; InputError naming the file and line."""
+def read_corrections(path: str | Path, what: str = "--corrections") -> list[Correction]:
+    """The file's corrections, each line checked; InputError naming `what`, the file and line."""
     path = Path(path)
     try:
         text = path.read_bytes().decode("utf-8-sig")
     except OSError as error:
-        raise InputError(f"--corrections: cannot read {path} ({error.strerror or error})") from None
+        raise InputError(f"{what}: cannot read {path} ({error.strerror or error})") from None
     except UnicodeDecodeError:
-        raise InputError(f"--corrections: {path} is not UTF-8 text; save it as UTF-8 CSV") from None
-    return parse_corrections(text, path)
+        raise InputError(f"{what}: {path} is not UTF-8 text; save it as UTF-8 CSV") from None
+    return parse_corrections(text, path, what)
 
 
 def parse_corrections(text: str, path: str | Path, what: str = "--corrections") -> list[Correction]:
@@ -99,8 +99,10 @@ def format_corrections(decisions: list[Correction]) -> str:
     return buffer.getvalue()
 
 
-def matcher(rows: list[Row], bases: list[Path]):
-    """A function from a correction to the row it names, or None."""
+def matcher(rows: list[Row], bases: list[Path], hash_decides: bool = False):
+    """A function from a correction to the row it names, or None. hash_decides: a correction
+    that carries a content hash names that content or nothing, never whatever photo now has its
+    path (the dataset's record: another version of a zip reuses file names)."""
     by_sha = {row.sha256: row for row in rows if row.sha256}
     by_path = {str(row.path): row for row in rows}
     by_written = {row.written: row for row in rows}
@@ -108,6 +110,8 @@ def matcher(rows: list[Row], bases: list[Path]):
     def match(correction: Correction) -> Row | None:
         if correction.sha256 and correction.sha256 in by_sha:
             return by_sha[correction.sha256]
+        if correction.sha256 and hash_decides:
+            return None
         resolved = resolve_image_path(correction.written, bases)
         found = by_path.get(str(resolved)) or by_written.get(correction.written)
         if found is None and resolved.is_file():

@@ -17,7 +17,7 @@ from trainer.data.report import Report, log_report
 from trainer.data.rows import SPLITS, Row, load_rows
 from trainer.data.split import split
 from trainer.data.validate import validate
-from trainer.errors import InputError, listed
+from trainer.errors import InputError, listed, os_error_sentence
 
 log = logging.getLogger("trainer")
 
@@ -99,30 +99,44 @@ def load_data(config: TrainConfig) -> Data:
 
 
 def _corrected(config: TrainConfig, parts: dict, keep_file: bool = True) -> tuple[dict, dict | None]:
-    """The decisions in force (the dataset's record, and --corrections FILE, which training adds
-    to it: trainer/record.py) applied to the split parts, said in one line."""
+    """The decisions in force (the dataset's record, and --corrections FILE: trainer/record.py)
+    applied to the split parts, said in one line. keep_file (training): once they apply cleanly,
+    the file's decisions join the record, so a file the run refuses leaves the record as it was."""
     folder = places.record(config)
     rows = [row for part in parts.values() for row in part]
-    decisions = record.gather(folder, config.corrections, rows, [Path(config.folder)], keep_file=keep_file)
+    decisions = record.gather(folder, config.corrections, rows, [Path(config.folder)], settle=keep_file)
     if not decisions.chosen:
         if decisions.skipped:
             log.info("%s", decisions.described())
         return parts, None
-    where = f"--corrections {config.corrections}" if config.corrections else f"the dataset's record {folder}"
-    parts, summary = label_corrections.apply(parts, decisions.chosen, where)
+    where = " and ".join(place for place in (
+        f"the dataset's record {folder} (`invoke decisions` shows it)" if folder is not None else "",
+        f"--corrections {config.corrections}" if config.corrections else "") if place)  # fmt: skip
+    parts, summary = label_corrections.apply(parts, decisions.chosen, f"the decisions in {where}")
     if "train" in parts:
         untrained = sorted(
             {row.label for rows in parts.values() for row in rows} - {row.label for row in parts["train"]}
         )
         if untrained:
             raise InputError(
-                f"{where}: class(es) {listed(map(repr, untrained))} have no training image after the decisions "
-                "(their images all fall in the validation or test split); relabel more images to them"
+                f"the decisions in {where}: class(es) {listed(map(repr, untrained))} have no training image after "
+                "them (their images all fall in the validation or test split); relabel more images to them"
             )
+    if keep_file:
+        _keep_given(folder, decisions)
     log.info("%s: %s", decisions.described(), label_corrections.described(summary))
     summary.update(record=decisions.where or None, file=decisions.file or None, skipped=decisions.skipped)
-    summary["in_force"] = list(decisions.chosen.values())  # the run keeps them as corrections.csv
+    summary["in_force"] = decisions.decisions()  # the run keeps them as corrections.csv
     return parts, summary
+
+
+def _keep_given(folder, decisions) -> None:
+    try:
+        record.keep_given(folder, decisions)
+    except OSError as error:
+        log.warning("WARNING: %s; this run applies --corrections %s, but a later run will not unless it is given "
+                    "again", os_error_sentence(error, folder, doing="writing the dataset's record"),
+                    decisions.file)  # fmt: skip
 
 
 def load_unsplit(config: TrainConfig) -> Data:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from trainer import record, runfolder
 from trainer.data.corrections import KEEP, Correction, parse_corrections, read_corrections
+from trainer.errors import InputError, os_error_sentence
 
 SHOWN = 500  # images in the form, the likeliest first (audit.csv's order); the rest stay in audit.csv
 SIDE = 192  # pixels, the longest side of each photo: enough to judge a crack at a glance
@@ -269,7 +270,8 @@ SCRIPT = r"""
     save.hidden = false;
     save.addEventListener('click', () => {
       google.colab.kernel.invokeFunction(SAVE_CALLBACK, [csvText()], {})
-        .then((reply) => say('saved: ' + ((reply.data && reply.data['text/plain']) || 'done')));
+        .then((reply) => say((reply.data && reply.data['text/plain']) || 'saved'))
+        .catch((error) => say('not saved: ' + error));
     });
   }
   count();
@@ -282,10 +284,12 @@ SCRIPT = r"""
 # record, and its save button's kernel side
 
 
-def published_form(published: str | Path, record_folder: str | Path) -> str:
+def published_form(published: str | Path, record_folder: str | Path | None = None) -> str:
     """The review form of a published run (its audit.csv, labels and split) with the earlier
-    decisions of the dataset's record, as HTML for a notebook's output."""
-    published, record_folder = Path(published), Path(record_folder)
+    decisions of the dataset's record (default: beside the published folder), as HTML for a
+    notebook's output."""
+    published = Path(published)
+    record_folder = record.beside(published) if record_folder is None else Path(record_folder)
     rows = runfolder.read_audit(published / runfolder.AUDIT)
     if not rows:
         return f"<p>No labels to check in {html.escape(str(published))} (no audit.csv, or it lists nothing).</p>"
@@ -299,12 +303,22 @@ def published_form(published: str | Path, record_folder: str | Path) -> str:
 
 
 def save_to_record(record_folder: str | Path, text: str) -> str:
-    """The save button's kernel side: the form's CSV checked as --corrections reads it, then
+    """The save button's kernel side: the form's CSV checked as a corrections file is read, then
     added to the dataset's record (a new file of it, whole: trainer/record.py). Returns what to
-    say."""
+    say on the page, a refusal included: the page shows the answer, never a traceback."""
     record_folder = Path(record_folder)
-    decisions = parse_corrections(text, "the form's decisions", what="Save to Drive")
-    added = record.add(record_folder, decisions)
+    try:
+        decisions = parse_corrections(text, "the form's decisions", what="Save to Drive")
+        added = record.add(record_folder, decisions)
+    except InputError as error:
+        return f"not saved: {error}"
+    except OSError as error:
+        return f"not saved: {os_error_sentence(error, record_folder, doing='writing the dataset record')}"
     already = len(decisions) - len(added)
     return (f"{len(added)} decision(s) added to the dataset's record {record_folder}"
             + (f" ({already} it held already)" if already else "") + "; rerun the job cell to retrain with them")  # fmt: skip
+
+
+def save_beside(published: str | Path, text: str) -> str:
+    """What colab.ipynb's review cell called before the record: the same save, beside `published`."""
+    return save_to_record(record.beside(Path(published)), text)
