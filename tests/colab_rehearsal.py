@@ -10,7 +10,7 @@ BUNDLE is the project folder, IMAGES the concrete photos' Images folder (CD/, UD
 OUT a folder outside /content for the summary (summary.json) and the executed notebooks,
 TRAINER the INVOKE_TRAIN_* variables of every run (JSON), CHANGED those of the third run. STORY
 is `full` (the default: first run, reset and review, changed option, failing step) or `stack`:
-the first run and the changed option alone, what a new image's packages can change.
+one first run with CHANGED's options, what a new image's packages can change.
 """
 
 from __future__ import annotations
@@ -211,12 +211,13 @@ def main(bundle: Path, images: Path, out: Path, trainer: dict[str, str], changed
     notebook = BUNDLE_ON_DRIVE / "colab.ipynb"
     source = str(MY_DRIVE / "Images.zip")
     before = freeze()
-    runs = [run_notebook(notebook, "1-first", out, source)]
-    if story == "full":
+    if story == "stack":
+        runs = [run_notebook(notebook, "1-first", out, source, **changed)]
+    else:
+        runs = [run_notebook(notebook, "1-first", out, source)]
         reset_runtime()
         runs.append(run_notebook(notebook, "2-after-reset", out, source, after=SAVE_FROM_THE_FORM))
-    runs.append(run_notebook(notebook, "3-option-changed", out, source, **changed))
-    if story == "full":
+        runs.append(run_notebook(notebook, "3-option-changed", out, source, **changed))
         reset_runtime()
         runs.append(run_notebook(notebook, "4-failing-step", out, str(MY_DRIVE / "Imagse.zip")))
     after = freeze()
