@@ -116,8 +116,8 @@ def colab_environment(image: str = "2026-08") -> Path:
 
 def rehearse(environment: Path, out: Path, changed: dict[str, str], story: str = "full", name: str = "") -> dict:
     overlays = out / "overlays"
-    for name in ("usr-local", "etc-upper", "etc-work"):
-        (overlays / name).mkdir(parents=True)
+    for overlay in ("usr-local", "etc-upper", "etc-work"):
+        (overlays / overlay).mkdir(parents=True)
     # /usr/local starts empty, as on a fresh Colab runtime (the rehearsal's Python is elsewhere),
     # so the C library is installed there and registered with ldconfig, whose cache is in /etc.
     script = f"""set -e
@@ -208,8 +208,10 @@ def test_the_notebook_on_a_colab_like_runtime(image, tmp_path):
     assert {"model.keras", "report.html", "metrics.json", "published.json"} <= set(published)
     assert summary["images_in_zip"] == 400 and first["images_used"] == 400
     assert first["previous"] is None
-    # The review cell finds the model by the job cell's SOURCE and NAME (empty: Images.zip's own
-    # name), and shows its labels to check.
+    # The model is named by the job cell's NAME (empty: after Images.zip), and the review cell
+    # finds it by the same SOURCE and NAME and shows its labels to check.
+    model = NAME[image] or "images-classifier"
+    assert f"train: this data's model is {model}: published to /content/drive/MyDrive/{model} " in _outputs(first)
     assert any("<table class='review'>" in cell["html"] for cell in first["cells"]), first["cells"][-1]
 
     if not whole:
