@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from trainer import cells, runfolder
 from trainer.diagnostics.review import CONFIDENT  # the form's default threshold
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,14 +78,13 @@ def train(folder: Path, output: Path, workspace: Path, corrections: Path | None 
 def clean_accuracy(run: Path, truth: dict[str, str]) -> float:
     """The test split's predictions against the true labels (not the flipped ones)."""
     with (run / "predictions.csv").open(newline="") as handle:
-        test = [row for row in csv.DictReader(handle) if row["Split"] == "test"]
+        test = [row for row in cells.read_dicts(handle) if row["Split"] == "test"]
     return float(np.mean([truth[row["ImagePath"]] == row["PredictedLabel"] for row in test]))
 
 
 def inspect(run: Path, truth: dict[str, str], who: str) -> tuple[Path, dict]:
     """corrections.csv from the run's audit, as one inspector decides; and what they did."""
-    with (run / "audit.csv").open(newline="") as handle:
-        listed = [row for row in csv.DictReader(handle) if row["Reason"].startswith("label")]
+    listed = [row for row in runfolder.read_audit(run / "audit.csv") if row["Reason"].startswith("label")]
     decided = []
     for row in listed:
         if who == "knowing" and row["Label"] != truth[row["ImagePath"]]:
@@ -93,7 +93,7 @@ def inspect(run: Path, truth: dict[str, str], who: str) -> tuple[Path, dict]:
             decided.append([row["ImagePath"], row["SuggestedLabel"]])
     path = run.parent / f"corrections-{who}.csv"
     with path.open("w", newline="") as handle:
-        csv.writer(handle).writerows([["ImagePath", "Label"], *decided])
+        csv.writer(handle).writerows([["ImagePath", "Label"], *(cells.escaped(row) for row in decided)])
     fixed = sum(label == truth[image] for image, label in decided)
     wrong_before = sum(row["Label"] != truth[row["ImagePath"]] for row in listed)
     return path, {"reviewed": len(listed) if who != "confident" else 0, "changed": len(decided), "right_after": fixed,

@@ -189,12 +189,11 @@ def publish_seconds(run: Path, destination: Path, trainer_root: Path) -> float:
 def planted_found(audit_csv: Path) -> dict:
     """How many of the planted copies the audit grouped with their original, and how many other
     near-duplicate images it listed."""
-    import csv
+    from trainer import runfolder
 
     if not audit_csv.is_file():
         return {}
-    with audit_csv.open(newline="") as handle:
-        rows = [row for row in csv.DictReader(handle) if row["Reason"].startswith("near-duplicate")]
+    rows = [row for row in runfolder.read_audit(audit_csv) if row["Reason"].startswith("near-duplicate")]
     copies = {row["ImagePath"] for row in rows if Path(row["ImagePath"]).name.startswith("copy-")}
     originals = {f"D{index:06d}.jpg" for index in range(PLANTED)}
     others = [row for row in rows if not Path(row["ImagePath"]).name.startswith("copy-")

@@ -114,12 +114,12 @@ def reset_runtime() -> None:
 # review cell registered): here a cell calls it with what the page would send, relabelling the
 # audit's first image and keeping its second.
 SAVE_FROM_THE_FORM = f"""
-import csv
 from pathlib import Path
 from google.colab import output
+from trainer import runfolder
 from trainer.diagnostics import review
 published = Path({str(PUBLISHED)!r})
-rows = list(csv.DictReader(open(published / "audit.csv")))
+rows = runfolder.read_audit(published / "audit.csv")
 sha = review.hashes(published)
 first, second = rows[0], rows[1]
 other = next(label for label in (published / "labels.txt").read_text().split() if label != first["Label"])

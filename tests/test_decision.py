@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import run_module
-from trainer import decision
+from trainer import cells, decision
 from trainer.config import parse_target
 from trainer.errors import InputError
 
@@ -107,7 +107,7 @@ def test_on_held_out_images_the_recall_lands_near_the_target(tmp_path):
     assert test["positives"] >= 280 and abs(test["recall"] - 0.95) <= 0.04, test
     assert metrics["per_class"]["CD"]["recall"] == pytest.approx(test["recall"])  # the metrics follow the rule
     # The most likely class alone would have missed far more: the threshold did the work.
-    predictions = list(csv.DictReader((run / "predictions.csv").open()))
+    predictions = list(cells.read_dicts((run / "predictions.csv").open()))
     test_rows = [row for row in predictions if row["Split"] == "test"]
     argmax_recall = np.mean([float(r["P(CD)"]) > float(r["P(UD)"]) for r in test_rows if r["Label"] == "CD"])
     assert argmax_recall < 0.90, argmax_recall

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CONCRETE, ROOT, run_module, train_args
+from trainer import cells, runfolder
 from trainer.errors import InputError
 
 RUN_FILES = {
@@ -111,7 +112,7 @@ def test_predict_writes_imagepath_predictedlabel_score(cli, trained_run, demo_di
     code, _, err = cli("predict", "--model", trained_run, images / "CD", one, "--output", out_csv)
     assert code == 0, err
     with out_csv.open() as handle:
-        rows = list(csv.DictReader(handle))
+        rows = list(cells.read_dicts(handle))
     assert list(rows[0]) == ["ImagePath", "PredictedLabel", "Score", "Error"]
     assert len(rows) == 13
     assert rows[-1]["ImagePath"] == str(one)
@@ -303,7 +304,7 @@ def test_a_retrain_with_corrections_reuses_every_feature_and_redoes_the_audit_an
     assert {p for p, r in after.items() if r["Split"] == "test"} == {
         r["ImagePath"] for r in split if r["Split"] == "test"
     }
-    audited = {row["ImagePath"]: row["Label"] for row in csv.DictReader((tmp_path / "second" / "audit.csv").open())}
+    audited = {row["ImagePath"]: row["Label"] for row in runfolder.read_audit(tmp_path / "second" / "audit.csv")}
     assert all(after[path]["Label"] == label for path, label in audited.items())  # the corrected labels
     point = json.loads((tmp_path / "second" / "decision.json").read_text())
     assert point["out_of_fold"]["images"] == sum(r["Split"] != "test" for r in after.values())

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer import decision, runfolder
+from trainer import cells, decision, runfolder
 from trainer.atomic import replacing, sha256_of
 from trainer.data.images import load_image
 from trainer.data.layout import is_image_name, special_kind, walk_files
@@ -143,9 +143,9 @@ def predict_images(run: Run, inputs: list[str], output: str | None, batch_size: 
     """Classify every image into ImagePath,PredictedLabel,Score,Error rows, a batch at a time:
     decoding runs ahead on parallel threads, each batch's rows are written (and flushed) as it
     is predicted, and memory holds one batch whatever the number of images. A file that cannot
-    be read is a row with its Error and no prediction, not the end of the job. With --output
-    the CSV is written under a hidden partial name and renamed when every row is in. Returns
-    {"images", "errors"}."""
+    be read is a row with its Error and no prediction, not the end of the job. Each cell is safe
+    to open in a spreadsheet (trainer/cells.py). With --output the CSV is written under a hidden
+    partial name and renamed when every row is in. Returns {"images", "errors"}."""
     paths = collect_images(inputs)
     counts = {"images": len(paths), "errors": 0}
     if output:
@@ -197,10 +197,10 @@ def _stream(run: Run, paths: list[Path], batch_size: int, handle) -> int:
             path = str(paths[start + index])
             if problem:
                 errors += 1
-                writer.writerow([path, "", "", problem])
+                writer.writerow(cells.escaped([path, "", "", problem]))
             else:
                 label = int(decided[index])
-                writer.writerow([path, run.labels[label], f"{float(scores[index][label]):.6f}", ""])
+                writer.writerow(cells.escaped([path, run.labels[label], f"{float(scores[index][label]):.6f}", ""]))
         handle.flush()
         start += len(problems)
     return errors

@@ -25,6 +25,7 @@ import csv
 import json
 from pathlib import Path
 
+from trainer import cells
 from trainer.atomic import replacing, write_atomically
 from trainer.errors import InputError
 
@@ -127,15 +128,16 @@ def write_audit(path: Path, records: list[dict]) -> None:
     with replacing(path) as temporary, temporary.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, AUDIT_COLUMNS, lineterminator="\n")
         writer.writeheader()
-        writer.writerows(records)
+        writer.writerows({column: cells.escape(value) for column, value in record.items()} for record in records)
 
 
 def read_audit(path: Path) -> list[dict]:
-    """audit.csv's rows as dicts (ImagePath, Label, SuggestedLabel, Score, Reason); [] without one."""
+    """audit.csv's rows as dicts (ImagePath, Label, SuggestedLabel, Score, Reason), each cell as
+    it was before the spreadsheet's escape (trainer/cells.py); [] without one."""
     if not path.is_file():
         return []
     with path.open(newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
+        return list(cells.read_dicts(handle))
 
 
 def read_predictions(path: Path, split: str = "test") -> list[dict]:
@@ -144,7 +146,7 @@ def read_predictions(path: Path, split: str = "test") -> list[dict]:
         return []
     out = []
     with path.open(newline="", encoding="utf-8") as handle:
-        for record in csv.DictReader(handle):
+        for record in cells.read_dicts(handle):
             if record["Split"] != split:
                 continue
             out.append(
@@ -165,10 +167,14 @@ def write_predictions(path: Path, labels: list[str], parts: dict[str, tuple[list
     with replacing(path) as temporary, temporary.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(
-            ["ImagePath", "Label", "Split", "PredictedLabel", "Score", *(f"P({label})" for label in labels)]
+            cells.escaped(
+                ["ImagePath", "Label", "Split", "PredictedLabel", "Score", *(f"P({label})" for label in labels)]
+            )
         )
         for split, (paths, true_labels, probabilities) in parts.items():
             decided = decide(probabilities) if decide is not None and len(probabilities) else None
             for number, (image, label, p) in enumerate(zip(paths, true_labels, probabilities, strict=True)):
                 best = int(p.argmax()) if decided is None else int(decided[number])
-                writer.writerow([image, label, split, labels[best], f"{p[best]:.6f}", *(f"{v:.6f}" for v in p)])
+                writer.writerow(
+                    cells.escaped([image, label, split, labels[best], f"{p[best]:.6f}", *(f"{v:.6f}" for v in p)])
+                )

@@ -3,7 +3,6 @@ and outliers, from pretrained features."""
 
 from __future__ import annotations
 
-import csv
 import shutil
 
 import numpy as np
@@ -11,6 +10,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import run_module
+from trainer import cells
 from trainer.diagnostics import audit
 
 
@@ -109,7 +109,7 @@ def test_the_audit_command_lists_a_re_encoded_copy_under_the_other_label(flippab
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     with (tmp_path / "audit.csv").open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
+        rows = list(cells.read_dicts(handle))
     duplicates = {row["ImagePath"]: row["Reason"] for row in rows if row["Reason"].startswith("near-duplicate")}
     assert duplicates[str(images / "UD" / "copy.jpg")] == f"near-duplicate of {original}"
     assert str(original) in duplicates
@@ -230,7 +230,7 @@ def test_a_photo_that_decodes_to_flat_grey_is_listed_among_60(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     with (tmp_path / "audit.csv").open(newline="") as handle:
-        rows = {row["ImagePath"]: row["Reason"] for row in csv.DictReader(handle)}
+        rows = {row["ImagePath"]: row["Reason"] for row in cells.read_dicts(handle)}
     assert rows[str(garbled)] == "outlier: one flat tone, no picture"
     assert not [
         path for path, reason in rows.items() if reason.startswith("outlier: one flat") and path != str(garbled)

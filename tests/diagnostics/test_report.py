@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import IN_CI, run_module
+from trainer import cells
 
 
 def test_a_run_leaves_its_pictures_and_they_are_real_pngs(run_dir):
@@ -201,7 +202,7 @@ def test_the_report_is_one_an_inspector_can_act_on(run_dir, tmp_path):
     settings = dict(row for row in next(t for t in _tables(page) if t[0] == ["setting", "value"])[1:])
     assert settings["end_learning_rate"] == repr(config["end_learning_rate"]) and "e-" in settings["end_learning_rate"]
     assert "<code>predictions.csv</code>" in page
-    wrong = [row for row in csv.DictReader((run_dir / "predictions.csv").open())
+    wrong = [row for row in cells.read_dicts((run_dir / "predictions.csv").open())
              if row["Split"] == "test" and row["Label"] != row["PredictedLabel"]]  # fmt: skip
     if wrong:
         named = next(t for t in _tables(page) if t[0] == ["image", "label", "predicted", "score", "P(label)"])

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import IN_CI, run_module, train_args
+from trainer import cells
 
 CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
@@ -83,7 +84,7 @@ def test_an_inspector_relabels_one_drops_another_downloads_and_trains_with_it(br
     assert browser.find_element(By.ID, "review-status").text == "1 relabelled, 1 dropped, 0 kept of 2"
     browser.find_element(By.ID, "review-download").click()
     saved = _waited_for(browser.downloads / "corrections.csv")
-    decisions = list(csv.DictReader(saved.open()))
+    decisions = list(cells.read_dicts(saved.open()))
     opinions = [f"label:{other[row['Label']]}" for row in chosen]
     assert [(d["ImagePath"], d["Label"], d["Sha256"], d["Opinion"]) for d in decisions] == [
         (chosen[0]["ImagePath"], relabel_to, chosen[0]["Sha256"], opinions[0]),
@@ -107,7 +108,7 @@ def test_an_inspector_relabels_one_drops_another_downloads_and_trains_with_it(br
     summary = json.loads((corrected / "manifest.json").read_text())["data"]["corrections"]
     assert (summary["relabelled"], summary["dropped"], summary["record"]) == (1, 1, str(dataset_record))
     # The run keeps the decisions it applied; the record holds them for every later run.
-    applied = [(d["ImagePath"], d["Label"]) for d in csv.DictReader((corrected / "corrections.csv").open())]
+    applied = [(d["ImagePath"], d["Label"]) for d in cells.read_dicts((corrected / "corrections.csv").open())]
     assert applied == [(d["ImagePath"], d["Label"]) for d in decisions]
     assert len(list((dataset_record / "decisions").glob("*.csv"))) == 1
     after = {row["ImagePath"]: row for row in csv.DictReader((corrected / "split.csv").open())}

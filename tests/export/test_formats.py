@@ -46,12 +46,12 @@ def test_every_export_agrees_with_keras_through_five_runtimes(run_dir):
 
 def test_every_format_is_benchmarked_for_accuracy_and_latency(run_dir):
     """As yolo benchmark does: each format's test accuracy and ms per image at batch 1 and 32."""
-    import csv
+    from trainer import cells
 
     benchmark = json.loads((run_dir / "exports.json").read_text())["benchmark"]
     entries = {entry["format"]: entry for entry in benchmark["formats"]}
     assert set(entries) == {"Keras"} | LEGS, entries
-    test = [row for row in csv.DictReader((run_dir / "predictions.csv").open()) if row["Split"] == "test"]
+    test = [row for row in cells.read_dicts((run_dir / "predictions.csv").open()) if row["Split"] == "test"]
     assert benchmark["images"] == len(test) and benchmark["batches"] == [1, 32]
     keras = sum(row["PredictedLabel"] == row["Label"] for row in test) / len(test)
     assert entries["Keras"]["accuracy"] == pytest.approx(keras, abs=1e-4)  # the same images, the same rule

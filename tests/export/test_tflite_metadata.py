@@ -5,7 +5,6 @@ clashes with Colab's 1.4.0)."""
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import subprocess
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from trainer import cells
 from trainer.export import tflite_metadata
 
 MEDIAPIPE = "mediapipe==1.2.3"
@@ -108,7 +108,7 @@ def test_mediapipe_tasks_classifies_the_test_photos_from_the_tflite_file_alone(r
     model_file.parent.mkdir()
     model_file.write_bytes((run_dir / "model.tflite").read_bytes())
     labels = (run_dir / "labels.txt").read_text().split()
-    test = [row for row in csv.DictReader((run_dir / "predictions.csv").open()) if row["Split"] == "test"]
+    test = [row for row in cells.read_dicts((run_dir / "predictions.csv").open()) if row["Split"] == "test"]
     size = json.loads((run_dir / "config.json").read_text())["image_size"]
     pixels = np.stack([load_image(row["ImagePath"], size) for row in test])
     exact = []

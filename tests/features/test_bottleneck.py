@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import CONCRETE, run_module, train_args
+from trainer import cells
 
 
 def _train(cli, folder: Path, weights: Path, workspace: Path, output: Path, *extra: str) -> tuple[int, str]:
@@ -119,7 +120,7 @@ def test_fine_tuning_runs_after_the_head(cli, demo_dir, tiny_weights, tmp_path):
     listing.write_text("ImagePath,Label\n" + "".join(f"{row['ImagePath']},{row['Label']}\n" for row in train_rows))
     code, out, err = cli("predict", "--model", tmp_path / "run", listing)
     assert code == 0, err
-    predicted = list(csv.DictReader(out.splitlines()))
+    predicted = list(cells.read_dicts(out.splitlines()))
     correct = sum(p["PredictedLabel"] == row["Label"] for p, row in zip(predicted, train_rows, strict=True))
     assert metrics["train"]["accuracy"] == pytest.approx(correct / 20)
 

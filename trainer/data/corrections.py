@@ -25,6 +25,7 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from trainer import cells
 from trainer.atomic import sha256_of
 from trainer.data.layout import MIN_CLASS_SIZE
 from trainer.data.rows import Row, resolve_image_path
@@ -68,7 +69,7 @@ def read_corrections(path: str | Path, what: str = "--corrections") -> list[Corr
 
 def parse_corrections(text: str, path: str | Path, what: str = "--corrections") -> list[Correction]:
     """The corrections in `text` (a CSV), each line checked; `what` and `path` name it in errors."""
-    records = list(csv.reader(io.StringIO(text)))
+    records = list(cells.read_rows(io.StringIO(text)))
     if not records:
         raise InputError(f"{what}: {path} is empty; expected a header ImagePath,Label and rows")
     header = [name.strip().lower() for name in records[0]]
@@ -80,22 +81,24 @@ def parse_corrections(text: str, path: str | Path, what: str = "--corrections") 
     for line, record in enumerate(records[1:], start=2):
         if not any(cell.strip() for cell in record):
             continue
-        cells = {name: record[index].strip() if index < len(record) else "" for name, index in at.items()}
-        written, label = cells["imagepath"], cells["label"]
+        values = {name: record[index].strip() if index < len(record) else "" for name, index in at.items()}
+        written, label = values["imagepath"], values["label"]
         if not written or not label:
             raise InputError(f"{what}: {path} line {line}: needs an ImagePath and a Label (a class, {DROP} or {KEEP})")
-        out.append(Correction(line, written, label, cells.get("sha256", "").lower(), cells.get("opinion", ""),
-                              cells.get("decided", ""), Path(path).name))  # fmt: skip
+        out.append(Correction(line, written, label, values.get("sha256", "").lower(), values.get("opinion", ""),
+                              values.get("decided", ""), Path(path).name))  # fmt: skip
     return out
 
 
 def format_corrections(decisions: list[Correction]) -> str:
-    """The decisions as a CSV that parse_corrections reads back, every column."""
+    """The decisions as a CSV that parse_corrections reads back, every column, each cell safe to
+    open in a spreadsheet (trainer/cells.py)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(COLUMNS)
     for decision in decisions:
-        writer.writerow([decision.written, decision.label, decision.sha256, decision.opinion, decision.decided])
+        writer.writerow(cells.escaped([decision.written, decision.label, decision.sha256, decision.opinion,
+                                       decision.decided]))  # fmt: skip
     return buffer.getvalue()
 
 

@@ -182,7 +182,13 @@ SCRIPT = r"""
 (function () {
   const rows = Array.from(document.querySelectorAll('table.review tr[data-path]'));
   const status = document.getElementById('review-status');
-  const quote = (text) => /[",\r\n]/.test(text) ? '"' + text.replace(/"/g, '""') + '"' : text;
+  // Each cell safe to open in a spreadsheet, by trainer/cells.py's rule: a leading quote before
+  // a formula's first character (a plain number excepted) or before a quote, removed on reading.
+  const NUMBER = /^[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$/;
+  const safe = (text) => text.startsWith("'") || (/^[=+\-@\t\r]/.test(text) && !NUMBER.test(text)) ? "'" + text : text;
+  const unsafe = (text) => text.startsWith("'") ? text.slice(1) : text;
+  const csvCell = (text) => /[",\r\n]/.test(text) ? '"' + text.replace(/"/g, '""') + '"' : text;
+  const quote = (text) => csvCell(safe(text));
   function decided() {
     return rows.filter((row) => row.querySelector('select').value !== '');
   }
@@ -239,7 +245,7 @@ SCRIPT = r"""
       } else cell += c;
     }
     if (cell || record.length) { record.push(cell); records.push(record); }
-    return records;
+    return records.map((cells) => cells.map(unsafe));
   }
   document.getElementById('review-load').addEventListener('change', (event) => {
     const file = event.target.files[0];
