@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from dataclasses import Field
 
-TEXT, FLAG, WORDS = "text", "yes/no", "words"
+from trainer.names import model_problem, shown
+
+TEXT, FLAG, WORDS, NAME = "text", "yes/no", "words", "folder name"
 
 
 def whole(minimum: int):
@@ -36,6 +38,11 @@ def check_value(where: str, kind, value):
         if isinstance(value, list) and all(isinstance(item, str) for item in value):
             return value
         raise SettingError(f"{where} must be space-separated words or a list of them (got {value!r})")
+    if kind == NAME:
+        text = check_value(where, TEXT, value)
+        if text and model_problem(text):
+            raise SettingError(f"{where} must be a folder name, and {shown(text)} {model_problem(text)}")
+        return text
     if kind == FLAG:
         if isinstance(value, bool):
             return value

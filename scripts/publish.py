@@ -32,6 +32,7 @@ from trainer import record, runfolder
 from trainer.atomic import partial_folder, remove_leftovers, sha256_of
 from trainer.config import TrainConfig
 from trainer.errors import InputError
+from trainer.names import model_problem, shown
 
 RECORD = "published.json"
 
@@ -76,7 +77,7 @@ def model_name(run_dir: Path) -> str:
         name = json.loads((run_dir / runfolder.CONFIG).read_text()).get("model_name")
     except (OSError, ValueError, AttributeError):
         name = None
-    return name if isinstance(name, str) and name.strip() and "/" not in name else TrainConfig().model_name
+    return name if isinstance(name, str) and not model_problem(name) else TrainConfig().model_name
 
 
 def _refuse_a_folder_of_the_users(current: Path, run_dir: Path) -> None:
@@ -119,6 +120,9 @@ def publish(
 ) -> Result:
     """`to`, or else `folder` (default: the run's model name) under MyDrive (or under
     local_folder off Colab)."""
+    if folder and model_problem(folder):
+        raise StepRefused(f"--name must be a folder name, and {shown(folder)} {model_problem(folder)}",
+                          "give a plain name (--to takes a path)")  # fmt: skip
     run_dir = Path(run) if run else latest_run(ctx.root / runs_dir)
     if not runfolder.is_run(run_dir):
         raise StepRefused(f"--run: {run_dir} has no model.keras", "pass a run folder written by `invoke train`")

@@ -16,7 +16,7 @@ import sys
 from dataclasses import Field
 from pathlib import Path
 
-from scripts.kinds import FALSE, FLAG, TEXT, TRUE, SettingError, check_value, seconds
+from scripts.kinds import FALSE, FLAG, NAME, TEXT, TRUE, SettingError, check_value, seconds
 from scripts.registry import STEPS
 from trainer.config import options
 from trainer.errors import nearest
@@ -29,7 +29,7 @@ SCHEMA: dict[str, dict[str, object]] = {
     **{step.name: {key: setting.kind for key, setting in step.settings.items()} for step in STEPS},
     # Every trainer option (trainer/config.py), and the step's own two:
     "train": {**{option.name: option for option in options()}, "extra": TEXT, "force": FLAG},
-    "publish": {"to": TEXT, "folder": TEXT, "local_folder": TEXT},
+    "publish": {"to": TEXT, "folder": NAME, "local_folder": TEXT},
 }
 
 

@@ -35,6 +35,7 @@ from trainer.errors import InputError
 from trainer.fingerprint import decisions_in_force, listing, training_request, what_changed
 from trainer.flags import parse_flags
 from trainer.memory import gigabytes, tightest
+from trainer.names import check_model
 
 RECORD = "published.json"
 
@@ -68,6 +69,8 @@ def train_config(conf: dict, flags: dict, manifest: dict | None, name: str | Non
             value = check_value(flag(option.name), KINDS[option.type], flags[option.name])
             if value != "":
                 values[option.name] = value
+    if name:
+        check_model(name, "--name")
     values["model_name"] = name or values.get("model_name")
     if "folder" not in values:
         if manifest is None:

@@ -24,9 +24,10 @@ LAZY = {
 # invoke runs tasks.py's imports for every command (`invoke check`, `invoke --list`): the rest
 # of the project at the top of it must not import TensorFlow, Keras, numpy or Pillow.
 BOTTOM = {
-    "trainer.config": {"trainer.errors", "trainer.backbones", "trainer.exports"},
+    "trainer.config": {"trainer.errors", "trainer.backbones", "trainer.exports", "trainer.names"},
     "trainer.backbones": set(),
     "trainer.exports": set(),
+    "trainer.names": {"trainer.errors"},
     "trainer.errors": set(),
 }
 # What the setup layer (scripts/, tasks.py) may take from the trainer: its public face.
@@ -40,6 +41,7 @@ TRAINER_FOR_SETUP = {
     "trainer.result": "the trainer's answer",
     "trainer.runfolder": "the files of a run folder",
     "trainer.memory": "the machine's memory limit, for a trainer killed for memory",
+    "trainer.names": "the rule for class and model names",
     "trainer.data.layout": "the class-folder rule, which the data step counts by",
     "trainer.data.rows": "the data read as the trainer reads it, before a new dataset replaces the old",
     "trainer.data.demo": "the demo data",

@@ -36,6 +36,7 @@ from trainer.errors import (
     os_error_sentence,
 )
 from trainer.evaluate import evaluate_run
+from trainer.export.formats import graphs_in
 from trainer.features.cache import summarize_caches
 from trainer.flags import Parser, add_train_options, given
 from trainer.metrics import summary_line, write_metrics
@@ -86,7 +87,8 @@ def evaluate(args) -> int:
 def predict(args) -> int:
 
     _check_batch_size(args)
-    counts = predict_images(load_run(args.model), args.paths, args.output, args.batch_size)
+    counts = predict_images(load_run(args.model, trust_graph=args.trust_graph), args.paths, args.output,
+                            args.batch_size, args.allow_outside_folder)  # fmt: skip
     return 1 if counts["errors"] else 0
 
 
@@ -123,6 +125,13 @@ def export(args) -> int:
         raise InputError("--formats none: nothing to export")
     if args.check_only and not args.check:
         raise InputError("--check-only and --no-check together do nothing")
+    if args.check_only and not args.trust_graph:
+        graphs = graphs_in(Path(args.run_dir), formats)
+        if graphs:
+            raise InputError(f"--check-only would run the TensorFlow graph stored in {graphs[0]}, which can read and "
+                             "write files on this machine; pass --trust-graph if you or this bundle made it, or leave "
+                             "--check-only out (the exports are then written again from model.keras, safe-mode "
+                             "loaded, and checked)")  # fmt: skip
     redo(args.run_dir, ("exports", "report"), formats=formats, check=args.check, write=not args.check_only,
          benchmark=args.benchmark)  # fmt: skip
     print(Path(args.run_dir) / runfolder.EXPORTS)
@@ -165,6 +174,10 @@ class Command:
 
 
 MODEL_HELP = "run folder written by 'train'"
+TRUST_HELP = (
+    "run the TensorFlow graph a SavedModel, or a .tflite file with TensorFlow operations, carries: it can "
+    "read and write files, so only for a model you or this bundle made (RELIABILITY.md's trust model)"
+)
 CSV_HELP = "CSV with ImagePath,Label, found in --folder or the working directory"
 COMMANDS = (
     Command("train", "train a classifier on a folder or CSV of labelled images", train, (
@@ -186,6 +199,9 @@ COMMANDS = (
         arg("paths", nargs="+", metavar="PATH", help="image files, folders of images, or a CSV"),
         arg("--output", help="CSV to write (default: standard output)"),
         arg("--batch-size", type=int, default=32),
+        arg("--trust-graph", action="store_true", help=TRUST_HELP),
+        arg("--allow-outside-folder", action="store_true",
+            help="let a CSV's rows, and links in a folder, name images outside the CSV's or the folder's own folder"),
     )),
     Command("explain", "heatmaps of where the model looks in any images", explain, (
         arg("--model", required=True, help=f"{MODEL_HELP}, or its .keras file"),
@@ -208,6 +224,7 @@ COMMANDS = (
         arg("--no-check", dest="check", action="store_false", help="write without the parity check"),
         arg("--check-only", action="store_true", help="check the exports already in RUN_DIR without rewriting them"),
         arg("--benchmark", action="store_true", help="also each format's test accuracy and latency at batch 1 and 32"),
+        arg("--trust-graph", action="store_true", help=TRUST_HELP),
     )),
     Command("report", "redraw a run's pictures and rewrite its report.html", report, (arg("run_dir", metavar="RUN_DIR"),)),
     Command("demo-data", "write the synthetic CD/UD demo dataset", demo_data, (

@@ -19,6 +19,7 @@ from pathlib import Path
 from trainer.backbones import BACKBONES, canonical_backbone
 from trainer.errors import InputError, nearest
 from trainer.exports import export_words
+from trainer.names import check_class, check_model
 
 SCHEDULES = ("none", "exponential", "polynomial", "cosine")
 # auto: from the hardware; on: the device's own kind (float16 on GPUs, bfloat16 elsewhere);
@@ -84,6 +85,12 @@ class TrainConfig:
     validation_fraction: float = option(0.1, "of each class, at least one image", within(0, 0.5, "()"))
     test_fraction: float = option(0.1, "of each class, at least one image", within(0, 0.5, "()"))
     validation_file: str | None = option(None, "a CSV of validation images, instead of --validation-fraction")
+    allow_outside_folder: bool = option(
+        False,
+        "let CSV rows, and links in class folders, name images outside --folder (by default such a row is refused "
+        "and such a link skipped, so that data from elsewhere cannot read the machine's other files)",
+        place=True,
+    )
     corrections: str | None = option(
         None,
         "a CSV ImagePath,Label[,Sha256] of label corrections (a class, a new class, or drop), applied after the split "
@@ -221,8 +228,7 @@ class TrainConfig:
             raise InputError(
                 f"--end-learning-rate must be between 0 and --learning-rate (got {self.end_learning_rate!r})"
             )
-        if not self.model_name.strip() or "/" in self.model_name:
-            raise InputError(f"--model-name must be a file name (got {self.model_name!r})")
+        check_model(self.model_name, "--model-name")
         parse_formats(self.export)
         if self.fine_tune_layers and self.weights == "none":
             raise InputError(
@@ -388,6 +394,7 @@ def parse_merge(text: str | None) -> dict[str, str]:
         names = [name.strip() for name in olds.split("+") if name.strip()]
         if not equals or not new.strip() or not names:
             raise InputError(f"--merge-labels: {part!r} is not NEW=OLD+OLD; e.g. cracked=CD+CP+CW,uncracked=UD+UP+UW")
+        check_class(new.strip(), "--merge-labels")
         for old in names:
             if old in mapping:
                 raise InputError(f"--merge-labels: {old!r} is merged twice ({mapping[old]!r} and {new.strip()!r})")

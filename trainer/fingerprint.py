@@ -44,7 +44,7 @@ def data_digest(config: TrainConfig, files: dict | None = None, listed: tuple | 
         digest.update(json.dumps([row.written, row.label, state.sha256 if state else "unreadable"]).encode())
     if config.validation_file:
         validation = TrainConfig(folder=config.folder, file=config.validation_file, merge_labels=config.merge_labels,
-                                 runs_dir=config.runs_dir)  # fmt: skip
+                                 runs_dir=config.runs_dir, allow_outside_folder=config.allow_outside_folder)  # fmt: skip
         digest.update(b"validation:" + data_digest(validation, files, listed and (listed[1], None)).encode())
     return digest.hexdigest()
 
@@ -54,7 +54,8 @@ def _listed_rows(config: TrainConfig, files: dict | None, listed: tuple | None) 
     if listed is not None:
         rows = listed[0]
     else:
-        rows, _ = load_rows(config.folder, config.file, config.label_folder, config.merge_labels)
+        rows, _ = load_rows(config.folder, config.file, config.label_folder, config.merge_labels,
+                            config.allow_outside_folder)  # fmt: skip
     if files is None or any(row.path not in files for row in rows):
         files = {**(files or {}), **file_states([row.path for row in rows], stat_cache(config))}
     return rows, files
@@ -68,7 +69,8 @@ def listing(config: TrainConfig) -> tuple[tuple, dict]:
     validation = None
     if config.validation_file:
         held = TrainConfig(folder=config.folder, file=config.validation_file, merge_labels=config.merge_labels,
-                           label_folder=config.label_folder, runs_dir=config.runs_dir)  # fmt: skip
+                           label_folder=config.label_folder, runs_dir=config.runs_dir,
+                           allow_outside_folder=config.allow_outside_folder)  # fmt: skip
         validation, files = _listed_rows(held, files, None)
     return (rows, validation), files
 

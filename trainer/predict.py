@@ -45,22 +45,40 @@ class Run:
         return np.concatenate([np.asarray(self.forward(batch.numpy())) for batch in dataset])
 
 
-def load_run(location: str | Path, quiet: bool = False) -> Run:
+TRUST_GRAPH = (
+    "which can read and write files on this machine; pass --trust-graph if you or this bundle made it, "
+    "or give the run folder or its model.keras (Keras loads it in safe mode)"
+)
+
+
+def load_run(location: str | Path, quiet: bool = False, trust_graph: bool = False) -> Run:
     """A run folder (model.keras + labels.txt), a .keras file, a SavedModel folder or a .tflite
     file, with labels.txt beside the file, or in or beside the SavedModel folder; with the
     operating point of decision.json in the run folder, when the run chose one (said in one
-    line unless quiet)."""
-    run = _load(Path(location))
+    line unless quiet). A run folder's model.keras comes first, loaded in Keras's safe mode; a
+    SavedModel, or a .tflite file carrying TensorFlow operations, is a graph that runs as it is
+    written, so only with trust_graph (RELIABILITY.md's trust model). A published folder's files
+    are checked against published.json's hashes: a damaged one is refused in one line."""
+    location = Path(location)
+    _check_published(location if location.is_dir() else location.parent)
+    run = _load(location, trust_graph)
     run.decision = decision.read(run.path, run.labels)
     if run.decision is not decision.ARGMAX and not quiet:
         log.info("deciding %s (%s)", run.decision.describe(), run.path / decision.DECISION)
     return run
 
 
-def _load(location: Path) -> Run:
-    if location.is_dir() and (location / "saved_model.pb").is_file():
+def _load(location: Path, trust_graph: bool) -> Run:
+    if location.is_dir() and not (location / runfolder.MODEL).is_file() and (location / "saved_model.pb").is_file():
+        if not trust_graph:
+            raise InputError(f"--model: {location} is a SavedModel: predicting runs the TensorFlow graph stored in it, "
+                             f"{TRUST_GRAPH}")  # fmt: skip
         return _load_saved_model(location)
     if location.suffix == ".tflite":
+        if not trust_graph and location.is_file() and runtimes.runs_a_graph(location):
+            ops = ", ".join(runtimes.tensorflow_ops(location)[:3])
+            raise InputError(f"--model: {location} carries TensorFlow operations ({ops}) that run as they are written, "
+                             f"{TRUST_GRAPH}")  # fmt: skip
         return _load_tflite(location)
     run_dir = location.parent if location.suffix == ".keras" else location
     model_path = location if location.suffix == ".keras" else location / runfolder.MODEL
@@ -82,12 +100,26 @@ def load_keras(path: Path):
     import keras
 
     try:
-        return keras.models.load_model(path, compile=False)
+        # Safe mode (Keras's default, said here so that no change of default can lift it): a
+        # Lambda layer's code in a .keras file from elsewhere is refused, never run.
+        return keras.models.load_model(path, compile=False, safe_mode=True)
     except (ValueError, OSError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as error:
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
         raise InputError(
             f"{path}: not a readable Keras model, damaged or cut short ({reason}); {runfolder.DAMAGED}"
         ) from None
+
+
+def _check_published(folder: Path) -> None:
+    """A published folder (published.json beside the files) holds each file with the hash it was
+    published with; a file that differs is damage (or a change by someone else), refused. The
+    hashes prove nothing against whoever can write the folder: they catch damage, not intent."""
+    record = runfolder.read_json(folder / "published.json") if (folder / "published.json").is_file() else {}
+    files = record.get("files") if isinstance(record.get("files"), dict) else {}
+    for name in (runfolder.MODEL, runfolder.LABELS, decision.DECISION):
+        if name in files and (folder / name).is_file() and sha256_of(folder / name) != files[name]:
+            raise InputError(f"{folder / name}: damaged, it differs from what was published (published.json); "
+                             f"publish the run again, or use {folder.name}.previous")  # fmt: skip
 
 
 def _check_outputs(labels: list[str], outputs: int, labels_path: Path) -> None:
@@ -116,13 +148,15 @@ def _load_tflite(path: Path) -> Run:
     return Run(path.parent, forward, labels, size)
 
 
-def collect_images(inputs: list[str]) -> list[Path]:
-    """Image files as given, every image under a folder, or the ImagePath column of a CSV."""
+def collect_images(inputs: list[str], allow_outside: bool = False) -> list[Path]:
+    """Image files as given, every image under a folder, or the ImagePath column of a CSV: the
+    files and folders given are the user's own choice; a CSV's rows, like a folder's links, stay
+    inside its folder unless allow_outside (a CSV from elsewhere must not read other files)."""
     paths: list[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            files, skipped = walk_files(path)  # the one rule for folders (trainer.data.layout)
+            files, skipped = walk_files(path, contained=not allow_outside)  # the rule for folders (trainer.data.layout)
             for item in skipped:
                 log.warning("WARNING: skipped %s", item)
             found = [path.joinpath(*parts) for parts in files if is_image_name(parts[-1])]
@@ -130,7 +164,7 @@ def collect_images(inputs: list[str]) -> list[Path]:
                 raise InputError(f"{path}: no images in this folder")
             paths += found
         elif path.suffix.lower() == ".csv" and path.is_file():
-            rows, _ = read_csv_rows(path, path.parent)
+            rows, _ = read_csv_rows(path, path.parent, allow_outside)
             paths += [row.path for row in rows]
         elif path.is_file() or special_kind(path) is not None:
             paths.append(path)  # a pipe or device is a row with its error, never opened
@@ -139,14 +173,15 @@ def collect_images(inputs: list[str]) -> list[Path]:
     return paths
 
 
-def predict_images(run: Run, inputs: list[str], output: str | None, batch_size: int = 32) -> dict:
+def predict_images(run: Run, inputs: list[str], output: str | None, batch_size: int = 32,
+                   allow_outside: bool = False) -> dict:  # fmt: skip
     """Classify every image into ImagePath,PredictedLabel,Score,Error rows, a batch at a time:
     decoding runs ahead on parallel threads, each batch's rows are written (and flushed) as it
     is predicted, and memory holds one batch whatever the number of images. A file that cannot
     be read is a row with its Error and no prediction, not the end of the job. Each cell is safe
     to open in a spreadsheet (trainer/cells.py). With --output the CSV is written under a hidden
     partial name and renamed when every row is in. Returns {"images", "errors"}."""
-    paths = collect_images(inputs)
+    paths = collect_images(inputs, allow_outside)
     counts = {"images": len(paths), "errors": 0}
     if output:
         with replacing(Path(output)) as temporary, temporary.open("w", newline="", encoding="utf-8") as handle:

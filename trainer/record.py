@@ -38,6 +38,7 @@ from trainer.atomic import replacing, write_atomically
 from trainer.data.corrections import (
     DROP,
     KEEP,
+    MAX_BYTES,
     Correction,
     format_corrections,
     match_strictly,
@@ -52,7 +53,7 @@ SUFFIX = "-record"
 DECISIONS = "decisions"
 INFO = "record.json"
 LEGACY = "-corrections.csv"  # what the review cell saved beside the published model before the record
-MAX_FILE_BYTES = 64 << 20  # one decisions file: a million decisions fit in about a tenth of this
+MAX_FILE_BYTES = MAX_BYTES  # one decisions file: as much as a corrections file may hold
 
 
 def beside(published: Path) -> Path:

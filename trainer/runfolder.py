@@ -28,6 +28,7 @@ from pathlib import Path
 from trainer import cells
 from trainer.atomic import replacing, write_atomically
 from trainer.errors import InputError
+from trainer.names import text_problem
 
 MODEL = "model.keras"
 LABELS = "labels.txt"
@@ -89,11 +90,24 @@ def read_labels(candidates: list[Path], model_path: Path) -> list[str]:
                 text = path.read_text(encoding="utf-8")
             except UnicodeDecodeError:
                 raise InputError(f"{path}: damaged, not UTF-8 text; {DAMAGED}") from None
-            labels = [line.strip() for line in text.splitlines() if line.strip()]
-            if labels:
-                return labels
-            raise InputError(f"{path}: no labels in this file; {DAMAGED}")
+            return _labels_in(text, path)
     raise InputError(f"--model: no {LABELS} beside {model_path}; copy the run's {LABELS} there")
+
+
+def _labels_in(text: str, path: Path) -> list[str]:
+    """labels.txt's names exactly as write_labels wrote them: one a line, split at "\n" alone (a
+    name holds no line break of any kind: trainer/names.py), a Windows line end forgiven."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    labels = [line.removesuffix("\r") for line in lines]
+    if not labels:
+        raise InputError(f"{path}: no labels in this file; {DAMAGED}")
+    for number, label in enumerate(labels, start=1):
+        problem = text_problem(label)
+        if problem is not None:
+            raise InputError(f"{path} line {number}: damaged, the name {problem}; {DAMAGED}")
+    return labels
 
 
 def write_labels(path: Path, labels: list[str]) -> None:

@@ -1,6 +1,7 @@
 """Odd files in a dataset: named pipes, sockets and broken links are skipped with a warning and
-never opened (reading a pipe blocks forever); links to files and folders are followed, a loop or
-a second link to one folder is skipped with a warning. One rule (trainer.data.layout.walk_files)
+never opened (reading a pipe blocks forever); links to files and folders inside the folder are
+followed, a loop or a second link to one folder is skipped with a warning, and a link that leaves
+the folder is skipped unless --allow-outside-folder. One rule (trainer.data.layout.walk_files)
 for the trainer's class folders, predict's folders and the data step's copy."""
 
 from __future__ import annotations
@@ -49,22 +50,24 @@ def _odd_folder(demo_dir, tmp_path):
 
 
 def test_pipes_sockets_broken_links_and_loops_in_class_folders_are_skipped_with_a_warning(demo_dir, tmp_path):
-    from trainer.data.layout import walk_files
+    from trainer.data.layout import LEAVES, walk_files
 
     images, server = _odd_folder(demo_dir, tmp_path)
     try:
         result = _validate(images)
         _, skipped = walk_files(images)
+        followed, _ = walk_files(images, contained=False)  # --allow-outside-folder
     finally:
         server.close()
     assert sorted(skipped) == sorted(f"{images}/{name}" for name in (
         "CD/loop (a link to a folder already listed)", "CD/zz-pipe.jpg (a named pipe)",
-        "UD/zz-broken.jpg (a broken link)", "UD/zz-socket.png (a socket)"))  # fmt: skip
+        "UD/zz-broken.jpg (a broken link)", "UD/zz-socket.png (a socket)", f"UD2 ({LEAVES})"))  # fmt: skip
+    assert sum(1 for parts in followed if parts[0] == "UD2") == 12  # the photos the link leaves for
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split(maxsplit=1) == ["36", "['CD', 'UD', 'UD2']\n"]  # 12 a class, the linked one's too
+    assert result.stdout.split(maxsplit=1) == ["24", "['CD', 'UD']\n"]  # 12 a class; the linked one's left out
     warning = next(line for line in result.stderr.splitlines() if line.startswith("WARNING: skipped"))
-    assert warning.startswith("WARNING: skipped: not a regular file, or a folder already listed: 4 (")
-    assert warning.endswith("; and 1 more)")  # three examples, then the count of the rest
+    assert warning.startswith("WARNING: skipped: not a regular file, or a folder already listed: 5 (")
+    assert warning.endswith("; and 2 more)")  # three examples, then the count of the rest
     assert "CD/zz-pipe.jpg (a named pipe)" in warning
 
 
@@ -93,5 +96,5 @@ def test_predict_and_the_data_step_take_the_same_rule(cli, run_dir, demo_dir, tm
         copy_folder(images, tmp_path / "copy", Context(echo=said.append))
     finally:
         server.close()
-    assert sum(1 for path in (tmp_path / "copy").rglob("*") if path.is_file()) == 37  # 36 images and the CSV
+    assert sum(1 for path in (tmp_path / "copy").rglob("*") if path.is_file()) == 25  # 24 images and the CSV
     assert any("zz-pipe.jpg (a named pipe)" in line for line in said)

@@ -30,7 +30,9 @@ from trainer.atomic import sha256_of
 from trainer.data.layout import MIN_CLASS_SIZE
 from trainer.data.rows import Row, resolve_image_path
 from trainer.errors import InputError, listed
+from trainer.names import check_class
 
+MAX_BYTES = 16 << 20  # a decision a line: over 100,000 of them, more than any review makes
 DROP = "drop"
 KEEP = "keep"  # a decision that changes nothing: the image was looked at and its label is right
 FILE = "corrections.csv"  # its copy in the run folder
@@ -59,6 +61,9 @@ def read_corrections(path: str | Path, what: str = "--corrections") -> list[Corr
     """The file's corrections, each line checked; InputError naming `what`, the file and line."""
     path = Path(path)
     try:
+        if path.stat().st_size > MAX_BYTES:
+            raise InputError(f"{what}: {path} is {path.stat().st_size >> 20} MB, over the {MAX_BYTES >> 20} MB a "
+                             "corrections file may be (a decision a line); give the decisions that matter")  # fmt: skip
         text = path.read_bytes().decode("utf-8-sig")
     except OSError as error:
         raise InputError(f"{what}: cannot read {path} ({error.strerror or error})") from None
@@ -85,6 +90,8 @@ def parse_corrections(text: str, path: str | Path, what: str = "--corrections") 
         written, label = values["imagepath"], values["label"]
         if not written or not label:
             raise InputError(f"{what}: {path} line {line}: needs an ImagePath and a Label (a class, {DROP} or {KEEP})")
+        if label.lower() not in (DROP, KEEP):
+            check_class(label, f"{what}: {path} line {line}")
         out.append(Correction(line, written, label, values.get("sha256", "").lower(), values.get("opinion", ""),
                               values.get("decided", ""), Path(path).name))  # fmt: skip
     return out

@@ -60,12 +60,13 @@ class Data:
 def load_data(config: TrainConfig) -> Data:
     """Read, validate (each file once) and split the data the options name: with
     --validation-file, that CSV is the validation split and the test split comes from the rest."""
-    rows, report = load_rows(config.folder, config.file, config.label_folder, config.merge_labels)
+    rows, report = load_rows(config.folder, config.file, config.label_folder, config.merge_labels,
+                             config.allow_outside_folder)  # fmt: skip
     log.info("read %d rows from %s", report.rows_read, config.file or config.folder)
     as_listed = (list(rows), None)
     if config.validation_file:
         validation_rows, validation_report = load_rows(
-            config.folder, config.validation_file, config.label_folder, config.merge_labels
+            config.folder, config.validation_file, config.label_folder, config.merge_labels, config.allow_outside_folder
         )
         as_listed = (as_listed[0], list(validation_rows))
         validation_rows = validate(
@@ -142,7 +143,8 @@ def _keep_given(folder, decisions) -> None:
 def load_unsplit(config: TrainConfig) -> Data:
     """Read and validate the data the options name, as one part ("all"): what `python -m
     trainer audit` looks at."""
-    rows, report = load_rows(config.folder, config.file, config.label_folder, config.merge_labels)
+    rows, report = load_rows(config.folder, config.file, config.label_folder, config.merge_labels,
+                             config.allow_outside_folder)  # fmt: skip
     log.info("read %d rows from %s", report.rows_read, config.file or config.folder)
     rows = validate(rows, report, strict=config.strict)
     log_report(report)

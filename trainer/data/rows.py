@@ -15,6 +15,10 @@ from trainer.config import parse_merge
 from trainer.data import layout
 from trainer.data.report import Report
 from trainer.errors import InputError
+from trainer.names import check_class, shown
+
+MAX_CSV_BYTES = 64 << 20  # SDNET2018's 56,000 rows are about 3 MB; pandas holds a few times the file
+MAX_ROWS = 500_000  # five times the largest dataset this bundle is built for (a million took 56 s, 1.3 GB)
 
 SPLITS = ("train", "validation", "test")
 
@@ -61,17 +65,47 @@ def resolve_image_path(written: str, bases: list[Path]) -> Path:
     return candidates[0]
 
 
-def read_csv_rows(csv_path: Path, image_folder: Path) -> tuple[list[Row], Report]:
+def read_csv_rows(csv_path: Path, image_folder: Path, allow_outside: bool = False) -> tuple[list[Row], Report]:
     """Read `ImagePath,Label` rows. Paths are relative to the CSV's folder, as the original data
     writes them; the image folder is tried second. BOM, CRLF, extra columns and any header case
-    are accepted."""
+    are accepted. A row must name an image inside the image folder (links followed), unless
+    allow_outside; the seed's `../Images/CD/x.jpg` from Images/training_data.csv is inside."""
     report = Report()
+    frame, columns = _csv_frame(csv_path)
+    bases, within = [csv_path.parent, image_folder], layout.Within(image_folder)
+    rows = []
+    for line, record in enumerate(frame.iloc[1:].itertuples(index=False), start=2):
+        if not any(cell.strip() for cell in record):
+            continue
+        report.rows_read += 1
+        written, label = record[columns["imagepath"]].strip(), record[columns["label"]].strip()
+        if not written or not label:
+            report.add("rows with an empty ImagePath or Label", f"line {line}")
+            continue
+        path = resolve_image_path(written, bases)
+        if not allow_outside and not within(path):
+            # Refused on its name alone: the message is the same whether such a file exists or not.
+            raise InputError(
+                f"{csv_path} line {line}: {shown(written)} is outside the image folder {image_folder}; keep the "
+                "images inside it, or pass --allow-outside-folder"
+            )
+        rows.append(Row(line, written, path, label))
+    if report.rows_read == 0:
+        raise InputError(f"{csv_path}: header only, no rows; add lines like 'CD/0001.jpg,CD'")
+    return rows, report
+
+
+def _csv_frame(csv_path: Path):
+    """The CSV as a frame of text cells (the header its first row) and its columns by lower-case
+    name; InputError for a file too large, unreadable, not UTF-8, empty, unparsable, without
+    ImagePath and Label, or with more rows than MAX_ROWS."""
     try:
-        raw = csv_path.read_bytes()
+        if csv_path.stat().st_size > MAX_CSV_BYTES:
+            raise InputError(f"{csv_path}: {csv_path.stat().st_size >> 20} MB, over the {MAX_CSV_BYTES >> 20} MB a "
+                             "CSV of image paths may be; split the dataset")  # fmt: skip
+        text = csv_path.read_bytes().decode("utf-8-sig")
     except OSError as error:
         raise InputError(f"{csv_path}: cannot read ({error.strerror or error})") from None
-    try:
-        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         raise InputError(f"{csv_path}: not UTF-8 text (byte {error.start}); save it as UTF-8 CSV and retry") from None
     if not text.strip():
@@ -97,30 +131,19 @@ def read_csv_rows(csv_path: Path, image_folder: Path) -> tuple[list[Row], Report
         found = ", ".join(repr(name) for name in header) or "none"
         wanted = " and ".join({"imagepath": "ImagePath", "label": "Label"}[m] for m in missing)
         raise InputError(f"{csv_path}: no {wanted} column (found {found}); the header must be ImagePath,Label")
-    bases = [csv_path.parent, image_folder]
-    rows = []
-    for line, record in enumerate(frame.iloc[1:].itertuples(index=False), start=2):
-        if not any(cell.strip() for cell in record):
-            continue
-        report.rows_read += 1
-        written, label = record[columns["imagepath"]].strip(), record[columns["label"]].strip()
-        if not written or not label:
-            report.add("rows with an empty ImagePath or Label", f"line {line}")
-            continue
-        rows.append(Row(line, written, resolve_image_path(written, bases), label))
-    if report.rows_read == 0:
-        raise InputError(f"{csv_path}: header only, no rows; add lines like 'CD/0001.jpg,CD'")
-    return rows, report
+    if len(frame) - 1 > MAX_ROWS:
+        raise InputError(f"{csv_path}: {len(frame) - 1} rows, over the {MAX_ROWS} a dataset may list; split it")
+    return frame, columns
 
 
-def read_folder_rows(folder: Path, label_folder: str = "auto") -> tuple[list[Row], Report]:
+def read_folder_rows(folder: Path, label_folder: str = "auto", allow_outside: bool = False) -> tuple[list[Row], Report]:
     """One subfolder per class: folder/CD/*.jpg, folder/UD/*.jpg; or nested, as SDNET2018's
     folder/D/CD/*.jpg, where trainer.data.layout decides (or --label-folder says) which level is
     the class."""
     report = Report()
     if not folder.is_dir():
         raise InputError(f"--folder: {folder} is not a folder")
-    images, skipped = layout.images_below(folder)
+    images, skipped = layout.images_below(folder, contained=not allow_outside)
     for item in skipped:
         report.add("skipped: not a regular file, or a folder already listed", item)
     if not images:
@@ -139,15 +162,39 @@ def read_folder_rows(folder: Path, label_folder: str = "auto") -> tuple[list[Row
 
 
 def load_rows(
-    folder: str | Path, file: str | None, label_folder: str = "auto", merge_labels: str | None = None
+    folder: str | Path,
+    file: str | None,
+    label_folder: str = "auto",
+    merge_labels: str | None = None,
+    allow_outside: bool = False,
 ) -> tuple[list[Row], Report]:
+    """The rows a CSV or class folders list, labels merged (--merge-labels) and held to the
+    class-name rule (trainer/names.py): a bad name is one line naming the row that carries it."""
     folder = Path(folder)
     if not folder.exists():
         raise InputError(f"--folder: {folder} does not exist")
     mapping = parse_merge(merge_labels)
-    rows, report = read_csv_rows(resolve_csv(folder, file), folder) if file else read_folder_rows(folder, label_folder)
+    csv_path = resolve_csv(folder, file) if file else None
+    if csv_path is not None:
+        rows, report = read_csv_rows(csv_path, folder, allow_outside)
+    else:
+        rows, report = read_folder_rows(folder, label_folder, allow_outside)
+    _check_names(rows, csv_path, folder, mapping)
     if mapping:
         labels = layout.merged([row.label for row in rows], mapping)
         rows = [replace(row, label=label) for row, label in zip(rows, labels, strict=True)]
         report.notes.append("labels merged: " + ", ".join(f"{old} -> {new}" for old, new in sorted(mapping.items())))
     return rows, report
+
+
+def _check_names(rows: list[Row], csv_path: Path | None, folder: Path, mapping: dict[str, str]) -> None:
+    """Each label once, before merging (a name --merge-labels replaces need not pass: it is
+    gone once the rows are merged), where the first row with it says."""
+    first: dict[str, Row] = {}
+    for row in rows:
+        first.setdefault(row.label, row)
+    for label, row in first.items():
+        if label in mapping:
+            continue
+        where = f"{csv_path} line {row.line}" if csv_path is not None else f"{folder}/{row.written}"
+        check_class(label, where)

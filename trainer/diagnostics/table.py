@@ -57,7 +57,7 @@ class Finished:
         if self.model is None:
             import keras
 
-            self.model = keras.models.load_model(self.run_dir / runfolder.MODEL, compile=False)
+            self.model = keras.models.load_model(self.run_dir / runfolder.MODEL, compile=False, safe_mode=True)
         return self.model
 
 

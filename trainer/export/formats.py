@@ -39,7 +39,7 @@ from trainer.data.split import read_split
 from trainer.errors import CheckFailed, InputError
 from trainer.export import tflite_metadata
 from trainer.export.benchmark import benchmark_exports
-from trainer.export.runtimes import resolve
+from trainer.export.runtimes import resolve, runs_a_graph
 from trainer.exports import ExportFormat
 from trainer.predict import load_run
 from trainer.quiet import quiet
@@ -207,6 +207,13 @@ def compare(name: str, file: str, reference: np.ndarray, values: np.ndarray, tol
 EXPORT_INPUTS = (runfolder.MODEL, runfolder.LABELS, runfolder.SPLIT, runfolder.CONFIG, runfolder.DECIDED,
                  runfolder.DECISION)  # fmt: skip
 OPTIONAL_INPUTS = (runfolder.CONFIG, runfolder.DECIDED, runfolder.DECISION)
+
+
+def graphs_in(run_dir: Path, formats: tuple[str, ...]) -> list[Path]:
+    """The exports of these formats in run_dir whose check would run a graph stored in them (a
+    SavedModel, a .tflite file with TensorFlow operations: trainer.export.runtimes.runs_a_graph)."""
+    files = dict.fromkeys(row.file for row in exports.FORMATS if row.word in formats)
+    return [run_dir / name for name in files if (run_dir / name).exists() and runs_a_graph(run_dir / name)]
 
 
 def export_run(run_dir: str | Path, formats: tuple[str, ...] | None = None, check: bool = True,

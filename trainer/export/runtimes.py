@@ -49,6 +49,30 @@ def saved_model_forward(folder: Path):
     return forward, int(spec["image"].shape[1]), int(serve.structured_outputs["probabilities"].shape[-1])
 
 
+def tensorflow_ops(path: Path) -> list[str]:
+    """The custom operations a .tflite file carries (TensorFlow's own, "Flex...", among them):
+    what TensorFlow Lite's builtin operations are not. Read from the flatbuffer, nothing run;
+    a file that is no TFLite model has none (loading it says so)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    try:
+        model = schema.Model.GetRootAs(Path(path).read_bytes(), 0)
+        codes = [model.OperatorCodes(index) for index in range(model.OperatorCodesLength())]
+        return sorted({code.CustomCode().decode("utf-8", "replace") for code in codes if code.CustomCode()})
+    except Exception:  # noqa: BLE001 - not a flatbuffer of this schema: tflite_forward refuses it in one line
+        return []
+
+
+def runs_a_graph(path: Path) -> bool:
+    """Whether running `path` runs operations stored in it that can reach the machine (read and
+    write files): a SavedModel's TensorFlow graph, a TFLite file with TensorFlow or custom
+    operations. Keras (safe mode), ONNX Runtime and TFLite's builtin operations cannot."""
+    path = Path(path)
+    if path.is_dir() or path.name == "saved_model.pb":
+        return True
+    return path.suffix == ".tflite" and bool(tensorflow_ops(path))
+
+
 def tflite_forward(path: Path):
     """A function from float32 pixels [n, size, size, 3] to probabilities, on one interpreter."""
     import tensorflow as tf
