@@ -58,6 +58,9 @@ def _pyplot():
     warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from font", category=UserWarning)
     logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
     plt.rcParams["font.family"] = FONT_NAME
+    # Class and file names are drawn as they are: with mathtext on, a `$` in one made `a$b$c`
+    # draw as mathematics and `$\frac{$` fail the report. Every Text made after this takes it.
+    plt.rcParams["text.parse_math"] = False
     return plt
 
 
@@ -178,12 +181,25 @@ HEADER = 48
 
 
 def _fitted(draw, text: str, font, width: float) -> str:
-    """text, shortened with an ellipsis until it fits width pixels."""
+    """text, shortened with an ellipsis until it fits width pixels: its longest prefix that fits
+    with the ellipsis, found by doubling the prefix's length and then halving the gap, so that
+    text is measured whole once and then O(log n) times on prefixes at most twice the one that
+    fits. (Trimming a character at a time and measuring the rest took 3.5 s at 4,000 characters,
+    and a 100,000-character label never finished.)"""
     if draw.textlength(text, font=font) <= width:
         return text
-    while text and draw.textlength(text + "...", font=font) > width:
-        text = text[:-1]
-    return text + "..."
+
+    def fits(length: int) -> bool:
+        return draw.textlength(text[:length] + "...", font=font) <= width
+
+    fitting, too_long = 0, 1  # the longest length known to fit (0 when none does), and one that does not
+    while too_long <= len(text) and fits(too_long):
+        fitting, too_long = too_long, 2 * too_long
+    too_long = min(too_long, len(text) + 1)
+    while too_long - fitting > 1:
+        middle = (fitting + too_long) // 2
+        fitting, too_long = (middle, too_long) if fits(middle) else (fitting, middle)
+    return text[:fitting] + "..."
 
 
 def worst_images(predictions: list[dict], path: Path, count: int = 16) -> Path:

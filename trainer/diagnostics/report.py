@@ -147,7 +147,7 @@ def _data_section(metrics: dict, split_counts: dict) -> str:
     problems = [
         [kind, value["count"], "; ".join(value["examples"])] for kind, value in report.get("problems", {}).items()
     ]
-    parts = [f"<p>{report.get('rows_read', '?')} rows read.</p>"]
+    parts = [f"<p>{sections.number(report.get('rows_read'))} rows read.</p>"]
     if split_counts:
         labels = sorted({label for counts in split_counts.values() for label in counts})
         parts.append(
@@ -199,16 +199,16 @@ def _operating_section(run_dir: Path) -> str:
                        ("test", "test split")):  # fmt: skip
         at = point.get(key) or {}
         rows.append([where, at.get("images", "-"), at.get("positives", "-"),
-                     "-" if at.get("recall") is None else f"{at['recall']:.3f}",
-                     "-" if at.get("precision") is None else f"{at['precision']:.3f}"])  # fmt: skip
+                     "-" if at.get("recall") is None else sections.figure(at["recall"], ".3f"),
+                     "-" if at.get("precision") is None else sections.figure(at["precision"], ".3f")])  # fmt: skip
     note = f"<p>{html.escape(point['note'])}</p>" if point.get("note") else ""
     return (
         "<h2>Operating point (--target-recall)</h2>"
         f"<p>The model decides <b>{html.escape(point['rule'])}</b>. The threshold is the largest at which "
-        f"{point['target_recall']:g} of the {html.escape(point['label'])} images score at least it, on "
-        f"probabilities each from a head that did not see the image ({point.get('folds', '?')} folds, "
-        f"{point.get('epochs', '?')} epochs, as the deployed head trained). evaluate and predict apply it "
-        f"(decision.json).</p>{note}"
+        f"{sections.number(point['target_recall'], 'g')} of the {html.escape(point['label'])} images score at least "
+        f"it, on probabilities each from a head that did not see the image ({sections.number(point.get('folds'))} "
+        f"folds, {sections.number(point.get('epochs'))} epochs, as the deployed head trained). evaluate and predict "
+        f"apply it (decision.json).</p>{note}"
         + sections.table(rows, ["where", "images", f"{html.escape(point['label'])} images", "recall", "precision"])
         + sections.picture(run_dir / OPERATING_POINT, f"Precision and recall of {point['label']}, and the chosen point")
     )
@@ -226,11 +226,12 @@ def _corrections_section(corrections: dict | None) -> str:
         for place in (corrections.get("record"), corrections.get("file"))
         if place
     )
-    skipped = (f" {corrections['skipped']} decision(s) name images no longer in the data and were skipped."
-               if corrections.get("skipped") else "")  # fmt: skip
+    skipped = (f" {sections.number(corrections['skipped'])} decision(s) name images no longer in the data and were "
+               "skipped." if corrections.get("skipped") else "")  # fmt: skip
     return (
-        f"<h3>Review decisions applied</h3><p>{corrections['relabelled']} images relabelled, {corrections['dropped']} "
-        f"dropped and {corrections.get('kept', 0)} kept as they were, by the decisions in {where or 'force'} (this run's "
+        f"<h3>Review decisions applied</h3><p>{sections.number(corrections['relabelled'])} images relabelled, "
+        f"{sections.number(corrections['dropped'])} dropped and {sections.number(corrections.get('kept', 0))} kept as "
+        f"they were, by the decisions in {where or 'force'} (this run's "
         f"copy: <code>{runfolder.CORRECTIONS}</code>), after the split, so the test split is the same photos as "
         f"without them.{skipped}{new}</p>"
         + sections.table(rows, ["class", "relabelled to it", "relabelled from it", "dropped"])
@@ -284,10 +285,11 @@ def render(run_dir: Path, name: str) -> str:
     title = f"{name}: {config.get('backbone', '?')} classifier"
     point = read_json(run_dir / decision.DECISION)
     headline = (
-        f"Test accuracy <b>{metrics['accuracy']:.3f}</b> on {metrics['count']} images"
-        + (f", ROC AUC {metrics['roc_auc']:.3f}" if metrics.get("roc_auc") is not None else "")
+        f"Test accuracy <b>{sections.number(metrics['accuracy'], '.3f')}</b> on "
+        f"{sections.number(metrics['count'])} images"
+        + (f", ROC AUC {sections.number(metrics['roc_auc'], '.3f')}" if metrics.get("roc_auc") is not None else "")
         + f"; classes {html.escape(', '.join(metrics.get('labels', [])))}; weights {html.escape(str(config.get('weights_used', '?')))};"
-        + f" trained in {metrics.get('training_seconds', '?')} s."
+        + f" trained in {sections.number(metrics.get('training_seconds'))} s."
         + (f" Labels decided at the operating point ({html.escape(point['rule'])})." if point else "")
     )
     page = [

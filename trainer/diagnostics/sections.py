@@ -15,6 +15,19 @@ from trainer.diagnostics import review
 from trainer.runfolder import read_json
 
 
+def figure(value, spec: str = "") -> str:
+    """A figure from a run folder's file as text: formatted by spec when it is the number it must
+    be, as it is when it is anything else (a folder from elsewhere may hold anything), ? for none."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return format(value, spec)
+    return "?" if value is None else str(value)
+
+
+def number(value, spec: str = "") -> str:
+    """A figure as HTML, escaped."""
+    return html.escape(figure(value, spec))
+
+
 def table(rows: list[list], header: list[str] | None = None) -> str:
     def cell(value, tag="td") -> str:
         if isinstance(value, float):
@@ -53,13 +66,14 @@ def audit_section(run_dir: Path) -> str:
     groups = summary.get("near_duplicate_groups")
     full = path.with_name(runfolder.AUDIT_FULL)
     listed = (
-        f" It lists the likeliest 500 of each kind; <code>{runfolder.AUDIT_FULL}</code> has all {sum(flagged.values())}."
+        f" It lists the likeliest 500 of each kind; <code>{runfolder.AUDIT_FULL}</code> has all "
+        f"{number(sum(flagged.values()))}."
         if full.is_file()
         else ""
     )
     intro = (
-        f"<p>{sum(flagged.values()) or len(rows)} images to look at ({html.escape(counts)}"
-        + (f"; the near-duplicates in {groups} group(s)" if groups else "")
+        f"<p>{number(sum(flagged.values()) or len(rows))} images to look at ({html.escape(counts)}"
+        + (f"; the near-duplicates in {number(groups)} group(s)" if groups else "")
         + f"), from {html.escape(summary.get('features', 'pretrained features'))}: "
         "a label that held-out heads find unlikely, an image nearly identical to one under another label or in another "
         f"split, or one unlike all others. The list is <code>{runfolder.AUDIT}</code>.{listed}</p>"
@@ -103,10 +117,10 @@ def _export_benchmark(benchmark: dict | None) -> str:
             rows.append([entry["format"], entry["file"], "-", "-", "-", entry["error"]])
             continue
         latency = entry["ms_per_image"]
-        rows.append([entry["format"], entry["file"], f"{entry['accuracy']:.3f}", f"{latency['1']:.2f}",
-                     f"{latency['32']:.2f}", ""])  # fmt: skip
+        rows.append([entry["format"], entry["file"], figure(entry["accuracy"], ".3f"), figure(latency["1"], ".2f"),
+                     figure(latency["32"], ".2f"), ""])  # fmt: skip
     return (
-        f"<h3>Each format on this machine</h3><p>Test accuracy on {benchmark['images']} test images (the run's "
+        f"<h3>Each format on this machine</h3><p>Test accuracy on {number(benchmark['images'])} test images (the run's "
         "decision rule applied) and the median milliseconds per image at batch 1 and batch 32, after one untimed "
         "call (Keras: predict_on_batch; the C library: TF_SessionRun in its own process).</p>"
         + table(rows, ["format", "file", "test accuracy", "ms/image, batch 1", "ms/image, batch 32", "error"])
