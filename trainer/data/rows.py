@@ -86,7 +86,7 @@ def read_csv_rows(csv_path: Path, image_folder: Path, allow_outside: bool = Fals
         if not allow_outside and not within(path):
             # Refused on its name alone: the message is the same whether such a file exists or not.
             raise InputError(
-                f"{csv_path} line {line}: {shown(written)} is outside the image folder {image_folder}; keep the "
+                f"{csv_path} line {line}: {shown(written, 120)} is outside the image folder {image_folder}; keep the "
                 "images inside it, or pass --allow-outside-folder"
             )
         rows.append(Row(line, written, path, label))
@@ -196,5 +196,4 @@ def _check_names(rows: list[Row], csv_path: Path | None, folder: Path, mapping: 
     for label, row in first.items():
         if label in mapping:
             continue
-        where = f"{csv_path} line {row.line}" if csv_path is not None else f"{folder}/{row.written}"
-        check_class(label, where)
+        check_class(label, f"{csv_path} line {row.line}" if csv_path is not None else f"--folder {folder}")
