@@ -93,7 +93,7 @@ def inspect(run: Path, truth: dict[str, str], who: str) -> tuple[Path, dict]:
             decided.append([row["ImagePath"], row["SuggestedLabel"]])
     path = run.parent / f"corrections-{who}.csv"
     with path.open("w", newline="") as handle:
-        csv.writer(handle).writerows([["ImagePath", "Label"], *(cells.escaped(row) for row in decided)])
+        handle.writelines(cells.line(row) for row in [["ImagePath", "Label"], *decided])
     fixed = sum(label == truth[image] for image, label in decided)
     wrong_before = sum(row["Label"] != truth[row["ImagePath"]] for row in listed)
     return path, {"reviewed": len(listed) if who != "confident" else 0, "changed": len(decided), "right_after": fixed,

@@ -41,9 +41,17 @@ def unescape(text: str) -> str:
     return text[1:] if text.startswith(QUOTE) else text
 
 
-def escaped(values: Iterable) -> list[str]:
-    """A row of cells as written."""
-    return [escape(value) for value in values]
+def line(values: Iterable) -> str:
+    """One CSV line of cells, each escaped, and quoted when it holds a comma, a double quote or a
+    line break. (csv.writer leaves a lone carriage return unquoted when lines end in a line feed,
+    and no reader then reads the row back.) The review form's script writes cells the same way."""
+    return ",".join(_quoted(escape(value)) for value in values) + "\n"
+
+
+def _quoted(text: str) -> str:
+    if any(mark in text for mark in ',"\r\n'):
+        return '"' + text.replace('"', '""') + '"'
+    return text
 
 
 def unescaped(values: Iterable[str]) -> list[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import logging
 import sys
 import zipfile
@@ -218,8 +217,7 @@ def _say_seen(run: Run, paths: list[Path]) -> None:
 
 def _stream(run: Run, paths: list[Path], batch_size: int, handle) -> int:
 
-    writer = csv.writer(handle, lineterminator="\n")
-    writer.writerow(["ImagePath", "PredictedLabel", "Score", "Error"])
+    handle.write(cells.line(["ImagePath", "PredictedLabel", "Score", "Error"]))
     errors = 0
     batches = (len(paths) + batch_size - 1) // batch_size
     start = 0
@@ -232,10 +230,10 @@ def _stream(run: Run, paths: list[Path], batch_size: int, handle) -> int:
             path = str(paths[start + index])
             if problem:
                 errors += 1
-                writer.writerow(cells.escaped([path, "", "", problem]))
+                handle.write(cells.line([path, "", "", problem]))
             else:
                 label = int(decided[index])
-                writer.writerow(cells.escaped([path, run.labels[label], f"{float(scores[index][label]):.6f}", ""]))
+                handle.write(cells.line([path, run.labels[label], f"{float(scores[index][label]):.6f}", ""]))
         handle.flush()
         start += len(problems)
     return errors

@@ -140,9 +140,8 @@ AUDIT_COLUMNS = ["ImagePath", "Label", "SuggestedLabel", "Score", "Reason", "Gro
 
 def write_audit(path: Path, records: list[dict]) -> None:
     with replacing(path) as temporary, temporary.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, AUDIT_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows({column: cells.escape(value) for column, value in record.items()} for record in records)
+        handle.write(cells.line(AUDIT_COLUMNS))
+        handle.writelines(cells.line(record.get(column, "") for column in AUDIT_COLUMNS) for record in records)
 
 
 def read_audit(path: Path) -> list[dict]:
@@ -179,16 +178,13 @@ def write_predictions(path: Path, labels: list[str], parts: dict[str, tuple[list
     """parts: split name -> (image paths, true labels, probabilities [n, classes]); decide:
     probabilities -> each row's class index (the stored decision rule), argmax by default."""
     with replacing(path) as temporary, temporary.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(
-            cells.escaped(
-                ["ImagePath", "Label", "Split", "PredictedLabel", "Score", *(f"P({label})" for label in labels)]
-            )
+        handle.write(
+            cells.line(["ImagePath", "Label", "Split", "PredictedLabel", "Score", *(f"P({label})" for label in labels)])
         )
         for split, (paths, true_labels, probabilities) in parts.items():
             decided = decide(probabilities) if decide is not None and len(probabilities) else None
             for number, (image, label, p) in enumerate(zip(paths, true_labels, probabilities, strict=True)):
                 best = int(p.argmax()) if decided is None else int(decided[number])
-                writer.writerow(
-                    cells.escaped([image, label, split, labels[best], f"{p[best]:.6f}", *(f"{v:.6f}" for v in p)])
+                handle.write(
+                    cells.line([image, label, split, labels[best], f"{p[best]:.6f}", *(f"{v:.6f}" for v in p)])
                 )

@@ -19,7 +19,6 @@ are over the same photos (scored against the corrected labels).
 
 from __future__ import annotations
 
-import csv
 import io
 from collections import Counter
 from dataclasses import dataclass, replace
@@ -100,13 +99,8 @@ def parse_corrections(text: str, path: str | Path, what: str = "--corrections") 
 def format_corrections(decisions: list[Correction]) -> str:
     """The decisions as a CSV that parse_corrections reads back, every column, each cell safe to
     open in a spreadsheet (trainer/cells.py)."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(COLUMNS)
-    for decision in decisions:
-        writer.writerow(cells.escaped([decision.written, decision.label, decision.sha256, decision.opinion,
-                                       decision.decided]))  # fmt: skip
-    return buffer.getvalue()
+    rows = [[each.written, each.label, each.sha256, each.opinion, each.decided] for each in decisions]
+    return "".join(cells.line(row) for row in [COLUMNS, *rows])
 
 
 def matcher(rows: list[Row], bases: list[Path], hash_decides: bool = False):
