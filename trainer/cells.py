@@ -45,7 +45,8 @@ def line(values: Iterable) -> str:
     """One CSV line of cells, each escaped, and quoted when it holds a comma, a double quote or a
     line break. (csv.writer leaves a lone carriage return unquoted when lines end in a line feed,
     and no reader then reads the row back.) The review form's script writes cells the same way."""
-    return ",".join(_quoted(escape(value)) for value in values) + "\n"
+    written = [_quoted(escape(value)) for value in values]
+    return (",".join(written) if written != [""] else '""') + "\n"  # one empty cell is not an empty line
 
 
 def _quoted(text: str) -> str:
