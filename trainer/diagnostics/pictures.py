@@ -180,7 +180,7 @@ CELL = (300, 348)  # one test image: its caption and photo, with a margin
 HEADER = 48
 
 
-def _fitted(draw, text: str, font, width: float) -> str:
+def fitted(draw, text: str, font, width: float) -> str:
     """text, shortened with an ellipsis until it fits width pixels: its longest prefix that fits
     with the ellipsis, found by doubling the prefix's length and then halving the gap, so that
     text is measured whole once and then O(log n) times on prefixes at most twice the one that
@@ -245,12 +245,12 @@ def contact_sheet(cells: list[Cell], path: Path, title: str, subtitle: str) -> P
     draw = ImageDraw.Draw(sheet)
     big, caption = _font(16), _font(14)
     middle = columns * width / 2
-    draw.text((middle, 6), _fitted(draw, title, big, sheet.width - 8), "black", big, "ma")
-    draw.text((middle, 28), _fitted(draw, subtitle, caption, sheet.width - 8), "dimgray", caption, "ma")
+    draw.text((middle, 6), fitted(draw, title, big, sheet.width - 8), "black", big, "ma")
+    draw.text((middle, 28), fitted(draw, subtitle, caption, sheet.width - 8), "dimgray", caption, "ma")
     for index, cell in enumerate(cells):
         left, top = (index % columns) * width, HEADER + (index // columns) * height
         for number, line in enumerate(cell.lines):
-            text = _fitted(draw, line, caption, width - 8)
+            text = fitted(draw, line, caption, width - 8)
             colour = "dimgray" if number == 0 else cell.colour
             draw.text((left + width / 2, top + 4 + 18 * number), text, colour, caption, "ma")
         try:
@@ -279,5 +279,5 @@ def captioned(photo, lines: list[str]):
     framed.paste(photo, ((width - photo.width) // 2, band))
     draw = ImageDraw.Draw(framed)
     for number, line in enumerate(lines):
-        draw.text((width / 2, 4 + 18 * number), _fitted(draw, line, font, width - 8), "black", font, "ma")
+        draw.text((width / 2, 4 + 18 * number), fitted(draw, line, font, width - 8), "black", font, "ma")
     return framed
