@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 
 from tests.conftest import run_module
+from trainer import cells
 
 
 def test_predict_gives_the_same_labels_from_every_format(run_dir, tmp_path):
@@ -58,3 +62,24 @@ def test_a_damaged_artifact_is_one_line_naming_it_and_what_to_do(cli, run_dir, t
         assert code == 2, (name, err)
         line = err.strip().splitlines()[-1]
         assert line.startswith(f"trainer: error: {path}: ") and "damaged" in line and "previous" in line, line
+
+
+def test_predicts_csv_opens_safely_in_a_spreadsheet_and_reads_back_the_paths_given(cli, run_dir, tmp_path):
+    """The paths given to predict are user text: files named like formulas are written with the
+    spreadsheet's escape (trainer/cells.py), a file that cannot be read too, and read back as named."""
+    image = json.loads((run_dir / "exports.json").read_text())["images"][0]
+    names = ['=HYPERLINK("http:x?"&A2,"click").jpg', "+1+1.jpg", "@SUM(2+2).jpg", "-rf.jpg", "'quoted.jpg",
+             'say "hi", then.jpg', "line\rbreak.jpg"]  # fmt: skip
+    for name in names:
+        shutil.copy(image, name)  # into this test's own working folder
+    Path("=bad.jpg").write_bytes(b"not an image")
+    out = tmp_path / "out.csv"
+    code, _, err = cli("predict", "--model", run_dir, *(f"./{name}" for name in [*names, "=bad.jpg"]), "--output", out)
+    assert code == 1, err  # the unreadable file
+    text = out.read_bytes().decode("utf-8")
+    written = [cell for record in csv.reader(io.StringIO(text, newline="")) for cell in record]
+    assert not [cell for cell in written if cell.startswith(cells.FORMULA) and not cells.is_number(cell)]
+    rows = list(cells.read_dicts(io.StringIO(text, newline="")))
+    assert [row["ImagePath"] for row in rows] == [*names, "=bad.jpg"]
+    assert all(row["PredictedLabel"] in ("CD", "UD") for row in rows[:-1])
+    assert rows[-1]["Error"] and not rows[-1]["PredictedLabel"]
