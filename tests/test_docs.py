@@ -85,14 +85,14 @@ def _main_job_run():
 def test_the_audit_counts_docs_trainer_md_quotes_are_the_main_jobs():
     """docs/trainer.md says how many labels the audit lists on the 400 concrete photos; the
     README's main job (run by .ci/run before the tests) is that run, so the sentence is held to it."""
-    import csv
     from collections import Counter
+
+    from trainer import runfolder
 
     text = " ".join((ROOT / "docs" / "trainer.md").read_text().split())
     said = re.search(r"On the 400 concrete photos the audit lists (\d+): (\d+) `CD` and (\d+) `UD`", text)
     assert said, "docs/trainer.md no longer quotes the audit's counts on the concrete photos"
-    with (_main_job_run() / "audit.csv").open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    rows = runfolder.read_audit(_main_job_run() / "audit.csv")
     labels = Counter(row["Label"] for row in rows if row["Reason"].startswith("label"))
     assert tuple(map(int, said.groups())) == (len(rows), labels["CD"], labels["UD"]), (len(rows), labels)
 

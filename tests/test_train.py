@@ -130,7 +130,7 @@ def test_predict_writes_a_row_for_a_bad_file_and_goes_on(cli, trained_run, demo_
     assert code == 1
     assert "WARNING: 1 of 3 image(s) could not be read; their rows name the error" in err
     with (tmp_path / "p.csv").open() as handle:
-        rows = list(csv.DictReader(handle))
+        rows = list(cells.read_dicts(handle))
     assert [row["ImagePath"] for row in rows] == [str(good[0]), str(bad), str(good[1])]
     assert rows[1]["PredictedLabel"] == "" and rows[1]["Error"] == "not an image Pillow can read"
     assert rows[0]["PredictedLabel"] in ("CD", "UD") and rows[2]["Error"] == ""
