@@ -103,6 +103,11 @@ def load_keras(path: Path):
         # Lambda layer's code in a .keras file from elsewhere is refused, never run.
         return keras.models.load_model(path, compile=False, safe_mode=True)
     except (ValueError, OSError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as error:
+        if "arbitrary code" in str(error) or "safe_mode" in str(error):
+            raise InputError(
+                f"{path}: refused by Keras's safe mode: it holds code (a Lambda layer's function) that would run as it "
+                "loads; a model from elsewhere must be plain layers: train it here"
+            ) from None
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
         raise InputError(
             f"{path}: not a readable Keras model, damaged or cut short ({reason}); {runfolder.DAMAGED}"
