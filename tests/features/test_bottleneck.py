@@ -118,7 +118,11 @@ def test_fine_tuning_runs_after_the_head(cli, demo_dir, tiny_weights, tmp_path):
         train_rows = [row for row in csv.DictReader(handle) if row["Split"] == "train"]
     listing = tmp_path / "train.csv"
     listing.write_text("ImagePath,Label\n" + "".join(f"{row['ImagePath']},{row['Label']}\n" for row in train_rows))
-    code, out, err = cli("predict", "--model", tmp_path / "run", listing)
+    # The listing names the demo's images by absolute path, outside the listing's own folder:
+    # refused unless the user says so.
+    code, _, err = cli("predict", "--model", tmp_path / "run", listing)
+    assert code == 2 and "--allow-outside-folder" in err
+    code, out, err = cli("predict", "--model", tmp_path / "run", "--allow-outside-folder", listing)
     assert code == 0, err
     predicted = list(cells.read_dicts(out.splitlines()))
     correct = sum(p["PredictedLabel"] == row["Label"] for p, row in zip(predicted, train_rows, strict=True))
