@@ -21,7 +21,7 @@ from invoke import Collection, Exit
 from invoke import task as invoke_task
 
 from scripts import registry
-from scripts.check import installed_version
+from scripts.check import in_colab, installed_version
 from scripts.dataset import model_of, read_manifest, remember_model
 from scripts.kinds import FLAG
 from scripts.lock import acquire
@@ -222,13 +222,16 @@ def _decide(c, config, published: Path | None, publish: bool, force: bool, train
     if decision.action == "ok":
         _say(f"train: ok (the model in {decision.where} was trained from this data, these decisions, these options "
              "and this stack; --force retrains)")  # fmt: skip
+        _tell(training, decision.where)
         return None
     if decision.action == "publish":
         if not publish:
             _say(f"train: ok ({decision.where} was trained from this data and these options; --no-publish)")
+            _tell(training, decision.where)
             return None
         _say(f"train: {decision.where} was trained from this data and these options; publishing it")
         _publish(c, str(decision.where), None, dry_run=False, name=config.model_name)
+        _tell(training, published or decision.where)
         return None
     if decision.action == "finish":
         # Killed during its diagnostics: the same options with that folder as --output finish them.
@@ -236,6 +239,12 @@ def _decide(c, config, published: Path | None, publish: bool, force: bool, train
         return training.finishing(config, decision.where)
     _say("train: training, since " + "; ".join(decision.reasons))
     return config
+
+
+def _tell(training, folder: Path) -> None:
+    lines = training.told(folder, in_colab())
+    if lines:
+        _say("\n".join(lines))
 
 
 def train(c, *, name=None, force=False, publish=True, dry_run=False, **trainer_flags):
@@ -268,6 +277,7 @@ def train(c, *, name=None, force=False, publish=True, dry_run=False, **trainer_f
         raise Exit(f"train: {training.failure(returncode)}", code=training.exit_code(returncode))
     if publish:
         _publish(c, str(run_dir), None, dry_run=False, name=config.model_name)
+    _tell(training, published if publish and published is not None else run_dir)
     if returncode != 0:
         # The model landed (and is published); a diagnostic (audit, heatmaps, exports, report) did not.
         raise Exit(f"train: {training.diagnostics_outcome(run_dir, returncode, publish)}",

@@ -23,6 +23,7 @@ from importlib import metadata
 from pathlib import Path
 
 from scripts.archives import download, extract_into, fetch
+from scripts.check import in_colab
 from scripts.pins import in_range, read_pins, read_ranges
 from scripts.steps import (
     Context,
@@ -387,7 +388,8 @@ def libtensorflow(
     if not register:
         why = "libtensorflow.ldconfig: no" if _setting_says_no(ldconfig) else "no root"
         actions.append(f"not registered with ldconfig ({why}): source the env file")
-    ctx.echo("in a notebook:\n" + notebook)
+    if in_colab():  # a notebook's own cells do not see a subshell's environment; elsewhere the env file does
+        ctx.echo("in a notebook:\n" + notebook)
     return changed(", ".join(actions))
 
 

@@ -181,6 +181,18 @@ def landed_run(answer: dict | None, root: Path) -> Path | None:
     return folder if runfolder.is_run(folder) else None
 
 
+def told(folder: Path, colab: bool) -> list[str]:
+    """The lines that end `invoke train`, about the model in `folder` (its published folder, or
+    the run folder with --no-publish): trainer/result.py's summary, with the review's way in."""
+    if not (folder / runfolder.METRICS).is_file():
+        return []
+    answer = run_result.answer(folder, "done")
+    review = ("run the notebook's review cell, then the job cell again" if colab else
+              f"open {folder / runfolder.REPORT} and use its review form, then invoke train --corrections "
+              "corrections.csv")  # fmt: skip
+    return run_result.summary(answer, review=review)
+
+
 LOWER_MEMORY = "--batch-size 16, --feature-augment none, --image-size 160 or --cache-megabytes 512"
 
 

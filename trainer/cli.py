@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainer import device, runfolder
+from trainer import result as run_result
 from trainer.config import TrainConfig, parse_formats
 from trainer.data.demo import make_demo_data
 from trainer.data.load import load_unsplit
@@ -66,11 +67,21 @@ def train_config(argv: list[str]) -> TrainConfig:
 def train(args) -> int:
 
     try:
-        train_main(config_from(args), args.result)  # prints the run folder once its model is complete
+        run_dir = train_main(config_from(args), args.result)  # prints the run folder once its model is complete
     except DiagnosticsFailed as failure:
+        _tell(failure.run_dir, args.result)
         print(f"trainer: warning: {failure}", file=sys.stderr)
         return EXIT_DIAGNOSTICS
+    _tell(run_dir, args.result)
     return 0
+
+
+def _tell(run_dir: Path, result: str | None) -> None:
+    """The run's last lines, for a person; a caller that asked for --result (invoke train) tells
+    its own, with the published paths."""
+    if result is None and (run_dir / runfolder.METRICS).is_file():
+        review = "the report's review form, then train again with --corrections corrections.csv"
+        print("\n".join(run_result.summary(run_result.answer(run_dir, "done"), review=review)), file=sys.stderr)
 
 
 def evaluate(args) -> int:

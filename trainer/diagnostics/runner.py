@@ -22,6 +22,7 @@ import contextlib
 import logging
 import os
 import signal
+import time
 from pathlib import Path
 
 from trainer import places, runfolder
@@ -64,6 +65,17 @@ def _report(finished: Finished) -> None:
     report.build(finished.run_dir)
 
 
+def _doing(name: str, run_dir: Path) -> str:
+    return f"writing {run_dir / runfolder.REPORT}" if name == REPORT else table.by_name(name).doing
+
+
+def _tells(name: str, run_dir: Path) -> str:
+    if name == REPORT:
+        return str(run_dir / runfolder.REPORT)
+    tells = table.by_name(name).tells
+    return tells(run_dir) if tells is not None else "ok"
+
+
 def run(finished: Finished, manifest: dict, only: tuple[str, ...] | None = None, stage=None) -> dict[str, str]:
     """Run each diagnostic that manifest["diagnostics"] has pending (or each of `only`, whatever
     its state), in the table's order and the report last, recording its outcome in
@@ -75,6 +87,8 @@ def run(finished: Finished, manifest: dict, only: tuple[str, ...] | None = None,
     for name in table.names():
         if (only is None and states.get(name) != "pending") or (only is not None and name not in only):
             continue
+        started = time.perf_counter()
+        log.info("%s: %s", name, _doing(name, finished.run_dir))
         try:
             with stage(name) if stage is not None else contextlib.nullcontext():
                 _injected(name)
@@ -93,6 +107,7 @@ def run(finished: Finished, manifest: dict, only: tuple[str, ...] | None = None,
         else:
             manifest.update(extra or {})
             states[name] = "ok"
+            log.info("%s: done in %.0f s: %s", name, time.perf_counter() - started, _tells(name, finished.run_dir))
         try:
             runfolder.write_json(finished.run_dir / runfolder.MANIFEST, manifest)
         except OSError as error:  # the outcome is still said here, and in the exit code

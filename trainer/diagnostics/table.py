@@ -8,6 +8,8 @@
     section    its section of report.html, under its title: a function from the run folder to
                HTML (trainer.diagnostics.sections), or None
     picture    or a picture it draws, (file, caption), shown among the report's pictures
+    doing      what the terminal says while it runs ("audit: checking each label ...")
+    tells      what it says when done, from the run folder ("23 labels to check: CD 21, UD 2")
 
 To add a diagnostic, add a row here with its function and its section; trainer.diagnostics.runner
 runs every row that applies after the run folder's core has landed, in this order, and the
@@ -18,6 +20,7 @@ names the ones that failed. The stand-alone commands that redo a diagnostic on a
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +30,7 @@ from trainer.config import TrainConfig, parse_formats
 from trainer.diagnostics.audit import audit_data
 from trainer.diagnostics.explain import heatmap_sheet
 from trainer.diagnostics.sections import audit_section, exports_section
-from trainer.errors import InputError
+from trainer.errors import InputError, counted
 from trainer.export.formats import export_run
 from trainer.exports import export_files
 
@@ -92,17 +95,30 @@ class Diagnostic:
     shows: Callable[[], tuple[str, ...]]
     section: Callable[[Path], str] | None = None
     picture: tuple[str, str] | None = None
+    doing: str = ""
+    tells: Callable[[Path], str] | None = None
+
+
+def _labels_to_check(run_dir: Path) -> str:
+    rows = runfolder.read_audit(run_dir / runfolder.AUDIT)
+    by_label = Counter(row["Label"] for row in rows)
+    counts = ", ".join(f"{label} {count}" for label, count in sorted(by_label.items()))
+    return f"{counted(len(rows), 'image')} to look at ({counts}) in {runfolder.AUDIT}" if rows else "nothing to check"
 
 
 HEATMAPS_CAPTION = "Where the model looks: the evidence for the predicted class (class activation maps)"
 DIAGNOSTICS = (
     Diagnostic("audit", "Labels to check", lambda config: config.audit, _audit,
-               lambda: (runfolder.AUDIT, runfolder.AUDIT_FULL), section=audit_section),
+               lambda: (runfolder.AUDIT, runfolder.AUDIT_FULL), section=audit_section,
+               doing="checking every label against heads that never saw it (out-of-fold, on the cached features)",
+               tells=_labels_to_check),
     Diagnostic("heatmaps", "Where the model looks", lambda config: True, _heatmaps, lambda: (runfolder.HEATMAPS,),
-               picture=(runfolder.HEATMAPS, HEATMAPS_CAPTION)),
+               picture=(runfolder.HEATMAPS, HEATMAPS_CAPTION), doing="drawing where the model looks on test images",
+               tells=lambda run_dir: runfolder.HEATMAPS),
     # Its files are the export table's (trainer/exports.py), whatever rows it holds when asked.
     Diagnostic("exports", "Exports", lambda config: bool(parse_formats(config.export)), _exports,
-               lambda: (runfolder.EXPORTS, *export_files()), section=exports_section),
+               lambda: (runfolder.EXPORTS, *export_files()), section=exports_section,
+               doing="writing each format and checking it against the Keras model", tells=lambda run_dir: runfolder.EXPORTS),
 )  # fmt: skip
 # The report is drawn last, from the files the rows above left: trainer.diagnostics.runner.
 REPORT = "report"

@@ -26,6 +26,7 @@ import os
 import shutil
 import struct
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -316,6 +317,7 @@ def write_exports(model, run_dir: Path, chosen: list[ExportFormat]) -> tuple[lis
         for row in chosen:
             if row.writer is None:
                 continue
+            started = time.perf_counter()
             try:
                 resolve(row.writer)(model, run_dir / row.file, saved_model)
             except Exception as error:  # noqa: BLE001 - every failure becomes a failed leg, reported
@@ -325,6 +327,7 @@ def write_exports(model, run_dir: Path, chosen: list[ExportFormat]) -> tuple[lis
                 log.error("export %s failed: %s", row.file, first)
             else:
                 written.append(row)
+                log.info("exports: %s written (%s, %.0f s)", row.file, row.name, time.perf_counter() - started)
     ready = [row for row in chosen if row in written or (row.writer is None and (run_dir / row.file).exists())]
     return ready, failed
 
