@@ -87,6 +87,12 @@ def listed(items, limit: int = 10, separator: str = ", ") -> str:
     return shown + (f"{separator}and {len(items) - limit} more" if len(items) > limit else "")
 
 
+def counted(count, noun: str, plural: str | None = None) -> str:
+    """'1 image', '2 images', '0 images': a count and its noun, plural unless the count is one
+    (`plural` where adding s is wrong: counted(n, "class", "classes"))."""
+    return f"{count} {noun if count == 1 else plural or noun + 's'}"
+
+
 def os_error_sentence(error: OSError, path: str | Path | None = None, doing: str = "writing",
                       where: str = "the folder") -> str:  # fmt: skip
     """'no space left on device writing PATH: free space, or give --workspace on a larger disk'.
