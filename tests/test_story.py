@@ -40,3 +40,49 @@ def test_a_recall_target_is_named_beside_its_class_and_one_label_is_singular(tmp
     assert "CD recall 0.80 (4 of 20 missed; target 0.95), UD recall 0.95 (1 of 20 missed)" in lines[0]
     assert lines[-1] == "  review:  1 label to check"
     assert str(folder) in lines[1]
+
+
+def _report_folder(tmp_path, labels, confusion, point=None, audit=None):
+    folder = tmp_path / "20261207-101010-efficientnet_lite0"
+    folder.mkdir(parents=True)
+    per_class = {label: {"precision": 1.0, "recall": row[i] / sum(row), "f1": 1.0, "support": sum(row)}
+                 for i, (label, row) in enumerate(zip(labels, confusion, strict=True))}  # fmt: skip
+    metrics = {"accuracy": 0.875, "count": 40, "log_loss": 0.3, "labels": labels, "per_class": per_class,
+               "confusion_matrix": confusion, "training_seconds": 9.0}  # fmt: skip
+    files = {"metrics.json": metrics, "manifest.json": {"audit": audit or {}},
+             "config.json": {"model_name": "ud-cd-classifier", "backbone": "efficientnet_lite0"}}  # fmt: skip
+    if point:
+        files["decision.json"] = point
+    for name, content in files.items():
+        (folder / name).write_text(json.dumps(content))
+    return folder
+
+
+def test_the_report_is_headed_by_the_model_and_what_it_misses_in_words(tmp_path):
+    from trainer.diagnostics import report
+
+    folder = _report_folder(tmp_path, ["CD", "<b>UD"], [[16, 4], [1, 19]])
+    page = report.render(folder, folder.name)
+    top = page[page.index("<body>") : page.index("<h2>Metrics")]
+    assert "<h1>ud-cd-classifier</h1>" in top and folder.name in top
+    assert "It misses <b>4 of the 20 CD</b> images (recall 0.80), taking them for &lt;b&gt;UD." in top
+    assert "It misses <b>1 of the 20 &lt;b&gt;UD</b> images (recall 0.95), taking them for CD." in top
+    # No recall target and no audit estimate: the option is named for the class missed most.
+    assert "<code>--target-recall CD=0.95</code>" in top
+
+
+def test_the_report_says_where_a_recall_target_puts_the_threshold(tmp_path):
+    from trainer.diagnostics import report
+
+    estimate = [{"label": "CD", "target": 0.95, "threshold": 0.31, "recall": 0.95, "precision": 0.8, "called": 171,
+                 "images": 360}]  # fmt: skip
+    folder = _report_folder(tmp_path, ["CD", "UD"], [[16, 4], [1, 19]], audit={"recall_targets": estimate})
+    top = report.render(folder, folder.name).split("<h2>Metrics")[0]
+    assert "an estimate" in top and "<td>0.310</td><td>0.950</td><td>0.800</td><td>171 of 360</td>" in top
+    point = {"label": "CD", "target_recall": 0.95, "rule": "CD when P(CD) >= 0.3100 (target recall 0.95)",
+             "out_of_fold": {"recall": 0.953, "precision": 0.81}}  # fmt: skip
+    folder = _report_folder(tmp_path / "b", ["CD", "UD"], [[19, 1], [5, 15]], point=point)
+    top = report.render(folder, folder.name).split("<h2>Metrics")[0]
+    assert "deciding <b>CD when P(CD) &gt;= 0.3100 (target recall 0.95)</b>" in top
+    assert "<b>--target-recall CD=0.95</b>: out of fold on the training and validation images, recall 0.953" in top
+    assert "an estimate" not in top

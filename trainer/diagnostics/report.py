@@ -277,23 +277,100 @@ def _diagnostic_sections(run_dir: Path) -> list[str]:
     return parts
 
 
-def render(run_dir: Path, name: str) -> str:
-    metrics = read_json(run_dir / runfolder.METRICS)
-    config = runfolder.read_settings(run_dir)
-    asked, decided = read_json(run_dir / runfolder.CONFIG), read_json(run_dir / runfolder.DECIDED)
-    manifest = read_json(run_dir / runfolder.MANIFEST)
-    title = f"{name}: {config.get('backbone', '?')} classifier"
+def missed_by_class(metrics: dict) -> list[str]:
+    """What the model gets wrong on the test images, in an inspector's words: for each class it
+    misses, how many of its images and what it took them for (metrics.json's confusion matrix)."""
+    labels, confusion = metrics.get("labels", []), metrics.get("confusion_matrix") or []
+    said = []
+    for row, (label, counts) in enumerate(zip(labels, confusion, strict=False)):
+        total, missed = sum(counts), sum(counts) - counts[row]
+        if not total:
+            continue
+        taken = sorted(((count, other) for column, (other, count) in enumerate(zip(labels, counts, strict=False))
+                        if column != row and count), reverse=True)  # fmt: skip
+        if len(taken) == 1:
+            as_what = f"taking them for {html.escape(taken[0][1])}"
+        else:
+            as_what = "taking " + ", ".join(f"{count} for {html.escape(other)}" for count, other in taken[:3])
+            as_what += " and others" if len(taken) > 3 else ""
+        said.append(
+            f"misses <b>{missed or 'none'} of the {total} {html.escape(label)}</b> images (recall "
+            f"{(total - missed) / total:.2f})" + (f", {as_what}" if missed else "")
+        )
+    return said
+
+
+def recall_target_note(run_dir: Path, point: dict, metrics: dict) -> str:
+    """Where a recall target puts the threshold and what it costs: the operating point's own
+    out-of-fold figures when --target-recall was set; else the audit's estimate from the
+    out-of-fold probabilities it has (manifest.json's audit.recall_targets), said as an estimate."""
+    if point:
+        at = point.get("out_of_fold") or {}
+        return (
+            f"<p>The threshold was chosen for <b>--target-recall {html.escape(point['label'])}="
+            f"{sections.number(point['target_recall'], 'g')}</b>: out of fold on the training and validation images, "
+            f"recall {sections.number(at.get('recall'), '.3f')} at precision {sections.number(at.get('precision'), '.3f')} "
+            "(the operating point's section below has the test split's).</p>"
+        )
+    estimates = (read_json(run_dir / runfolder.MANIFEST).get("audit") or {}).get("recall_targets") or []
+    labels = metrics.get("labels", [])
+    if not estimates:
+        recalls = {label: values.get("recall", 1.0) for label, values in metrics.get("per_class", {}).items()}
+        example = html.escape(min(labels, key=lambda label: recalls.get(label, 1.0))) if labels else "CLASS"
+        return (f"<p>When missing one class costs more than a false alarm, train with <code>--target-recall "
+                f"{example}=0.95</code>: the threshold is then chosen for that recall.</p>")  # fmt: skip
+    rows = [
+        [entry["label"], sections.figure(entry["target"], "g"), sections.figure(entry["threshold"], ".3f"),
+         sections.figure(entry["recall"], ".3f"), sections.figure(entry["precision"], ".3f"),
+         f"{sections.figure(entry['called'])} of {sections.figure(entry['images'])}"]
+        for entry in estimates
+    ]  # fmt: skip
+    return (
+        "<p><b>Where a recall target would put the threshold</b> (an estimate: the label audit's out-of-fold "
+        "probabilities on the training and validation images, not the deployed model's; <code>--target-recall "
+        "CLASS=RECALL</code> chooses it for the model):</p>"
+        + sections.table(
+            rows, ["class", "target recall", "threshold on P(class)", "recall", "precision", "images called the class"]
+        )  # fmt: skip
+    )
+
+
+def _header(run_dir: Path, name: str, metrics: dict, config: dict) -> str:
+    """The page's top: the model's name, the run, the headline figures, and what the model gets
+    wrong at the decision in force, with where a recall target would put the threshold."""
+    asked = read_json(run_dir / runfolder.CONFIG)
+    model = asked.get("model_name") or name
     point = read_json(run_dir / decision.DECISION)
     headline = (
         f"Test accuracy <b>{sections.number(metrics['accuracy'], '.3f')}</b> on "
         f"{sections.number(metrics['count'])} images"
         + (f", ROC AUC {sections.number(metrics['roc_auc'], '.3f')}" if metrics.get("roc_auc") is not None else "")
-        + f"; classes {html.escape(', '.join(metrics.get('labels', [])))}; weights {html.escape(str(config.get('weights_used', '?')))};"
-        + f" trained in {sections.number(metrics.get('training_seconds'))} s."
-        + (f" Labels decided at the operating point ({html.escape(point['rule'])})." if point else "")
+        + f"; classes {html.escape(', '.join(metrics.get('labels', [])))}; {html.escape(str(config.get('backbone', '?')))}, "
+        f"weights {html.escape(str(config.get('weights_used', '?')))}; trained in "
+        f"{sections.number(metrics.get('training_seconds'))} s."
     )
+    rule = html.escape(point["rule"]) if point else "the most likely class"
+    wrong = "".join(f"<li>It {line}.</li>" for line in missed_by_class(metrics))
+    return (
+        f"<h1>{html.escape(model)}</h1><p><small>Run <code>{html.escape(name)}</code></small></p><p>{headline}</p>"
+        + (
+            f"<h2>What it gets wrong</h2><p>On the {sections.number(metrics['count'])} test images, deciding "
+            f"<b>{rule}</b>:</p><ul>{wrong}</ul>"
+            if wrong
+            else ""
+        )  # fmt: skip
+        + recall_target_note(run_dir, point, metrics)
+    )
+
+
+def render(run_dir: Path, name: str) -> str:
+    metrics = read_json(run_dir / runfolder.METRICS)
+    config = runfolder.read_settings(run_dir)
+    asked, decided = read_json(run_dir / runfolder.CONFIG), read_json(run_dir / runfolder.DECIDED)
+    manifest = read_json(run_dir / runfolder.MANIFEST)
+    title = f"{asked.get('model_name') or name}: {config.get('backbone', '?')} classifier ({name})"
     page = [
-        f"<h1>{html.escape(title)}</h1><p>{headline}</p>",
+        _header(run_dir, name, metrics, config),
         _diagnostics_note(manifest),
         _ranking_section(config.get("backbone_ranking")),
         _operating_section(run_dir),
