@@ -46,8 +46,8 @@ import numpy as np
 
 from trainer import runfolder
 from trainer.config import TrainConfig
-from trainer.diagnostics.neighbours import groups as components
-from trainer.diagnostics.neighbours import nearest, pairs, similarity_of, unit_rows
+from trainer.neighbours import groups as components
+from trainer.neighbours import nearest, pairs, similarity_of, unit_rows
 from trainer.features.extract import extract, load_extractor
 from trainer.head import converged_out_of_fold, standardized
 
