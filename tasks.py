@@ -271,7 +271,7 @@ def train(c, *, name=None, force=False, publish=True, dry_run=False, **trainer_f
     config = _decide(c, config, published, publish, force, training)
     if config is None:
         return
-    returncode, answer = training.run_trainer(config, ROOT)
+    returncode, answer = training.run_trainer(training.comparing(config, published if publish else None), ROOT)
     run_dir = training.landed_run(answer, ROOT)
     if returncode != 0 and run_dir is None:
         raise Exit(f"train: {training.failure(returncode)}", code=training.exit_code(returncode))

@@ -118,6 +118,14 @@ def with_record(config: TrainConfig, published: Path | None, local_folder: Path,
     return replace(config, record=str(folder))
 
 
+def comparing(config: TrainConfig, published: Path | None) -> TrainConfig:
+    """The options with the published model (the one this run replaces) to compare with, unless
+    the user named another (trainer/diagnostics/compare.py)."""
+    if config.compare_with is not None or published is None or not runfolder.is_run(published):
+        return config
+    return replace(config, compare_with=str(published))
+
+
 def finishing(config: TrainConfig, run_dir: Path) -> TrainConfig:
     """The options that finish the diagnostics of a run killed during them: its folder as --output."""
     return replace(config, output=str(run_dir))

@@ -4,6 +4,8 @@ recall and misses, the report, the labels to check and what reviews them."""
 import json
 from pathlib import Path
 
+import pytest
+
 from trainer import result
 
 
@@ -86,3 +88,51 @@ def test_the_report_says_where_a_recall_target_puts_the_threshold(tmp_path):
     assert "deciding <b>CD when P(CD) &gt;= 0.3100 (target recall 0.95)</b>" in top
     assert "<b>--target-recall CD=0.95</b>: out of fold on the training and validation images, recall 0.953" in top
     assert "an estimate" not in top
+
+
+def _tested(folder, rows):
+    """A run folder's split.csv and predictions.csv for test photos (name, sha, label, predicted)."""
+    folder.mkdir(parents=True)
+    split = ["ImagePath,Label,Split,Sha256"] + [f"{folder}/{name},{label},test,{sha}" for name, sha, label, _ in rows]
+    predictions = ["ImagePath,Label,Split,PredictedLabel,Score,P(CD),P(UD)"] + [
+        f"{folder}/{name},{label},test,{predicted},0.9,0.9,0.1" for name, _, label, predicted in rows
+    ]
+    (folder / "split.csv").write_text("\n".join(split) + "\n")
+    (folder / "predictions.csv").write_text("\n".join(predictions) + "\n")
+    return folder
+
+
+def test_before_and_after_on_the_photos_tested_in_both_names_the_gain_a_relabel_buys(tmp_path):
+    from trainer.diagnostics import compare
+
+    # Four photos in both test splits (by content, under other paths), one only before, one only now.
+    # Photo b was relabelled CD -> UD; both models call it UD, and agree on everything else.
+    before = _tested(tmp_path / "before", [("a.jpg", "1", "CD", "CD"), ("b.jpg", "2", "CD", "UD"),
+                                           ("c.jpg", "3", "UD", "UD"), ("d.jpg", "4", "UD", "CD"),
+                                           ("e.jpg", "5", "UD", "UD")])  # fmt: skip
+    now = _tested(tmp_path / "now", [("A.jpg", "1", "CD", "CD"), ("B.jpg", "2", "UD", "UD"),
+                                     ("C.jpg", "3", "UD", "UD"), ("D.jpg", "4", "UD", "CD"),
+                                     ("F.jpg", "6", "CD", "CD")])  # fmt: skip
+    comparison = compare.compare(before, now)
+    assert (comparison["photos"], comparison["only_before"], comparison["only_now"]) == (4, 1, 1)
+    assert comparison["changed"] == [{"path": f"{now}/B.jpg", "before": "CD", "after": "UD"}]
+    # The same predictions: against the labels now both score 0.75, against the labels before both 0.5.
+    assert comparison["scores"] == {"labels now": {"before": 0.75, "now": 0.75},
+                                    "labels before": {"before": 0.5, "now": 0.5}}  # fmt: skip
+    line = compare.tells(comparison)
+    assert line == ("on the 4 test photos both were tested on, the model before 0.750, this one 0.750; 1 label "
+                    "changed among them, which moves the score by itself")  # fmt: skip
+    (now / "comparison.json").write_text(json.dumps(comparison))
+    page = compare.section(now)
+    assert "<td>labels now</td><td>0.750</td><td>0.750</td>" in page and "<td>CD</td><td>UD</td>" in page
+
+
+def test_a_folder_with_nothing_to_compare_is_skipped_in_one_line(tmp_path):
+    from trainer.diagnostics import compare
+    from trainer.errors import InputError
+
+    now = _tested(tmp_path / "now", [("a.jpg", "1", "CD", "CD")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError) as refused:
+        compare.compare(tmp_path / "empty", now)
+    assert str(refused.value) == f"{tmp_path / 'empty'}: no split.csv to compare with"

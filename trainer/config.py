@@ -200,7 +200,14 @@ class TrainConfig:
     output: str | None = option(None, "the run folder to create (default: <runs-dir>/<time>-<backbone>)", place=True)
     runs_dir: str = option("runs", "where default run folders go", place=True)
     model_name: str = option(
-        "ud-cd-classifier", "the model is also saved as NAME.keras, and published as NAME", place=True
+        "ud-cd-classifier", "the model's name: it is published as NAME, and its record is NAME-record", place=True
+    )
+    compare_with: str | None = option(
+        None,
+        "a run or published folder whose model this run replaces: both are scored on the test photos they share, "
+        "against both runs' labels, and the photos whose label changed are named (comparison.json, the report); "
+        "invoke train passes the published model",
+        place=True,
     )
     export: str = option(
         "all", f"all, none, or a comma list of {', '.join(export_words())}; each export is checked against Keras"

@@ -13,6 +13,7 @@ from the trainer's output. The printed run folder stays, for people and shell sc
     diagnostics    each diagnostic's outcome: ok, skipped, pending, {"failed": reason}
     report         report.html, once written
     labels_to_check  how many images the audit lists
+    comparison     this model against the one it replaces, in a line (trainer/diagnostics/compare.py)
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ def answer(run_dir: Path, state: str) -> dict:
         "diagnostics": manifest.get("diagnostics", {}),
         "report": str(run_dir / runfolder.REPORT) if (run_dir / runfolder.REPORT).is_file() else None,
         "labels_to_check": sum((audit.get("flagged") or {}).values()) if audit else None,
+        "comparison": manifest.get("comparison"),
     }
 
 
@@ -86,6 +88,8 @@ def summary(content: dict, folder: Path | None = None, review: str = "") -> list
     lines.append(f"  model:   {where / Path(content['model']).name}")
     if content.get("report"):
         lines.append(f"  report:  {where / Path(content['report']).name}")
+    if content.get("comparison"):
+        lines.append(f"  before:  {content['comparison']}")
     count = content.get("labels_to_check")
     if count:
         lines.append(f"  review:  {counted(count, 'label')} to check" + (f": {review}" if review else ""))

@@ -37,6 +37,13 @@ def test_a_review_survives_the_plain_command_a_reset_and_another_dataset_until_i
     first = invoke(copy, *train, env=env)
     assert first.returncode == 0, first.stderr
     assert "train: no decision in force from the dataset's record" in first.stderr
+    # It ends with what a person reads: the model's figures, its file and its report where published.
+    headline, model_line, report_line = first.stderr.strip().splitlines()[-3:]
+    assert headline.startswith("ud-cd-classifier: test accuracy ") and " CD recall " in headline, first.stderr
+    assert (model_line, report_line) == (
+        f"  model:   {published / 'model.keras'}",
+        f"  report:  {published / 'report.html'}",
+    )
 
     # A review: one photo relabelled, one dropped, one kept (as the form downloads them).
     split = list(csv.DictReader((published / "split.csv").open()))
@@ -52,6 +59,9 @@ def test_a_review_survives_the_plain_command_a_reset_and_another_dataset_until_i
     corrected = invoke(copy, *train, "--corrections", str(review), env=env)
     assert corrected.returncode == 0, corrected.stderr
     assert "train: training, since the review decisions in force changed" in corrected.stderr
+    # Before and after, on the photos both models were tested on (the relabelled photo is a training one).
+    assert "test photos both were tested on, the model before " in corrected.stderr, corrected.stderr
+    assert (published / "comparison.json").is_file() and "label changed" not in corrected.stderr
     applied = _manifest(published)["data"]["corrections"]
     assert (applied["relabelled"], applied["dropped"], applied["kept"]) == (1, 1, 1)
     model = (published / "model.keras").read_bytes()
@@ -64,7 +74,7 @@ def test_a_review_survives_the_plain_command_a_reset_and_another_dataset_until_i
         line.rsplit("|", 1)[-1].strip() for line in plain.stderr.splitlines() if line.startswith("import time:")
     }
     assert "invoke" in imported and not {name for name in imported if name.split(".")[0] in ("tensorflow", "keras")}
-    assert f"train: 3 decision(s) in force (1 relabel, 1 drop, 1 keep) from the dataset's record {record}" in (
+    assert f"train: 3 decisions in force (1 relabel, 1 drop, 1 keep) from the dataset's record {record}" in (
         plain.stderr
     )
     assert f"train: ok (the model in {published} was trained from this data, these decisions" in plain.stderr

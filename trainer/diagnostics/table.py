@@ -27,6 +27,7 @@ from pathlib import Path
 
 from trainer import runfolder
 from trainer.config import TrainConfig, parse_formats
+from trainer.diagnostics import compare
 from trainer.diagnostics.audit import audit_data
 from trainer.diagnostics.explain import heatmap_sheet
 from trainer.diagnostics.sections import audit_section, exports_section
@@ -81,6 +82,19 @@ def _heatmaps(finished: Finished) -> None:
         raise Skipped(str(error)) from None
 
 
+def _compare(finished: Finished) -> dict:
+    try:
+        comparison = compare.compare(Path(finished.config.compare_with), finished.run_dir)
+    except InputError as error:  # a folder with nothing to compare: the run is good without it
+        raise Skipped(str(error)) from None
+    except (KeyError, ValueError) as error:  # files from elsewhere that are not a run's
+        raise Skipped(
+            f"{finished.config.compare_with}: not a run folder's split.csv and predictions.csv ({error})"
+        ) from None
+    runfolder.write_json(finished.run_dir / compare.COMPARISON, comparison)
+    return {"comparison": compare.tells(comparison)}
+
+
 def _exports(finished: Finished) -> None:
     export_run(finished.run_dir, finished.formats or parse_formats(finished.config.export), finished.check,
                finished.write, finished.benchmark)  # fmt: skip
@@ -108,6 +122,10 @@ def _labels_to_check(run_dir: Path) -> str:
 
 HEATMAPS_CAPTION = "Where the model looks: the evidence for the predicted class (class activation maps)"
 DIAGNOSTICS = (
+    Diagnostic("compare", "Before and after", lambda config: config.compare_with is not None, _compare,
+               lambda: (compare.COMPARISON,), section=compare.section,
+               doing="scoring the model it replaces and this one on the test photos both were tested on",
+               tells=lambda run_dir: runfolder.read_json(run_dir / runfolder.MANIFEST).get("comparison", "")),
     Diagnostic("audit", "Labels to check", lambda config: config.audit, _audit,
                lambda: (runfolder.AUDIT, runfolder.AUDIT_FULL), section=audit_section,
                doing="checking every label against heads that never saw it (out-of-fold, on the cached features)",
