@@ -15,6 +15,7 @@ from pathlib import Path
 from scripts.dataset import dataset_name, model_of, read_manifest
 from scripts.publish import published_folder
 from trainer import record
+from trainer.errors import counted
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,8 +44,8 @@ def summary(folder: Path) -> list[str]:
         lines.append(f"  published: {published.get('run')} in {published.get('folder')}, {published.get('when')}, "
                      f"test accuracy {published.get('test_accuracy')}")  # fmt: skip
     kinds = [decision.kind for decision in decisions]
-    counts = ", ".join(f"{kinds.count(kind)} {kind}" for kind in ("relabel", "drop", "keep") if kinds.count(kind))
-    lines.append(f"  decisions: {len(decisions)} image(s)" + (f" ({counts})" if counts else ""))
+    counts = ", ".join(counted(kinds.count(kind), kind) for kind in ("relabel", "drop", "keep") if kinds.count(kind))
+    lines.append(f"  decisions: {counted(len(decisions), 'image')}" + (f" ({counts})" if counts else ""))
     for decision in decisions[-10:]:
         lines.append(f"    {decision.decided[:19]}  {decision.label:<10} {decision.written}")
     if len(decisions) > 10:

@@ -225,7 +225,7 @@ def test_the_notebook_on_a_colab_like_runtime(image, tmp_path):
     assert changed["error"] is None, _outputs(changed)
     since = next(line for line in _outputs(changed).splitlines() if line.startswith("train: training, since "))
     assert reason in since and "the review decisions in force changed" in since, since
-    in_force = "train: 2 decision(s) in force (1 relabel, 1 keep) from the dataset's record "
+    in_force = "train: 2 decisions in force (1 relabel, 1 keep) from the dataset's record "
     assert in_force + "/content/drive/MyDrive/cracks-2026-record" in _outputs(changed)
     assert (changed["corrections"]["relabelled"], changed["corrections"]["kept"]) == (1, 1)
     # The review cell, run again, shows what the record holds.

@@ -58,7 +58,7 @@ def test_decisions_accumulate_and_the_latest_about_an_image_wins(tmp_path):
     assert len(record.add(folder, [_decision(by_name["CD/1.png"], "keep", "label:CD")])) == 1
     in_force = record.in_force(record.read_decisions(folder), rows, [tmp_path / "Images"], str(folder))
     assert in_force.changes() == [(by_name["UD/2.png"].sha256, "drop")]  # keeps change no model
-    assert in_force.described() == (f"3 decision(s) in force (1 drop, 2 keep) from the dataset's record {folder}")
+    assert in_force.described() == (f"3 decisions in force (1 drop, 2 keeps) from the dataset's record {folder}")
 
 
 def test_decisions_about_images_no_longer_in_the_data_are_skipped_and_counted(tmp_path):
@@ -235,14 +235,14 @@ def test_invoke_decisions_shows_the_record_and_clear_sets_it_aside(tmp_path):
     env = {"INVOKE_PUBLISH_TO": str(published)}
     shown = invoke(copy, "decisions", "--name", "cracks", env=env)
     assert shown.returncode == 0, shown.stderr
-    assert f"the dataset's record: {folder}" in shown.stdout and "decisions: 1 image(s) (1 relabel)" in shown.stdout
+    assert f"the dataset's record: {folder}" in shown.stdout and "decisions: 1 image (1 relabel)" in shown.stdout
     assert "data: cracks.zip (unpacked in /d)" in shown.stdout
     exported = tmp_path / "all.csv"
     assert invoke(copy, "decisions", "--name", "cracks", "--export", str(exported), env=env).returncode == 0
     assert exported.read_text().splitlines()[1].startswith("/d/CD/1.jpg,UD,")
     cleared = invoke(copy, "decisions", "--name", "cracks", "--clear", env=env)
     assert cleared.returncode == 0 and "set 1 decision(s) aside in" in cleared.stderr
-    assert "decisions: 0 image(s)" in cleared.stdout and "set aside by --clear: cleared-" in cleared.stdout
+    assert "decisions: 0 images" in cleared.stdout and "set aside by --clear: cleared-" in cleared.stdout
     time.sleep(0.01)
     assert json.loads((folder / record.INFO).read_text())["source"] == "cracks.zip"  # the facts stay
 

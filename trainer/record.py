@@ -47,7 +47,7 @@ from trainer.data.corrections import (
     read_corrections,
 )
 from trainer.data.rows import Row
-from trainer.errors import InputError
+from trainer.errors import InputError, counted
 
 SUFFIX = "-record"
 DECISIONS = "decisions"
@@ -269,12 +269,12 @@ class InForce:
 
     def described(self) -> str:
         kinds = [self.kind(path) for path in self.chosen]
-        counts = ", ".join(f"{kinds.count(kind)} {word}" for kind, word in
-                           (("relabel", "relabel"), (DROP, "drop"), (KEEP, "keep")) if kinds.count(kind))  # fmt: skip
-        said = f"{len(kinds)} decision(s) in force ({counts})" if kinds else "no decision in force"
+        counts = ", ".join(counted(kinds.count(kind), kind) for kind in ("relabel", DROP, KEEP) if kinds.count(kind))
+        said = f"{counted(len(kinds), 'decision')} in force ({counts})" if kinds else "no decision in force"
         where = f" from the dataset's record {self.where}" if self.where else ""
         file = f" and {self.file}" if self.file and self.where else f" from {self.file}" if self.file else ""
-        skipped = f"; {self.skipped} name images no longer in the data (skipped)" if self.skipped else ""
+        skipped = (f"; {counted(self.skipped, 'names an image', 'name images')} no longer in the data (skipped)"
+                   if self.skipped else "")  # fmt: skip
         return f"{said}{where}{file}{skipped}"
 
 
