@@ -6,7 +6,8 @@ schedule, --batch-size and every --feature-augment view.
 Two ways to train a head, from the same options:
 
 - the deployed recipe (Keras: make_head's standardization, dropout and L2, the optimizer and
-  schedule, every view of each training image, early stopping): `train_head`, and
+  schedule, every view of each training image, early stopping; with --head-refit a new head
+  then trains that many epochs on the training and validation images): `train_head`, and
   `deployed_out_of_fold`, which the operating point (--target-recall) uses, since a threshold
   must be read on the probabilities of the head that will apply it;
 - the converged head (scikit-learn's LogisticRegression at C = --head-c, with the run's class
@@ -122,25 +123,28 @@ def train_head(session, data, features):
     phase = session.fit(head, datasets, phase="head", epochs=config.epochs, images=len(splits["train"][0]))
     if config.head_refit and sizes["validation"] and not config.fine_tune_layers:
         # (Fine-tuning keeps the validation images apart: its guard judges it on them.)
-        head, phase.refit = refit_head(session, data, features, splits, phase.best_epochs(config))
+        head, phase.refit = refit_head(session, data, features, splits, phase.kept_epochs)
     return head, datasets, phase
 
 
 def refit_head(session, data, features, splits: dict, epochs: int):
     """--head-refit: a new head, made and trained the same way, on the training and the
     validation images (each validation image's own features repeated once a view, so that it
-    weighs as a training image does) for the epochs early stopping chose on the validation split.
-    Its validation metrics are then on images it trained on. Returns (head, phase)."""
+    weighs as a training image does) for exactly the epochs early stopping chose on the
+    validation split, keeping the last: nothing is left to choose on, since the validation images
+    are training images now, so the phase has no early stopping and records no validation
+    figures. Returns (head, phase)."""
     config, sizes = session.config, features.sizes
     validation = features.start("validation") + np.arange(sizes["validation"])
     indices = np.concatenate([splits["train"][0], np.tile(validation, features.views)])
     labels = np.concatenate([splits["train"][1], np.tile(data.y("validation"), features.views)])
     datasets = feature_datasets(features.rows, {**splits, "train": (indices, labels)}, session.batch_size, config.seed)
-    log.info("--head-refit: the head trained again on the training and validation images for %d epochs", epochs)
+    log.info("--head-refit: the head trained again on the training and validation images for the %d epoch(s) "
+             "chosen, the last kept (no validation figures: its validation images are training images)", epochs)  # fmt: skip
     with session.strategy.scope():
         head = make_head([*features.train_parts(), features.split("validation")], len(data.labels), config.dropout,
                          config.head_c, sizes["train"] + sizes["validation"])  # fmt: skip
-    phase = session.fit(head, datasets, phase="head_refit", epochs=epochs, images=len(indices))
+    phase = session.fit(head, datasets, phase="head_refit", epochs=epochs, images=len(indices), early_stopping=False)
     return head, phase
 
 

@@ -23,7 +23,7 @@ def choose(session, data, features, head_phase) -> tuple[decision.Decision, dict
     config = session.config
     if features is None or head_phase is None or config.fine_tune_layers:
         raise InputError("--target-recall needs bottleneck mode without --fine-tune-layers")
-    epochs = head_phase.best_epochs(config)
+    epochs = head_phase.kept_epochs
     started = time.perf_counter()
     y = {name: data.y(name) for name in ("train", "validation")}
     probabilities, labels = deployed_out_of_fold(session, features, y, len(data.labels), epochs)

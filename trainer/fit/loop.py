@@ -1,6 +1,8 @@
 """The fit loop every phase shares: compile under the strategy, fit with early stopping and a
-checkpoint each epoch (or every 30 s for the head), resume from the checkpoint when there is one;
-and the options that shape it: the optimizer with its learning-rate schedule, and class weights.
+checkpoint each epoch (or every 30 s for a head on features), resume from the checkpoint when
+there is one; and the options that shape it: the optimizer with its learning-rate schedule, and
+class weights. A phase without a validation set (the refit, whose validation images are training
+images) has no early stopping: it trains the epochs it is given and keeps the last.
 """
 
 from __future__ import annotations
@@ -21,19 +23,14 @@ log = logging.getLogger("trainer")
 
 @dataclass
 class Phase:
-    """What one call to fit returns: the model's history and the epoch it resumed from."""
+    """What one call to fit returns: the model's history (every epoch, from the phase's first,
+    also after a resumption), the epoch it resumed from, and how many epochs the weights it ends
+    with were trained for: the best epoch early stopping restored, or the last without it."""
 
     history: dict[str, list[float]] = field(default_factory=dict)
     resumed_from: int = 0
+    kept_epochs: int = 0
     refit: Phase | None = None  # --head-refit: the head trained again on training and validation images
-
-    def best_epochs(self, config: TrainConfig) -> int:
-        """The epochs the model kept: early stopping restores the best epoch's weights."""
-        values = self.history.get("val_" + config.early_stopping_metric) or []
-        if not values:
-            return config.epochs
-        best = int(np.argmin(values) if config.early_stopping_metric == "loss" else np.argmax(values))
-        return self.resumed_from + best + 1
 
 
 def class_weights(config: TrainConfig, y_train: np.ndarray, num_classes: int, quiet: bool = False):
@@ -82,32 +79,25 @@ def fit(
     weights: dict | None,
     checkpoint_every: float = 0.0,
 ) -> Phase:
-    """fit with early stopping and checkpoints (each epoch, or every checkpoint_every seconds);
-    resumes from a checkpoint if present."""
-    import keras
+    """fit with early stopping on `validation` and checkpoints (each epoch, or every
+    checkpoint_every seconds); resumes from a checkpoint if present. validation None: no early
+    stopping and no validation figures; the model trains `epochs` and keeps the last."""
     import tensorflow as tf
 
     from trainer.fit.resume import Checkpoints  # here, not above: it subclasses a Keras callback
 
     strategy = model.distribute_strategy
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return Phase(multiworker.fit(model, strategy, config, train, validation, epochs=epochs, weights=weights))
+        history, kept = multiworker.fit(model, strategy, config, train, validation, epochs=epochs, weights=weights)
+        return Phase(history, kept_epochs=kept)
 
-    monitor = "val_" + config.early_stopping_metric
-    stopper = keras.callbacks.EarlyStopping(
-        monitor=monitor,
-        mode="min" if config.early_stopping_metric == "loss" else "max",
-        min_delta=config.min_delta,
-        patience=config.patience,
-        restore_best_weights=True,
-        verbose=1,
-    )
+    stopper = None if validation is None else make_stopper(config)
     checkpoints = Checkpoints(checkpoint, stopper, checkpoint_every)
     initial_epoch = checkpoints.restore(model, steps)
     if initial_epoch >= epochs or checkpoints.stopped:
         log.info("phase already finished at epoch %d (checkpoint in %s)", initial_epoch, checkpoint)
         checkpoints.restore_best(model)
-        return Phase(checkpoints.history, initial_epoch)
+        return Phase(checkpoints.history, initial_epoch, checkpoints.kept_epochs())
     # Keras prints its epoch lines on stdout; stdout is kept for the run folder's path.
     with contextlib.redirect_stdout(sys.stderr):
         model.fit(
@@ -116,10 +106,25 @@ def fit(
             epochs=epochs,
             initial_epoch=initial_epoch,
             class_weight=weights,
-            callbacks=[stopper, checkpoints],
+            callbacks=[stopper, checkpoints] if stopper else [checkpoints],
             verbose=1 if sys.stderr.isatty() else 2,
         )
-    return Phase(checkpoints.history, initial_epoch)
+    return Phase(checkpoints.history, initial_epoch, checkpoints.kept_epochs())
+
+
+def make_stopper(config: TrainConfig):
+    """Keras's early stopping on the validation split's --early-stopping-metric, restoring the
+    best epoch's weights."""
+    import keras
+
+    return keras.callbacks.EarlyStopping(
+        monitor="val_" + config.early_stopping_metric,
+        mode="min" if config.early_stopping_metric == "loss" else "max",
+        min_delta=config.min_delta,
+        patience=config.patience,
+        restore_best_weights=True,
+        verbose=1,
+    )
 
 
 def compile_and_fit(
@@ -135,14 +140,17 @@ def compile_and_fit(
     weights: dict | None,
     jit_compile: bool = False,
     learning_rate: float | None = None,
+    early_stopping: bool = True,
 ) -> Phase:
-    """One training phase: compile under the strategy, then fit on the train and validation sets.
+    """One training phase: compile under the strategy, then fit on the train set, with early
+    stopping on the validation set; without early_stopping, `epochs` on the train set alone.
 
-    The head on cached features runs a whole epoch per call into the graph (steps_per_execution)
-    and checkpoints every 30 s: its epochs take milliseconds, so per-step and per-epoch overhead
-    would be most of its cost. jit_compile: XLA for the training step (the GPU policy's choice;
-    Keras's own default turns it off on CPU-only machines, so a forced policy must say so)."""
-    head = phase == "head"
+    A head on cached features (the head, and its refit) runs a whole epoch per call into the
+    graph (steps_per_execution) and checkpoints every 30 s: its epochs take milliseconds, so
+    per-step and per-epoch overhead would be most of its cost. jit_compile: XLA for the training
+    step (the GPU policy's choice; Keras's own default turns it off on CPU-only machines, so a
+    forced policy must say so)."""
+    head = phase in ("head", "head_refit")
     with strategy.scope():
         model.compile(
             make_optimizer(config, steps, epochs, learning_rate),
@@ -155,7 +163,7 @@ def compile_and_fit(
         model,
         config,
         datasets["train"],
-        datasets["validation"],
+        datasets["validation"] if early_stopping else None,
         epochs=epochs,
         steps=steps,
         checkpoint=checkpoint_root / phase,

@@ -11,34 +11,41 @@ from trainer.config import TrainConfig
 log = logging.getLogger("trainer")
 
 
-def fit(model, strategy, config: TrainConfig, train, validation, *, epochs: int, weights) -> dict[str, list[float]]:
+def fit(model, strategy, config: TrainConfig, train, validation, *, epochs: int, weights) -> tuple[dict, int]:
     """Several workers train with this loop: gradients all-reduced every batch, early stopping on
-    the validation loss or accuracy, the best epoch's weights restored. It keeps no per-epoch
-    checkpoints."""
+    the validation loss or accuracy, the best epoch's weights restored; validation None (the
+    refit): `epochs` epochs, the last kept. Returns (history, the epochs the weights it ends with
+    were trained for). It keeps no per-epoch checkpoints."""
     run_epoch = epoch_runner(model, strategy, weights, config.batch_size * strategy.num_replicas_in_sync)
     train_dist = strategy.experimental_distribute_dataset(train)
-    validation_dist = strategy.experimental_distribute_dataset(validation)
-    history: dict[str, list[float]] = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
+    validation_dist = None if validation is None else strategy.experimental_distribute_dataset(validation)
+    history: dict[str, list[float]] = {"loss": [], "accuracy": []}
     sign = 1.0 if config.early_stopping_metric == "loss" else -1.0
-    best, best_weights, wait = float("inf"), None, 0
+    best, best_weights, best_epoch, wait = float("inf"), None, 0, 0
     for epoch in range(epochs):
         loss, accuracy = run_epoch(train_dist, True)
-        val_loss, val_accuracy = run_epoch(validation_dist, False)
-        for key, value in zip(history, (loss, accuracy, val_loss, val_accuracy), strict=True):
-            history[key].append(value)
-        log.info("epoch %d/%d - loss %.4f - accuracy %.4f - val_loss %.4f - val_accuracy %.4f", epoch + 1, epochs,
-                 loss, accuracy, val_loss, val_accuracy)  # fmt: skip
-        score = sign * (val_loss if config.early_stopping_metric == "loss" else val_accuracy)
+        figures = {"loss": loss, "accuracy": accuracy}
+        if validation_dist is not None:
+            figures["val_loss"], figures["val_accuracy"] = run_epoch(validation_dist, False)
+        for key, value in figures.items():
+            history.setdefault(key, []).append(value)
+        log.info(
+            "epoch %d/%d - %s", epoch + 1, epochs, " - ".join(f"{key} {value:.4f}" for key, value in figures.items())
+        )
+        if validation_dist is None:
+            continue
+        score = sign * figures["val_" + config.early_stopping_metric]
         if score < best - config.min_delta:
-            best, best_weights, wait = score, model.get_weights(), 0
+            best, best_weights, best_epoch, wait = score, model.get_weights(), epoch, 0
         else:
             wait += 1
             if wait > config.patience:
                 log.info("epoch %d: early stopping", epoch + 1)
                 break
-    if best_weights is not None:
-        model.set_weights(best_weights)
-    return history
+    if best_weights is None:
+        return history, len(history["loss"])
+    model.set_weights(best_weights)
+    return history, best_epoch + 1
 
 
 def epoch_runner(model, strategy, weights: dict[int, float] | None, global_batch: int):

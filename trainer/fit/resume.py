@@ -2,7 +2,7 @@
 
     <folder>/state.json         epoch, history so far, early-stopping state   (written last)
     <folder>/last.weights.npz   the model after that epoch
-    <folder>/best.weights.npz   the best weights early stopping has seen
+    <folder>/best.weights.npz   the best weights early stopping has seen (a phase with it)
 
 Each file is written under a temporary name and renamed; state.json goes last, so it never
 names an epoch whose weights are not on disk. Keras's BackupAndRestore keeps neither the
@@ -29,9 +29,10 @@ log = logging.getLogger("trainer")
 class Checkpoints(keras.callbacks.Callback):
     """every: seconds between checkpoints; 0 writes one after every epoch. The head on cached
     features runs epochs in milliseconds, where a checkpoint each epoch would cost more than
-    the training it protects; it checkpoints every 30 s and when the phase ends."""
+    the training it protects; it checkpoints every 30 s and when the phase ends. stopper: the
+    phase's early stopping, or None for a phase that trains its epochs and keeps the last."""
 
-    def __init__(self, folder: Path, stopper: keras.callbacks.EarlyStopping, every: float = 0.0):
+    def __init__(self, folder: Path, stopper: keras.callbacks.EarlyStopping | None, every: float = 0.0):
         super().__init__()
         self.folder = folder
         self.stopper = stopper
@@ -69,15 +70,27 @@ class Checkpoints(keras.callbacks.Callback):
 
     def restore_best(self, model) -> None:
         best = self.folder / BEST
-        if best.is_file():
+        if self.stopper is not None and best.is_file():
             _load_weights(model, best)
+
+    def kept_epochs(self) -> int:
+        """How many epochs the model's weights were trained for: early stopping's best epoch
+        (after fit, or as a finished phase's checkpoint recorded it), else every epoch run."""
+        run = len(next(iter(self.history.values()), []))
+        if self.stopper is None:
+            return run
+        if self.stopper.best_weights is not None:
+            return self.stopper.best_epoch + 1
+        if self._saved_stopper and self._saved_stopper.get("best_epoch") is not None:
+            return int(self._saved_stopper["best_epoch"]) + 1
+        return run
 
     # During fit -------------------------------------------------------------------------------
 
     def on_train_begin(self, logs=None):
         # Runs after EarlyStopping's own on_train_begin (it comes first in the callback list),
         # which resets its state: put back what the interrupted run had.
-        if self._saved_stopper:
+        if self._saved_stopper and self.stopper is not None:
             self.stopper.wait = self._saved_stopper["wait"]
             self.stopper.best = self._saved_stopper["best"]
             self.stopper.best_epoch = self._saved_stopper["best_epoch"]
@@ -91,7 +104,7 @@ class Checkpoints(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         for key, value in (logs or {}).items():
             self.history.setdefault(key, []).append(float(value))
-        if self.stopper.best_epoch == epoch and self.stopper.best_weights is not None:
+        if self.stopper is not None and self.stopper.best_epoch == epoch and self.stopper.best_weights is not None:
             self._best_unsaved = True
         if time.monotonic() - self._last_save >= self.every:
             self._save(epoch)
@@ -115,14 +128,13 @@ class Checkpoints(keras.callbacks.Callback):
                         "starts this phase over", self.refused)  # fmt: skip
 
     def _state(self, epoch: int) -> dict:
+        stopper = self.stopper
         return {
             "epoch": epoch + 1,
             "history": self.history,
-            "stopper": {
-                "wait": self.stopper.wait,
-                "best": _plain(self.stopper.best),
-                "best_epoch": self.stopper.best_epoch,
-            },
+            "stopper": None
+            if stopper is None
+            else {"wait": stopper.wait, "best": _plain(stopper.best), "best_epoch": stopper.best_epoch},
         }
 
     def on_train_end(self, logs=None):
@@ -132,10 +144,10 @@ class Checkpoints(keras.callbacks.Callback):
         state_path = self.folder / "state.json"
         saved = json.loads(state_path.read_text())["epoch"] if state_path.is_file() else 0
         if epochs_done and saved < epochs_done:
-            # EarlyStopping has already restored the best weights here; "last" is then the
-            # best, which is what a rerun of a finished phase loads.
+            # EarlyStopping (when the phase has it) has already restored the best weights
+            # here; "last" is then the best, which is what a rerun of a finished phase loads.
             self._save(epochs_done - 1)
-        if self.stopper.stopped_epoch and not self.refused:
+        if self.stopper is not None and self.stopper.stopped_epoch and not self.refused:
             state = json.loads((self.folder / "state.json").read_text())
             state["stopped"] = True
             try:

@@ -33,7 +33,10 @@ class Session:
     checkpoint_root: Path
     class_weights: dict[int, float] | None
 
-    def fit(self, model, datasets: dict, *, phase: str, epochs: int, images: int, learning_rate=None) -> Phase:
+    def fit(self, model, datasets: dict, *, phase: str, epochs: int, images: int, learning_rate=None,
+            early_stopping: bool = True) -> Phase:  # fmt: skip
+        """One phase (trainer.fit.loop.compile_and_fit) with this session's strategy, batch size,
+        class weights and checkpoints."""
         steps = math.ceil(images / self.batch_size)
         return compile_and_fit(
             model,
@@ -47,6 +50,7 @@ class Session:
             weights=self.class_weights,
             jit_compile=self.jit_compile,
             learning_rate=learning_rate,
+            early_stopping=early_stopping,
         )
 
     @property
