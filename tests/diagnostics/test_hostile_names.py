@@ -116,6 +116,10 @@ def test_the_review_forms_attributes_and_choices_are_the_names(labels, paths):
         (path, labels[0], labels[1]) for path in paths]  # fmt: skip
     options = [attributes["value"] for attributes in page.attributes if set(attributes) == {"value"}]
     assert options == [*(["", "keep", *labels[1:], "drop"] * len(paths))]
+    directions = [
+        (box["data-from"], box["data-to"]) for box in page.attributes if box.get("class") == "review-direction"
+    ]
+    assert directions == [(labels[0], labels[1])]
     assert [tag for tag, _ in page.elements].count("script") == 1
     assert not [name for _, names in page.elements for name in names if name.startswith("on")]
 

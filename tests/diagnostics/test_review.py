@@ -9,6 +9,7 @@ import io
 import json
 import shutil
 import time
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -200,3 +201,236 @@ def test_hostile_names_round_trip_between_the_forms_script_and_python(browser, t
     assert browser.find_element(By.ID, "review-status").text.startswith(f"loaded {len(rows)} decision(s);")
     selects = browser.find_elements(By.CSS_SELECTOR, "table.review tr[data-path] select")
     assert [Select(s).first_selected_option.get_attribute("value") for s in selects] == chosen
+
+
+# The concrete photos' shape of list: most suggestions move CD -> UD (the direction that hides
+# cracks), a few UD -> CD; a near-duplicate and an outlier suggest nothing to accept in bulk; a
+# third class's photo suggested CD tells a direction by where it comes from as well.
+BULK_ROWS = [
+    ("CD", "UD", "0.9698", "label"), ("CD", "UD", "0.9082", "label"), ("CD", "UD", "0.8503", "label"),
+    ("CD", "UD", "0.7245", "label"), ("CD", "UD", "0.6254", "label"), ("UD", "CD", "0.9100", "label"),
+    ("UD", "CD", "0.6500", "label"), ("CD", "UD", "0.9900", "near-duplicate: UD/x.jpg in train"),
+    ("UD", "UD", "0.9500", "outlier"), ("CP", "CD", "0.9500", "label"),
+]  # fmt: skip
+LABELS = ["CD", "UD", "CP"]
+
+
+def _bulk_rows() -> list[dict]:
+    return [{"ImagePath": f"/deck/{index}.jpg", "Label": label, "SuggestedLabel": suggested, "Score": score,
+             "Reason": reason, "Group": ""} for index, (label, suggested, score, reason) in enumerate(BULK_ROWS)]  # fmt: skip
+
+
+class _Inputs(HTMLParser):
+    """Each <input>'s attributes, and the page's text."""
+
+    def __init__(self, page: str):
+        super().__init__(convert_charrefs=True)
+        self.inputs, self.text = [], []
+        self.feed(page)
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "input":
+            self.inputs.append(dict(attrs))
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+    def directions(self) -> list[tuple[str, str, str]]:
+        """(from, to, state): state is 'ticked', 'locked' or ''."""
+        return [(box["data-from"], box["data-to"], "ticked" if "checked" in box else "locked" if "disabled" in box else "")
+                for box in self.inputs if box.get("class") == "review-direction"]  # fmt: skip
+
+
+def test_the_forms_bulk_directions_counts_caution_and_guard_in_html(tmp_path):
+    """Python's side: a direction per (label, suggestion) pair among the doubted labels, each
+    with the photos it would change at 0.8; the caution quotes ACCURACY.md's figure; nothing
+    ticked without a recall target; with one, the directions into its class ticked and those out
+    of it locked behind an unlock box that says what it risks; names escaped; the run's target
+    read from its config.json, and one that does not parse or names no class ignored."""
+    from trainer.diagnostics import review
+
+    plain = _Inputs(review.form(_bulk_rows(), LABELS, {}))
+    assert plain.directions() == [("CD", "UD", ""), ("UD", "CD", ""), ("CP", "CD", "")]
+    text = " ".join(plain.text)
+    assert "Caution: accepting suggestions you have not looked at is unsafe." in text
+    assert "CD -> UD (5 suggested) 3 would change UD -> CD (2 suggested) 1 would change" in " ".join(
+        part.strip() for part in plain.text if part.strip()
+    )
+    figure = review.UNSEEN + " suggestions were wrong"
+    assert figure in (Path(__file__).parents[2] / "ACCURACY.md").read_text().replace("\n", " ")
+    assert "review-unlock" not in {box.get("id") for box in plain.inputs}
+    assert "no recall target, so no direction is ticked" in text
+
+    guarded = _Inputs(review.form(_bulk_rows(), LABELS, {}, target=("CD", 0.95)))
+    assert guarded.directions() == [("CD", "UD", "locked"), ("UD", "CD", "ticked"), ("CP", "CD", "ticked")]
+    assert "review-unlock" in {box.get("id") for box in guarded.inputs}
+    assert "Its misses are the costly ones: each photo moved out of CD unseen" in " ".join(guarded.text)
+    other = _Inputs(review.form(_bulk_rows(), LABELS, {}, target=("UD", 0.9)))
+    assert other.directions() == [("CD", "UD", "ticked"), ("UD", "CD", "locked"), ("CP", "CD", "")]
+
+    hostile = ["<b>x</b>", "a'b&\"c"]
+    rows = [{**row, "Label": hostile[0], "SuggestedLabel": hostile[1]} for row in _bulk_rows()[:2]]
+    page = review.form(rows, hostile, {}, target=(hostile[0], 0.95))
+    assert "<b>x</b>" not in page
+    assert _Inputs(page).directions() == [(hostile[0], hostile[1], "locked")]
+    assert f"{hostile[0]} -> {hostile[1]}" in [part.strip() for part in _Inputs(page).text]
+
+    run = tmp_path / "run"
+    run.mkdir()
+    assert review.recall_target(run, LABELS) is None
+    for written, expected in (("CD=0.95", ("CD", 0.95)), ("CD", None), ("ZZ=0.9", None), (None, None)):
+        (run / "config.json").write_text(json.dumps({"target_recall": written}))
+        assert review.recall_target(run, LABELS) == expected, written
+    (run / "config.json").write_text(json.dumps({"target_recall": "CD=0.95"}))
+    assert _Inputs(review.run_form(run, _bulk_rows(), LABELS)).directions()[0] == ("CD", "UD", "locked")
+
+
+def _page(tmp_path: Path, target=None) -> Path:
+    from trainer.diagnostics import review
+
+    page = tmp_path / "form.html"
+    page.write_text("<!DOCTYPE html><html><head><meta charset='utf-8'></head><body>"
+                    + review.form(_bulk_rows(), LABELS, {}, target=target) + "</body></html>", encoding="utf-8")  # fmt: skip
+    return page
+
+
+def _decisions(browser) -> list[str]:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    selects = browser.find_elements(By.CSS_SELECTOR, "table.review tr[data-path] select")
+    return [Select(select).first_selected_option.get_attribute("value") for select in selects]
+
+
+def _bulk(browser) -> dict:
+    """Each direction's box (ticked, enabled) and count as shown, and the accept button."""
+    from selenium.webdriver.common.by import By
+
+    shown = {}
+    for line in browser.find_elements(By.CSS_SELECTOR, "table.review-directions tr"):
+        box = line.find_element(By.CSS_SELECTOR, "input.review-direction")
+        direction = (box.get_attribute("data-from"), box.get_attribute("data-to"))
+        shown[direction] = (box.is_selected(), box.is_enabled(), line.find_element(By.CLASS_NAME, "review-count").text)
+    accept = browser.find_element(By.ID, "review-accept")
+    shown["accept"] = (accept.is_enabled(), accept.text)
+    return shown
+
+
+def _threshold(browser, value: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    field = browser.find_element(By.ID, "review-threshold")
+    field.clear()
+    field.send_keys(value)
+
+
+def _box(browser, old: str, new: str):
+    from selenium.webdriver.common.by import By
+
+    return next(box for box in browser.find_elements(By.CSS_SELECTOR, "input.review-direction")
+                if (box.get_attribute("data-from"), box.get_attribute("data-to")) == (old, new))  # fmt: skip
+
+
+def test_without_a_recall_target_nothing_is_ticked_and_one_direction_leaves_the_other_alone(browser, tmp_path):
+    """In chromium, no recall target: no direction ticked and the accept button off; each
+    direction's count shows before anything changes and follows the score and a hand decision;
+    accepting UD -> CD relabels just its undecided photos at the score, CD -> UD and CP -> CD stay
+    undecided; the downloaded corrections.csv holds exactly those decisions."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    browser.get(_page(tmp_path).as_uri())
+    assert _bulk(browser) == {("CD", "UD"): (False, True, "3 would change"), ("UD", "CD"): (False, True, "1 would change"),
+                              ("CP", "CD"): (False, True, "1 would change"),
+                              "accept": (False, "Accept the ticked directions: 0 photo(s) would change")}  # fmt: skip
+    _threshold(browser, "0.6")
+    assert [_bulk(browser)[key][2] for key in (("CD", "UD"), ("UD", "CD"))] == ["5 would change", "2 would change"]
+    selects = browser.find_elements(By.CSS_SELECTOR, "table.review tr[data-path] select")
+    Select(selects[6]).select_by_value("keep")  # looked at by hand: bulk acceptance leaves it as decided
+    assert _bulk(browser)[("UD", "CD")][2] == "1 would change"
+    _box(browser, "UD", "CD").click()
+    assert _bulk(browser)["accept"] == (True, "Accept the ticked directions: 1 photo(s) would change")
+    browser.find_element(By.ID, "review-accept").click()
+    assert _decisions(browser) == ["", "", "", "", "", "CD", "keep", "", "", ""]
+    assert (
+        browser.find_element(By.ID, "review-status").text
+        == "accepted 1 UD -> CD; 1 relabelled, 0 dropped, 1 kept of 10"
+    )
+    assert _bulk(browser)[("CD", "UD")][2] == "5 would change"
+    _threshold(browser, "2")
+    assert _bulk(browser)[("CD", "UD")][2] == "the score must be from 0 to 1"
+    browser.find_element(By.ID, "review-download").click()
+    saved = _waited_for(browser.downloads / "corrections.csv")
+    assert [(d["ImagePath"], d["Label"], d["Opinion"]) for d in cells.read_dicts(saved.open())] == [
+        ("/deck/5.jpg", "CD", "label:CD"), ("/deck/6.jpg", "keep", "label:CD")]  # fmt: skip
+
+
+def test_with_a_recall_target_nothing_moves_out_of_its_class_without_the_extra_step(browser, tmp_path):
+    """In chromium, the form of a run whose config.json has --target-recall CD=0.95 (run_form,
+    as the report draws it): UD -> CD and CP -> CD ticked to begin with, CD -> UD locked with its
+    count shown; accepting moves only photos into CD, and a CD -> UD box forced on in the page moves nothing while
+    the unlock box is clear; after the unlock (which ticks nothing) and a tick, CD -> UD takes its
+    photos at the score, the one decided by hand left as it was."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    from trainer.diagnostics import review
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"backbone": "efficientnet_lite0", "target_recall": "CD=0.95"}))
+    page = tmp_path / "report.html"
+    page.write_text("<!DOCTYPE html><html><head><meta charset='utf-8'></head><body>"
+                    + review.run_form(run, _bulk_rows(), LABELS) + "</body></html>", encoding="utf-8")  # fmt: skip
+    browser.get(page.as_uri())
+    assert _bulk(browser) == {("CD", "UD"): (False, False, "3 would change"), ("UD", "CD"): (True, True, "1 would change"),
+                              ("CP", "CD"): (True, True, "1 would change"),
+                              "accept": (True, "Accept the ticked directions: 2 photo(s) would change")}  # fmt: skip
+    Select(browser.find_elements(By.CSS_SELECTOR, "table.review tr[data-path] select")[1]).select_by_value("drop")
+    forced = (
+        "const box = arguments[0]; box.disabled = false; box.checked = true; box.dispatchEvent(new Event('change'));"
+    )
+    browser.execute_script(forced, _box(browser, "CD", "UD"))
+    browser.find_element(By.ID, "review-accept").click()
+    assert _decisions(browser) == ["", "drop", "", "", "", "CD", "", "", "", "CD"]
+    browser.find_element(By.ID, "review-unlock").click()
+    assert _bulk(browser)[("CD", "UD")] == (False, True, "2 would change")
+    _box(browser, "CD", "UD").click()
+    assert _bulk(browser)["accept"] == (True, "Accept the ticked directions: 2 photo(s) would change")
+    browser.find_element(By.ID, "review-accept").click()
+    assert _decisions(browser) == ["UD", "drop", "UD", "", "", "CD", "", "", "", "CD"]
+    assert (
+        browser.find_element(By.ID, "review-status").text
+        == "accepted 2 CD -> UD; 4 relabelled, 1 dropped, 0 kept of 10"
+    )
+
+
+def test_bulk_acceptance_keeps_hostile_class_names_as_they_are(browser, tmp_path):
+    """Class names a page or a spreadsheet could misread (quotes, a formula, markup): each
+    direction shows them as text, the one out of the recall target's class is locked, and after
+    the unlock accepting it sets exactly its photos to the name as it is, the other direction's
+    photo left undecided."""
+    from selenium.webdriver.common.by import By
+
+    from trainer.diagnostics import review
+
+    guarded, other = '<b onmouseover=alert(1)>"C\'D"</b>', HOSTILE_LABELS[0]
+    rows = [{"ImagePath": f"/deck/{index}.jpg", "Label": label, "SuggestedLabel": suggested, "Score": "0.9",
+             "Reason": "label", "Group": ""}
+            for index, (label, suggested) in enumerate([(guarded, other), (other, guarded), (guarded, other)])]  # fmt: skip
+    page = tmp_path / "form.html"
+    page.write_text("<!DOCTYPE html><html><head><meta charset='utf-8'></head><body>"
+                    + review.form(rows, [guarded, other], {}, target=(guarded, 0.95)) + "</body></html>", encoding="utf-8")  # fmt: skip
+    browser.get(page.as_uri())
+    shown = [line.text for line in browser.find_elements(By.CSS_SELECTOR, "table.review-directions tr")]
+    assert shown == [
+        f"{guarded} -> {other} (2 suggested) 2 would change",
+        f"{other} -> {guarded} (1 suggested) 1 would change",
+    ]
+    assert _bulk(browser)[(guarded, other)] == (False, False, "2 would change")
+    browser.find_element(By.ID, "review-unlock").click()
+    _box(browser, guarded, other).click()
+    _box(browser, other, guarded).click()  # ticked to begin with: untick it
+    browser.find_element(By.ID, "review-accept").click()
+    assert _decisions(browser) == [other, "", other]
+    assert browser.find_element(By.ID, "review-status").text.startswith(f"accepted 2 {guarded} -> {other}; ")

@@ -13,6 +13,13 @@ What the dataset's record already says is shown: each listed photo's earlier dec
 many photos were kept earlier and are not listed again. A kept photo is listed again only when
 the audit's opinion of it has changed: its reason (a doubted label, a near-duplicate, an outlier)
 or the label it suggests is not what it was when the photo was kept (`opinion`).
+
+Suggestions are accepted in bulk one direction at a time (CD -> UD apart from UD -> CD), each
+showing how many undecided photos it would change at the chosen score before it changes any,
+under a caution that accepting unseen is unsafe. Nothing is ticked unless the run has a recall
+target; then only the directions into its class are, since that class's misses are the costly
+ones, and a direction out of it stays locked until the inspector unlocks it and reads what it
+risks (`recall_target`).
 """
 
 from __future__ import annotations
@@ -22,15 +29,18 @@ import csv
 import html
 import io
 import json
+from collections import Counter
 from pathlib import Path
 
 from trainer import record, runfolder
+from trainer.config import parse_target
 from trainer.data.corrections import KEEP, Correction, parse_corrections, read_corrections
 from trainer.errors import InputError, os_error_sentence
 
 SHOWN = 500  # images in the form, the likeliest first (audit.csv's order); the rest stay in audit.csv
 SIDE = 192  # pixels, the longest side of each photo: enough to judge a crack at a glance
-CONFIDENT = 0.8  # the default score from which "accept every suggestion" takes a relabel
+CONFIDENT = 0.8  # the default score from which a direction's bulk acceptance takes a relabel
+UNSEEN = "27 of the 93"  # ACCURACY.md's simulated inspector: its suggestions accepted unseen that were wrong
 SAVE_CALLBACK = "trainer.save_corrections"  # the kernel function the Colab cell registers
 
 
@@ -65,7 +75,23 @@ def run_form(run_dir: Path, rows: list[dict], labels: list[str]) -> str:
     path = run_dir / runfolder.CORRECTIONS
     earlier = record.latest(read_corrections(path)) if path.is_file() else {}
     said = f"When this run trained, the dataset's record (this run's copy: {runfolder.CORRECTIONS}) held"
-    return form(rows, labels, hashes(run_dir), earlier=earlier, where=said)
+    target = recall_target(run_dir, labels)
+    return form(rows, labels, hashes(run_dir), earlier=earlier, where=said, target=target)
+
+
+def recall_target(run_dir: Path, labels: list[str]) -> tuple[str, float] | None:
+    """The run's --target-recall (config.json) as (class, recall): the class whose misses are
+    costly, which the form never moves photos out of by default. None without one, and for a
+    folder from elsewhere whose target does not parse or names none of `labels`: then nothing
+    is ticked at all."""
+    text = runfolder.read_settings(run_dir).get("target_recall")
+    if not isinstance(text, str):
+        return None
+    try:
+        label, recall = parse_target(text)
+    except InputError:
+        return None
+    return (label, recall) if label in labels else None
 
 
 def opinion(row: dict) -> str:
@@ -107,10 +133,12 @@ def listed_again(rows: list[dict], sha: dict[str, str], earlier: dict[str, Corre
 
 
 def form(rows: list[dict], labels: list[str], sha: dict[str, str], shown: int = SHOWN,
-         earlier: dict[str, Correction] | None = None, where: str = "") -> str:  # fmt: skip
+         earlier: dict[str, Correction] | None = None, where: str = "",
+         target: tuple[str, float] | None = None) -> str:  # fmt: skip
     """The review table for audit.csv's rows (the first `shown` the record does not settle), its
     buttons and its script. `earlier`: the dataset's decisions so far, by content hash; `where`
-    begins the sentence that counts them ("The dataset's record (...) holds")."""
+    begins the sentence that counts them ("The dataset's record (...) holds"); `target`: the
+    run's recall target (`recall_target`), whose class no bulk default moves photos out of."""
     earlier = earlier or {}
     rows, left_out = listed_again(rows, sha, earlier)
     summary = _earlier_summary(earlier, left_out, where)
@@ -125,9 +153,6 @@ def form(rows: list[dict], labels: list[str], sha: dict[str, str], shown: int = 
     )
     controls = (
         "<div class='review-controls'>"
-        f"<button type='button' id='review-accept'>Accept every relabel suggestion scored at least</button> "
-        f"<input type='number' id='review-threshold' value='{CONFIDENT}' min='0' max='1' step='0.05' "
-        "aria-label='score threshold'> "
         "<button type='button' id='review-download'>Download corrections.csv</button> "
         "<button type='button' id='review-save' hidden>Save to Drive</button> "
         "<label>Load earlier decisions: <input type='file' id='review-load' accept='.csv,text/csv'></label> "
@@ -142,9 +167,88 @@ def form(rows: list[dict], labels: list[str], sha: dict[str, str], shown: int = 
         "train</code> keeps them, and the cached features are reused, so the retrain takes seconds. A photo you "
         f"keep is not listed again while the audit's opinion of it stays the same.{more}</p>"
         + summary
+        + _bulk(rows[:shown], labels, target)
         + controls
         + f"<table class='review'>{header}{''.join(body)}</table>"
         + f"<script>{SCRIPT.replace('SAVE_CALLBACK', json.dumps(SAVE_CALLBACK))}</script>"
+    )
+
+
+def _attribute(value: str) -> str:
+    # A carriage return as a reference: a browser reads a bare one in an attribute as a line feed,
+    # and the path would then come back changed in corrections.csv.
+    return html.escape(value).replace(chr(13), "&#13;")
+
+
+def suggests_relabel(row: dict, labels: list[str]) -> bool:
+    """Whether bulk acceptance may take this row's suggestion: a doubted label (not a
+    near-duplicate or an outlier) whose suggested class is another class of the form's."""
+    return (
+        opinion(row).startswith("label:") and row["SuggestedLabel"] != row["Label"] and row["SuggestedLabel"] in labels
+    )
+
+
+def directions(rows: list[dict], labels: list[str]) -> list[tuple[str, str, int]]:
+    """Each (from, to) pair among the rows' relabel suggestions with how many suggest it, the
+    most suggested first."""
+    counts = Counter((row["Label"], row["SuggestedLabel"]) for row in rows if suggests_relabel(row, labels))
+    return [(old, new, count) for (old, new), count in sorted(counts.items(), key=lambda item: (-item[1], item[0]))]
+
+
+def _bulk(rows: list[dict], labels: list[str], target: tuple[str, float] | None) -> str:
+    """Bulk acceptance, a direction per line with the photos it would change at the chosen score
+    (the script keeps the count as the score and the decisions change). With a recall target the
+    directions into its class are ticked to begin with and those out of it are locked until the
+    inspector unlocks them; without one nothing is ticked."""
+    found = directions(rows, labels)
+    if not found:
+        return ""
+    guarded = target[0] if target else None
+    lines = []
+    for old, new, count in found:
+        confident = sum(1 for row in rows if (row["Label"], row["SuggestedLabel"]) == (old, new)
+                        and suggests_relabel(row, labels) and float(row["Score"]) >= CONFIDENT)  # fmt: skip
+        state = " checked" if new == guarded else " disabled" if old == guarded else ""
+        lines.append(
+            f"<tr><td><label><input type='checkbox' class='review-direction' data-from='{_attribute(old)}' "
+            f"data-to='{_attribute(new)}' data-out='{'yes' if old == guarded else 'no'}'{state}> "
+            f"{html.escape(f'{old} -> {new}')}</label></td><td>({count} suggested)</td>"
+            f"<td class='review-count'>{confident} would change</td></tr>"
+        )
+    return (
+        "<fieldset class='review-bulk'><legend>Accept suggestions in bulk, one direction at a time</legend>"
+        "<p><b>Caution: accepting suggestions you have not looked at is unsafe.</b> The audit can be wrong: in "
+        f"ACCURACY.md's simulated inspector, {UNSEEN} suggestions accepted unseen were wrong, each a wrong label "
+        "put in. Look at the photos first; this is for a list you have looked at. Photos already decided (by hand "
+        "or loaded) are left as decided.</p>"
+        f"<label>Score at least <input type='number' id='review-threshold' value='{CONFIDENT}' min='0' max='1' "
+        "step='0.05'></label>"
+        f"<table class='review-directions'>{''.join(lines)}</table>"
+        + _unlock(found, guarded, target)
+        + "<button type='button' id='review-accept' disabled>Accept the ticked directions</button></fieldset>"
+    )
+
+
+def _unlock(found: list[tuple[str, str, int]], guarded: str | None, target: tuple[str, float] | None) -> str:
+    """The deliberate extra step before a direction out of the recall target's class can be ticked,
+    and what it risks."""
+    if target is None:
+        return "<p>This run has no recall target, so no direction is ticked: tick the one you have looked at.</p>"
+    name, named = html.escape(guarded), html.escape(f"{guarded}={target[1]:g}")
+    said = (
+        f"<p>Ticked to begin with: the directions into {name}, the class the run's recall target names ({named}); "
+        "a wrong one there costs a false alarm, not a miss.</p>"
+        if any(new == guarded for _, new, _ in found)
+        else f"<p>No direction is ticked: none moves photos into {name}, the class the run's recall target names "
+        f"({named}).</p>"
+    )
+    if not any(old == guarded for old, _, _ in found):
+        return said
+    return said + (
+        f"<p><label><input type='checkbox' id='review-unlock'> Unlock the directions out of {name}.</label> "
+        f"Its misses are the costly ones: each photo moved out of {name} unseen may be one of them, and a model "
+        f"trained on it learns to miss photos like it. Unlocking ticks nothing; tick a direction out of {name} "
+        "only for photos you have looked at.</p>"
     )
 
 
@@ -154,9 +258,7 @@ def _form_row(row: dict, labels: list[str], sha: dict[str, str], earlier: dict[s
         "data-suggested": row["SuggestedLabel"], "data-score": row["Score"], "data-kind": opinion(row).split(":")[0],
         "data-opinion": opinion(row),
     }  # fmt: skip
-    # A carriage return as a reference: a browser reads a bare one in an attribute as a line feed,
-    # and the path would then come back changed in corrections.csv.
-    cells = "".join(f" {key}='{html.escape(value).replace(chr(13), '&#13;')}'" for key, value in attributes.items())
+    cells = "".join(f" {key}='{_attribute(value)}'" for key, value in attributes.items())
     suggestion = row["SuggestedLabel"] if row["SuggestedLabel"] != row["Label"] else "-"
     before = _earlier(earlier.get(sha.get(row["ImagePath"], "")))
     return (
@@ -208,19 +310,63 @@ SCRIPT = r"""
     const dropped = values.filter((value) => value === 'drop').length;
     const kept = values.filter((value) => value === 'keep').length;
     say(`${values.length - dropped - kept} relabelled, ${dropped} dropped, ${kept} kept of ${rows.length}`);
+    tally();
   }
-  rows.forEach((row) => row.querySelector('select').addEventListener('change', count));
-  document.getElementById('review-accept').addEventListener('click', () => {
-    const threshold = parseFloat(document.getElementById('review-threshold').value);
-    for (const row of rows) {
-      const select = row.querySelector('select');
-      if (row.dataset.kind === 'label' && parseFloat(row.dataset.score) >= threshold &&
-          Array.from(select.options).some((option) => option.value === row.dataset.suggested)) {
-        select.value = row.dataset.suggested;
-      }
+  // Bulk acceptance, one direction at a time: each direction's count is the undecided photos it
+  // would change at the chosen score, kept as the score and the decisions change, so it is read
+  // before anything changes. A direction out of the recall target's class (data-out) stays
+  // locked until the unlock box is ticked.
+  const threshold = document.getElementById('review-threshold');
+  const accept = document.getElementById('review-accept');
+  const unlock = document.getElementById('review-unlock');
+  const directions = Array.from(document.querySelectorAll('input.review-direction'));
+  const offers = (row, value) => Array.from(row.querySelector('select').options).some((option) => option.value === value);
+  const locked = (box) => box.dataset.out === 'yes' && !(unlock && unlock.checked);
+  function score() {
+    const value = parseFloat(threshold.value);
+    return value >= 0 && value <= 1 ? value : NaN;
+  }
+  function would(box) {
+    const at = score();
+    return rows.filter((row) => row.dataset.kind === 'label' && row.dataset.label === box.dataset.from &&
+      row.dataset.suggested === box.dataset.to && parseFloat(row.dataset.score) >= at &&
+      row.querySelector('select').value === '' && offers(row, box.dataset.to));
+  }
+  function tally() {
+    let total = 0;
+    for (const box of directions) {
+      const changes = would(box).length;
+      box.closest('tr').querySelector('.review-count').textContent =
+        isNaN(score()) ? 'the score must be from 0 to 1' : `${changes} would change`;
+      if (box.checked && !locked(box)) total += changes;
+    }
+    if (accept) {
+      accept.disabled = total === 0;
+      accept.textContent = `Accept the ticked directions: ${total} photo(s) would change`;
+    }
+  }
+  function lock() {
+    for (const box of directions.filter((box) => box.dataset.out === 'yes')) {
+      box.disabled = locked(box);
+      box.checked = false;  // locking or unlocking ticks nothing
+    }
+    tally();
+  }
+  // A page reloaded from history keeps its boxes' state in some browsers: start from the page's.
+  directions.forEach((box) => { box.checked = box.defaultChecked; box.addEventListener('change', tally); });
+  if (unlock) { unlock.checked = false; unlock.addEventListener('change', lock); }
+  if (threshold) { threshold.addEventListener('input', tally); threshold.addEventListener('change', tally); }
+  if (accept) accept.addEventListener('click', () => {
+    const accepted = [];
+    for (const box of directions.filter((box) => box.checked && !locked(box))) {
+      const changes = would(box);
+      changes.forEach((row) => { row.querySelector('select').value = box.dataset.to; });
+      if (changes.length) accepted.push(`${changes.length} ${box.dataset.from} -> ${box.dataset.to}`);
     }
     count();
+    say(`accepted ${accepted.join(', ') || 'nothing'}; ${status.textContent}`);
   });
+  rows.forEach((row) => row.querySelector('select').addEventListener('change', count));
   document.getElementById('review-download').addEventListener('click', () => {
     const link = document.createElement('a');
     link.href = URL.createObjectURL(new Blob([csvText()], {type: 'text/csv'}));
@@ -282,6 +428,7 @@ SCRIPT = r"""
         .catch((error) => say('not saved: ' + error));
     });
   }
+  lock();
   count();
 })();
 """
@@ -306,7 +453,7 @@ def published_form(published: str | Path, record_folder: str | Path | None = Non
              "</code>; rerun the job cell to train with them.</p>")  # fmt: skip
     earlier = record.latest(record.read_decisions(record_folder))
     return (f"<style>table.review img {{ max-width: {SIDE}px; }}</style>{where}"
-            + form(rows, labels, hashes(published), earlier=earlier,
+            + form(rows, labels, hashes(published), earlier=earlier, target=recall_target(published, labels),
                    where=f"The dataset's record ({record_folder}) holds"))  # fmt: skip
 
 
