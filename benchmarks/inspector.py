@@ -8,8 +8,8 @@ One run trains on that, its audit lists the labels to check, and two inspectors 
     knowing      reviews every listed image and relabels the ones whose label is wrong to the
                  truth, keeping the rest (a person who can tell the classes apart)
     blind        accepts every relabel suggestion, right or wrong, and looks at nothing else
-    confident    accepts the suggestions scored 0.8 or more, unseen (the form's "accept every
-                 relabel suggestion scored at least 0.8" button, and nothing else)
+    confident    accepts the suggestions scored 0.8 or more, unseen (the form's bulk acceptance
+                 with every direction ticked at its starting score, and nothing else)
 
 Each retrains with its corrections.csv (`--corrections`). Reported: the held-out test images'
 accuracy against the true labels before and after, how many images each reviewed and changed,
