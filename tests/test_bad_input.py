@@ -196,7 +196,7 @@ def test_animated_image_is_a_warning_and_its_first_frame_is_used(tmp_path, cli):
     rows, report = load_rows(images, None)
     kept = validate(rows, report)
     assert len(kept) == 7
-    assert any(note.startswith("WARNING: 1 animated image(s), e.g. CD/moving.gif (3 frames)") for note in report.notes)
+    assert any(note.startswith("WARNING: 1 animated image, e.g. CD/moving.gif (3 frames)") for note in report.notes)
     assert tuple(load_image(images / "CD" / "moving.gif", 8)[0, 0]) == (255, 0, 0)
 
 

@@ -113,7 +113,7 @@ def test_strict_refuses_the_duplicate_rows(cli, demo_dir, tmp_path):
     finally:
         (demo_dir / "Images" / "doubled.csv").unlink()
     assert code == 2
-    assert "--strict: 3 unusable row(s): duplicate rows: 3" in err
+    assert "--strict: 3 unusable rows: duplicate rows: 3" in err
     assert not (tmp_path / "run").exists()
 
 
@@ -137,7 +137,7 @@ def test_a_jpeg_cut_inside_its_headers_is_a_dropped_row_not_a_traceback(cli, dem
     assert (
         err.strip()
         .splitlines()[-1]
-        .startswith("trainer: error: --strict: 1 unusable row(s): unreadable or corrupt images: 1 (line")
+        .startswith("trainer: error: --strict: 1 unusable row: unreadable or corrupt images: 1 (line")
     )
     assert not (tmp_path / "strict").exists()
 

@@ -71,6 +71,6 @@ def test_evaluating_on_images_the_model_has_seen_says_so_and_scores_the_new_ones
     copy.write_bytes(Path(next(row["ImagePath"] for row in split if row["Split"] == "train")).read_bytes())
     code, out, err = cli("predict", "--model", run_dir, copy)
     assert code == 0, err
-    assert "note: 1 of these 1 images are ones the model was trained on (1) or validated on (0)" in err
+    assert "note: 1 of the 1 image given is one the model was trained on (1) or validated on (0)" in err
     code, out, err = cli("evaluate", "--model", run_dir)  # its own test split: nothing to say
     assert code == 0 and "flatters" not in err and "seen" not in json.loads(out)

@@ -33,6 +33,7 @@ from trainer.errors import (
     CheckFailed,
     InputError,
     MachineError,
+    counted,
     is_machine_error,
     os_error_sentence,
 )
@@ -116,8 +117,8 @@ def audit(args) -> int:
 
     config = config_from(args).check()
     summary = audit_data(load_unsplit(config), None, workspace(config), Path(args.output), config)
-    log.info("audit of %d images: %s", summary["images"],
-             ", ".join(f"{n} {kind}" for kind, n in summary["flagged"].items()))  # fmt: skip
+    log.info("audit of %s: %s", counted(summary["images"], "image"),
+             ", ".join(counted(n, kind) for kind, n in summary["flagged"].items()))  # fmt: skip
     print(args.output)
     return 0
 

@@ -12,8 +12,8 @@ from trainer import runfolder
 from trainer.data.report import log_report
 from trainer.data.rows import load_rows
 from trainer.data.split import learnt_from, read_split
-from trainer.data.validate import validate
-from trainer.errors import InputError, listed
+from trainer.data.validate import note_usable, validate
+from trainer.errors import InputError, counted, listed
 from trainer.metrics import classification_metrics, summary_line
 from trainer.predict import load_run
 
@@ -48,6 +48,7 @@ def evaluate_run(run_dir: str | Path, folder: str | None, file: str | None, stri
         label_rules = (config.get("label_folder") or "auto", config.get("merge_labels"))
         rows, report = load_rows(folder, file, *label_rules)
         rows = validate(rows, report, strict=strict, min_class_size=1, allow_one_class=True)
+        note_usable(report, rows)
         log_report(report)
     unknown = sorted({row.label for row in rows} - set(run.labels))
     if unknown:
@@ -86,7 +87,8 @@ def seen_apart(metrics: dict, rows, learnt: dict, y_true, probabilities, predict
         else "no image here is new to it, so this is no test of the model"
     )
     log.warning(
-        "WARNING: %d of these %d images are ones the model was trained on (%d) or validated on (%d), so the overall score "
+        "WARNING: %d of these %s %s the model was trained on (%d) or validated on (%d), so the overall score "
         "flatters it; %s",
-        seen, len(rows), counts["train"], counts["validation"], on_unseen,
+        seen, counted(len(rows), "image"), "is one" if seen == 1 else "are ones", counts["train"], counts["validation"],
+        on_unseen,
     )  # fmt: skip

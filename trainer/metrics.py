@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from trainer import runfolder
+from trainer.errors import counted
 
 
 def roc_auc(positive: np.ndarray, scores: np.ndarray) -> float | None:
@@ -106,7 +107,7 @@ def summary_line(metrics: dict) -> str:
     auc = f", ROC AUC {metrics['roc_auc']:.3f}" if metrics.get("roc_auc") is not None else ""
     return (
         f"accuracy {metrics['accuracy']:.3f}, log-loss {metrics['log_loss']:.3f}{auc}, F1 {f1} "
-        f"({metrics['count']} images)"
+        f"({counted(metrics['count'], 'image')})"
     )
 
 

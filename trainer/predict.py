@@ -17,7 +17,7 @@ from trainer.data.layout import is_image_name, special_kind, walk_files
 from trainer.data.pipeline import PARALLEL, make_dataset, prefetched
 from trainer.data.rows import read_csv_rows
 from trainer.data.split import learnt_from
-from trainer.errors import ImageError, InputError
+from trainer.errors import ImageError, InputError, counted
 from trainer.export import runtimes
 from trainer.progress import progress
 
@@ -193,8 +193,8 @@ def predict_images(run: Run, inputs: list[str], output: str | None, batch_size: 
     else:
         counts["errors"] = _stream(run, paths, batch_size, sys.stdout)
     if counts["errors"]:
-        log.warning("WARNING: %d of %d image(s) could not be read; their rows name the error", counts["errors"],
-                    len(paths))  # fmt: skip
+        log.warning("WARNING: %d of %s could not be read; their rows name the error", counts["errors"],
+                    counted(len(paths), "image"))  # fmt: skip
     _say_seen(run, paths)
     return counts
 
@@ -214,9 +214,10 @@ def _say_seen(run: Run, paths: list[Path]) -> None:
     seen = {name: where.count(name) for name in ("train", "validation")}
     if any(seen.values()):
         log.warning(
-            "note: %d of these %d images are ones the model was trained on (%d) or validated on (%d): its predictions "
+            "note: %d of the %s given %s the model was trained on (%d) or validated on (%d): its predictions "
             "there are no test of it",
-            sum(seen.values()), len(paths), seen["train"], seen["validation"],
+            sum(seen.values()), counted(len(paths), "image"), "is one" if sum(seen.values()) == 1 else "are ones",
+            seen["train"], seen["validation"],
         )  # fmt: skip
 
 

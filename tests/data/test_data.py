@@ -163,7 +163,7 @@ def test_strict_turns_dropped_rows_into_an_error(images):
     cd = sorted((images / "CD").iterdir())
     write_csv(images / "l.csv", "ImagePath,Label\n" + _rows_for(images) + f"\n../Images/CD/{cd[0].name},CD\n")
     rows, report = reading.load_rows(images, "l.csv")
-    with pytest.raises(InputError, match=r"--strict: 1 unusable row\(s\): duplicate rows: 1"):
+    with pytest.raises(InputError, match=r"--strict: 1 unusable row: duplicate rows: 1"):
         validation.validate(rows, report, strict=True)
 
 
@@ -187,15 +187,16 @@ def test_class_too_small_to_split_is_dropped_with_a_warning(tmp_path):
     make_images(tmp_path / "d", {"CD": 5, "UD": 5, "XX": 2})
     rows, report = reading.load_rows(tmp_path / "d", None)
     kept = validation.validate(rows, report)
-    assert report.problems["classes too small to split"] == ["'XX' has 2 image(s), needs at least 3"]
+    assert report.problems["classes too small to split"] == ["'XX' has 2 images, needs at least 3"]
     assert {row.label for row in kept} == {"CD", "UD"}
 
 
 def test_imbalance_is_noted(tmp_path):
     make_images(tmp_path / "d", {"CD": 12, "UD": 3})
     rows, report = reading.load_rows(tmp_path / "d", None)
-    validation.validate(rows, report)
-    assert any("imbalanced (12 vs 3 images)" in note for note in report.notes)
+    notes = validation.note_usable(report, validation.validate(rows, report))
+    imbalance = "classes are imbalanced (12 vs 3 images); accuracy alone will flatter the model"
+    assert notes == ["15 usable images: CD 12, UD 3", imbalance] and report.notes[-2:] == notes
 
 
 def test_split_is_stratified_seeded_and_covers_every_class(tmp_path):

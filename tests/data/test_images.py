@@ -164,7 +164,7 @@ def _fuzz_validation(folder, every_length: bool, flips: int) -> None:
             assert load_image(row.path, size).shape == (size, size, 3)
 
     rows, report = load_rows(folder, "damaged.csv")
-    with pytest.raises(InputError, match=r"^--strict: \d+ unusable row\(s\): unreadable or corrupt images: "):
+    with pytest.raises(InputError, match=r"^--strict: \d+ unusable rows?: unreadable or corrupt images: "):
         validate(rows, report, strict=True)
 
 

@@ -20,7 +20,7 @@ from trainer.data import layout
 from trainer.data.images import FileState, ImageInfo, read_and_inspect
 from trainer.data.report import Report
 from trainer.data.rows import Row
-from trainer.errors import ImageError, InputError, listed
+from trainer.errors import ImageError, InputError, counted, listed
 from trainer.progress import progress_bar
 
 log = logging.getLogger("trainer")
@@ -125,13 +125,14 @@ def validate(
     small = {label for label, count in counts.items() if count < min_class_size}
     for label in sorted(small):
         report.add(
-            "classes too small to split", f"{label!r} has {counts[label]} image(s), needs at least {min_class_size}"
+            "classes too small to split",
+            f"{label!r} has {counted(counts[label], 'image')}, needs at least {min_class_size}",
         )
     kept = [row for row in distinct if row.label not in small]
 
     dropped = report.rows_read - len(kept)
     if strict and report.problems:
-        raise InputError(f"--strict: {dropped} unusable row(s): " + " | ".join(report.lines(2)))
+        raise InputError(f"--strict: {counted(dropped, 'unusable row')}: " + " | ".join(report.lines(2)))
     final = Counter(row.label for row in kept)
     needed = 1 if allow_one_class else 2
     if len(final) < needed:
@@ -140,15 +141,22 @@ def validate(
             f"need {'a class' if needed == 1 else 'at least two classes'} with {min_class_size}+ usable "
             f"images each, found {found}; " + ("; ".join(report.lines(1)) or "add images of another class")
         )
-    report.notes.append(
-        f"{len(kept)} usable images: " + ", ".join(f"{label} {count}" for label, count in sorted(final.items()))
-    )
-    largest, smallest = max(final.values()), min(final.values())
-    if largest >= 3 * smallest:
-        report.notes.append(
-            f"classes are imbalanced ({largest} vs {smallest} images); accuracy alone will flatter the model"
-        )
     return sorted(kept, key=lambda row: (row.label, str(row.path)))
+
+
+def note_usable(report: Report, rows: list[Row], after: str = "") -> list[str]:
+    """Notes on the images left to train or score on, added to the report and returned: how many
+    of each class, and an imbalance. Said by the caller once nothing more changes the rows (a run
+    says it after the review decisions, so the count is the sum of its splits); `after` names
+    what changed them."""
+    counts = Counter(row.label for row in rows)
+    per_class = ", ".join(f"{label} {count}" for label, count in sorted(counts.items()))
+    notes = [f"{counted(len(rows), 'usable image')}{after}: {per_class}"]
+    largest, smallest = max(counts.values(), default=0), min(counts.values(), default=0)
+    if counts and largest >= 3 * smallest:
+        notes.append(f"classes are imbalanced ({largest} vs {smallest} images); accuracy alone will flatter the model")
+    report.notes.extend(notes)
+    return notes
 
 
 def _one_spelling_per_label(rows: list[Row], report: Report) -> list[Row]:
@@ -202,7 +210,7 @@ def _readable(rows: list[Row], report: Report, inspected: dict[Path, ImageInfo |
                 animated.append(f"{row.written} ({result.frames} frames)")
     if animated:
         report.notes.append(
-            f"WARNING: {len(animated)} animated image(s), e.g. {animated[0]}: only the first frame is used"
+            f"WARNING: {counted(len(animated), 'animated image')}, e.g. {animated[0]}: only the first frame is used"
         )
     return readable
 

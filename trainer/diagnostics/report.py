@@ -23,7 +23,7 @@ from pathlib import Path
 from trainer import decision, runfolder
 from trainer.atomic import write_atomically
 from trainer.diagnostics import pictures, sections, table
-from trainer.errors import InputError
+from trainer.errors import InputError, counted
 from trainer.runfolder import read_json
 
 RUN_PICTURES = {
@@ -226,10 +226,11 @@ def _corrections_section(corrections: dict | None) -> str:
         for place in (corrections.get("record"), corrections.get("file"))
         if place
     )
-    skipped = (f" {sections.number(corrections['skipped'])} decision(s) name images no longer in the data and were "
-               "skipped." if corrections.get("skipped") else "")  # fmt: skip
+    skipped = corrections.get("skipped")
+    skipped = (f" {html.escape(counted(skipped, 'decision names an image', 'decisions name images'))} no longer in "
+               f"the data and {'was' if skipped == 1 else 'were'} skipped." if skipped else "")  # fmt: skip
     return (
-        f"<h3>Review decisions applied</h3><p>{sections.number(corrections['relabelled'])} images relabelled, "
+        f"<h3>Review decisions applied</h3><p>{html.escape(counted(corrections['relabelled'], 'image'))} relabelled, "
         f"{sections.number(corrections['dropped'])} dropped and {sections.number(corrections.get('kept', 0))} kept as "
         f"they were, by the decisions in {where or 'force'} (this run's "
         f"copy: <code>{runfolder.CORRECTIONS}</code>), after the split, so the test split is the same photos as "

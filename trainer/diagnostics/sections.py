@@ -12,6 +12,7 @@ from pathlib import Path
 
 from trainer import runfolder
 from trainer.diagnostics import review
+from trainer.errors import counted
 from trainer.runfolder import read_json
 
 
@@ -62,7 +63,7 @@ def audit_section(run_dir: Path) -> str:
     rows = runfolder.read_audit(path)
     summary = read_json(run_dir / runfolder.MANIFEST).get("audit") or {}
     flagged = summary.get("flagged", {})
-    counts = ", ".join(f"{count} {kind}" for kind, count in flagged.items()) or f"{len(rows)} images"
+    counts = ", ".join(counted(count, kind) for kind, count in flagged.items()) or counted(len(rows), "image")
     groups = summary.get("near_duplicate_groups")
     full = path.with_name(runfolder.AUDIT_FULL)
     listed = (
@@ -72,8 +73,8 @@ def audit_section(run_dir: Path) -> str:
         else ""
     )
     intro = (
-        f"<p>{number(sum(flagged.values()) or len(rows))} images to look at ({html.escape(counts)}"
-        + (f"; the near-duplicates in {number(groups)} group(s)" if groups else "")
+        f"<p>{html.escape(counted(sum(flagged.values()) or len(rows), 'image'))} to look at ({html.escape(counts)}"
+        + (f"; the near-duplicates in {html.escape(counted(groups, 'group'))}" if groups else "")
         + f"), from {html.escape(summary.get('features', 'pretrained features'))}: "
         "a label that held-out heads find unlikely, an image nearly identical to one under another label or in another "
         f"split, or one unlike all others. The list is <code>{runfolder.AUDIT}</code>.{listed}</p>"

@@ -34,7 +34,7 @@ import numpy as np
 
 from trainer.atomic import replacing
 from trainer.data.rows import load_rows
-from trainer.errors import os_error_sentence
+from trainer.errors import counted, os_error_sentence
 from trainer.fingerprint import file_states, weights_identity
 
 log = logging.getLogger("trainer")
@@ -210,8 +210,8 @@ class FeatureCache:
                 self._drop(path, error)
                 continue
             if bad.any():
-                log.warning("WARNING: feature cache shard %s: %d damaged row(s), featurized again", path.name,
-                            int(bad.sum()))  # fmt: skip
+                log.warning("WARNING: feature cache shard %s: %s, featurized again", path.name,
+                            counted(int(bad.sum()), "damaged row"))  # fmt: skip
             missing[numbers[~bad]] = False
         return missing
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from trainer import device
 from trainer.data.pipeline import make_dataset
-from trainer.errors import CheckFailed, os_error_sentence
+from trainer.errors import CheckFailed, counted, os_error_sentence
 from trainer.features.cache import SHARD_SECONDS, FeatureCache, cache_key
 from trainer.features.runtime import featurizer, tensorflow_runner
 from trainer.features.views import view_of
@@ -99,7 +99,7 @@ def extract(extractor: Extractor, parts: list[tuple[list, tuple[str, ...]]], wor
     if bad:
         policy = keras.mixed_precision.global_policy().name
         raise CheckFailed(
-            f"{extractor.name}: the features of {bad} image view(s) are not finite under {policy}; "
+            f"{extractor.name}: the features of {counted(bad, 'image view')} are not finite under {policy}; "
             "rerun with --mixed-precision off"
         )
     record = {"key": folder.name, "dimensions": extractor.width, "views": counts, "runtime": runtime,
