@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -12,13 +13,14 @@ from pathlib import Path
 
 import pytest
 
+from scripts import publish
+from scripts.steps import Context
 from tests.conftest import CONCRETE, ROOT, run_module, train_args
 from trainer import cells, runfolder
 from trainer.errors import InputError
 
 RUN_FILES = {
     "model.keras",
-    "ud-cd-classifier.keras",
     "labels.txt",
     "config.json",
     "decided.json",
@@ -52,6 +54,7 @@ def trained_run(demo_dir, tmp_path_factory):
 
 def test_run_folder_holds_every_artifact(trained_run):
     assert {p.name for p in trained_run.iterdir()} >= RUN_FILES
+    assert [p.name for p in trained_run.glob("*.keras")] == ["model.keras"], "one copy of the model, not two"
     assert not list(trained_run.parent.glob(".*partial*")), "partial folder left behind"
     assert (trained_run / "labels.txt").read_text() == "CD\nUD\n"
     config = json.loads((trained_run / "config.json").read_text())
@@ -117,9 +120,34 @@ def test_predict_writes_imagepath_predictedlabel_score(cli, trained_run, demo_di
     assert len(rows) == 13
     assert rows[-1]["ImagePath"] == str(one)
     assert all(row["PredictedLabel"] in ("CD", "UD") and 0.5 <= float(row["Score"]) <= 1.0 for row in rows)
-    code, out, _ = cli("predict", "--model", trained_run / "ud-cd-classifier.keras", images / "training_data.csv")
+    code, out, _ = cli("predict", "--model", trained_run / "model.keras", images / "training_data.csv")
     assert code == 0
     assert len(out.strip().splitlines()) == 1 + 24
+
+
+def test_a_folder_published_with_the_second_keras_file_still_predicts_and_evaluates(
+    cli, trained_run, demo_dir, tmp_path
+):
+    """Runs before issue 41 left the model twice (model.keras and <model name>.keras, the same
+    bytes) and published both, published.json naming each: such a folder still serves predict
+    and evaluate, from model.keras, and its other copy too."""
+    old_run = tmp_path / "runs" / "old"
+    shutil.copytree(trained_run, old_run)
+    shutil.copyfile(old_run / "model.keras", old_run / "ud-cd-classifier.keras")
+    folder = tmp_path / "published" / "ud-cd-classifier"
+    folder.parent.mkdir()
+    published = publish.publish(Context(root=tmp_path, echo=lambda message: None), run=str(old_run), to=str(folder))
+    assert published.status == "changed"
+    assert "ud-cd-classifier.keras" in json.loads((folder / "published.json").read_text())["files"]
+    images = demo_dir / "Images"
+    for model in (folder, folder / "ud-cd-classifier.keras"):
+        code, out, err = cli("predict", "--model", model, images / "training_data.csv")
+        assert code == 0, err
+        assert len(out.strip().splitlines()) == 1 + 24
+    code, out, err = cli("evaluate", "--model", folder)
+    assert code == 0, err
+    scored, trained = json.loads(out), json.loads((trained_run / "metrics.json").read_text())
+    assert (scored["count"], scored["accuracy"]) == (trained["count"], trained["accuracy"])
 
 
 def test_predict_writes_a_row_for_a_bad_file_and_goes_on(cli, trained_run, demo_dir, tmp_path):
@@ -128,7 +156,7 @@ def test_predict_writes_a_row_for_a_bad_file_and_goes_on(cli, trained_run, demo_
     good = sorted((demo_dir / "Images" / "UD").iterdir())[:2]
     code, _, err = cli("predict", "--model", trained_run, good[0], bad, good[1], "--output", tmp_path / "p.csv")
     assert code == 1
-    assert "WARNING: 1 of 3 image(s) could not be read; their rows name the error" in err
+    assert "WARNING: 1 of 3 images could not be read; their rows name the error" in err
     with (tmp_path / "p.csv").open() as handle:
         rows = list(cells.read_dicts(handle))
     assert [row["ImagePath"] for row in rows] == [str(good[0]), str(bad), str(good[1])]

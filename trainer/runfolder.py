@@ -2,7 +2,7 @@
 predict, report, export and the setup steps read them. Standard library only, so that the setup
 steps can ask what a run holds without importing the trainer's stack.
 
-    model.keras          the trained model (and <model name>.keras, the same file)
+    model.keras          the trained model
     labels.txt           class names in the model's output order
     config.json          every option, as the run was asked
     decided.json         what the run decided: the backbone and weights used, the classes, ...

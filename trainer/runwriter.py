@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from trainer import decision, device, memory, runfolder
-from trainer.atomic import link_or_copy, partial_folder, write_atomically
+from trainer.atomic import partial_folder, write_atomically
 from trainer.config import TrainConfig, save_config
 from trainer.data.corrections import format_corrections
 from trainer.data.rows import SPLITS
@@ -108,7 +108,6 @@ def write_run(run_dir: Path, config: TrainConfig, decided: Decided, model, data,
             if point is not None:
                 decision.write(partial, point)
             (partial / runfolder.MODEL).write_bytes(model_bytes(model))
-            link_or_copy(partial / runfolder.MODEL, partial / f"{config.model_name}.keras")
             runfolder.write_labels(partial / runfolder.LABELS, data.labels)
             save_config(config, partial / runfolder.CONFIG)
             runfolder.write_json(partial / runfolder.DECIDED, decided.to_dict())
