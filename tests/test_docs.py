@@ -115,3 +115,23 @@ def test_the_layout_names_every_module():
     unnamed = sorted(str(path.relative_to(ROOT)) for path in modules
                      if path.name not in ("__init__.py", "__main__.py") and path.name not in layout)  # fmt: skip
     assert not unnamed, f"say in docs/layout.md what these are: {unnamed}"
+
+
+def test_the_readmes_times_are_the_ones_ci_prints_beside_its_own():
+    """The README's two times are CI's: .ci/run prints each measured figure beside the README's,
+    so the two say the same figure (and the README says they are CI's idle machine's)."""
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    ci = (ROOT / ".ci" / "run").read_text()
+    quoted = re.findall(r"On CI's fresh 2-core machine it takes (about \d+ minutes)", readme)
+    quoted += re.findall(r"Run the tests \((about \d+ minutes) on CI's idle 2-core machine", readme)
+    compared = re.findall(r"\(README: (about \d+ minutes)\)", ci)
+    assert len(quoted) == 2 and quoted == compared, (quoted, compared)
+
+
+def test_invoke_yamls_example_model_name_is_the_data_steps():
+    """invoke.yaml's comment names the model a zip's data is published as (it once said `my`)."""
+    from scripts.dataset import dataset_name
+
+    comment = " ".join((ROOT / "invoke.yaml").read_text().split())
+    said = re.search(r"`([\w.-]+)` for --source ([\w.-]+)", comment)
+    assert said and dataset_name(said.group(2)) == said.group(1), said and said.groups()
