@@ -120,8 +120,8 @@ def test_before_and_after_on_the_photos_tested_in_both_names_the_gain_a_relabel_
     assert comparison["scores"] == {"labels now": {"before": 0.75, "now": 0.75},
                                     "labels before": {"before": 0.5, "now": 0.5}}  # fmt: skip
     line = compare.tells(comparison)
-    assert line == ("on the 4 test photos both were tested on, the model before 0.750, this one 0.750; 1 label "
-                    "changed among them, which moves the score by itself")  # fmt: skip
+    assert line == ("on the 4 test photos both were tested on, the model before 0.750, this one 0.750 (against the "
+                    "labels before: 0.500 and 0.500); 1 label changed among them, which moves the score by itself")  # fmt: skip
     (now / "comparison.json").write_text(json.dumps(comparison))
     page = compare.section(now)
     assert "<td>labels now</td><td>0.750</td><td>0.750</td>" in page and "<td>CD</td><td>UD</td>" in page

@@ -80,12 +80,13 @@ def tells(comparison: dict) -> str:
     scores = comparison["scores"]["labels now"]
     if not comparison["photos"]:
         return "no test photo in common with the model before"
-    changed = comparison["changed_count"]
+    changed, earlier = comparison["changed_count"], comparison["scores"]["labels before"]
     return (
         f"on the {counted(comparison['photos'], 'test photo')} both were tested on, the model before "
         f"{scores['before']:.3f}, this one {scores['now']:.3f}"
-        + (f"; {counted(changed, 'label')} changed among them, which moves the score by itself" if changed else "")
-    )
+        + (f" (against the labels before: {earlier['before']:.3f} and {earlier['now']:.3f}); "
+           f"{counted(changed, 'label')} changed among them, which moves the score by itself" if changed else "")
+    )  # fmt: skip
 
 
 def section(run_dir: Path) -> str:
