@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from tests.conftest import ROOT
 
@@ -21,3 +22,15 @@ def test_notebook_mounts_drive_then_runs_the_job_and_fails_the_cell_on_error():
     pinned = [line for line in (ROOT / "requirements.txt").read_text().splitlines() if line.startswith("invoke==")]
     assert pinned == ["invoke==3.0.3"], "the notebook installs the pinned invoke"
     assert notebook["metadata"]["accelerator"] == "GPU"
+
+
+def test_the_notebooks_words_count_its_cells():
+    """The first lines say how many cells to run (it once said three above four); each code cell
+    begins with its number, in order, as the other cells' comments refer to them ("cell 3")."""
+    notebook = json.loads((ROOT / "colab.ipynb").read_text())
+    code = ["".join(cell["source"]) for cell in notebook["cells"] if cell["cell_type"] == "code"]
+    intro = "".join(notebook["cells"][0]["source"])
+    words = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six"}
+    said = re.search(r"Run the (\w+) cells below", intro)
+    assert said and said.group(1) == words[len(code)], (said and said.group(1), len(code))
+    assert [cell.split(".", 1)[0] for cell in code] == [f"# {number}" for number in range(1, len(code) + 1)]
