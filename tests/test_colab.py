@@ -229,7 +229,7 @@ def test_the_notebook_on_a_colab_like_runtime(image, tmp_path):
     assert in_force + "/content/drive/MyDrive/cracks-2026-record" in _outputs(changed)
     assert (changed["corrections"]["relabelled"], changed["corrections"]["kept"]) == (1, 1)
     # The review cell, run again, shows what the record holds.
-    assert any("holds 2 earlier decision(s) (1 relabelled, 1 kept)" in cell["html"] for cell in changed["cells"])
+    assert any("holds 2 earlier decisions (1 relabelled, 1 kept)" in cell["html"] for cell in changed["cells"])
     assert changed["exports"]["ok"], changed["exports"]
     assert changed["previous"] == published and changed["published"] != published
 
@@ -252,7 +252,7 @@ def _after_a_reset_the_review_is_saved_to_the_record(after_reset: dict, publishe
     assert after_reset["runs"] == []
     assert after_reset["published"] == published
     assert any("<table class='review'>" in cell["html"] for cell in after_reset["cells"])
-    saved = "2 decision(s) added to the dataset's record /content/drive/MyDrive/cracks-2026-record"
+    saved = "2 decisions added to the dataset's record /content/drive/MyDrive/cracks-2026-record"
     assert saved in after_reset["cells"][-1]["output"], after_reset["cells"][-1]
     assert len(after_reset["record"]) == 1
 

@@ -202,8 +202,8 @@ def test_the_review_form_lists_a_kept_photo_again_only_when_the_audits_opinion_c
     listed, left_out = review.listed_again(rows, sha, earlier)
     assert [row["ImagePath"] for row in listed] == ["/d/CD/2.jpg", "/d/UD/3.jpg"] and left_out == 1
     page = review.form(rows, ["CD", "UD"], sha, earlier=earlier, where="The dataset's record (cracks-record) holds")
-    assert "1 photo(s) kept earlier are not listed again" in page
-    assert "The dataset&#x27;s record (cracks-record) holds 2 earlier decision(s) (2 kept)" in page
+    assert "1 photo kept earlier is not listed again" in page
+    assert "The dataset&#x27;s record (cracks-record) holds 2 earlier decisions (2 kept)" in page
     assert "kept 2026-12-01, when the audit said near-duplicate:CD" in page  # the earlier decision, shown
     assert "data-path='/d/CD/1.jpg'" not in page and "data-path='/d/CD/2.jpg'" in page
 
@@ -216,10 +216,10 @@ def test_save_to_drive_adds_to_the_record_and_never_overwrites_it(tmp_path):
     assert refused.startswith("not saved: Save to Drive: the form's decisions: the header must be ImagePath,Label")
     assert not folder.exists()
     said = review.save_to_record(folder, f"ImagePath,Label,Sha256,Opinion\n/d/CD/1.jpg,UD,{'a' * 64},label:UD\n")
-    assert said.startswith(f"1 decision(s) added to the dataset's record {folder}")
+    assert said.startswith(f"1 decision added to the dataset's record {folder}")
     said = review.save_to_record(folder, f"ImagePath,Label,Sha256,Opinion\n/d/CD/2.jpg,drop,{'b' * 64},label:UD\n"
                                          f"/d/CD/1.jpg,UD,{'a' * 64},label:UD\n")  # fmt: skip
-    assert said.startswith("1 decision(s) added") and "(1 it held already)" in said
+    assert said.startswith("1 decision added") and "(1 it held already)" in said
     assert {d.written: d.label for d in record.latest(record.read_decisions(folder)).values()} == {
         "/d/CD/1.jpg": "UD", "/d/CD/2.jpg": "drop"}  # fmt: skip
 

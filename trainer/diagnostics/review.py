@@ -35,7 +35,7 @@ from pathlib import Path
 from trainer import record, runfolder
 from trainer.config import parse_target
 from trainer.data.corrections import KEEP, Correction, parse_corrections, read_corrections
-from trainer.errors import InputError, os_error_sentence
+from trainer.errors import InputError, counted, os_error_sentence
 
 SHOWN = 500  # images in the form, the likeliest first (audit.csv's order); the rest stay in audit.csv
 SIDE = 192  # pixels, the longest side of each photo: enough to judge a crack at a glance
@@ -280,9 +280,9 @@ def _earlier_summary(earlier: dict[str, Correction], left_out: int, where: str) 
     kinds = [decision.kind for decision in earlier.values()]
     counts = ", ".join(f"{kinds.count(kind)} {word}" for kind, word in
                        (("relabel", "relabelled"), ("drop", "dropped"), ("keep", "kept")) if kinds.count(kind))  # fmt: skip
-    hidden = (f" {left_out} photo(s) kept earlier are not listed again: the audit's opinion of them is unchanged."
-              if left_out else "")  # fmt: skip
-    return f"<p>{html.escape(where)} {len(kinds)} earlier decision(s) ({counts}).{hidden}</p>"
+    hidden = (f" {counted(left_out, 'photo')} kept earlier {'is' if left_out == 1 else 'are'} not listed again: the "
+              f"audit's opinion of {'it' if left_out == 1 else 'them'} is unchanged." if left_out else "")  # fmt: skip
+    return f"<p>{html.escape(where)} {counted(len(kinds), 'earlier decision')} ({counts}).{hidden}</p>"
 
 
 # The form's behaviour: plain DOM, no library, nothing fetched.
@@ -309,6 +309,7 @@ SCRIPT = r"""
     return lines.join('\n') + '\n';
   }
   function say(text) { status.textContent = text; }
+  const counted = (count, noun) => `${count} ${noun}${count === 1 ? '' : 's'}`;  // trainer.errors.counted
   function count() {
     const values = decided().map((row) => row.querySelector('select').value);
     const dropped = values.filter((value) => value === 'drop').length;
@@ -346,7 +347,7 @@ SCRIPT = r"""
     }
     if (accept) {
       accept.disabled = total === 0;
-      accept.textContent = `Accept the ticked directions: ${total} photo(s) would change`;
+      accept.textContent = `Accept the ticked directions: ${counted(total, 'photo')} would change`;
     }
   }
   function lock() {
@@ -419,7 +420,7 @@ SCRIPT = r"""
         } else unknown++;
       }
       count();
-      say(`loaded ${applied} decision(s)` + (unknown ? `, ${unknown} not in this list` : '') + '; ' + status.textContent);
+      say(`loaded ${counted(applied, 'decision')}` + (unknown ? `, ${unknown} not in this list` : '') + '; ' + status.textContent);
     });
   });
   const colab = window.google && google.colab && google.colab.kernel;
@@ -474,7 +475,7 @@ def save_to_record(record_folder: str | Path, text: str) -> str:
     except OSError as error:
         return f"not saved: {os_error_sentence(error, record_folder, doing='writing the dataset record')}"
     already = len(decisions) - len(added)
-    return (f"{len(added)} decision(s) added to the dataset's record {record_folder}"
+    return (f"{counted(len(added), 'decision')} added to the dataset's record {record_folder}"
             + (f" ({already} it held already)" if already else "") + "; rerun the job cell to retrain with them")  # fmt: skip
 
 
