@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,6 +104,13 @@ class TrainConfig:
         "the folder beside the published model; default: MyDrive/<model-name>-record with Drive mounted, else "
         "published/<model-name>-record in the working directory); none: train without the record's decisions",
         place=True,  # the decisions it holds, not where it is, are part of what the model is trained from
+    )
+    group_pattern: str | None = option(
+        None,
+        "keep images whose paths share a key in one split: a regular expression searched in each image's path as "
+        "listed, the text of its groups the key, e.g. (\\d+)-\\d+\\.jpg$ for SDNET2018's <photo>-<crop>.jpg (a path "
+        "it does not match is a group alone); a CSV can name groups in a Group column instead. Near-duplicates stay "
+        "together whatever this says",
     )
     seed: int = option(42, "split, shuffling and weight initialisation")
     # Model
@@ -250,6 +258,8 @@ class TrainConfig:
                     "bottleneck mode: drop --fine-tune-layers and --weights none, or drop --target-recall"
                 )
         parse_merge(self.merge_labels)
+        if self.group_pattern is not None:
+            parse_group_pattern(self.group_pattern)
         if self.validation_file is not None and not self.validation_file.strip():
             raise InputError("--validation-file must name a CSV")
         if self.corrections is not None and not Path(self.corrections).is_file():
@@ -408,6 +418,26 @@ def parse_merge(text: str | None) -> dict[str, str]:
                 raise InputError(f"--merge-labels: {old!r} is merged twice ({mapping[old]!r} and {new.strip()!r})")
             mapping[old] = new.strip()
     return mapping
+
+
+GROUP_PATTERN_LONGEST = 1_000  # characters
+
+
+def parse_group_pattern(text: str) -> re.Pattern:
+    """--group-pattern: a regular expression with at least one group, compiled; InputError
+    naming the option otherwise (how it is kept from hanging the run: trainer/data/groups.py)."""
+    if len(text) > GROUP_PATTERN_LONGEST:
+        raise InputError(f"--group-pattern: {len(text)} characters, over the {GROUP_PATTERN_LONGEST} a pattern may be")
+    try:
+        compiled = re.compile(text)
+    except re.error as error:
+        raise InputError(f"--group-pattern: {text!r} is not a regular expression ({error})") from None
+    if not compiled.groups:
+        raise InputError(
+            f"--group-pattern: {text!r} has no group; put the part that names the group in brackets, "
+            r"e.g. (\d+)-\d+\.jpg$"
+        )
+    return compiled
 
 
 def parse_candidates(text: str | None) -> list[tuple[str, str]]:

@@ -41,7 +41,8 @@ def data_digest(config: TrainConfig, files: dict | None = None, listed: tuple | 
     digest = hashlib.sha256()
     for row in rows:
         state = files[row.path]
-        digest.update(json.dumps([row.written, row.label, state.sha256 if state else "unreadable"]).encode())
+        cells = [row.written, row.label, state.sha256 if state else "unreadable"]
+        digest.update(json.dumps([*cells, row.group] if row.group else cells).encode())  # a Group cell moves the split
     if config.validation_file:
         validation = TrainConfig(folder=config.folder, file=config.validation_file, merge_labels=config.merge_labels,
                                  runs_dir=config.runs_dir, allow_outside_folder=config.allow_outside_folder)  # fmt: skip

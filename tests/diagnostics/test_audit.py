@@ -11,6 +11,7 @@ from PIL import Image
 
 from tests.conftest import run_module
 from trainer import cells
+from trainer.data.groups import SAME_LAYOUT
 from trainer.diagnostics import audit
 
 
@@ -33,28 +34,10 @@ def test_near_duplicates_across_labels_or_splits_and_outliers():
     features[59] = 40 * rng.normal(0, 1, 32)  # unlike anything
     labels = np.array([0, 1] + [0] * 58)
     groups = ["train"] * 5 + ["test"] + ["train"] * 54
-    found = audit.near_duplicates(features, audit._unit(features), labels, groups)  # features as thumbnails too
+    found = audit.near_duplicates(audit._unit(features), labels, groups)  # the features as thumbnails
     assert sorted(finding.index for finding in found) == [0, 1, 4, 5]
-    assert all(finding.score >= audit.SAME_LAYOUT for finding in found)
+    assert all(finding.score >= SAME_LAYOUT for finding in found)
     assert [finding.index for finding in audit.outliers(features, labels)] == [59]
-
-
-def test_near_duplicates_keep_their_precision_where_many_images_look_alike(monkeypatch):
-    """2,000 thumbnails of five layouts, each distinct image correlating about 0.9 with the
-    others of its layout (as a large set of plain surfaces does), and 10 re-encoded copies: only
-    the copies stand out from their neighbours. The absolute bars alone take hundreds of the
-    distinct pairs."""
-    rng = np.random.default_rng(0)
-    layouts = audit._unit(rng.normal(0, 1, (5, 256)))
-    noise = audit._unit(rng.normal(0, 1, (2_000, 256)))
-    small = audit._unit(layouts[np.arange(2_000) % 5] + 0.33 * noise)
-    copies = np.arange(10)
-    small[1_990:] = audit._unit(small[copies] + 0.05 * audit._unit(rng.normal(0, 1, (10, 256))))
-    features = audit._unit(rng.normal(0, 1, (2_000, 32)))
-    linked, _ = audit.near_duplicate_pairs(features, small.astype(np.float32))
-    assert sorted(map(tuple, linked.tolist())) == [(int(i), 1_990 + int(i)) for i in copies]
-    monkeypatch.setattr(audit, "DISTINCT", np.inf)
-    assert len(audit.near_duplicate_pairs(features, small.astype(np.float32))[0]) > 100
 
 
 @pytest.fixture(scope="module")
@@ -115,11 +98,10 @@ def test_the_audit_command_lists_a_re_encoded_copy_under_the_other_label(flippab
     assert str(original) in duplicates
 
 
-@pytest.mark.slow
 def test_near_duplicates_among_the_concrete_photos_are_the_planted_copies_alone(tmp_path):
     """The 400 real photos with four of them copied three ways (re-encoded at quality 60,
     resized to 200 px, cropped by 8 px) under the other label: the four groups found whole, and
-    no other image."""
+    no other image (from validation's thumbnails: no features, so not slow)."""
     from tests.conftest import CONCRETE
     from trainer.data.report import Report
     from trainer.data.rows import load_rows
@@ -136,9 +118,9 @@ def test_near_duplicates_among_the_concrete_photos_are_the_planted_copies_alone(
             photo.crop((8, 8, width, height)).save(images / "UD" / f"copy-{index}-cropped.jpg", quality=90)
     report = Report()
     rows = validate(load_rows(images, None)[0], report)
-    features = audit.pretrained_features(rows, tmp_path / "workspace")
     labels = np.array([("CD", "UD").index(row.label) for row in rows])
-    found = audit.near_duplicates(features, audit.thumbnails_of(rows, report.thumbnails), labels, ["train"] * len(rows))
+    found = audit.near_duplicates(audit.thumbnails_of(rows, report.thumbnails), labels, ["train"] * len(rows),
+                                  [row.sha256 for row in rows])  # fmt: skip
     groups: dict[int, set[str]] = {}
     for finding in found:
         groups.setdefault(finding.group, set()).add(rows[finding.index].path.name)

@@ -32,6 +32,7 @@ class Row:
     path: Path  # resolved, absolute
     label: str
     sha256: str = ""
+    group: str = ""  # the CSV's Group cell: rows of one group stay in one split ("" when none)
 
 
 def resolve_csv(folder: Path, file: str) -> Path:
@@ -66,9 +67,10 @@ def resolve_image_path(written: str, bases: list[Path]) -> Path:
 
 
 def read_csv_rows(csv_path: Path, image_folder: Path, allow_outside: bool = False) -> tuple[list[Row], Report]:
-    """Read `ImagePath,Label` rows. Paths are relative to the CSV's folder, as the original data
-    writes them; the image folder is tried second. BOM, CRLF, extra columns and any header case
-    are accepted. A row must name an image inside the image folder (links followed), unless
+    """Read `ImagePath,Label` rows (and `Group`, when the CSV has that column: rows of one group
+    stay in one split). Paths are relative to the CSV's folder, as the original data writes
+    them; the image folder is tried second. BOM, CRLF, extra columns and any header case are
+    accepted. A row must name an image inside the image folder (links followed), unless
     allow_outside; the seed's `../Images/CD/x.jpg` from Images/training_data.csv is inside."""
     report = Report()
     frame, columns = _csv_frame(csv_path)
@@ -89,7 +91,8 @@ def read_csv_rows(csv_path: Path, image_folder: Path, allow_outside: bool = Fals
                 f"{csv_path} line {line}: {shown(written, 120)} is outside the image folder {image_folder}; keep the "
                 "images inside it, or pass --allow-outside-folder"
             )
-        rows.append(Row(line, written, path, label))
+        group = record[columns["group"]].strip() if "group" in columns else ""
+        rows.append(Row(line, written, path, label, group=group))
     if report.rows_read == 0:
         raise InputError(f"{csv_path}: header only, no rows; add lines like 'CD/0001.jpg,CD'")
     return rows, report

@@ -4,7 +4,6 @@ table.py      DIAGNOSTICS, one row per diagnostic (name, when it applies, the fu
               section of the report)
 runner.py     runs the rows after the model has landed, recording each outcome in manifest.json
 audit.py      the label audit: unlikely labels, near-duplicates, outliers
-neighbours.py nearest neighbours in memory linear in N
 explain.py    class activation maps
 pictures.py   learning curves, confusion matrix, contact sheets
 report.py     report.html, from the run folder's files alone

@@ -11,21 +11,11 @@ From pretrained features (the bottleneck cache's), in seconds rather than a retr
   given label are flagged (pruning by noise rate), so the cut follows the data, not a threshold;
 - near-duplicates: groups of images, under different labels or in different splits, that are
   the same picture in other bytes (identical bytes were merged before): re-encoded, resized or
-  slightly cropped. Only each image's nearest by thumbnail and by features are compared
-  (trainer.diagnostics.neighbours: memory and time near-linear in the number of images), and pairs that
-  match are joined into groups. Pooled CNN features alone cannot tell them: measured on the concrete photos,
-  such copies score 0.89-0.93 cosine while distinct photos of the same surface reach 0.925, and
-  on the synthetic set a JPEG re-encode drops to 0.41. A 16 x 16 luminance thumbnail (mean
-  removed, unit length; the "tiny image" descriptor) keeps the layout they share: a pair counts
-  when its thumbnails correlate at 0.9 or more, or at 0.75 or more with features at 0.85 or more.
-  On both sets that caught every re-encode, resize and 8-pixel crop, and no distinct pair.
-  Those are absolute bars, and the more images, the closer each one's nearest distinct image
-  comes: at 56,058 generated photos 99 distinct images cleared them. So a pair must also stand
-  out from the images' other neighbours (the ratio test of feature matching): its thumbnail
-  distance at most DISTINCT times the distance to the CANDIDATES-th nearest thumbnail of either
-  image. Measured there, copies' ratios were 0.17 at most and distinct images' 0.52 at least,
-  at 5,658 and 56,058 alike. A thumbnail correlation of IDENTICAL or more counts whatever the
-  neighbours (a picture filed more than CANDIDATES times);
+  slightly cropped. The pairs are found by trainer.data.groups's rule, from the 16 x 16
+  thumbnails validation kept, the same rule by which the split keeps such a group in one split:
+  so a group listed here spans labels, not splits. (Images a review drops after the split move
+  the others' neighbours, which can join a pair the split did not; none was seen.) Pairs that
+  match are joined into groups;
 - outliers: images far from all others (their mean cosine distance to the 5 nearest
   neighbours is more than 3.5 robust standard deviations above the median), and images of one
   flat tone (their 16 x 16 thumbnail's grey levels spread less than FLAT): a file whose bytes
@@ -46,15 +36,13 @@ import numpy as np
 
 from trainer import runfolder
 from trainer.config import TrainConfig
-from trainer.neighbours import groups as components
-from trainer.neighbours import nearest, pairs, similarity_of, unit_rows
+from trainer.data.groups import THUMBNAIL, near_duplicate_pairs, unit_thumbnails
 from trainer.features.extract import extract, load_extractor
 from trainer.head import converged_out_of_fold, standardized
+from trainer.neighbours import groups as components
+from trainer.neighbours import nearest, unit_rows
 
-SAME_LAYOUT, SIMILAR_LAYOUT, SIMILAR_FEATURES = 0.9, 0.75, 0.85  # see near-duplicates above
-DISTINCT, IDENTICAL = 0.35, 0.98  # ditto: the ratio test's bar, and the correlation that needs none
-THUMBNAIL = 16
-CANDIDATES = 10  # nearest images per image looked at for near-duplicates, by thumbnail and by features
+VOTERS = 10  # nearest images whose labels vote on each image's
 OUTLIER_Z = 3.5
 NEIGHBOURS = 5
 FLAT = 0.5  # grey levels: a thumbnail whose standard deviation is below this holds no picture
@@ -194,53 +182,21 @@ def thumbnails_of(rows, known: dict[str, bytes] | None) -> np.ndarray:
     """thumbnails() for rows, from the 8-bit thumbnails validation made as it decoded each file
     (trainer.data.report.Report.thumbnails, by sha256) where it has them; only the rest are read again."""
     known = known or {}
-    size = THUMBNAIL * THUMBNAIL
-    out = np.zeros((len(rows), size), dtype=np.float32)
-    missing = [index for index, row in enumerate(rows) if len(known.get(row.sha256, b"")) != size]
-    for index, row in enumerate(rows):
-        if len(known.get(row.sha256, b"")) == size:
-            vector = np.frombuffer(known[row.sha256], dtype=np.uint8).astype(np.float32)
-            out[index] = vector - vector.mean()
-    out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    out = unit_thumbnails([known.get(row.sha256, b"") for row in rows])
+    missing = [index for index, row in enumerate(rows) if len(known.get(row.sha256, b"")) != THUMBNAIL * THUMBNAIL]
     if missing:
         out[missing] = thumbnails([rows[index].path for index in missing])
     return out
 
 
-def near_duplicate_pairs(unit: np.ndarray, small: np.ndarray, by_content: np.ndarray | None = None,
-                         seed: int = 0) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """The pairs that are the same picture: (pairs [m, 2], their thumbnail correlations). The
-    candidates are each image's CANDIDATES nearest by thumbnail and by features (trainer.
-    neighbours, linear in memory; `by_content`: the feature neighbours when already found), so
-    a pair is never looked at unless one image is among the other's nearest; both similarities
-    are then computed exactly for each candidate."""
-    by_layout, layout_nearest = nearest(small, CANDIDATES, seed)
-    if by_content is None:
-        by_content, _ = nearest(unit, CANDIDATES, seed)
-    candidates = np.unique(np.concatenate([pairs(by_layout), pairs(by_content[:, :CANDIDATES])]), axis=0)
-    if not len(candidates):
-        return candidates, np.zeros(0, dtype=np.float32)
-    layout, content = similarity_of(small, candidates), similarity_of(unit, candidates)
-    # Each image's background: its CANDIDATES-th nearest thumbnail (none below CANDIDATES + 1
-    # images, where the bars alone decide: so few pairs do not crowd them).
-    full = by_layout.shape[1] == CANDIDATES
-    background = layout_nearest[:, -1] if full else np.zeros(len(small), dtype=np.float32)
-    nearer = np.maximum(background[candidates[:, 0]], background[candidates[:, 1]])
-    stands_out = (1 - layout) <= DISTINCT * (1 - nearer)
-    cleared = (layout >= SAME_LAYOUT) | ((layout >= SIMILAR_LAYOUT) & (content >= SIMILAR_FEATURES))
-    same = (cleared & stands_out) | (layout >= IDENTICAL)
-    return candidates[same], layout[same]
-
-
-def near_duplicates(features: np.ndarray, small: np.ndarray, labels: np.ndarray, groups: list[str],
-                    seed: int = 0, neighbours=None) -> list[Finding]:  # fmt: skip
-    """Groups of the same picture (joined pair by pair) whose members carry different labels or
-    sit in different splits (`groups`): every member flagged, scored by its best match, and
-    named as a near-duplicate of the group's first other member; `small`: thumbnails();
-    `neighbours`: (unit features, their neighbour table) when the caller has them."""
+def near_duplicates(small: np.ndarray, labels: np.ndarray, groups: list[str], hashes=None,
+                    seed: int = 0) -> list[Finding]:  # fmt: skip
+    """Groups of the same picture (trainer.data.groups's pairs, joined) whose members carry
+    different labels or sit in different splits (`groups`): every member flagged, scored by its
+    best match, and named as a near-duplicate of the group's first other member; `small`:
+    thumbnails(); `hashes`: each image's content hash, as the split gave them."""
     labels = np.asarray(labels)
-    unit, by_content = neighbours if neighbours is not None else (_unit(features), None)
-    linked, layout = near_duplicate_pairs(unit, np.ascontiguousarray(small, dtype=np.float32), by_content, seed)
+    linked, layout = near_duplicate_pairs(np.ascontiguousarray(small, dtype=np.float32), hashes, seed)
     if not len(linked):
         return []
     group = components(len(labels), linked)
@@ -277,18 +233,19 @@ def outliers(features: np.ndarray, labels: np.ndarray, seed: int = 0, similarity
 
 
 def audit(features: np.ndarray, small: np.ndarray | None, labels, classes: int, groups: list[str], seed: int = 0,
-          config=None, spread: np.ndarray | None = None):  # fmt: skip
+          config=None, spread: np.ndarray | None = None, hashes=None):  # fmt: skip
     """Every finding, the unlikely labels first (least likely first), then near-duplicates (when
-    thumbnails are given), then outliers (flat pictures first, when `spread`, tonal_spread(), is
-    given). The features' neighbour table is found once for both.
+    thumbnails are given; `hashes`: the images' content hashes), then outliers (flat pictures
+    first, when `spread`, tonal_spread(), is given). The features' neighbour table is found once
+    for the votes and the outliers.
     `config`: the run's options, whose head options the held-out heads follow (defaults: None)."""
     labels = np.asarray(labels)
     unit = _unit(features)
-    indices, similarity = nearest(unit, max(CANDIDATES, NEIGHBOURS), seed)
+    indices, similarity = nearest(unit, max(VOTERS, NEIGHBOURS), seed)
     heads = repeated_out_of_fold(features, labels, classes, config, seed)
     probabilities = (1 - VOTE_WEIGHT) * heads + VOTE_WEIGHT * neighbour_votes(indices, similarity, labels, classes)
     found = sorted(unlikely_labels(probabilities, labels), key=lambda finding: -finding.score)
-    duplicates = [] if small is None else near_duplicates(features, small, labels, groups, seed, (unit, indices))
+    duplicates = [] if small is None else near_duplicates(small, labels, groups, hashes, seed)
     flat = [] if spread is None else flat_pictures(spread, labels)
     distant = [f for f in outliers(features, labels, seed, similarity) if f.index not in {g.index for g in flat}]
     return found + duplicates + flat + distant
@@ -381,7 +338,8 @@ def audit_data(data, features: np.ndarray | None, workspace, output, config=None
     index = {label: number for number, label in enumerate(data.labels)}
     given = np.array([index[row.label] for row in rows])
     findings = audit(vectors, thumbnails_of(rows, data.report.thumbnails), given, len(data.labels), groups,
-                     config.seed, config, tonal_spread(rows, data.report.thumbnails))  # fmt: skip
+                     config.seed, config, tonal_spread(rows, data.report.thumbnails),
+                     [row.sha256 for row in rows])  # fmt: skip
     write_lists(output, rows, findings, data.labels)
     kinds = {kind: sum(kind_of(f) == kind for f in findings) for kind in KINDS}
     duplicate_groups = len({f.group for f in findings if kind_of(f) == "near-duplicate"})
