@@ -117,6 +117,27 @@ def test_no_group_the_audit_lists_spans_two_splits(tmp_path):
     assert sum(len(where) > 1 for where in spans(plain, data.report)) >= 3
 
 
+def test_a_validation_files_near_duplicates_are_kept_out_of_training(tmp_path):
+    """As an identical copy of a --validation-file image is: the planted copies of the held-out
+    originals, and nothing else."""
+    images, copies = planted(tmp_path, originals=3)
+    rows, report = load_rows(images, None)
+    rows = validate(rows, report)
+    held = [row for row in rows if row.path.name in copies]
+    rest = [row for row in rows if row.path.name not in copies]
+    twins = groups.held_out_twins(rest, held, report.thumbnails, 0)
+    assert sorted(row.path.name for row in rest if row.sha256 in twins) == sorted(set().union(*copies.values()))
+
+
+def test_a_grouping_is_part_of_what_a_model_is_trained_from():
+    from trainer.fingerprint import compared_options, what_changed
+
+    plain, grouped = TrainConfig(), TrainConfig(group_pattern=r"(\d+)-")
+    old = {"data": "d", "options": compared_options(plain), "stack": {}, "code": "c"}
+    new = {**old, "options": compared_options(grouped)}
+    assert what_changed(old, new) == [r"--group-pattern (unset) -> (\d+)-"]
+
+
 def test_a_csv_group_column_and_a_file_name_pattern_name_groups(tmp_path):
     images = tmp_path / "Images"
     for label in ("CD", "UD"):
