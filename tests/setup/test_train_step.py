@@ -156,7 +156,13 @@ def test_a_crash_after_the_model_landed_still_publishes_it(demo_dir, tmp_path):
     )
     assert (published / "model.keras").is_file() and (published / "metrics.json").is_file()
     states = json.loads((published / "manifest.json").read_text())["diagnostics"]
-    assert states == {"audit": "ok", "heatmaps": "pending", "exports": "skipped", "report": "pending"}
+    assert states == {
+        "compare": "skipped",
+        "audit": "ok",
+        "heatmaps": "pending",
+        "exports": "skipped",
+        "report": "pending",
+    }
     env.pop("TRAINER_FAIL_DIAGNOSTIC")
     again = invoke(
         copy, *train, "--weights", "none", "--image-size", "48", "--epochs", "1", "--export", "none", env=env
@@ -164,7 +170,7 @@ def test_a_crash_after_the_model_landed_still_publishes_it(demo_dir, tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     assert "finishing its diagnostics" in again.stderr and "Epoch" not in again.stderr  # nothing trained again
     states = json.loads((published / "manifest.json").read_text())["diagnostics"]
-    assert states == {"audit": "ok", "heatmaps": "ok", "exports": "skipped", "report": "ok"}
+    assert states == {"compare": "skipped", "audit": "ok", "heatmaps": "ok", "exports": "skipped", "report": "ok"}
     assert (published / "report.html").is_file() and (published / "heatmaps.png").is_file()
 
 
