@@ -136,3 +136,23 @@ def test_a_folder_with_nothing_to_compare_is_skipped_in_one_line(tmp_path):
     with pytest.raises(InputError) as refused:
         compare.compare(tmp_path / "empty", now)
     assert str(refused.value) == f"{tmp_path / 'empty'}: no split.csv to compare with"
+
+
+def test_the_recall_estimate_puts_each_target_where_that_share_of_the_class_scores_at_least_it():
+    import numpy as np
+
+    from trainer.diagnostics.audit import recall_targets
+
+    # Ten CD images scoring 0.1 .. 1.0 for CD, ten UD images scoring 0.05 .. 0.5 for CD.
+    cd = np.linspace(0.1, 1.0, 10)
+    ud = np.linspace(0.05, 0.5, 10)
+    p_cd = np.concatenate([cd, ud])
+    probabilities = np.stack([p_cd, 1 - p_cd], axis=1)
+    given = np.array([0] * 10 + [1] * 10)
+    estimates = {(e["label"], e["target"]): e for e in recall_targets(probabilities, given, ["CD", "UD"])}
+    at = estimates[("CD", 0.9)]
+    # 9 of the 10 CD images score at least 0.2; so do the UD images from 0.2 up (0.2, 0.25, ..., 0.5: 7).
+    assert at["threshold"] == 0.2 and at["recall"] == 0.9 and at["called"] == 16 and at["images"] == 20
+    assert abs(at["precision"] - 9 / 16) < 1e-9
+    assert estimates[("CD", 0.99)]["recall"] == 1.0 and estimates[("CD", 0.99)]["called"] == 19  # all but UD 0.05
+    assert len(recall_targets(np.full((4, 4), 0.25), np.arange(4), list("abcd"))) == 0  # past three classes: none

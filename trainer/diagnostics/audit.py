@@ -34,13 +34,14 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer import runfolder
+from trainer import decision, runfolder
 from trainer.config import TrainConfig
 from trainer.data.groups import THUMBNAIL, near_duplicate_pairs, unit_thumbnails
 from trainer.features.extract import extract, load_extractor
-from trainer.head import converged_out_of_fold, standardized
+from trainer.head import FOLDS, converged_out_of_fold, fold_splitter, standardized
 from trainer.neighbours import groups as components
 from trainer.neighbours import nearest, unit_rows
+from trainer.progress import progress_bar
 
 VOTERS = 10  # nearest images whose labels vote on each image's
 OUTLIER_Z = 3.5
@@ -77,11 +78,14 @@ def repeated_out_of_fold(features: np.ndarray, labels: np.ndarray, classes: int,
     config = config or TrainConfig()
     repeats = REPEATS if len(labels) <= REPEAT_UP_TO else 1
     scaled = standardized(features)
-    return np.mean(
-        [converged_out_of_fold(features, labels, classes, config, seed=seed + 1000 * r, scaled=scaled)
-         for r in range(repeats)],
-        axis=0,
-    )  # fmt: skip
+    folds = fold_splitter(labels, classes, FOLDS, seed).get_n_splits()
+    with progress_bar(total=repeats * folds, desc="audit: held-out heads") as bar:
+        return np.mean(
+            [converged_out_of_fold(features, labels, classes, config, seed=seed + 1000 * r, scaled=scaled,
+                                   on_fold=lambda: bar.update(1))
+             for r in range(repeats)],
+            axis=0,
+        )  # fmt: skip
 
 
 def neighbour_votes(neighbours: np.ndarray, similarity: np.ndarray, labels: np.ndarray, classes: int) -> np.ndarray:
@@ -233,16 +237,19 @@ def outliers(features: np.ndarray, labels: np.ndarray, seed: int = 0, similarity
 
 
 def audit(features: np.ndarray, small: np.ndarray | None, labels, classes: int, groups: list[str], seed: int = 0,
-          config=None, spread: np.ndarray | None = None, hashes=None):  # fmt: skip
+          config=None, spread: np.ndarray | None = None, hashes=None, kept: dict | None = None):  # fmt: skip
     """Every finding, the unlikely labels first (least likely first), then near-duplicates (when
     thumbnails are given; `hashes`: the images' content hashes), then outliers (flat pictures
     first, when `spread`, tonal_spread(), is given). The features' neighbour table is found once
     for the votes and the outliers.
-    `config`: the run's options, whose head options the held-out heads follow (defaults: None)."""
+    `config`: the run's options, whose head options the held-out heads follow (defaults: None).
+    `kept`: a dict that gets the held-out heads' probabilities as "heads" (recall_targets reads them)."""
     labels = np.asarray(labels)
     unit = _unit(features)
     indices, similarity = nearest(unit, max(VOTERS, NEIGHBOURS), seed)
     heads = repeated_out_of_fold(features, labels, classes, config, seed)
+    if kept is not None:
+        kept["heads"] = heads
     probabilities = (1 - VOTE_WEIGHT) * heads + VOTE_WEIGHT * neighbour_votes(indices, similarity, labels, classes)
     found = sorted(unlikely_labels(probabilities, labels), key=lambda finding: -finding.score)
     duplicates = [] if small is None else near_duplicates(small, labels, groups, hashes, seed)
@@ -337,11 +344,39 @@ def audit_data(data, features: np.ndarray | None, workspace, output, config=None
         vectors, source = features, "the run's own features"
     index = {label: number for number, label in enumerate(data.labels)}
     given = np.array([index[row.label] for row in rows])
+    kept: dict = {}
     findings = audit(vectors, thumbnails_of(rows, data.report.thumbnails), given, len(data.labels), groups,
                      config.seed, config, tonal_spread(rows, data.report.thumbnails),
-                     [row.sha256 for row in rows])  # fmt: skip
+                     [row.sha256 for row in rows], kept)  # fmt: skip
     write_lists(output, rows, findings, data.labels)
     kinds = {kind: sum(kind_of(f) == kind for f in findings) for kind in KINDS}
     duplicate_groups = len({f.group for f in findings if kind_of(f) == "near-duplicate"})
+    fitted = np.array([group != "test" for group in groups])  # the estimate never looks at the test split
     return {"features": source, "images": len(rows), "flagged": kinds, "near_duplicate_groups": duplicate_groups,
-            "listed": {kind: sum(kind_of(f) == kind for f in shown(findings)) for kind in KINDS}}  # fmt: skip
+            "listed": {kind: sum(kind_of(f) == kind for f in shown(findings)) for kind in KINDS},
+            "recall_targets": recall_targets(kept["heads"][fitted], given[fitted], data.labels)}  # fmt: skip
+
+
+RECALL_TARGETS, TARGETED_UP_TO = (0.9, 0.95, 0.99), 3  # the recalls estimated, for up to this many classes
+
+
+def recall_targets(probabilities: np.ndarray, given: np.ndarray, labels: list[str]) -> list[dict]:
+    """Where --target-recall would put each class's threshold and what it would cost, estimated
+    from held-out heads' probabilities of the training and validation images (the report's top):
+    for each target, the threshold on P(class), the recall and precision there, and how many
+    images it calls the class. None past TARGETED_UP_TO classes (a table per class would bury the
+    page; the report names the option instead)."""
+    if len(labels) > TARGETED_UP_TO or not len(given):
+        return []
+    out = []
+    for index, label in enumerate(labels):
+        positive, scores = given == index, probabilities[:, index]
+        if not positive.any():
+            continue
+        for target in RECALL_TARGETS:
+            threshold = decision.threshold_for(scores, positive, target)
+            at = decision.at_threshold(scores, positive, threshold)
+            out.append({"label": label, "target": target, "threshold": round(threshold, 4), "recall": at["recall"],
+                        "precision": at["precision"], "called": int((scores >= threshold).sum()),
+                        "images": int(len(given))})  # fmt: skip
+    return out
