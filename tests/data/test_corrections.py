@@ -107,3 +107,21 @@ def test_train_with_a_missing_corrections_file_is_one_line_and_exit_2(cli, tmp_p
     code, _, err = cli("train", "--folder", tmp_path, "--corrections", tmp_path / "none.csv")
     assert code == 2 and err.strip().count("\n") == 0
     assert "--corrections: " in err and "none.csv' is not a file" in err
+
+
+def test_the_usable_count_said_is_the_images_split_after_the_decisions(tmp_path, trainer_log):
+    """A drop leaves one image fewer in the splits, and the count the run says is theirs: the
+    400 usable images once said after a drop while the splits summed to 399."""
+    from trainer.data.load import load_data
+
+    images = tmp_path / "Images"
+    _dataset(images, per_class=6)
+    file = _write(tmp_path / "fixes.csv", "CD/0.png,drop,", "CD/1.png,UD,")
+    config = TrainConfig(folder=str(images), corrections=str(file), record="none", runs_dir=str(tmp_path / "runs"))
+    data = load_data(config)
+    assert sum(len(part) for part in data.parts.values()) == 11
+    lines = [entry.getMessage() for entry in trainer_log]
+    assert f"2 decisions in force (1 relabel, 1 drop) from {file}: 1 relabelled, 1 dropped" in "\n".join(lines)
+    said = [line for line in lines if "usable image" in line]
+    assert said == ["11 usable images after the decisions in force: CD 4, UD 7"]
+    assert said[0] in data.report.notes and "12 usable images" not in " ".join(data.report.notes)

@@ -13,10 +13,11 @@ import numpy as np
 from trainer import places, record
 from trainer.config import TrainConfig
 from trainer.data import corrections as label_corrections
+from trainer.data.groups import held_out_twins, split_keys
 from trainer.data.report import Report, log_report
 from trainer.data.rows import SPLITS, Row, load_rows
 from trainer.data.split import split
-from trainer.data.validate import validate
+from trainer.data.validate import note_usable, validate
 from trainer.errors import InputError, listed, os_error_sentence
 
 log = logging.getLogger("trainer")
@@ -73,22 +74,26 @@ def load_data(config: TrainConfig) -> Data:
             validation_rows, validation_report, strict=config.strict, min_class_size=1, allow_one_class=True
         )
         log_report(validation_report)
-        held_out = {row.sha256 for row in validation_rows}
         rows = validate(rows, report, strict=config.strict, min_class_size=2)
+        thumbnails = {**report.thumbnails, **validation_report.thumbnails}
+        held_out = {row.sha256 for row in validation_rows} | held_out_twins(rows, validation_rows, thumbnails,
+                                                                             config.seed)  # fmt: skip
         before = len(rows)
         rows = [row for row in rows if row.sha256 not in held_out]
         if len(rows) < before:
-            log.warning(
-                "WARNING: %d training image(s) also in --validation-file: kept for validation only", before - len(rows)
-            )
-        parts = split(rows, 0.0, config.test_fraction, config.seed)
+            log.warning("WARNING: %d training image(s) also in --validation-file, or near-duplicates of its images: "
+                        "kept for validation only", before - len(rows))  # fmt: skip
+        parts = split(rows, 0.0, config.test_fraction, config.seed,
+                      split_keys(rows, report.thumbnails, config.group_pattern, config.seed))  # fmt: skip
         parts["validation"] = validation_rows
         report.files.update(validation_report.files)
     else:
         rows = validate(rows, report, strict=config.strict)
-        parts = split(rows, config.validation_fraction, config.test_fraction, config.seed)
+        parts = split(rows, config.validation_fraction, config.test_fraction, config.seed,
+                      split_keys(rows, report.thumbnails, config.group_pattern, config.seed))  # fmt: skip
     log_report(report)
     parts, corrected = _corrected(config, parts)
+    _say_usable(report, [row for part in parts.values() for row in part], corrected)
     labels = sorted({row.label for name in SPLITS for row in parts[name]})
     unknown = sorted({row.label for row in parts["validation"]} - {row.label for row in parts["train"]})
     if unknown:
@@ -131,6 +136,14 @@ def _corrected(config: TrainConfig, parts: dict, keep_file: bool = True) -> tupl
     return parts, summary
 
 
+def _say_usable(report: Report, rows: list[Row], corrected: dict | None) -> None:
+    """How many images the run has, said once the decisions in force have dropped or relabelled
+    theirs: the count is the sum of the splits (validation's own would count a dropped image)."""
+    changed = corrected is not None and (corrected["dropped"] or corrected["relabelled"])
+    for note in note_usable(report, rows, " after the decisions in force" if changed else ""):
+        log.info("%s", note)
+
+
 def _keep_given(folder, decisions) -> None:
     try:
         record.keep_given(folder, decisions)
@@ -149,4 +162,5 @@ def load_unsplit(config: TrainConfig) -> Data:
     rows = validate(rows, report, strict=config.strict)
     log_report(report)
     parts, corrected = _corrected(config, {"all": rows}, keep_file=False)  # the audit only looks
+    _say_usable(report, parts["all"], corrected)
     return Data(sorted({row.label for row in parts["all"]}), parts, report, report.files, corrections=corrected)
