@@ -67,8 +67,10 @@ def test_the_report_is_headed_by_the_model_and_what_it_misses_in_words(tmp_path)
     page = report.render(folder, folder.name)
     top = page[page.index("<body>") : page.index("<h2>Metrics")]
     assert "<h1>ud-cd-classifier</h1>" in top and folder.name in top
-    assert "It misses <b>4 of the 20 CD</b> images (recall 0.80), taking them for &lt;b&gt;UD." in top
-    assert "It misses <b>1 of the 20 &lt;b&gt;UD</b> images (recall 0.95), taking them for CD." in top
+    assert (
+        "It misses <b>4 of the 20</b> images labelled <b>CD</b> (recall 0.80), calling them <b>&lt;b&gt;UD</b>." in top
+    )
+    assert "It misses <b>1 of the 20</b> images labelled <b>&lt;b&gt;UD</b> (recall 0.95), calling it <b>CD</b>." in top
     # No recall target and no audit estimate: the option is named for the class missed most.
     assert "<code>--target-recall CD=0.95</code>" in top
 

@@ -290,12 +290,12 @@ def missed_by_class(metrics: dict) -> list[str]:
         taken = sorted(((count, other) for column, (other, count) in enumerate(zip(labels, counts, strict=False))
                         if column != row and count), reverse=True)  # fmt: skip
         if len(taken) == 1:
-            as_what = f"taking them for {html.escape(taken[0][1])}"
+            as_what = f"calling {'it' if missed == 1 else 'them'} <b>{html.escape(taken[0][1])}</b>"
         else:
-            as_what = "taking " + ", ".join(f"{count} for {html.escape(other)}" for count, other in taken[:3])
+            as_what = "calling " + ", ".join(f"{count} <b>{html.escape(other)}</b>" for count, other in taken[:3])
             as_what += " and others" if len(taken) > 3 else ""
         said.append(
-            f"misses <b>{missed or 'none'} of the {total} {html.escape(label)}</b> images (recall "
+            f"misses <b>{missed or 'none'} of the {total}</b> images labelled <b>{html.escape(label)}</b> (recall "
             f"{(total - missed) / total:.2f})" + (f", {as_what}" if missed else "")
         )
     return said
