@@ -81,7 +81,10 @@ def test_the_report_says_where_a_recall_target_puts_the_threshold(tmp_path):
     estimate = [{"label": "CD", "target": 0.95, "threshold": 0.31, "recall": 0.95, "precision": 0.8, "called": 171,
                  "images": 360}]  # fmt: skip
     folder = _report_folder(tmp_path, ["CD", "UD"], [[16, 4], [1, 19]], audit={"recall_targets": estimate})
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps({**manifest, "comparison": "the model before <0.9>"}))
     top = report.render(folder, folder.name).split("<h2>Metrics")[0]
+    assert "<b>Before and after</b> (the section below): the model before &lt;0.9&gt;." in top
     assert "an estimate" in top and "<td>0.310</td><td>0.950</td><td>0.800</td><td>171 of 360</td>" in top
     point = {"label": "CD", "target_recall": 0.95, "rule": "CD when P(CD) >= 0.3100 (target recall 0.95)",
              "out_of_fold": {"recall": 0.953, "precision": 0.81}}  # fmt: skip

@@ -361,7 +361,16 @@ def _header(run_dir: Path, name: str, metrics: dict, config: dict) -> str:
             else ""
         )  # fmt: skip
         + recall_target_note(run_dir, point, metrics)
+        + _compared_note(read_json(run_dir / runfolder.MANIFEST).get("comparison"))
     )
+
+
+def _compared_note(line) -> str:
+    """The before-and-after line (trainer/diagnostics/compare.py) at the top, when the run replaced
+    a model: a retrain's score beside the one it replaced, on the same photos."""
+    if not isinstance(line, str) or not line:
+        return ""
+    return f"<p><b>Before and after</b> (the section below): {html.escape(line)}.</p>"
 
 
 def render(run_dir: Path, name: str) -> str:
