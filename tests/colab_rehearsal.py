@@ -140,7 +140,8 @@ def run_notebook(notebook: Path, name: str, out: Path, source: str, after: str |
     saved = dict(os.environ)
     os.environ.update(variables)
     document = nbformat.read(notebook, as_version=4)
-    job = next(cell for cell in document.cells if 'SOURCE = "concrete"' in cell.source)  # the job cell
+    # The job cell: the code cell that sets SOURCE (the first cell's text quotes the line too).
+    job = next(cell for cell in document.cells if cell.cell_type == "code" and 'SOURCE = "concrete"' in cell.source)
     job.source = job.source.replace('SOURCE = "concrete"', f"SOURCE = {json.dumps(source)}")
     if NAME:
         job.source = job.source.replace('NAME = ""', f"NAME = {json.dumps(NAME)}")
