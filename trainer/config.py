@@ -26,6 +26,9 @@ SCHEDULES = ("none", "exponential", "polynomial", "cosine")
 # auto: from the hardware; on: the device's own kind (float16 on GPUs, bfloat16 elsewhere);
 # float16 / bfloat16: that policy on any device, so that a CPU can run what a GPU would.
 MIXED_PRECISION = ("auto", "on", "off", "float16", "bfloat16")
+# How the last feature map is pooled (trainer/pooling.py): average, maximum, generalized mean,
+# average and maximum side by side.
+POOLINGS = ("avg", "max", "gem", "avgmax")
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,13 @@ class TrainConfig:
     image_size: int = option(224, "square input size in pixels", within(32, 1024))
     feature_layer: str | None = option(
         None, "pool features from this backbone layer, e.g. block4_pool (default: the last)"
+    )
+    pooling: str = option(
+        "avg",
+        "how the backbone's last feature map becomes one vector: average, maximum, generalized mean (p=3), or "
+        "average and maximum side by side (twice the features); `invoke tune` searches it. The label audit stays on "
+        "average pooling, and the heatmaps, which need it, are skipped for the others",
+        one_of(*POOLINGS),
     )
     dropout: float = option(0.2, "before the classification layer", within(0, 1, "[)"))
     target_recall: str | None = option(

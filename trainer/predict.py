@@ -19,6 +19,7 @@ from trainer.data.rows import read_csv_rows
 from trainer.data.split import learnt_from
 from trainer.errors import ImageError, InputError, counted
 from trainer.export import runtimes
+from trainer.pooling import custom_objects
 from trainer.progress import progress
 
 log = logging.getLogger("trainer")
@@ -101,7 +102,7 @@ def load_keras(path: Path):
     try:
         # Safe mode (Keras's default, said here so that no change of default can lift it): a
         # Lambda layer's code in a .keras file from elsewhere is refused, never run.
-        return keras.models.load_model(path, compile=False, safe_mode=True)
+        return keras.models.load_model(path, compile=False, safe_mode=True, custom_objects=custom_objects())
     except (ValueError, OSError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as error:
         if "arbitrary code" in str(error) or "safe_mode" in str(error):
             raise InputError(

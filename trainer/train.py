@@ -97,7 +97,7 @@ def train_model(session: Session, data: Data, stage: Stages) -> Trained:
     if name == "auto":
         name, weights, extra["backbone_auto"] = choose(session, data)
     with session.strategy.scope():
-        extractor = load_extractor(name, config.image_size, weights, config.feature_layer)
+        extractor = load_extractor(name, config.image_size, weights, config.feature_layer, config.pooling)
     if not extractor.pretrained and config.target_recall:
         raise InputError(
             f"--target-recall: {name} has no pretrained weights here, so the whole network would train; "
@@ -167,9 +167,10 @@ def land(run_dir: Path, session: Session, data: Data, trained: Trained, assessed
     record.update(request=request, request_key=request_key(request), **trained.extra)
     record["stages"], record["diagnostics"] = stage.record, pending(config)
     # The audit reads each image's own features only; the head's datasets and every other view go.
+    # Features pooled other than by average are not the audit's: it featurizes its own (table.py).
     audit_features = None
     if trained.features is not None:
-        if config.audit:
+        if config.audit and config.pooling == "avg":
             trained.features.keep_images_only()
             audit_features = trained.features.store
         else:

@@ -270,6 +270,19 @@ def pretrained_features(
     return features
 
 
+def average_pooled_features(rows, workspace, decided: dict, config: TrainConfig) -> np.ndarray | None:
+    """The run's backbone's features of `rows`, average-pooled whatever the run's --pooling (the
+    audit's rules were measured on average pooling), through the cache in `workspace` (a run
+    with --pooling avg stored them; a search over poolings did too). `decided`: the run's
+    decided.json (the backbone and weights it used). None for a run without pretrained weights."""
+    if decided.get("weights", "none") == "none":
+        return None
+    extractor = load_extractor(decided["backbone"], config.image_size, decided["weights"], config.feature_layer,
+                               pooling="avg")  # fmt: skip
+    features, _ = extract(extractor, [(rows, ("id",))], workspace)
+    return features
+
+
 def records(findings: list[Finding], rows, labels: list[str]) -> list[dict]:
     """audit.csv's rows: ImagePath, Label, SuggestedLabel, Score, Reason, Group."""
     out = []
@@ -340,8 +353,10 @@ def audit_data(data, features: np.ndarray | None, workspace, output, config=None
     if features is None:
         vectors = pretrained_features(rows, workspace)
         source = f"{DEFAULT_BACKBONE} at {DEFAULT_SIZE} px, ImageNet weights"
-    else:
+    elif config.pooling == "avg":
         vectors, source = features, "the run's own features"
+    else:
+        vectors, source = features, "the run's backbone, average-pooled (the model's own pooling is not the audit's)"
     index = {label: number for number, label in enumerate(data.labels)}
     given = np.array([index[row.label] for row in rows])
     kept: dict = {}

@@ -12,6 +12,10 @@ this architecture is W_kc s_k / (h w): the same map up to a constant factor, fou
 backpropagation instead of read from the weights. What is drawn is the evidence for class c
 against the average class, M_c - mean over classes of M: a softmax ignores what all classes share,
 so this is each location's share of the log-probability ratio. Its positive part is the heatmap.
+
+That holds for average pooling, the default; a maximum or a generalized mean is not linear in
+the map, so a model pooled otherwise (--pooling) has no such maps: `explain` says so in one line,
+and the heatmaps diagnostic is skipped.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from trainer.atomic import replacing
 from trainer.data.images import load_image
 from trainer.diagnostics.pictures import Cell, captioned, contact_sheet
 from trainer.errors import InputError
+from trainer.pooling import NAMES, pooling_of
 
 
 @dataclass
@@ -54,8 +59,10 @@ class ClassMaps:
             raise InputError(f"{model.name}: expected one backbone inside the model, found {len(nested)}")
         backbone = layers[nested[0]]
         pool = backbone.layers[-1]
-        if not isinstance(pool, keras.layers.GlobalAveragePooling2D):
-            raise InputError(f"{backbone.name}: ends in {type(pool).__name__}, not average pooling; no class maps")
+        pooling = pooling_of(backbone)
+        if pooling != "avg":
+            ending = NAMES[pooling] + " pooling" if pooling else type(pool).__name__
+            raise InputError(f"{backbone.name}: ends in {ending}; class maps need average pooling (--pooling avg)")
         self.before = layers[: nested[0]]  # preprocessing
         self.feature_maps = keras.Model(backbone.inputs, pool.input)
         self.scale, self.offset = 1.0, 0.0

@@ -29,9 +29,9 @@ from trainer import places, runfolder
 from trainer.config import TrainConfig
 from trainer.data.load import load_data
 from trainer.diagnostics import report, table
+from trainer.diagnostics.audit import average_pooled_features
 from trainer.diagnostics.table import REPORT, Finished, Skipped
 from trainer.errors import CheckFailed, InputError, is_machine_error, os_error_sentence
-from trainer.features.extract import extract, load_extractor
 from trainer.fingerprint import training_request
 
 log = logging.getLogger("trainer")
@@ -150,9 +150,9 @@ def finish(config: TrainConfig, run_dir: Path, workspace: Path) -> dict[str, str
     log.info("%s holds this run's model; finishing its diagnostics: %s", run_dir, ", ".join(pending))
     decided = runfolder.read_json(run_dir / runfolder.DECIDED)
     features = None
-    if config.audit and decided.get("weights", "none") != "none":
-        # The run's own features of each image, from the workspace's cache (the run stored them).
-        extractor = load_extractor(decided["backbone"], config.image_size, decided["weights"], config.feature_layer)
-        features, _ = extract(extractor, [(data.rows(), ("id",))], workspace)
+    if config.audit:
+        # The run's backbone's features of each image, average-pooled as the audit's always are,
+        # from the workspace's cache (the run stored them, unless its --pooling is another).
+        features = average_pooled_features(data.rows(), workspace, decided, config)
     finished = Finished(run_dir, config, workspace, data, None, features, config.export_benchmark)
     return run(finished, manifest)

@@ -28,12 +28,13 @@ from pathlib import Path
 from trainer import runfolder
 from trainer.config import TrainConfig, parse_formats
 from trainer.diagnostics import compare
-from trainer.diagnostics.audit import audit_data
+from trainer.diagnostics.audit import audit_data, average_pooled_features
 from trainer.diagnostics.explain import heatmap_sheet
 from trainer.diagnostics.sections import audit_section, exports_section
 from trainer.errors import InputError, counted
 from trainer.export.formats import export_run
 from trainer.exports import export_files
+from trainer.pooling import NAMES, custom_objects
 
 
 class Skipped(Exception):
@@ -61,18 +62,26 @@ class Finished:
         if self.model is None:
             import keras
 
-            self.model = keras.models.load_model(self.run_dir / runfolder.MODEL, compile=False, safe_mode=True)
+            self.model = keras.models.load_model(self.run_dir / runfolder.MODEL, compile=False, safe_mode=True,
+                                                 custom_objects=custom_objects())  # fmt: skip
         return self.model
 
 
 def _audit(finished: Finished) -> dict:
-    summary = audit_data(finished.data, finished.features, finished.workspace,
+    features = finished.features
+    if features is None and finished.config.pooling != "avg":
+        # The run's own features are pooled otherwise; the audit's are the same backbone's, averaged.
+        decided = runfolder.read_json(finished.run_dir / runfolder.DECIDED)
+        features = average_pooled_features(finished.data.rows(), finished.workspace, decided, finished.config)
+    summary = audit_data(finished.data, features, finished.workspace,
                          finished.run_dir / runfolder.AUDIT, finished.config)  # fmt: skip
     return {"audit": summary}
 
 
 def _heatmaps(finished: Finished) -> None:
-
+    if finished.config.pooling != "avg":
+        raise Skipped(f"class maps need average pooling; this model is pooled by {NAMES[finished.config.pooling]} "
+                      f"(--pooling {finished.config.pooling})")  # fmt: skip
     test = runfolder.read_predictions(finished.run_dir / runfolder.PREDICTIONS)
     labels = runfolder.read_labels([finished.run_dir / runfolder.LABELS], finished.run_dir)
     try:

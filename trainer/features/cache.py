@@ -47,19 +47,23 @@ SHARD_SECONDS = float(os.environ.get("TRAINER_SHARD_SECONDS") or 30.0)
 READ_ROWS = 4096  # rows read from a shard at a time
 
 
-def cache_key(
-    backbone: str, image_size: int, weights: str, feature_layer: str | None = None, policy: object = "float32"
-) -> str:
+def cache_key(backbone: str, image_size: int, weights: str, feature_layer: str | None = None,
+              policy: object = "float32", pooling: str = "avg") -> str:  # fmt: skip
     """The cache folder's name. Features computed in float16 or bfloat16 differ from float32
     ones (by up to about 1e-2 of their scale: tests/features/test_bottleneck.py measures it), so the
     compute dtype is part of the key, and a head never trains on a mix of the two. A float32
-    key is the same as before the dtype was added, so earlier caches stay valid."""
+    key is the same as before the dtype was added, so earlier caches stay valid; likewise the
+    pooling (trainer/pooling.py) is in the key only when it is not avg, the pooling every key
+    before it had."""
     compute = getattr(policy, "compute_dtype", None) or str(policy).removeprefix("mixed_")
     parts = [backbone, image_size, weights_identity(weights), feature_layer, PREPROCESSING]
     if compute != "float32":
         parts.append(compute)
+    if pooling != "avg":
+        parts.append(f"pooling={pooling}")
     digest = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:12]
-    return f"{backbone}-{image_size}-" + ("" if compute == "float32" else f"{compute}-") + digest
+    named = ("" if compute == "float32" else f"{compute}-") + ("" if pooling == "avg" else f"{pooling}-")
+    return f"{backbone}-{image_size}-{named}{digest}"
 
 
 class Damaged(ValueError):

@@ -4,6 +4,8 @@
     extractor = load_extractor("efficientnet_lite0", 224, "auto")
     features, record = extract(extractor, [(rows, ("id",))], workspace)
 
+(trainer.features.poolings featurizes every pooling of one backbone in one pass.)
+
 Every image goes through the frozen backbone once per view: what the workspace's cache
 (trainer.features.cache) already has for the extractor's key is read from it, the rest is
 featurized (trainer.features.runtime: ONNX Runtime on a CPU, else TensorFlow), each image decoded
@@ -26,6 +28,7 @@ from trainer.features.cache import SHARD_SECONDS, FeatureCache, cache_key
 from trainer.features.runtime import featurizer, tensorflow_runner
 from trainer.features.views import view_of
 from trainer.model import cut_backbone, feature_extractor, load_backbone
+from trainer.pooling import pooled
 from trainer.progress import progress
 
 log = logging.getLogger("trainer")
@@ -39,8 +42,9 @@ class Extractor:
     image_size: int
     weights: str  # the weights actually used: imagenet, none or a file
     feature_layer: str | None
-    backbone: object  # the Keras backbone (trainer.model builds the classifier on it)
+    backbone: object  # the Keras backbone, pooled (trainer.model builds the classifier on it)
     model: object  # the Keras feature extractor: the backbone's preprocessing, then the backbone
+    pooling: str = "avg"  # how the last feature map is pooled (trainer.pooling)
 
     @property
     def pretrained(self) -> bool:
@@ -51,24 +55,26 @@ class Extractor:
         return int(self.model.output_shape[-1])
 
     def key(self) -> str:
-        """The cache key: backbone, size, weights, layer, and the policy's compute dtype."""
+        """The cache key: backbone, size, weights, layer, the policy's compute dtype, pooling."""
         import keras
 
         policy = keras.mixed_precision.global_policy()
-        return cache_key(self.name, self.image_size, self.weights, self.feature_layer, policy)
+        return cache_key(self.name, self.image_size, self.weights, self.feature_layer, policy, self.pooling)
 
     def folder(self, workspace: Path) -> Path:
         return Path(workspace) / "features" / self.key()
 
 
-def load_extractor(name: str, image_size: int, weights: str, feature_layer: str | None = None) -> Extractor:
+def load_extractor(name: str, image_size: int, weights: str, feature_layer: str | None = None,
+                   pooling: str = "avg") -> Extractor:  # fmt: skip
     """The backbone with the weights asked for (trainer.model.load_backbone says what `auto`
-    becomes), cut at `feature_layer` when given, as an Extractor. Build it under a
-    distribution strategy's scope when the model trains under one."""
+    becomes), cut at `feature_layer` when given, its feature map pooled by `pooling`
+    (trainer.pooling), as an Extractor. Build it under a distribution strategy's scope when the
+    model trains under one."""
 
     backbone, used = load_backbone(name, image_size, weights)
-    backbone = cut_backbone(backbone, feature_layer) if feature_layer else backbone
-    return Extractor(name, image_size, used, feature_layer, backbone, feature_extractor(backbone, name))
+    backbone = pooled(cut_backbone(backbone, feature_layer) if feature_layer else backbone, pooling)
+    return Extractor(name, image_size, used, feature_layer, backbone, feature_extractor(backbone, name), pooling)
 
 
 def extract(extractor: Extractor, parts: list[tuple[list, tuple[str, ...]]], workspace: Path, *,
@@ -80,31 +86,42 @@ def extract(extractor: Extractor, parts: list[tuple[list, tuple[str, ...]]], wor
     the runtime that ran it (None when nothing was featurized) and the seconds it all took.
     batch_size: images per call, by default what suits the device (trainer.device). Features that
     are not finite (a half-precision overflow) are an error naming the policy."""
-    import keras
-
     started = time.perf_counter()
     if batch_size is None:
         batch_size = device.featurize_batch_size(32, device.visible_devices(), device.onednn()[0])
-    rows = sum(len(part_rows) * len(views) for part_rows, views in parts)
+    jobs, rows = parts_jobs(parts)
     if out is None:
         out = np.empty((rows, extractor.width), dtype=np.float32)
+    counts: dict = {}
+    folder = extractor.folder(workspace)
+    runtime = fill(extractor.model, jobs, out, extractor.image_size, batch_size, folder, jit_compile, counts, cache)
+    check_finite(extractor.name, out)
+    record = {"key": folder.name, "dimensions": extractor.width, "views": counts, "runtime": runtime,
+              "seconds": round(time.perf_counter() - started, 2)}  # fmt: skip
+    return out, record
+
+
+def check_finite(name: str, features: np.ndarray) -> None:
+    """CheckFailed naming the policy when some features are not finite (a half-precision overflow)."""
+    import keras
+
+    bad = sum(int((~np.isfinite(features[i : i + 8192]).all(axis=1)).sum()) for i in range(0, len(features), 8192))
+    if bad:
+        policy = keras.mixed_precision.global_policy().name
+        raise CheckFailed(
+            f"{name}: the features of {counted(bad, 'image view')} are not finite under {policy}; "
+            "rerun with --mixed-precision off"
+        )
+
+
+def parts_jobs(parts: list[tuple[list, tuple[str, ...]]]) -> tuple[list[tuple[str, str, str, int]], int]:
+    """Every (sha256, path, view, position) of parts' rows, part after part and view after view,
+    and how many rows that makes."""
     jobs, start = [], 0
     for part_rows, views in parts:
         jobs += wanted(part_rows, views, start)
         start += len(part_rows) * len(views)
-    counts: dict = {}
-    folder = extractor.folder(workspace)
-    runtime = fill(extractor.model, jobs, out, extractor.image_size, batch_size, folder, jit_compile, counts, cache)
-    bad = sum(int((~np.isfinite(out[i : i + 8192]).all(axis=1)).sum()) for i in range(0, len(out), 8192))
-    if bad:
-        policy = keras.mixed_precision.global_policy().name
-        raise CheckFailed(
-            f"{extractor.name}: the features of {counted(bad, 'image view')} are not finite under {policy}; "
-            "rerun with --mixed-precision off"
-        )
-    record = {"key": folder.name, "dimensions": extractor.width, "views": counts, "runtime": runtime,
-              "seconds": round(time.perf_counter() - started, 2)}  # fmt: skip
-    return out, record
+    return jobs, start
 
 
 def featurize(feature_model, paths: list[str], image_size: int, batch_size: int) -> np.ndarray:
