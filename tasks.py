@@ -252,6 +252,7 @@ def train(c, *, name=None, force=False, publish=True, dry_run=False, **trainer_f
     from scripts import training  # numpy and Pillow, which only training needs
 
     config, published, manifest = _train_options(c, trainer_flags, name, training)
+    config = training.with_search(config, training.explicit(_conf(c, "train"), trainer_flags), _say)
     if publish and published is not None:
         _say(f"train: this data's model is {config.model_name}: published to {published} (the one before it is kept "
              f"as {published.name}.previous; other datasets' models are left alone)")  # fmt: skip
@@ -289,6 +290,31 @@ train = task(
 )(
     _keywords(train, {**{option.name: None for option in options()}, **TRAIN_FLAGS})
 )  # every trainer option (trainer/config.py) is a flag: one left out is invoke.yaml's, else the trainer's default
+
+
+def tune(c, *, budget="10m", name=None, **trainer_flags):
+    """Search within a time budget for the options to train this dataset with; invoke train then trains the choice."""
+    from scripts import training  # numpy and Pillow, which only training needs
+
+    config, _, _ = _train_options(c, trainer_flags, name, training)
+    _exclusive(c, False)
+    if installed_version("tensorflow") is None:
+        raise Exit("tune: TensorFlow is not installed; run `invoke pins` (or `invoke setup`) first", code=1)
+    returncode = training.run_tuner(config, budget, ROOT)
+    if returncode not in (0, 130):
+        raise Exit(f"tune: {training.failure(returncode)}", code=training.exit_code(returncode))
+    _say("tune: `invoke train` now trains what the search chose (an option you set wins over it, and it says so)"
+         + ("; the same command resumes the search" if returncode else ""))  # fmt: skip
+    if returncode:
+        raise Exit("tune: stopped; the best so far is chosen", code=130)
+
+
+tune = task(
+    help={**{option.name: TRAIN_HELP[option.name] for option in options()}, "name": TRAIN_HELP["name"],
+          "budget": "how long the search may take, featurizing included: 90s, 10m, 1h30m (default 10m); a resumed "
+          "search has this budget again for the trials not yet done"},
+    auto_shortflags=False, optional=[option.name for option in options() if option.type == "bool"],
+)(_keywords(tune, {**{option.name: None for option in options()}, "budget": "10m", "name": None}))  # fmt: skip
 
 
 def _yes(value) -> bool:

@@ -27,7 +27,7 @@ from scripts.dataset import model_of
 from scripts.decisions import record_folder
 from scripts.kinds import KINDS, check_value
 from scripts.steps import communicate, died_of
-from trainer import record, runfolder
+from trainer import record, runfolder, searchfile
 from trainer import result as run_result
 from trainer.atomic import sha256_of, write_atomically
 from trainer.config import TrainConfig, flag, options
@@ -110,6 +110,48 @@ def as_flags(config: TrainConfig) -> str:
         else:
             words += [flag(option.name), str(value)]
     return shlex.join(words)
+
+
+def explicit(conf: dict, flags: dict) -> set[str]:
+    """The options the user set for `invoke train` (invoke.yaml's train section, INVOKE_TRAIN_*,
+    train.extra, the task's flags): each wins over a search's choice."""
+    named = {option.name for option in options() if conf.get(option.name) not in (None, "")}
+    named |= set(parse_flags(shlex.split(conf.get("extra") or ""), "invoke.yaml's train.extra"))
+    return named | {name for name, value in flags.items() if value is not None}
+
+
+def with_search(config: TrainConfig, chosen_by_user: set[str], say) -> TrainConfig:
+    """The options with what the dataset's search chose (the record's search.json, written by
+    `invoke tune`) for each option the user did not set, and that search named for the report;
+    the options as they were when there is no search, or it cannot be read (which is said)."""
+    if config.search or not config.record or config.record == "none":
+        return config
+    path = Path(config.record) / searchfile.STATE
+    try:
+        state = searchfile.read(path)
+        if state is None or not state.get("chosen"):
+            return config
+        when = state["chosen"].get("when", "")
+        values, said = searchfile.applied(config.to_dict(), chosen_by_user, state, f"the search of {when}")
+        for line in said:
+            say(f"train: {line}")
+        return TrainConfig(**{**values, "search": str(path)}).check() if "not taken" not in " ".join(said) else config
+    except InputError as error:
+        say(f"train: WARNING: {error}; training without the search's choice")
+        return config
+
+
+def run_tuner(config: TrainConfig, budget: str, root: Path) -> int:
+    """`python -m trainer tune` on these options, handed over as a file; its exit code."""
+    folder = root / config.runs_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".invoke-tune-", dir=folder) as scratch:
+        options_file = Path(scratch) / "options.json"
+        write_atomically(options_file, json.dumps(config.to_dict(), indent=2) + "\n")
+        command = [sys.executable, "-m", "trainer", "tune", "--config", str(options_file), "--budget", str(budget)]
+        process = subprocess.Popen(command, cwd=root)
+        communicate(process)
+        return process.returncode
 
 
 def with_record(config: TrainConfig, published: Path | None, local_folder: Path, say) -> TrainConfig:

@@ -46,6 +46,7 @@ TRAINER_FOR_SETUP = {
     "trainer.data.rows": "the data read as the trainer reads it, before a new dataset replaces the old",
     "trainer.data.demo": "the demo data",
     "trainer.diagnostics.review": "the review form, for the notebook's review cell",
+    "trainer.searchfile": "a search's choice, which invoke train trains under the options the user sets",
 }
 LONGEST = 60
 

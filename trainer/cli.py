@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainer import device, runfolder
+from trainer import device, runfolder, searchfile
 from trainer import result as run_result
 from trainer.config import TrainConfig, parse_formats
 from trainer.data.demo import make_demo_data
@@ -45,14 +45,27 @@ from trainer.metrics import summary_line, write_metrics
 from trainer.places import workspace
 from trainer.predict import collect_images, load_run, predict_images
 from trainer.train import main as train_main
+from trainer.tune import described, parse_budget
+from trainer.tune import given as given_options
+from trainer.tune import tune as search_within
 
 log = logging.getLogger("trainer")
 
 
 def config_from(args: argparse.Namespace) -> TrainConfig:
-    """The options a command line gives, over its --config file's when it has one."""
+    """The options a command line gives, over its --config file's when it has one; with --search
+    on the command line, the search's choice under every option the command line gives."""
     base = TrainConfig.from_file(args.config).to_dict() if getattr(args, "config", None) else {}
-    return TrainConfig(**{**base, **given(args)})
+    flags = given(args)
+    values = {**base, **flags}
+    if flags.get("search"):
+        state = searchfile.read(Path(flags["search"]))
+        if state is None:
+            raise InputError(f"--search: {flags['search']} is not there; run `python -m trainer tune` first")
+        values, said = searchfile.applied(TrainConfig(**values).to_dict(), set(flags), state, flags["search"])
+        for line in said:
+            log.info("%s", line)
+    return TrainConfig(**values)
 
 
 def train_config(argv: list[str]) -> TrainConfig:
@@ -121,6 +134,21 @@ def audit(args) -> int:
              ", ".join(counted(n, kind) for kind, n in summary["flagged"].items()))  # fmt: skip
     print(args.output)
     return 0
+
+
+def tune(args) -> int:
+
+    state, path = search_within(config_from(args), parse_budget(args.budget))
+    chosen = state["chosen"]
+    base = given_options(config_from(args))
+    print(f"search: {path}")
+    print(f"chosen: {described(chosen['options'], base)} ({chosen['mean']:.3f} +- {chosen['se']:.3f})")
+    if "test" in state and state["test"].get("chosen") is not None:
+        test = state["test"]
+        given_score = f", the options as given {test['given']:.3f}" if test.get("given") is not None else ""
+        print(f"test photos ({test['photos']}): chosen {test['chosen']:.3f}{given_score}")
+    print(f"train it: python -m trainer train --search {path} (with the options given here), or invoke train")
+    return EXIT_INTERRUPTED if state["sessions"][-1]["ended"] == "interrupted" else 0
 
 
 def cache(args) -> int:
@@ -224,6 +252,11 @@ COMMANDS = (
         arg("--output", default="audit.csv", help="the list to write (default audit.csv)"),
     ), train_options=("folder", "file", "label_folder", "merge_labels", "corrections", "record", "model_name", "seed",
                       "head_c", "class_weights", "workspace")),
+    Command("tune", "search within a time budget for the options to train with (trainer/tune.py)", tune, (
+        arg("--budget", default="10m", help="how long the search may take, featurizing included: 90s, 10m, 1h30m "
+            "(default 10m); a resumed search has this budget again for the trials not yet done"),
+        arg("--config", metavar="FILE", help="options as JSON, as train's --config; flags given beside it win"),
+    ), train_options=None),
     Command("cache", "what the feature cache holds; drop what no dataset of yours uses", cache, (
         arg("--workspace", default="workspace", help="the workspace whose cache to read (default ./workspace)"),
         arg("--keep-folder", help="drop every entry but this dataset's images (with --keep-file for a CSV)"),

@@ -221,6 +221,12 @@ class TrainConfig:
     model_name: str = option(
         "ud-cd-classifier", "the model's name: it is published as NAME, and its record is NAME-record", place=True
     )
+    search: str | None = option(
+        None,
+        "a search's state (search.json, written by `python -m trainer tune` or `invoke tune`): its choice is taken for "
+        "every option not given, the report shows its trials; invoke train passes the dataset's record's",
+        place=True,  # the options it chose, not where it is, are part of what the model is trained from
+    )
     compare_with: str | None = option(
         None,
         "a run or published folder whose model this run replaces: both are scored on the test photos they share, "

@@ -177,9 +177,11 @@ def standardized(features: np.ndarray, chunk: int = 8192) -> np.ndarray:
 
 def converged_out_of_fold(features: np.ndarray, labels: np.ndarray, classes: int, config: TrainConfig,
                           folds: int = FOLDS, seed: int = 0, scaled: np.ndarray | None = None,
-                          on_fold: Callable[[], None] | None = None) -> np.ndarray:  # fmt: skip
+                          on_fold: Callable[[], None] | None = None, splits=None) -> np.ndarray:  # fmt: skip
     """[n, classes]: each image's probabilities from a converged head (LogisticRegression at
-    C = --head-c, none at 0, with the run's class weights) trained on the other folds.
+    C = --head-c, none at 0, with the run's class weights) trained on the other folds (`splits`:
+    (train, held-out) index pairs to use instead of stratified folds; the held-out images of a
+    pair that covers only some images get probabilities, the rest stay 0).
 
     The features are standardized once (`scaled`, when the caller has them), and each fold's
     head gives the held-out images a sample weight of 0 rather than a copy of the rest: the same
@@ -191,7 +193,9 @@ def converged_out_of_fold(features: np.ndarray, labels: np.ndarray, classes: int
     weights_by_class = class_weights(config, labels, classes, quiet=True)
     per_image = np.array([weights_by_class[c] for c in labels]) if weights_by_class else np.ones(len(labels))
     probabilities = np.zeros((len(labels), classes))
-    for train, held_out in fold_splitter(labels, classes, folds, seed).split(np.zeros(len(labels)), labels):
+    if splits is None:
+        splits = fold_splitter(labels, classes, folds, seed).split(np.zeros(len(labels)), labels)
+    for train, held_out in splits:
         weights = np.zeros(len(labels))
         weights[train] = per_image[train]
         solver = (
@@ -248,3 +252,58 @@ def deployed_out_of_fold(session, features, y: dict[str, np.ndarray], classes: i
         held = chosen[held_at]
         probabilities[held_at] = head.predict(np.asarray(features.store[own[held]]), batch_size=1024, verbose=0)
     return probabilities, labels[chosen]
+
+
+def deployed_fold_scores(guard: Callable[[int], None] | None, config: TrainConfig, own: np.ndarray, views: np.ndarray,
+                         labels: np.ndarray, classes: int, splits, batch_size: int) -> list[float]:  # fmt: skip
+    """Each (train, held-out) pair's accuracy on its held-out images, from a head trained the
+    deployed way on its training images: make_head (standardization, --dropout, --head-c's L2),
+    the optimizer and schedule, --batch-size, the class weights, every view of each training
+    image (`views`: [V, n, D], the other views of each image in `own`'s order, V may be 0), early
+    stopping at --patience on a tenth of the training images held apart (stratified), and with
+    --head-refit a new head trained that many epochs on all of them. `own`: [n, D] each image's
+    own features; the held-out indices may include images without views (a test split).
+    `guard(folds done)`, when given, is called before each fold (it may raise to stop)."""
+    import keras
+    from sklearn.model_selection import train_test_split
+
+    scores = []
+    for number, (train, held_out) in enumerate(splits):
+        if guard is not None:
+            guard(number)
+        keras.utils.set_random_seed(config.seed + number)
+        fit, stop = train_test_split(train, test_size=0.1, stratify=labels[train], random_state=config.seed + number)
+        head, epochs = _deployed_head(config, own, views, labels, classes, fit, batch_size, stop=stop)
+        if config.head_refit:
+            head, _ = _deployed_head(config, own, views, labels, classes, train, batch_size, epochs=epochs)
+        predicted = head.predict(own[held_out], batch_size=1024, verbose=0).argmax(axis=1)
+        scores.append(float((predicted == labels[held_out]).mean()))
+    return scores
+
+
+def _deployed_head(config: TrainConfig, own, views, labels, classes: int, images: np.ndarray, batch_size: int, *,
+                   stop: np.ndarray | None = None, epochs: int | None = None):  # fmt: skip
+    """A head trained the deployed way on `images` (each with its views): early-stopped on
+    `stop`'s own features, or for exactly `epochs`. Returns (head, the epochs it kept)."""
+    import keras
+
+    x = np.concatenate([own[images], *(view[images] for view in views)])
+    y = np.tile(labels[images], 1 + len(views))
+    weights_by_class = class_weights(config, labels[images], classes, quiet=True)
+    epochs_run = epochs or config.epochs
+    steps = math.ceil(len(x) / batch_size)
+    head = make_head([x], classes, config.dropout, config.head_c, len(images))
+    head.compile(
+        make_optimizer(config, steps, epochs_run), "sparse_categorical_crossentropy", steps_per_execution=steps
+    )
+    callbacks, validation = [], None
+    if stop is not None:
+        validation = (own[stop], labels[stop])
+        callbacks = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,
+                                                   min_delta=config.min_delta, restore_best_weights=True)]  # fmt: skip
+    history = head.fit(x, y, batch_size=batch_size, epochs=epochs_run, class_weight=weights_by_class, shuffle=True,
+                       validation_data=validation, callbacks=callbacks, verbose=0)  # fmt: skip
+    if stop is None:
+        return head, epochs_run
+    losses = history.history["val_loss"]
+    return head, int(np.argmin(losses)) + 1

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from trainer import runfolder
 from trainer.config import TrainConfig, parse_formats
-from trainer.diagnostics import compare
+from trainer.diagnostics import compare, searched
 from trainer.diagnostics.audit import audit_data, average_pooled_features
 from trainer.diagnostics.explain import heatmap_sheet
 from trainer.diagnostics.sections import audit_section, exports_section
@@ -104,6 +104,14 @@ def _compare(finished: Finished) -> dict:
     return {"comparison": compare.tells(comparison)}
 
 
+def _search(finished: Finished) -> dict:
+    try:
+        state = searched.copy(Path(finished.config.search), finished.run_dir)
+    except InputError as error:  # the record's search moved or was damaged: the run is good without it
+        raise Skipped(str(error)) from None
+    return {"search": searched.tells(state)}
+
+
 def _exports(finished: Finished) -> None:
     export_run(finished.run_dir, finished.formats or parse_formats(finished.config.export), finished.check,
                finished.write, finished.benchmark)  # fmt: skip
@@ -135,6 +143,10 @@ DIAGNOSTICS = (
                lambda: (compare.COMPARISON,), section=compare.section,
                doing="scoring the model it replaces and this one on the test photos both were tested on",
                tells=lambda run_dir: runfolder.read_json(run_dir / runfolder.MANIFEST).get("comparison", "")),
+    Diagnostic("search", "The search that chose the options", lambda config: config.search is not None, _search,
+               lambda: (searched.SEARCH,), section=searched.section,
+               doing="copying the search that chose this run's options, with every trial it scored",
+               tells=lambda run_dir: runfolder.read_json(run_dir / runfolder.MANIFEST).get("search", "")),
     Diagnostic("audit", "Labels to check", lambda config: config.audit, _audit,
                lambda: (runfolder.AUDIT, runfolder.AUDIT_FULL), section=audit_section,
                doing="checking every label against heads that never saw it (out-of-fold, on the cached features)",
