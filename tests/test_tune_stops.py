@@ -1,0 +1,128 @@
+"""A search stopped the ways the world stops it (a kill, Ctrl-C) and its choice trained: real
+searches on 120 of the shipped concrete photos with EfficientNet-Lite0's ImageNet features."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CONCRETE, ROOT, run_module
+from trainer.tune import one_standard_error
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not CONCRETE.is_dir(), reason="datasets/concrete is not here")]
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    """A CSV of 60 cracked and 60 uncracked photos, beside the shipped ones."""
+    folder = tmp_path_factory.mktemp("subset")
+    rows = ["ImagePath,Label"]
+    for label in ("CD", "UD"):
+        rows += [f"{path},{label}" for path in sorted((CONCRETE / label).glob("*.jpg"))[:60]]
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+def tune_args(photos: Path, workspace: Path, record: Path, budget: str) -> list:
+    return ["tune", "--folder", photos, "--file", "labels.csv", "--allow-outside-folder", "--candidates",
+            "efficientnet_lite0", "--workspace", workspace, "--record", record, "--budget", budget]  # fmt: skip
+
+
+def start(args: list) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "trainer", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+
+
+def wait_for(path: Path, test, timeout: float = 300) -> dict:
+    """The state once test(state) holds (read as a reader on Drive would: whole files only)."""
+    ends = time.monotonic() + timeout
+    while time.monotonic() < ends:
+        try:
+            state = json.loads(path.read_text())
+            if test(state):
+                return state
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"{path}: never reached the state waited for")
+
+
+def test_a_killed_search_resumes_and_chooses_as_an_uninterrupted_one(photos, tmp_path):
+    workspace = tmp_path / "ws"
+    whole = run_module(*tune_args(photos, workspace, tmp_path / "whole", "90s"), timeout=400)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    uninterrupted = json.loads((tmp_path / "whole" / "search.json").read_text())
+    assert any(trial["stage"] == "deployed" for trial in uninterrupted["trials"]), "the deployed stage ran"
+    # The same search, killed in the middle of a deployed trial (the longest), then run again.
+    record = tmp_path / "cut"
+    process = start(tune_args(photos, workspace, record, "90s"))
+    cut = wait_for(record / "search.json", lambda state: (state.get("running") or "").startswith("deployed"))
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    resumed = run_module(*tune_args(photos, workspace, record, "90s"), timeout=400)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"search: resuming {record / 'search.json'}: {len(cut['trials'])} trial" in resumed.stderr
+    assert f"search: the trial a stop cut short runs again: {cut['running']}" in resumed.stderr
+    state = json.loads((record / "search.json").read_text())
+    assert cut["running"] in {trial["id"] for trial in state["trials"]} and state["running"] is None
+    assert [trial["id"] for trial in state["trials"]][: len(cut["trials"])] == [t["id"] for t in cut["trials"]]
+    # For the trials both ran, the same scores, so the same choice.
+    theirs = {trial["id"]: trial for trial in uninterrupted["trials"]}
+    common = [trial for trial in state["trials"] if trial["id"] in theirs]
+    assert len(common) >= 4
+    for trial in common:
+        if trial["stage"] == "fast":
+            assert trial["scores"] == theirs[trial["id"]]["scores"], trial["id"]
+        else:
+            assert trial["scores"] == pytest.approx(theirs[trial["id"]]["scores"], abs=0.02), trial["id"]
+    base = uninterrupted["binding"]["space"]["given"]
+    ours = one_standard_error(common, base)["options"]
+    assert ours == one_standard_error([theirs[trial["id"]] for trial in common], base)["options"]
+    # Another split is another search: the state is set aside, never continued.
+    other = run_module(*tune_args(photos, workspace, record, "20s"), "--seed", "7", timeout=400)
+    assert other.returncode == 0, other.stderr[-3000:]
+    assert "was bound to other data and split; kept as search-" in other.stderr
+    assert len(list(record.glob("search-*.json"))) == 1
+
+
+def test_ctrl_c_ends_a_search_with_the_best_so_far_recorded(photos, tmp_path):
+    record = tmp_path / "record"
+    process = start(tune_args(photos, tmp_path / "ws", record, "5m"))
+    wait_for(record / "search.json", lambda state: len(state["trials"]) >= 3)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-3000:]
+    state = json.loads((record / "search.json").read_text())
+    assert state["sessions"][-1]["ended"] == "interrupted" and state["chosen"]["trial"]
+    assert "search: stopped; choosing from the" in err and "chosen:" in out
+
+
+def test_a_choice_is_trained_and_shown_and_a_flag_given_wins(photos, tmp_path):
+    """`train --search`: the search's choice for every option not given, the flag given over it,
+    both said; the report's search section with every trial."""
+    record = tmp_path / "record"
+    searched = run_module(*tune_args(photos, tmp_path / "ws", record, "20s"), timeout=400)
+    assert searched.returncode == 0, searched.stderr[-3000:]
+    state = json.loads((record / "search.json").read_text())
+    state["chosen"]["options"].update(pooling="max", feature_augment="none", head_c=0.1)  # as if it had chosen so
+    (record / "search.json").write_text(json.dumps(state))
+    run = tmp_path / "run"
+    result = run_module("train", "--folder", photos, "--file", "labels.csv", "--allow-outside-folder", "--search",
+                        record / "search.json", "--pooling", "avg", "--export", "none", "--no-audit",
+                        "--workspace", tmp_path / "ws", "--output", run, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = json.loads((run / "config.json").read_text())
+    assert (config["pooling"], config["feature_augment"], config["head_c"]) == ("avg", "none", 0.1)
+    assert "search: pooling avg as set wins over the search's max" in result.stderr
+    assert f"search: training what {record / 'search.json'} chose" in result.stderr
+    copied = json.loads((run / "search.json").read_text())
+    assert copied["trials"] == state["trials"]
+    report = (run / "report.html").read_text()
+    assert "The search that chose the options" in report and report.count("+-") >= len(state["trials"])
