@@ -130,9 +130,11 @@ print(output.call(review.SAVE_CALLBACK, "\\n".join(lines) + "\\n"))
 """
 
 
-def run_notebook(notebook: Path, name: str, out: Path, source: str, after: str | None = None, **variables: str) -> dict:
+def run_notebook(notebook: Path, name: str, out: Path, source: str, after: str | None = None,
+                 budget: str = "", **variables: str) -> dict:  # fmt: skip
     """Execute every cell in a new kernel with /content as its folder, as Colab does, with the
-    job cell's SOURCE line set to `source`, as a user edits it; `after`, a cell run last."""
+    job cell's SOURCE line set to `source`, as a user edits it; `after`, a cell run last;
+    `budget`, the search cell's BUDGET (empty, as shipped: no search)."""
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
@@ -145,6 +147,9 @@ def run_notebook(notebook: Path, name: str, out: Path, source: str, after: str |
     job.source = job.source.replace('SOURCE = "concrete"', f"SOURCE = {json.dumps(source)}")
     if NAME:
         job.source = job.source.replace('NAME = ""', f"NAME = {json.dumps(NAME)}")
+    if budget:
+        search = next(cell for cell in document.cells if cell.cell_type == "code" and 'BUDGET = ""' in cell.source)
+        search.source = search.source.replace('BUDGET = ""', f"BUDGET = {json.dumps(budget)}")
     if after:
         document.cells.append(nbformat.v4.new_code_cell(after))
     client = NotebookClient(
@@ -213,7 +218,7 @@ def main(bundle: Path, images: Path, out: Path, trainer: dict[str, str], changed
     source = str(MY_DRIVE / "Images.zip")
     before = freeze()
     if story == "stack":
-        runs = [run_notebook(notebook, "1-first", out, source, **changed)]
+        runs = [run_notebook(notebook, "1-first", out, source, budget="25s", **changed)]
     else:
         runs = [run_notebook(notebook, "1-first", out, source)]
         reset_runtime()

@@ -215,8 +215,12 @@ def test_the_notebook_on_a_colab_like_runtime(image, tmp_path):
     assert any("<table class='review'>" in cell["html"] for cell in first["cells"]), first["cells"][-1]
 
     if not whole:
-        # The next image's one run fine-tuned, and every export agreed with Keras on its packages.
+        # The next image's one run fine-tuned, and every export agreed with Keras on its packages;
+        # its search cell (BUDGET "25s") searched on them and left its choice in the record.
         assert first["phases"] == ["fine_tune", "head"], first["phases"]
+        search = next(cell for cell in first["cells"] if "invoke tune" in cell["source"])
+        assert not search["errors"] and "search: chose " in search["output"], search
+        assert "tune: `invoke train` now trains what the search chose" in search["output"], search
         return
     _after_a_reset_the_review_is_saved_to_the_record(after_reset, published)
 

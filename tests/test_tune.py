@@ -133,3 +133,29 @@ def path_avg_part(workspace) -> str:
     from trainer.features.cache import cache_key
 
     return cache_key("efficientnet_lite0", 224, "imagenet").split("-")[2]
+
+
+def test_invoke_train_takes_the_records_choice_under_what_the_user_set(tmp_path):
+    """scripts/training.with_search: the record's search.json for each option not set in
+    invoke.yaml, INVOKE_TRAIN_*, train.extra or a flag; what is set wins, and both are said."""
+    from scripts import training
+
+    record = tmp_path / "record"
+    config = TrainConfig(folder=str(tmp_path), record=str(record))
+    said: list[str] = []
+    assert training.with_search(config, set(), said.append) == config and not said  # no search yet
+    state = {"version": 1, "trials": [], "binding": {"split": {n: getattr(config, n) for n in searchfile.SPLIT_OPTIONS}},
+             "chosen": {"options": {**given(config), "pooling": "gem", "head_c": 0.1}, "when": "2026-12-07 10:00:00"}}  # fmt: skip
+    searchfile.write(record / "search.json", state)
+    conf = {"head_c": 0.005, "extra": "--feature-augment none"}
+    chosen_by_user = training.explicit(conf, {"epochs": None, "pooling": None})
+    assert chosen_by_user == {"head_c", "feature_augment"}
+    trained = training.with_search(TrainConfig(**{**config.to_dict(), "head_c": 0.005}), chosen_by_user, said.append)
+    assert (trained.pooling, trained.head_c, trained.search) == ("gem", 0.005, str(record / "search.json"))
+    assert said[0].startswith("train: search: training what the search of 2026-12-07 10:00:00 chose: ")
+    assert "train: search: head_c 0.005 as set wins over the search's 0.1" in said
+    # A damaged state costs the training nothing: it is said, and the options stay as set.
+    (record / "search.json").write_text("{")
+    said.clear()
+    assert training.with_search(config, set(), said.append) == config
+    assert said and "WARNING" in said[0] and "training without the search's choice" in said[0]

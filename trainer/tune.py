@@ -597,11 +597,14 @@ def tune(config: TrainConfig, budget_seconds: float) -> tuple[dict, Path]:
     config = config.check()
     if config.backbone == "auto":
         raise InputError("tune: --backbone auto ranks backbones; tune searches them itself: name the one you train now")
-    if config.feature_layer or config.fine_tune_layers or config.weights != "auto" or config.target_recall:
+    if config.feature_layer or config.weights not in ("auto", "imagenet"):
         raise InputError(
-            "tune searches bottleneck mode with the candidates' ImageNet weights: drop --feature-layer, "
-            "--fine-tune-layers, --weights and --target-recall to search, and add them when training"
+            "tune searches the candidates' ImageNet features at their last layer: drop --feature-layer and --weights "
+            "to search"
         )
+    if config.fine_tune_layers or config.target_recall:
+        log.info("search: --fine-tune-layers and --target-recall are not searched: training applies them to the "
+                 "chosen head as to any other")  # fmt: skip
     folder = record(config) or workspace(config)
     data = load_data(config)
     search = Search(config, data, workspace(config), folder / searchfile.STATE, Budget(budget_seconds))
