@@ -70,7 +70,8 @@ def test_folds_keep_each_group_together_and_every_class_in_every_fold():
 
 def test_a_choice_is_taken_under_the_options_the_user_set_and_that_is_said():
     config = TrainConfig()
-    state = {"binding": {"split": {name: getattr(config, name) for name in searchfile.SPLIT_OPTIONS}},
+    state = {"binding": {"split": {name: getattr(config, name) for name in searchfile.SPLIT_OPTIONS},
+                         "space": {"given": given(config)}},
              "chosen": {"options": {**given(config), "pooling": "max", "head_c": 0.1}}}  # fmt: skip
     values, said = searchfile.applied({**config.to_dict(), "head_c": 0.005}, {"head_c"}, state, "the search")
     assert values["pooling"] == "max" and values["head_c"] == 0.005
@@ -144,7 +145,8 @@ def test_invoke_train_takes_the_records_choice_under_what_the_user_set(tmp_path)
     config = TrainConfig(folder=str(tmp_path), record=str(record))
     said: list[str] = []
     assert training.with_search(config, set(), said.append) == config and not said  # no search yet
-    state = {"version": 1, "trials": [], "binding": {"split": {n: getattr(config, n) for n in searchfile.SPLIT_OPTIONS}},
+    state = {"version": 1, "trials": [], "binding": {"split": {n: getattr(config, n) for n in searchfile.SPLIT_OPTIONS},
+                                                     "space": {"given": given(config)}},
              "chosen": {"options": {**given(config), "pooling": "gem", "head_c": 0.1}, "when": "2026-12-07 10:00:00"}}  # fmt: skip
     searchfile.write(record / "search.json", state)
     conf = {"head_c": 0.005, "extra": "--feature-augment none"}
@@ -152,7 +154,7 @@ def test_invoke_train_takes_the_records_choice_under_what_the_user_set(tmp_path)
     assert chosen_by_user == {"head_c", "feature_augment"}
     trained = training.with_search(TrainConfig(**{**config.to_dict(), "head_c": 0.005}), chosen_by_user, said.append)
     assert (trained.pooling, trained.head_c, trained.search) == ("gem", 0.005, str(record / "search.json"))
-    assert said[0].startswith("train: search: training what the search of 2026-12-07 10:00:00 chose: ")
+    assert said[0] == "train: search: training what the search of 2026-12-07 10:00:00 chose: head_c 0.1, pooling gem"
     assert "train: search: head_c 0.005 as set wins over the search's 0.1" in said
     # A damaged state costs the training nothing: it is said, and the options stay as set.
     (record / "search.json").write_text("{")

@@ -125,4 +125,4 @@ def test_a_choice_is_trained_and_shown_and_a_flag_given_wins(photos, tmp_path):
     copied = json.loads((run / "search.json").read_text())
     assert copied["trials"] == state["trials"]
     report = (run / "report.html").read_text()
-    assert "The search that chose the options" in report and report.count("+-") >= len(state["trials"])
+    assert "The search that chose the options" in report and report.count(" ± ") >= len(state["trials"])

@@ -85,7 +85,13 @@ def applied(values: dict, explicit: set[str], state: dict | None, where: str) ->
             f"search: {where} chose on another split ({', '.join(moved)} differ); not taken: run invoke tune again"
         ]
     taken = {name: value for name, value in chosen.items() if name not in explicit}
-    said = [f"search: training what {where} chose: " + ", ".join(f"{name} {value}" for name, value in chosen.items())]
+    base = state.get("binding", {}).get("space", {}).get("given", {})
+    differ = [f"{name} {value}" for name, value in chosen.items() if base.get(name) != value]
+    said = [
+        f"search: training what {where} chose: {', '.join(differ)}"
+        if differ
+        else f"search: {where} kept the options it was given (none beat them beyond the noise)"
+    ]
     said += [
         f"search: {name} {values[name]} as set wins over the search's {value}"
         for name, value in chosen.items()

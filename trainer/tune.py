@@ -48,6 +48,7 @@ from trainer.data.load import load_data
 from trainer.efficientnet_lite import VARIANTS
 from trainer.errors import InputError, counted
 from trainer.features.cache import FeatureCache, cache_key
+from trainer.features.extract import Stopped
 from trainer.features.poolings import extract_poolings
 from trainer.features.views import VIEWS
 from trainer.fit.loop import class_weights
@@ -311,7 +312,12 @@ class Search:
                      counted(lacking, "image view"), minutes(self.budget.left()))  # fmt: skip
             return None
         started = time.monotonic()
-        features, record = extract_poolings(backbone, size, "auto", parts, self.workspace, poolings)
+        try:
+            features, _ = extract_poolings(backbone, size, "auto", parts, self.workspace, poolings,
+                                           stop=lambda: not self.budget.fits(0.0))  # fmt: skip
+        except Stopped as stopped:
+            log.info("search: featurizing %s at %d px reached the budget: %s", backbone, size, stopped)
+            return None
         if lacking:  # the pass's time less the backbone's loading (at most most of it), per image view
             took = time.monotonic() - started
             self.state["rates"][f"{backbone}@{size}"] = round(max(took - LOAD_SECONDS, took / 4) / lacking, 5)
@@ -411,10 +417,18 @@ class Search:
         same = [r for r in self.state["trials"] if r["stage"] == trial.stage]
         if trial.stage == "fast":
             return float(np.mean([r["seconds"] for r in same])) if same else 0.2 * len(self.fast_splits)
-        per_view = [r["seconds"] / len(VIEWS[r["options"]["feature_augment"]]) for r in same]
+        if not same:  # about 3 s a head on a CPU (compiling and early stopping), two a fold with the refit
+            return 3.0 * KERAS_FOLDS * (2 if trial.options["head_refit"] else 1)
         views = len(VIEWS[trial.options["feature_augment"]])
-        # No deployed trial yet: about 3 s a head on a CPU (compiling and early stopping), two a fold.
-        return (max(per_view) * views if per_view else 3.0 * KERAS_FOLDS) * (2 if trial.options["head_refit"] else 1)
+        # A head's time is mostly its setting up on small data and its rows on large: scale by the
+        # views only past the views measured, and by the heads a fold trains.
+        return max(
+            r["seconds"]
+            * max(1.0, views / len(VIEWS[r["options"]["feature_augment"]]))
+            * (1 + trial.options["head_refit"])
+            / (1 + r["options"]["head_refit"])
+            for r in same
+        )
 
     # -- the stages, the choice, the test photos
 

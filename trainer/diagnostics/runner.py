@@ -107,11 +107,12 @@ def run(finished: Finished, manifest: dict, only: tuple[str, ...] | None = None,
         else:
             manifest.update(extra or {})
             states[name] = "ok"
-            log.info("%s: done in %.0f s: %s", name, time.perf_counter() - started, _tells(name, finished.run_dir))
         try:
             runfolder.write_json(finished.run_dir / runfolder.MANIFEST, manifest)
         except OSError as error:  # the outcome is still said here, and in the exit code
             log.warning("WARNING: manifest.json not updated (%s)", os_error_sentence(error, finished.run_dir))
+        if states[name] == "ok":  # told once the manifest holds what the diagnostic found
+            log.info("%s: done in %.0f s: %s", name, time.perf_counter() - started, _tells(name, finished.run_dir))
     return failed
 
 

@@ -57,7 +57,7 @@ def section(run_dir: Path) -> str:
             "chosen" if trial.get("id") == chosen.get("trial") else "",
             trial.get("stage"),
             _options(trial.get("options") or {}, state),
-            f"{figure(trial.get('mean'), '.3f')} +- {figure(trial.get('se'), '.3f')}",
+            f"{figure(trial.get('mean'), '.3f')} ± {figure(trial.get('se'), '.3f')}",
             figure(len(trial.get("scores") or [])),
             figure(trial.get("seconds"), ".1f"),
         ]
@@ -65,8 +65,15 @@ def section(run_dir: Path) -> str:
     ]
     sessions = state.get("sessions") or []
     spent = sum(_number(session.get("seconds")) for session in sessions if isinstance(session, dict))
+    planned = state.get("binding", {}).get("space", {}).get("trials")
+    fast = sum(trial.get("stage") == "fast" for trial in trials)
+    ran = (
+        f"{figure(fast)} of its {figure(planned)} fast trials ran; "
+        if isinstance(planned, int) and fast < planned
+        else ""
+    )
     said = (
-        f"<p>This run's options were chosen by a search ({html.escape(figure(len(trials)))} trials in "
+        f"<p>This run's options were chosen by a search ({html.escape(ran)}{html.escape(figure(len(trials)))} trials in "
         f"{html.escape(figure(len(sessions)))} session(s), {html.escape(figure(spent, '.0f'))} s) on the training and "
         "validation images alone, by cross-validated accuracy: the fast trials with the converged head, the deployed "
         "ones with the head this run trains. The choice is the trial with fewest options changed from those given "
@@ -83,7 +90,7 @@ def section(run_dir: Path) -> str:
             )
             + ". One test split's score has a standard error of about sqrt(p(1-p)/n).</p>"
         )
-    return said + table(rows, ["", "stage", "options changed", "accuracy +- standard error", "folds", "seconds"])
+    return said + table(rows, ["", "stage", "options changed", "accuracy ± standard error", "folds", "seconds"])
 
 
 def _number(value) -> float:

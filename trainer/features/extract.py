@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -184,15 +185,20 @@ def _tallied(tallies: dict[str, tuple[int, int]]) -> str:
     return "; ".join(text if view == "id" else f"{text} as {view}" for view, text in zip(tallies, said, strict=True))
 
 
+class Stopped(Exception):
+    """Featurizing stopped when asked to (a search's budget), what it had done stored."""
+
+
 def fill(feature_model, wanted: list[tuple[str, str, str, int]], out: np.ndarray, image_size: int,
          batch_size: int, folder: Path, jit_compile: bool = False, counts: dict | None = None,
-         cache: FeatureCache | None = None) -> str | None:  # fmt: skip
+         cache: FeatureCache | None = None, stop: Callable[[], bool] | None = None) -> str | None:  # fmt: skip
     """Write the features of each (sha256, path, view, position) into out[position]: from the
     cache where present, else featurized and stored. An image missing several views is decoded
     once for all of them. A view other than the image itself is stored as "sha256:view".
     `cache`: a FeatureCache to share between calls, so its index is read once a run. `counts`,
     when given, gets {view: {"reused": n, "featurized": m}} (distinct images). Returns the
-    runtime that featurized (trainer.features.runtime), or None when the cache had everything."""
+    runtime that featurized (trainer.features.runtime), or None when the cache had everything.
+    `stop`: asked between batches; when it says so, what was featurized is stored and Stopped raised."""
     cache = cache or FeatureCache(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)  # where the shards will go: featurizing has begun
@@ -232,7 +238,7 @@ def fill(feature_model, wanted: list[tuple[str, str, str, int]], out: np.ndarray
         run = featurizer(feature_model, image_size, folder, jit_compile)
         runtime = run.runtime
         for views, images in groups.items():
-            _featurize_into(cache, out, images, positions, run, image_size, batch_size, views)
+            _featurize_into(cache, out, images, positions, run, image_size, batch_size, views, stop)
     for key in keys:
         for position in positions[key][1:]:
             out[position] = out[positions[key][0]]
@@ -240,7 +246,7 @@ def fill(feature_model, wanted: list[tuple[str, str, str, int]], out: np.ndarray
 
 
 def _featurize_into(cache: FeatureCache, out: np.ndarray, images: list[tuple[str, list[str]]], positions: dict,
-                    run, image_size: int, batch_size: int, views: tuple[str, ...]) -> None:  # fmt: skip
+                    run, image_size: int, batch_size: int, views: tuple[str, ...], stop=None) -> None:  # fmt: skip
     """Featurize images (path, its key in each of `views`) into out at their keys' first
     positions, storing a shard every SHARD_SECONDS and at the end."""
     done, last = 0, time.monotonic()
@@ -253,6 +259,9 @@ def _featurize_into(cache: FeatureCache, out: np.ndarray, images: list[tuple[str
             out[places] = features[number]
             pending_keys += [image_keys[number] for _, image_keys in batch]
         done += len(batch)
-        if time.monotonic() - last >= SHARD_SECONDS or done >= len(images):
+        stopping = stop is not None and done < len(images) and stop()
+        if time.monotonic() - last >= SHARD_SECONDS or done >= len(images) or stopping:
             cache.store(pending_keys, out[[positions[key][0] for key in pending_keys]])
             pending_keys, last = [], time.monotonic()
+        if stopping:
+            raise Stopped(f"stopped after {counted(done, 'image')} of {len(images)}; they are in the cache")

@@ -74,14 +74,15 @@ class PooledCaches:
 
 def extract_poolings(name: str, image_size: int, weights: str, parts: list[tuple[list, tuple[str, ...]]],
                      workspace: Path, poolings: tuple[str, ...] = POOLINGS, batch_size: int | None = None,
-                     jit_compile: bool = False, *,
-                     feature_layer: str | None = None) -> tuple[dict[str, np.ndarray], dict]:  # fmt: skip
+                     jit_compile: bool = False, *, feature_layer: str | None = None,
+                     stop=None) -> tuple[dict[str, np.ndarray], dict]:  # fmt: skip
     """Each pooling's features of the parts' rows (as extract() lays them out: part after part,
     view after view), with one backbone pass for the images some pooling's cache lacks; the
     arrays are views into one [rows, 3 x width] array. The record: each pooling's cache key and
     width, how many image views each cache had (`reused`), the pass's counts per view as
     extract's ({"reused": in every cache, "featurized": n}), the runtime (None: nothing
-    featurized) and the seconds it all took."""
+    featurized) and the seconds it all took. `stop`: as fill's (it ends the pass with
+    trainer.features.extract.Stopped, what was featurized stored)."""
     import keras
 
     started = time.perf_counter()
@@ -102,7 +103,7 @@ def extract_poolings(name: str, image_size: int, weights: str, parts: list[tuple
     out = np.zeros((rows, 3 * width), dtype=np.float32)
     counts: dict = {}
     folder = root / cache_key(name, image_size, used, feature_layer, policy, "all")
-    runtime = fill(model, jobs, out, image_size, batch_size, folder, jit_compile, counts, caches)
+    runtime = fill(model, jobs, out, image_size, batch_size, folder, jit_compile, counts, caches, stop)
     features = {pooling: out[:, columns(pooling, width)] for pooling in poolings}
     for pooling, array in features.items():
         check_finite(f"{name} ({pooling} pooling)", array)
