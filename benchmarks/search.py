@@ -40,11 +40,11 @@ CONCRETE = ROOT / "datasets" / "concrete" / "Images"
 PER_CLASS = 100
 
 
-def dataset(name: str, scratch: Path) -> dict:
+def dataset(name: str, scratch: Path, per_class: int = PER_CLASS) -> dict:
     """The trainer options that name the data."""
     if name == "concrete":
         return {"folder": str(CONCRETE), "file": "training_data.csv"}
-    digits(scratch / "digits", PER_CLASS, 0.0, 0)
+    digits(scratch / "digits", per_class, 0.0, 0)
     return {"folder": str(scratch / "digits" / "Images"), "file": "labels.csv"}
 
 
@@ -87,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", choices=("concrete", "digits"), default="concrete")
     parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument("--trials", type=int, default=24, help="fast trials per seed (default 24)")
+    parser.add_argument(
+        "--per-class", type=int, default=PER_CLASS, help=f"digits: scans per class (default {PER_CLASS})"
+    )
     parser.add_argument("--candidates", default=None, help="as the trainer's --candidates (default: Lite0, 1, 2)")
     parser.add_argument("--workspace", default=None, help="feature cache to share (default: a temporary one)")
     parser.add_argument("--output", help="also write the results as JSON here")
@@ -96,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="search-bench-") as scratch:
         scratch = Path(scratch)
         workspace = Path(args.workspace) if args.workspace else scratch / "workspace"
-        options = dataset(args.data, scratch)
+        options = dataset(args.data, scratch, args.per_class)
         if args.candidates:
             options["candidates"] = args.candidates
         results = []
