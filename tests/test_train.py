@@ -203,7 +203,7 @@ def test_auto_weights_offline_falls_back_loudly(cli, demo_dir, tmp_path, monkeyp
 
 
 @pytest.mark.slow
-@pytest.mark.extended  # test_concrete_dataset_as_the_issue_runs_it runs `--train` in a subprocess too
+@pytest.mark.extended  # tests/features/test_bottleneck.py's accuracy test runs `--train` in a subprocess too
 def test_original_invocation_in_a_subprocess(demo_dir, tmp_path):
     """`--train --folder --file` as the ML.NET app took it, run as a real process."""
     result = run_module(
@@ -225,8 +225,10 @@ def test_original_invocation_in_a_subprocess(demo_dir, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 @pytest.mark.skipif(not CONCRETE.is_dir(), reason="datasets/concrete is not here")
 def test_concrete_dataset_as_the_issue_runs_it(tmp_path):
+    """In CI: tests/features/test_bottleneck.py::test_accuracy_on_the_concrete_photos_does_not_regress runs seed 0 as `--train` on this listing and holds these counts."""
     # The original app's command line: `--train --folder ... --file ...`.
     args = train_args(CONCRETE, image_size=64, epochs=3, output=tmp_path / "run")
     result = run_module("--train", *args[1:])
@@ -283,8 +285,11 @@ def test_a_failed_diagnostic_never_costs_the_model(cli, demo_dir, tmp_path, monk
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_the_same_command_finishes_the_diagnostics_a_kill_left_pending(demo_dir, tmp_path):
-    """Killed during the diagnostics (SIGSEGV here, as a native library's crash), then run again
+    """In CI: tests/features/test_pooling.py::test_a_run_pooled_otherwise_trains_exports_and_predicts[avgmax-True] (the same kill, rerun and refusal) and tests/setup/test_train_step.py::test_a_crash_after_the_model_landed_still_publishes_it (nothing trains again).
+
+    Killed during the diagnostics (SIGSEGV here, as a native library's crash), then run again
     as it was: the run folder is not refused, its pending diagnostics run, nothing trains."""
     run = tmp_path / "run"
     args = train_args(demo_dir / "Images", output=run, workspace=tmp_path / "ws", audit=True, image_size=48)
@@ -301,10 +306,11 @@ def test_the_same_command_finishes_the_diagnostics_a_kill_left_pending(demo_dir,
 
 
 @pytest.mark.slow
-def test_a_retrain_with_corrections_reuses_every_feature_and_redoes_the_audit_and_threshold(tmp_path):
+def test_a_retrain_with_corrections_reuses_every_feature_and_redoes_the_audit_and_threshold(cli, tmp_path):
     """60 real photos with ImageNet features, --target-recall and the audit: then the same run
     with two images relabelled and one dropped featurizes nothing (every view from the cache),
-    keeps the same test photos, and audits and chooses its threshold on the corrected labels."""
+    keeps the same test photos, and audits and chooses its threshold on the corrected labels.
+    Both runs in this process, whose TensorFlow is loaded already."""
     import shutil
 
     images = tmp_path / "Images"
@@ -314,15 +320,15 @@ def test_a_retrain_with_corrections_reuses_every_feature_and_redoes_the_audit_an
             shutil.copy(photo, images / label / photo.name)
     options = dict(backbone="efficientnet_lite0", weights="imagenet", image_size=224, epochs=10, audit=True,
                    feature_augment="flips", target_recall="CD=0.9", export="none", workspace=tmp_path / "ws")  # fmt: skip
-    first = run_module(*train_args(images, csv=None, output=tmp_path / "first", **options))
-    assert first.returncode == 0, first.stderr
+    code, _, err = cli(*train_args(images, csv=None, output=tmp_path / "first", **options))
+    assert code == 0, err
     split = list(csv.DictReader((tmp_path / "first" / "split.csv").open()))
     train = [row for row in split if row["Split"] == "train"]
     fixes = tmp_path / "fixes.csv"
     fixes.write_text(f"ImagePath,Label\n{train[0]['ImagePath']},UD\n{train[1]['ImagePath']},UD\n"
                      f"{train[-1]['ImagePath']},drop\n")  # fmt: skip
-    second = run_module(*train_args(images, csv=None, output=tmp_path / "second", corrections=fixes, **options))
-    assert second.returncode == 0, second.stderr
+    code, _, err = cli(*train_args(images, csv=None, output=tmp_path / "second", corrections=fixes, **options))
+    assert code == 0, err
     manifest = json.loads((tmp_path / "second" / "manifest.json").read_text())
     assert {view: counts["featurized"] for view, counts in manifest["feature_cache"]["views"].items()} == dict.fromkeys(
         manifest["feature_cache"]["views"], 0

@@ -206,7 +206,7 @@ def test_an_image_every_requested_cache_holds_is_not_featurized(photos, tiny_wei
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("pooling", "killed"), [("gem", False), ("avgmax", True)])
-def test_a_run_pooled_otherwise_trains_exports_and_predicts(demo_dir, tiny_weights, tmp_path, pooling, killed):
+def test_a_run_pooled_otherwise_trains_exports_and_predicts(demo_dir, tiny_weights, tmp_path, pooling, killed, cli):
     """The whole run in its own process, as users run it: bottleneck mode on the pooled backbone
     (avgmax: killed as the audit starts and run again, so the diagnostics finish from the run
     folder), ONNX and TFLite exports checked against Keras, predict loading model.keras in safe
@@ -218,9 +218,14 @@ def test_a_run_pooled_otherwise_trains_exports_and_predicts(demo_dir, tiny_weigh
         crash = {**os.environ, "PYTHONPATH": str(ROOT), "TRAINER_FAIL_DIAGNOSTIC": "audit:crash"}
         first = subprocess.run([sys.executable, "-m", "trainer", *args], capture_output=True, text=True, env=crash)
         assert first.returncode == -11 and first.stdout.strip() == str(run), first.stderr[-2000:]
+        # Another request (one epoch more) does not finish this run's diagnostics: the folder is refused.
+        other = run_module(*train_args(demo_dir / "Images", weights=tiny_weights, epochs=3, pooling=pooling, audit=True,
+                                       export="onnx,tflite", workspace=tmp_path / "ws", output=run))  # fmt: skip
+        assert other.returncode == 2 and "already exists and is not empty" in other.stderr, other.stderr[-2000:]
     trained = run_module(*args)
     assert trained.returncode == 0, trained.stderr[-2000:]
     assert ("finishing its diagnostics: audit, heatmaps, exports, report" in trained.stderr) == killed
+    assert ("Epoch" in trained.stderr) is not killed  # finishing the diagnostics trains nothing
     manifest = json.loads((run / "manifest.json").read_text())
     diagnostics = manifest["diagnostics"]
     assert diagnostics["audit"] == "ok" and diagnostics["exports"] == "ok", diagnostics
@@ -238,5 +243,5 @@ def test_a_run_pooled_otherwise_trains_exports_and_predicts(demo_dir, tiny_weigh
     predicted = run_module("predict", "--model", run, "--output", tmp_path / "p.csv", demo_dir / "Images" / "CD")
     assert predicted.returncode == 0, predicted.stderr[-2000:]
     assert len((tmp_path / "p.csv").read_text().splitlines()) == 1 + 12
-    explained = run_module("explain", "--model", run, "--output", tmp_path / "maps", demo_dir / "Images" / "CD")
-    assert explained.returncode == 2 and "class maps need average pooling (--pooling avg)" in explained.stderr
+    code, _, err = cli("explain", "--model", run, "--output", tmp_path / "maps", demo_dir / "Images" / "CD")
+    assert code == 2 and "class maps need average pooling (--pooling avg)" in err
