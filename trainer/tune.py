@@ -452,7 +452,8 @@ class Search:
         if not self.state["trials"]:
             raise InputError(
                 f"search: the budget of {minutes(self.budget.seconds)} left no time for the first trial (featurizing "
-                f"{counted(len(self.rows) + len(self.test), 'image')} included); give a larger --budget"
+                f"{counted(len(self.rows) + len(self.test), 'image')} included); give a larger --budget (what was "
+                "featurized is cached: the next search starts from there)"
             )
         self.choose()
         if ended != "interrupted":
