@@ -250,3 +250,12 @@ def run_dir(tmp_path_factory, demo_dir) -> Path:
     )
     assert result.returncode == 0, result.stderr
     return out
+
+
+@pytest.fixture()
+def finished_run(request) -> Path:
+    """A finished run folder, with every export, to read or copy: in CI the README's main job's
+    published one (TRAINER_MAIN_JOB_RUN, the default model on the 400 photos, trained already),
+    so that the slow tests build no run_dir of their own; elsewhere run_dir."""
+    folder = os.environ.get("TRAINER_MAIN_JOB_RUN")
+    return Path(folder) if folder else request.getfixturevalue("run_dir")

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from tests.conftest import CONCRETE, run_module
+from tests.conftest import CONCRETE
 
 
 def test_candidates_by_device_and_by_name():
@@ -30,18 +30,19 @@ def test_unknown_candidates_are_refused_before_any_work(cli):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not CONCRETE.is_dir(), reason="datasets/concrete is not here")
-def test_three_imagenet_backbones_are_ranked_and_recorded_and_choosing_is_cheap(tmp_path):
+def test_three_imagenet_backbones_are_ranked_and_recorded_and_choosing_is_cheap(cli, tmp_path):
+    """Both runs in this process, whose TensorFlow is loaded already."""
     from trainer.choose import CPU_CANDIDATES
 
     rankings = []
     for attempt in (0, 1):  # the second run finds every candidate's features in the cache
         run = tmp_path / f"run{attempt}"
-        result = run_module(
+        code, _, err = cli(
             "train", "--folder", CONCRETE, "--file", "training_data.csv", "--backbone", "auto",
             "--image-size", "160", "--feature-augment", "none", "--no-audit", "--export", "none",
             "--workspace", tmp_path / "ws", "--output", run,
         )  # fmt: skip
-        assert result.returncode == 0, result.stderr
+        assert code == 0, err
         assert json.loads((run / "config.json").read_text())["backbone"] == "auto"  # as asked
         decided = json.loads((run / "decided.json").read_text())
         ranking = decided["backbone_ranking"]

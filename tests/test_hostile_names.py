@@ -36,14 +36,15 @@ def _dataset(folder):
     return folder
 
 
-def test_hostile_class_names_through_the_run_the_report_the_form_and_predict(browser, tmp_path):  # noqa: F811
+def test_hostile_class_names_through_the_run_the_report_the_form_and_predict(browser, cli, tmp_path):  # noqa: F811
+    """The run and predict in this process, whose TensorFlow is loaded already."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
     images = _dataset(tmp_path / "Images")
     run = tmp_path / "run"
-    result = run_module(*train_args(images, csv="data.csv", epochs=2, output=run, workspace=tmp_path / "ws"))
-    assert result.returncode == 0, result.stderr[-3000:]
+    code, _, err = cli(*train_args(images, csv="data.csv", epochs=2, output=run, workspace=tmp_path / "ws"))
+    assert code == 0, err[-3000:]
     assert runfolder.read_labels([run / "labels.txt"], run) == sorted(CLASSES)
 
     # The spreadsheet-facing files hold each name safely and give it back as it was.
@@ -76,7 +77,7 @@ def test_hostile_class_names_through_the_run_the_report_the_form_and_predict(bro
     assert decision.label == CLASSES[1] and decision.written == first["ImagePath"]  # and read back as it was
 
     # predict: its CSV names the class safely, and reads back to one of the names.
-    predicted = run_module("predict", "--model", run, images / "1-0.png")
-    assert predicted.returncode == 0, predicted.stderr
-    [header, row] = list(cells.read_rows(predicted.stdout.splitlines()))
+    code, predicted, err = cli("predict", "--model", run, images / "1-0.png")
+    assert code == 0, err
+    [header, row] = list(cells.read_rows(predicted.splitlines()))
     assert header[:2] == ["ImagePath", "PredictedLabel"] and row[1] in CLASSES

@@ -53,10 +53,10 @@ def test_ctrl_c_during_invoke_train_stops_both_layers_in_one_line_each_and_the_r
     assert "resuming from epoch" in rerun.stderr
 
 
-def test_ctrl_c_during_invoke_publish_keeps_the_published_model_and_says_so(run_dir, tmp_path):
+def test_ctrl_c_during_invoke_publish_keeps_the_published_model_and_says_so(finished_run, tmp_path):
     copy = bundle_copy(tmp_path)
     big = tmp_path / "run"
-    subprocess.run(["cp", "-r", str(run_dir), str(big)], check=True)
+    subprocess.run(["cp", "-r", str(finished_run), str(big)], check=True)
     (big / "padding.bin").write_bytes(os.urandom(1 << 20) * 400)  # 400 MB, so the copy takes a while
     drive = tmp_path / "drive"
     drive.mkdir()

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import run_module
 from trainer import cells
 from trainer.data.groups import SAME_LAYOUT
 from trainer.diagnostics import audit
@@ -77,7 +76,7 @@ def test_the_audit_finds_flipped_labels(flippable, seed):
 
 
 @pytest.mark.slow
-def test_the_audit_command_lists_a_re_encoded_copy_under_the_other_label(flippable, tmp_path):
+def test_the_audit_command_lists_a_re_encoded_copy_under_the_other_label(flippable, tmp_path, cli):
     folder, _, _, _ = flippable
     images = tmp_path / "Images"
     shutil.copytree(folder / "demo" / "Images", images)
@@ -86,11 +85,11 @@ def test_the_audit_command_lists_a_re_encoded_copy_under_the_other_label(flippab
         photo.resize((150, 150)).save(images / "UD" / "copy.jpg", quality=70)  # other bytes, the same picture
     with (images / "training_data.csv").open("a") as handle:
         handle.write("../Images/UD/copy.jpg,UD\n")
-    result = run_module(
+    code, _, err = cli(
         "audit", "--folder", images, "--file", "training_data.csv", "--workspace", folder / "workspace",
         "--output", tmp_path / "audit.csv",
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr
+    assert code == 0, err
     with (tmp_path / "audit.csv").open(newline="") as handle:
         rows = list(cells.read_dicts(handle))
     duplicates = {row["ImagePath"]: row["Reason"] for row in rows if row["Reason"].startswith("near-duplicate")}
@@ -193,7 +192,7 @@ def zero_quantization_tables(path) -> None:
     path.write_bytes(bytes(data))
 
 
-def test_a_photo_that_decodes_to_flat_grey_is_listed_among_60(tmp_path):
+def test_a_photo_that_decodes_to_flat_grey_is_listed_among_60(tmp_path, cli):
     """60 real photos (30 per class), one with its quantization tables zeroed: validation takes
     it (it decodes), and the audit lists it as an outlier with no picture in it."""
     from tests.conftest import CONCRETE
@@ -207,10 +206,10 @@ def test_a_photo_that_decodes_to_flat_grey_is_listed_among_60(tmp_path):
     zero_quantization_tables(garbled)
     with Image.open(garbled) as decoded:
         assert np.asarray(decoded.convert("L")).std() < audit.FLAT  # it decodes, to no picture
-    result = run_module(
+    code, _, err = cli(
         "audit", "--folder", images, "--workspace", tmp_path / "workspace", "--output", tmp_path / "audit.csv"
     )
-    assert result.returncode == 0, result.stderr
+    assert code == 0, err
     with (tmp_path / "audit.csv").open(newline="") as handle:
         rows = {row["ImagePath"]: row["Reason"] for row in cells.read_dicts(handle)}
     assert rows[str(garbled)] == "outlier: one flat tone, no picture"

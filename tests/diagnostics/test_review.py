@@ -58,7 +58,7 @@ def _waited_for(path: Path, seconds: float = 30) -> Path:
     raise AssertionError(f"{path} never arrived")
 
 
-def test_an_inspector_relabels_one_drops_another_downloads_and_trains_with_it(browser, run_dir, tmp_path):
+def test_an_inspector_relabels_one_drops_another_downloads_and_trains_with_it(browser, run_dir, tmp_path, cli):
     """The run's report with two of its training images listed by the audit: in the browser,
     relabel the first, drop the second, download corrections.csv; load it back into a fresh page
     (the decisions return); then `train --corrections` on the same data relabels one and drops
@@ -105,9 +105,9 @@ def test_an_inspector_relabels_one_drops_another_downloads_and_trains_with_it(br
     corrected = tmp_path / "corrected"
     images = run_dir.parent / "Images"
     dataset_record = tmp_path / "cracks-record"
-    result = run_module(*train_args(images, epochs=1, output=corrected, workspace=tmp_path / "ws", corrections=saved,
-                                    record=dataset_record))  # fmt: skip
-    assert result.returncode == 0, result.stderr
+    code, _, err = cli(*train_args(images, epochs=1, output=corrected, workspace=tmp_path / "ws", corrections=saved,
+                                   record=dataset_record))  # fmt: skip
+    assert code == 0, err
     summary = json.loads((corrected / "manifest.json").read_text())["data"]["corrections"]
     assert (summary["relabelled"], summary["dropped"], summary["record"]) == (1, 1, str(dataset_record))
     # The run keeps the decisions it applied; the record holds them for every later run.

@@ -4,17 +4,14 @@ one (SavedModel, TFLite, TFLite int8, ONNX Runtime, the TensorFlow C library) ag
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import IN_CI, ROOT, run_module
+from tests.conftest import IN_CI
 
 LEGS = {"SavedModel", "TFLite", "TFLite int8", "ONNX Runtime", "TensorFlow C library"}
 
@@ -64,30 +61,24 @@ def test_every_format_is_benchmarked_for_accuracy_and_latency(run_dir):
     assert "Each format on this machine" in report and "ms/image, batch 32" in report
 
 
-def test_export_rewrites_and_checks_every_export(run_dir, tmp_path):
+def test_export_rewrites_and_checks_every_export(run_dir, tmp_path, cli):
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
     for name in ("model.onnx", "model.tflite", "exports.json"):
         (copy / name).unlink()
-    result = run_module("export", copy)
-    assert result.returncode == 0, result.stderr
+    code, _, err = cli("export", copy)
+    assert code == 0, err
     assert {leg["name"] for leg in json.loads((copy / "exports.json").read_text())["legs"]} == LEGS
     assert (copy / "model.onnx").is_file() and (copy / "model.tflite").is_file()
 
 
-def test_export_exits_non_zero_naming_the_leg_that_cannot_run(run_dir, tmp_path):
+def test_export_exits_non_zero_naming_the_leg_that_cannot_run(run_dir, tmp_path, cli, monkeypatch):
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
-    missing = tmp_path / "no-such-libtensorflow.so.2"
-    result = subprocess.run(
-        [sys.executable, "-m", "trainer", "export", str(copy)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "TRAINER_TF_C_LIBRARY": str(missing)},
-        timeout=600,
-    )
-    assert result.returncode == 1
-    last = result.stderr.strip().splitlines()[-1]
+    monkeypatch.setenv("TRAINER_TF_C_LIBRARY", str(tmp_path / "no-such-libtensorflow.so.2"))
+    code, _, err = cli("export", copy)
+    assert code == 1
+    last = err.strip().splitlines()[-1]
     assert last.startswith("trainer: error: export check failed: TensorFlow C library could not run")
     assert json.loads((copy / "exports.json").read_text())["ok"] is False
 
