@@ -12,7 +12,18 @@ def test_every_command_has_help_text():
     parser = get_args_parser()
     commands = parser._subparsers._group_actions[0]
     helps = {action.dest: action.help for action in commands._choices_actions}
-    assert set(helps) == {"train", "tune", "evaluate", "predict", "explain", "audit", "cache", "export", "report", "demo-data"}
+    assert set(helps) == {
+        "train",
+        "tune",
+        "evaluate",
+        "predict",
+        "explain",
+        "audit",
+        "cache",
+        "export",
+        "report",
+        "demo-data",
+    }
     assert all(helps.values())
     for name, subparser in commands.choices.items():
         for action in subparser._actions:
