@@ -218,7 +218,7 @@ def main(bundle: Path, images: Path, out: Path, trainer: dict[str, str], changed
     source = str(MY_DRIVE / "Images.zip")
     before = freeze()
     if story == "stack":
-        runs = [run_notebook(notebook, "1-first", out, source, budget="45s", **changed)]
+        runs = [run_notebook(notebook, "1-first", out, source, budget="35s", **changed)]
     else:
         runs = [run_notebook(notebook, "1-first", out, source)]
         reset_runtime()

@@ -29,9 +29,13 @@ def test_unknown_candidates_are_refused_before_any_work(cli):
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 @pytest.mark.skipif(not CONCRETE.is_dir(), reason="datasets/concrete is not here")
 def test_three_imagenet_backbones_are_ranked_and_recorded_and_choosing_is_cheap(cli, tmp_path):
-    """Both runs in this process, whose TensorFlow is loaded already."""
+    """Both runs in this process, whose TensorFlow is loaded already. -m extended: in CI, the
+    search's tests (tests/test_tune.py, tests/test_tune_stops.py) featurize a candidate through
+    the cache and score it with the same converged head on cached features; the ranking's own
+    order, record and cost are held here."""
     from trainer.choose import CPU_CANDIDATES
 
     rankings = []

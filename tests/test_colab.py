@@ -216,7 +216,7 @@ def test_the_notebook_on_a_colab_like_runtime(image, tmp_path):
 
     if not whole:
         # The next image's one run fine-tuned, and every export agreed with Keras on its packages;
-        # its search cell (BUDGET "45s") searched on them and left its choice in the record.
+        # its search cell (BUDGET "35s") searched on them and left its choice in the record.
         assert first["phases"] == ["fine_tune", "head"], first["phases"]
         search = next(cell for cell in first["cells"] if "invoke tune" in cell["source"])
         assert not search["errors"] and "search: chose " in search["output"], search

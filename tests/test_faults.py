@@ -247,7 +247,7 @@ def test_libtensorflow_killed_at_random_points_never_reports_ok_half_done(source
         env,
         logs,
         rng,
-        trials=3,
+        trials=2,  # the kill points change every run (FAULT_SEED replays one), so coverage builds up
         within=full.seconds,
         is_whole=lambda: _hello(prefix, work) == PIN,
         reset=lambda: shutil.rmtree(prefix),

@@ -96,6 +96,9 @@ def test_two_workers_on_localhost_train_and_the_model_evaluates(demo_dir, tmp_pa
 
 
 @pytest.mark.slow
+# -m extended: in CI, tests/features/test_bottleneck.py's accuracy test trains with --deterministic
+# and holds its five seeds to their recorded accuracies, run after run
+@pytest.mark.extended
 def test_deterministic_runs_give_identical_metrics(demo_dir, tmp_path):
     metrics = []
     for name in ("a", "b"):
