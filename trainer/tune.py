@@ -250,7 +250,8 @@ class Search:
         space = {"backbones": backbones, "images": len(self.rows), "folds": [FOLDS, REPEATS, KERAS_FOLDS],
                  "trials": len(self.fast), "given": self.base}  # fmt: skip
         self.state = self._bound(binding(config, data, space))
-        self.features: dict = {}  # (backbone, size) -> {pooling: [n, D]} of self.rows then self.test
+        self.features: dict = {}  # (backbone, size) -> {pooling: [n, D]} of self.rows
+        self.test_features: dict = {}  # (backbone, size, pooling) -> [t, D] of self.test
         self.views: dict = {}  # (backbone, size, pooling, views) -> [V, n, D] of self.rows
         self.done = {trial["id"]: trial for trial in self.state["trials"]}
         self.planned = {"fast": len(self.fast)}  # trials in each stage, for the progress lines
@@ -294,22 +295,47 @@ class Search:
         return PRIOR_SECONDS_PER_IMAGE * cost(backbone, size)
 
     def pooled(self, backbone: str, size: int, views: str = "none", pooling: str = "avg") -> dict | None:
-        """{pooling: features of self.rows then self.test} for one feature set, and with
-        `views` other than none, the views of self.rows (self.views); featurized where the cache
-        lacks them, when the estimate fits the budget; None when it does not."""
+        """{pooling: features of self.rows} for one feature set, and with `views` other than
+        none, the views of self.rows (self.views); featurized where the cache lacks them, when the
+        estimate fits the budget; None when it does not. The test photos are featurized only for
+        the two feature sets scored on them (tested)."""
 
         other = VIEWS[views][1:]
         key = (backbone, size, pooling, views)
         if (backbone, size) in self.features and (not other or key in self.views):
             return self.features[(backbone, size)]
-        parts = [(self.rows + self.test, ("id",))] + ([(self.rows, other)] if other else [])
+        parts = [(self.rows, ("id",))] + ([(self.rows, other)] if other else [])
         poolings = POOLINGS if not other else (pooling,)
+        features = self._featurized(backbone, size, poolings, parts, f" with {views} views" if other else "")
+        if features is None:
+            return None
+        images = len(self.rows)
+        # Copies: the arrays extract_poolings returns are views of one array holding every pooling.
+        own = {p: np.ascontiguousarray(f[:images]) for p, f in features.items()}
+        self.features.setdefault((backbone, size), {}).update(own)
+        if other:
+            rest = np.ascontiguousarray(features[pooling][images:])
+            self.views[key] = rest.reshape(len(other), len(self.rows), -1)
+        return self.features[(backbone, size)]
+
+    def tested(self, backbone: str, size: int, pooling: str) -> np.ndarray | None:
+        """The test photos' features for one feature set and pooling (None: no time for them)."""
+        if (backbone, size, pooling) not in self.test_features:
+            features = self._featurized(backbone, size, (pooling,), [(self.test, ("id",))], " (the test photos)")
+            if features is None:
+                return None
+            self.test_features[(backbone, size, pooling)] = np.ascontiguousarray(features[pooling])
+        return self.test_features[(backbone, size, pooling)]
+
+    def _featurized(self, backbone: str, size: int, poolings: tuple, parts: list, what: str) -> dict | None:
+        """extract_poolings within the budget: None when its estimate does not fit, or when it
+        reaches the budget (what it featurized then stays in the cache)."""
         lacking = self._lacking(backbone, size, poolings, parts)
         estimate = lacking * self._rate(backbone, size) + (LOAD_SECONDS if lacking else 0.0)
         if not self.budget.allows(estimate):
             log.info("search: %s at %d px%s would take about %s to featurize (%s); %s left: not featurized",
-                     backbone, size, f" with {views} views" if other else "", minutes(estimate),
-                     counted(lacking, "image view"), minutes(self.budget.left()))  # fmt: skip
+                     backbone, size, what, minutes(estimate), counted(lacking, "image view"),
+                     minutes(self.budget.left()))  # fmt: skip
             return None
         started = time.monotonic()
         try:
@@ -321,12 +347,7 @@ class Search:
         if lacking:  # the pass's time less the backbone's loading (at most most of it), per image view
             took = time.monotonic() - started
             self.state["rates"][f"{backbone}@{size}"] = round(max(took - LOAD_SECONDS, took / 4) / lacking, 5)
-        images = len(self.rows) + len(self.test)
-        self.features.setdefault((backbone, size), {}).update({p: f[:images] for p, f in features.items()})
-        if other:
-            rest = features[pooling][images:]
-            self.views[key] = rest.reshape(len(other), len(self.rows), -1)
-        return self.features[(backbone, size)]
+        return features
 
     def _lacking(self, backbone: str, size: int, poolings, parts) -> int:
         """Image views (one image seen one way) some requested pooling's cache lacks."""
@@ -452,7 +473,7 @@ class Search:
         if not self.state["trials"]:
             raise InputError(
                 f"search: the budget of {minutes(self.budget.seconds)} left no time for the first trial (featurizing "
-                f"{counted(len(self.rows) + len(self.test), 'image')} included); give a larger --budget (what was "
+                f"{counted(len(self.rows), 'image')} included); give a larger --budget (what was "
                 "featurized is cached: the next search starts from there)"
             )
         self.choose()
@@ -555,14 +576,16 @@ class Search:
                 continue
             features = self.pooled(*trial.feature_set, options["feature_augment"] if stage == "deployed" else "none",
                                    options["pooling"])  # fmt: skip
-            if features is None:
+            test = None if features is None else self.tested(*trial.feature_set, options["pooling"])
+            if test is None:
                 log.info("search: no time left to score the %s options on the test photos", which)
                 continue
             everything = np.arange(len(self.rows))
             tested = len(self.rows) + np.arange(len(self.test))
             labels = np.concatenate([self.labels, self.test_labels])
             started = time.monotonic()
-            [score] = self.scores(trial, features[options["pooling"]], [(everything, tested)], labels)
+            both = np.concatenate([features[options["pooling"]], test])
+            [score] = self.scores(trial, both, [(everything, tested)], labels)
             scored[which], seconds[which] = round(score, 5), round(time.monotonic() - started, 2)
         self.state["test"] = {**scored, "photos": len(self.test), "stage": stage}
         if scored:
