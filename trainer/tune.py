@@ -339,10 +339,13 @@ class Search:
             return None
         started = time.monotonic()
         try:
-            features, _ = extract_poolings(backbone, size, "auto", parts, self.workspace, poolings,
-                                           stop=lambda: not self.budget.fits(0.0))  # fmt: skip
+            features, made = extract_poolings(backbone, size, "auto", parts, self.workspace, poolings,
+                                              stop=lambda: not self.budget.fits(0.0))  # fmt: skip
         except Stopped as stopped:
             log.info("search: featurizing %s at %d px reached the budget: %s", backbone, size, stopped)
+            return None
+        if made["weights"] == "none":  # as --backbone auto: random features say nothing of a backbone
+            log.info("search: %s has no pretrained weights here; not searched", backbone)
             return None
         if lacking:  # the pass's time less the backbone's loading (at most most of it), per image view
             took = time.monotonic() - started
