@@ -274,7 +274,7 @@ def test_a_failed_diagnostic_never_costs_the_model(cli, demo_dir, tmp_path, monk
         assert not [path for path in output.iterdir() if path.name.startswith(".")]
     states = json.loads((runs["audit,heatmaps,exports"] / "manifest.json").read_text())["diagnostics"]
     assert {name: list(state)[0] if isinstance(state, dict) else state for name, state in states.items()} == {
-        "compare": "skipped", "audit": "failed", "heatmaps": "failed", "exports": "failed", "report": "ok"
+        "compare": "skipped", "search": "skipped", "audit": "failed", "heatmaps": "failed", "exports": "failed", "report": "ok"
     }  # fmt: skip
     assert "injected failure" in states["exports"]["failed"]
     page = (runs["audit,heatmaps,exports"] / "report.html").read_text()
@@ -300,7 +300,14 @@ def test_the_same_command_finishes_the_diagnostics_a_kill_left_pending(demo_dir,
     assert again.returncode == 0, again.stderr[-2000:]
     assert "finishing its diagnostics: audit, heatmaps, exports, report" in again.stderr and "Epoch" not in again.stderr
     states = json.loads((run / "manifest.json").read_text())["diagnostics"]
-    assert states == {"compare": "skipped", "audit": "ok", "heatmaps": "ok", "exports": "ok", "report": "ok"}
+    assert states == {
+        "compare": "skipped",
+        "search": "skipped",
+        "audit": "ok",
+        "heatmaps": "ok",
+        "exports": "ok",
+        "report": "ok",
+    }
     other = run_module(*train_args(demo_dir / "Images", output=run, workspace=tmp_path / "ws", epochs=2))
     assert other.returncode == 2 and "already exists and is not empty" in other.stderr  # another run's options
 

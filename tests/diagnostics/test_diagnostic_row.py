@@ -38,7 +38,7 @@ def test_a_diagnostic_added_as_one_row_runs_after_the_model_and_has_its_section(
     assert code == 0, err
     states = json.loads((run / "manifest.json").read_text())["diagnostics"]
     assert list(states.items()) == [
-        ("compare", "skipped"), ("audit", "skipped"), ("heatmaps", "ok"), ("exports", "skipped"), ("sizes", "ok"),
+        ("compare", "skipped"), ("search", "skipped"), ("audit", "skipped"), ("heatmaps", "ok"), ("exports", "skipped"), ("sizes", "ok"),
         ("report", "ok"),
     ]  # fmt: skip
     sizes = json.loads((run / SIZES).read_text())

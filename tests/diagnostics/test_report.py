@@ -96,6 +96,7 @@ def test_the_label_audit_is_in_the_run_and_its_report(run_dir):
     # Nothing to compare with: a run of its own (invoke train compares with the published model).
     assert manifest["diagnostics"] == {
         "compare": "skipped",
+        "search": "skipped",
         "audit": "ok",
         "heatmaps": "ok",
         "exports": "ok",

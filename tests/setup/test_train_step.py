@@ -158,6 +158,7 @@ def test_a_crash_after_the_model_landed_still_publishes_it(demo_dir, tmp_path):
     states = json.loads((published / "manifest.json").read_text())["diagnostics"]
     assert states == {
         "compare": "skipped",
+        "search": "skipped",
         "audit": "ok",
         "heatmaps": "pending",
         "exports": "skipped",
@@ -170,7 +171,9 @@ def test_a_crash_after_the_model_landed_still_publishes_it(demo_dir, tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     assert "finishing its diagnostics" in again.stderr and "Epoch" not in again.stderr  # nothing trained again
     states = json.loads((published / "manifest.json").read_text())["diagnostics"]
-    assert states == {"compare": "skipped", "audit": "ok", "heatmaps": "ok", "exports": "skipped", "report": "ok"}
+    assert states == {
+        "compare": "skipped", "search": "skipped", "audit": "ok", "heatmaps": "ok", "exports": "skipped", "report": "ok"
+    }  # fmt: skip
     assert (published / "report.html").is_file() and (published / "heatmaps.png").is_file()
 
 
