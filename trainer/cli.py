@@ -46,7 +46,6 @@ from trainer.places import workspace
 from trainer.predict import collect_images, load_run, predict_images
 from trainer.train import main as train_main
 from trainer.tune import described, parse_budget
-from trainer.tune import given as given_options
 from trainer.tune import tune as search_within
 
 log = logging.getLogger("trainer")
@@ -140,7 +139,7 @@ def tune(args) -> int:
 
     state, path = search_within(config_from(args), parse_budget(args.budget))
     chosen = state["chosen"]
-    base = given_options(config_from(args))
+    base = state["binding"]["space"]["given"]  # the options as given, as the search recorded them
     print(f"search: {path}")
     print(f"chosen: {described(chosen['options'], base)} ({chosen['mean']:.3f} +- {chosen['se']:.3f})")
     if "test" in state and state["test"].get("chosen") is not None:

@@ -253,6 +253,7 @@ class Search:
         self.features: dict = {}  # (backbone, size) -> {pooling: [n, D]} of self.rows
         self.test_features: dict = {}  # (backbone, size, pooling) -> [t, D] of self.test
         self.views: dict = {}  # (backbone, size, pooling, views) -> [V, n, D] of self.rows
+        self.scaled: dict = {}  # the last (backbone, size, pooling, images) -> the converged head's input
         self.done = {trial["id"]: trial for trial in self.state["trials"]}
         self.planned = {"fast": len(self.fast)}  # trials in each stage, for the progress lines
 
@@ -414,13 +415,7 @@ class Search:
         classes, labels = len(self.data.labels), self.labels if labels is None else labels
         own = features[: len(labels)]
         if trial.stage == "fast":
-            scaled = standardized(own)
-            if len(scaled) < scaled.shape[1]:
-                # Fewer images than features: an L2-penalized linear head's weights lie in the span of
-                # the images' features, so fitting their coordinates in that span (n x n instead of
-                # n x D) solves the same problem exactly, several times faster.
-                u, s, _ = np.linalg.svd(scaled, full_matrices=False)
-                scaled = u * s
+            scaled = self._scaled(trial, own)
             scores = []
             for train, held_out in splits or self.fast_splits:
                 if guard is not None:
@@ -433,6 +428,21 @@ class Search:
         views = self.views.get(key, np.zeros((0, len(self.rows), own.shape[1]), dtype=own.dtype))
         return deployed_fold_scores(guard, config, own, views, labels, classes, splits or self.deployed_splits,
                                     config.batch_size)  # fmt: skip
+
+    def _scaled(self, trial: Trial, own: np.ndarray) -> np.ndarray:
+        """The converged head's input for these features, made once for every fast trial of one
+        feature set and pooling (their C and class weights differ, their input does not)."""
+        key = (*trial.feature_set, trial.options["pooling"], len(own))
+        if key not in self.scaled:
+            scaled = standardized(own)
+            if len(scaled) < scaled.shape[1]:
+                # Fewer images than features: an L2-penalized linear head's weights lie in the span of
+                # the images' features, so fitting their coordinates in that span (n x n instead of
+                # n x D) solves the same problem exactly, several times faster.
+                u, s, _ = np.linalg.svd(scaled, full_matrices=False)
+                scaled = u * s
+            self.scaled = {key: scaled}  # one at a time: the trials run feature set by feature set
+        return self.scaled[key]
 
     def _estimate(self, trial: Trial) -> float:
         """Seconds the trial will take: the mean of the same stage's trials so far (scaled by
